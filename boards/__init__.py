@@ -1,0 +1,103 @@
+"""Board descriptions: one YAML file per board in this package; users may point at their own file."""
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from hwq.errors import UserError
+
+__all__ = ["DEFAULT_BOARD", "Board", "known_boards", "load_board"]
+
+DEFAULT_BOARD = "ice40-up5k"
+FAMILIES = ("ice40", "ecp5", "xilinx7")
+_RESOURCE_FIELDS = ("lut", "ff", "bram", "dsp")
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    family: str
+    part: str
+    lut: int
+    ff: int
+    bram: int
+    bram_bits: int  # bits per block RAM
+    dsp: int
+    clock_mhz: float
+    yosys_synth: str
+    pnr: str | None
+    path: str
+
+    def fits(self, usage):
+        """Whether every resource in ``usage`` (lut/ff/bram/dsp) is within the board's."""
+        return all(usage.get(k, 0) <= getattr(self, k) for k in _RESOURCE_FIELDS)
+
+
+def _board_files():
+    return sorted((p for p in resources.files("boards").iterdir() if p.name.endswith(".yaml")),
+                  key=lambda p: p.name)
+
+
+def known_boards():
+    """Names of the bundled boards."""
+    return [p.name[: -len(".yaml")] for p in _board_files()]
+
+
+def _parse(path, raw):
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of board fields, found {type(raw).__name__}")
+
+    def field(name, kind, expected):
+        if name not in raw:
+            raise UserError(f"{path}: field '{name}' is missing ({expected})")
+        value = raw[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UserError(f"{path}: field '{name}': expected {expected}, found {value!r}")
+        return value
+
+    family = field("family", str, f"one of {', '.join(FAMILIES)}")
+    if family not in FAMILIES:
+        raise UserError(f"{path}: field 'family': expected one of {', '.join(FAMILIES)}, found {family!r}")
+    counts = {}
+    for name in (*_RESOURCE_FIELDS, "bram_bits"):
+        counts[name] = field(name, int, "a non-negative integer")
+        if counts[name] < 0:
+            raise UserError(f"{path}: field '{name}': expected a non-negative integer, found {counts[name]}")
+    clock = field("clock_mhz", (int, float), "a positive number (MHz)")
+    if clock <= 0:
+        raise UserError(f"{path}: field 'clock_mhz': expected a positive number (MHz), found {clock}")
+    pnr = raw.get("pnr")
+    if pnr is not None and not isinstance(pnr, str):
+        raise UserError(f"{path}: field 'pnr': expected a nextpnr target name or null, found {pnr!r}")
+    return Board(
+        name=field("name", str, "the board's name"),
+        description=field("description", str, "a one-line description"),
+        family=family,
+        part=field("part", str, "the FPGA part"),
+        clock_mhz=float(clock),
+        yosys_synth=field("yosys_synth", str, "the yosys synthesis command"),
+        pnr=pnr,
+        path=str(path),
+        **counts,
+    )
+
+
+def load_board(name_or_path):
+    """A bundled board by name, or a board YAML file by path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise UserError(f"{path}: board file not found")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            raise UserError(f"{path}: not valid YAML") from None
+        return _parse(path, raw)
+    for p in _board_files():
+        if p.name == f"{text}.yaml":
+            return _parse(f"boards/{p.name}", yaml.safe_load(p.read_text()))
+    raise UserError(f"unknown board {text!r}; known boards: {', '.join(known_boards())} (or a path to a .yaml file)")

@@ -1,0 +1,266 @@
+"""The ``hwq`` command line. Every command prints what it wrote; bad input exits 2 with one line."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+__all__ = ["main"]
+
+DEFAULT_ARRAY = "8x8"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (plus a pointer to --help), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _array(text):
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and 1 <= int(p) <= 64 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS with each in 1..64 (e.g. 8x8), not {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return int(text)
+
+
+def _non_negative(text):
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, not {text!r}")
+    return int(text)
+
+
+def _bits(text):
+    from .train import parse_bits
+
+    try:
+        return parse_bits(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_train_args(p):
+    from .train import METHODS, MODELS
+
+    p.add_argument("--model", default="mlp", choices=MODELS, help="network (default: mlp, 64-32-16-10)")
+    p.add_argument("--dataset", default="digits", help="dataset (default: digits, bundled with scikit-learn)")
+    p.add_argument("--method", default="lsq", choices=METHODS, help="quantization method (default: lsq)")
+    p.add_argument("--bits", type=_bits, default=(2, 2), metavar="W/A",
+                   help="weight/activation bits of every layer, 1..8 each (default: 2/2); "
+                        "the first layer's inputs are the dataset's 4-bit codes")
+    p.add_argument("--epochs-float", type=_non_negative, default=40, help="float warm-up epochs (default: 40)")
+    p.add_argument("--epochs-qat", type=_non_negative, default=60, help="quantization-aware epochs (default: 60)")
+    p.add_argument("--seed", type=_non_negative, default=0, help="random seed (default: 0)")
+
+
+def _train_config(args):
+    from .train import TrainConfig
+
+    return TrainConfig(model=args.model, dataset=args.dataset, method=args.method, w_bits=args.bits[0],
+                       a_bits=args.bits[1], epochs_float=args.epochs_float, epochs_qat=args.epochs_qat,
+                       seed=args.seed)
+
+
+def _add_board(p):
+    from boards import DEFAULT_BOARD
+
+    p.add_argument("--board", default=DEFAULT_BOARD,
+                   help=f"board name (see `hwq boards`) or a board .yaml file (default: {DEFAULT_BOARD})")
+    p.add_argument("--array", type=_array, default=_array(DEFAULT_ARRAY), metavar="RxC",
+                   help=f"systolic array rows x cols per layer, clipped to the layer (default: {DEFAULT_ARRAY})")
+
+
+def cmd_boards(args):
+    from boards import DEFAULT_BOARD, known_boards, load_board
+
+    print(f"{'board':<12} {'family':<8} {'LUT':>6} {'FF':>6} {'BRAM':>5} {'DSP':>4} {'MHz':>5}  description")
+    for name in known_boards():
+        b = load_board(name)
+        mark = "  (default)" if name == DEFAULT_BOARD else ""
+        print(f"{b.name:<12} {b.family:<8} {b.lut:>6} {b.ff:>6} {b.bram:>5} {b.dsp:>4} {b.clock_mhz:>5g}  "
+              f"{b.description}{mark}")
+
+
+def cmd_train(args):
+    from .train import train
+
+    metrics = train(_train_config(args), args.out)
+    acc = metrics["accuracy"]
+    print(f"wrote {Path(args.out) / 'checkpoint.pt'} and metrics.json: float accuracy {acc['float']:.4f}, "
+          f"fake-quant {acc['fake_quant']:.4f} ({metrics['train_seconds']:.1f} s)")
+
+
+def cmd_export(args):
+    from .export import export_run
+
+    ir = export_run(args.run, args.out)
+    bits = ", ".join(f"{la.name} W{la.w_bits}/A{la.a_bits}->{la.out_bits} acc{la.acc_bits}" for la in ir.layers)
+    print(f"wrote {Path(args.out) / 'manifest.yaml'} and tensors.npz: {bits}")
+
+
+def cmd_rtl(args):
+    from boards import load_board
+    from rtl_gen.emit import generate_rtl
+
+    from .ir import load_ir
+
+    board = load_board(args.board)
+    ir = load_ir(args.ir)
+    info = generate_rtl(ir, board, args.out, rows=args.array[0], cols=args.array[1])
+    arrays = ", ".join(f"{la['name']} {la['array'][0]}x{la['array'][1]}" for la in info["layers"])
+    print(f"wrote {Path(args.out) / 'top.v'} and rtl.json for {board.name}: latency {info['latency_cycles']} cycles, "
+          f"arrays {arrays}")
+
+
+def cmd_estimate(args):
+    from boards import load_board
+
+    from .estimate import estimate
+    from .fileio import write_json
+    from .ir import load_ir
+
+    board = load_board(args.board)
+    est = estimate(load_ir(args.ir), board, rows=args.array[0], cols=args.array[1])
+    for la in est["layers"]:
+        e = la["estimate"]
+        print(f"{la['name']:<8} LUT {e['lut']:>6}  FF {e['ff']:>6}  cycles {e['cycles']:>6}")
+    t = est["totals"]
+    fit = "fits" if est["fits"] else "does NOT fit (over by " + ", ".join(f"{v} {k.upper()}" for k, v in est["over"].items()) + ")"
+    print(f"{'total':<8} LUT {t['lut']:>6}  FF {t['ff']:>6}  cycles {t['cycles']:>6}  "
+          f"({est['latency_us']:.2f} us at {board.clock_mhz:g} MHz); {fit} {board.name}")
+    if args.out:
+        write_json(args.out, est)
+        print(f"wrote {args.out}")
+
+
+def cmd_sim(args):
+    from sim.runner import simulate
+
+    from .fileio import write_json
+    from .ir import load_ir
+
+    ir = load_ir(args.ir)
+    res = simulate(ir, args.rtl, samples=args.samples)
+    out = args.out or Path(args.rtl) / "sim.json"
+    write_json(out, res)
+    cyc = ", ".join(f"{la['name']} {la['cycles']}" for la in res["layers"])
+    verdict = "bit-exact" if res["bit_exact"] else f"MISMATCH in {res['mismatched_samples']} samples, first {res['first_mismatch']}"
+    print(f"simulated {res['samples']} samples: {verdict}; cycles {cyc}; latency {res['latency_cycles']} cycles; wrote {out}")
+    return 0 if res["bit_exact"] else 1
+
+
+def cmd_flow(args):
+    from boards import load_board
+
+    from .flow import run_flow
+
+    board = load_board(args.board)
+    cfg = _train_config(args)
+    report = run_flow(args.out, board=board, train_cfg=cfg, samples=args.samples, rows=args.array[0],
+                      cols=args.array[1], log=lambda msg: print(msg, file=sys.stderr))
+    _print_summary(report)
+    print(f"wrote {Path(args.out) / 'report.json'} and report.html")
+    ok = report["bit_exact"]["rtl_vs_golden"] and report["bit_exact"]["golden_vs_torch_integer"]
+    return 0 if ok else 1
+
+
+def _print_summary(report):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"hwq: {report['model']} on {report['dataset']} -> {report['board']}")
+    for col in ("layer", "W/A/out", "acc", "array", "LUT est", "FF est", "cycles est", "cycles sim"):
+        table.add_column(col, justify="right")
+    for la in report["layers"]:
+        e = la["estimate"]
+        table.add_row(la["name"], f"{la['w_bits']}/{la['a_bits']}/{la['out_bits']}", str(la["acc_bits"]),
+                      f"{la['array'][0]}x{la['array'][1]}", str(e["lut"]), str(e["ff"]), str(e["cycles"]),
+                      str(la["sim"]["cycles"]))
+    t = report["totals"]
+    table.add_row("total", "", "", "", str(t["estimate"]["lut"]), str(t["estimate"]["ff"]),
+                  str(t["latency_cycles_estimate"]), str(t["latency_cycles_sim"]))
+    console = Console()
+    console.print(table)
+    acc, be = report["accuracy"], report["bit_exact"]
+    console.print(f"accuracy: float {acc['float']:.4f}  fake-quant {acc['fake_quant']:.4f}  golden {acc['golden']:.4f}  "
+                  f"RTL {acc['rtl']:.4f} ({acc['rtl_samples']} samples)")
+    console.print(f"RTL vs golden: {'bit-exact' if be['rtl_vs_golden'] else 'MISMATCH'} over {be['samples']} samples; "
+                  f"torch integer vs golden: {'equal' if be['golden_vs_torch_integer'] else 'DIFFERENT'}; "
+                  f"fits {report['board']}: {t['fits']}")
+
+
+def build_parser():
+    parser = _Parser(prog="hwq", description="Quantized neural network in, verified FPGA accelerator out. "
+                     "Run `hwq flow --out DIR` for the whole flow on the bundled digits dataset.")
+    parser.add_argument("--version", action="version", version=f"hwq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("boards", help="list the bundled boards and their resources")
+    p.set_defaults(func=cmd_boards)
+
+    p = sub.add_parser("train", help="quantization-aware training -> run directory")
+    _add_train_args(p)
+    p.add_argument("--out", required=True, help="run directory to write (checkpoint.pt, metrics.json)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="run directory -> integer IR (manifest.yaml + tensors.npz)")
+    p.add_argument("run", help="run directory from `hwq train`")
+    p.add_argument("--out", required=True, help="IR directory to write")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("rtl", help="IR -> Verilog (top.v, rtl.json) for a board")
+    p.add_argument("ir", help="IR directory from `hwq export`")
+    _add_board(p)
+    p.add_argument("--out", required=True, help="RTL directory to write")
+    p.set_defaults(func=cmd_rtl)
+
+    p = sub.add_parser("estimate", help="resource and latency estimate of an IR on a board")
+    p.add_argument("ir", help="IR directory from `hwq export`")
+    _add_board(p)
+    p.add_argument("--out", help="also write the estimate as JSON to this file")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("sim", help="simulate the RTL with Verilator and check it against the golden model")
+    p.add_argument("ir", help="IR directory from `hwq export`")
+    p.add_argument("rtl", help="RTL directory from `hwq rtl`")
+    p.add_argument("--samples", type=_positive, default=100, help="test samples to simulate (default: 100)")
+    p.add_argument("--out", help="sim.json to write (default: RTL/sim.json)")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("flow", help="all stages in one run -> report.json and report.html")
+    _add_train_args(p)
+    _add_board(p)
+    p.add_argument("--samples", type=_positive, default=None,
+                   help="test samples to simulate (default: the whole test set)")
+    p.add_argument("--out", required=True, help="directory to write everything into")
+    p.set_defaults(func=cmd_flow)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except UserError as exc:
+        print(f"hwq: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

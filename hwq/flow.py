@@ -1,0 +1,160 @@
+"""``hwq flow``: train, export, check, generate RTL, estimate, simulate; write report.json and report.html."""
+
+import html
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import golden
+from .data import load_dataset
+from .estimate import estimate
+from .export import export_run
+from .fileio import write_json, write_text
+from .train import TrainConfig, load_run, train
+
+__all__ = ["REPORT_FORMAT", "check_torch_integer", "run_flow"]
+
+REPORT_FORMAT = "hwq-report/1"
+
+
+def check_torch_integer(run_dir, ir, inputs):
+    """Compare the PyTorch integer path with the golden model; return (equal, fake-quant mismatches)."""
+    model, _ = load_run(run_dir)
+    x = torch.from_numpy(np.asarray(inputs, dtype=np.int64))
+    torch_int = model.integer_forward(x).numpy()
+    gold = golden.run(ir, inputs)
+    equal = torch_int.shape == gold.shape and bool((torch_int == gold).all())
+    with torch.no_grad():
+        fq_pred = model(x).argmax(1).numpy()
+    return equal, int((fq_pred != gold.argmax(1)).sum())
+
+
+def _report_layers(ir, rtl_info, est, sim):
+    rows = []
+    for layer, rl, el, sl in zip(ir.layers, rtl_info["layers"], est["layers"], sim["layers"], strict=True):
+        rows.append({
+            "name": layer.name, "op": layer.op, "engine": rl["engine"],
+            "w_bits": layer.w_bits, "a_bits": layer.a_bits, "out_bits": layer.out_bits,
+            "acc_bits": layer.acc_bits, "array": rl["array"],
+            "estimate": el["estimate"], "synth": None, "sim": {"cycles": sl["cycles"]},
+        })
+    return rows
+
+
+def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=8, cols=8, log=print,
+             show_progress=True):
+    """Run every stage into ``out_dir``; return the report dict (also written to report.json)."""
+    from rtl_gen.emit import generate_rtl
+    from sim.runner import simulate
+
+    out = Path(out_dir)
+    timings = {}
+
+    t = time.perf_counter()
+    metrics = train(train_cfg, out / "run", show_progress=show_progress)
+    timings["train"] = round(time.perf_counter() - t, 3)
+    log(f"trained {train_cfg.model} ({train_cfg.method}, W{train_cfg.w_bits}/A{train_cfg.a_bits}) -> {out / 'run'}  "
+        f"float {metrics['accuracy']['float']:.4f}, fake-quant {metrics['accuracy']['fake_quant']:.4f}")
+
+    t = time.perf_counter()
+    ir = export_run(out / "run", out / "ir")
+    timings["export"] = round(time.perf_counter() - t, 3)
+    data = load_dataset(ir.dataset, input_bits=ir.input_bits)
+    gold_out = golden.run(ir, data.x_test)
+    acc_golden = float((gold_out.argmax(1) == data.y_test).mean())
+    torch_equal, fq_mismatches = check_torch_integer(out / "run", ir, data.x_test)
+    log(f"exported IR -> {out / 'ir'}  golden {acc_golden:.4f}, torch integer path "
+        f"{'equal' if torch_equal else 'DIFFERENT'}, fake-quant prediction mismatches {fq_mismatches}")
+
+    t = time.perf_counter()
+    rtl_info = generate_rtl(ir, board, out / "rtl", rows=rows, cols=cols)
+    timings["rtl"] = round(time.perf_counter() - t, 3)
+    log(f"generated Verilog -> {out / 'rtl' / 'top.v'}")
+
+    est = estimate(ir, board, rows=rows, cols=cols)
+    write_json(out / "estimate.json", est)
+
+    n = len(data.x_test) if samples is None else min(samples, len(data.x_test))
+    t = time.perf_counter()
+    sim = simulate(ir, out / "rtl", inputs=data.x_test[:n], labels=data.y_test[:n])
+    timings["sim"] = round(time.perf_counter() - t, 3)
+    timings["synth"] = None
+    write_json(out / "sim.json", sim)
+    log(f"simulated {n} samples -> {out / 'sim.json'}  "
+        f"{'bit-exact' if sim['bit_exact'] else 'MISMATCH ' + str(sim['first_mismatch'])}")
+
+    ii = sim["initiation_interval_cycles"]
+    report = {
+        "format": REPORT_FORMAT,
+        "board": board.name, "model": ir.model, "dataset": ir.dataset, "method": ir.method,
+        "accuracy": {
+            "float": metrics["accuracy"]["float"],
+            "fake_quant": metrics["accuracy"]["fake_quant"],
+            "golden": acc_golden,
+            "golden_samples": len(data.x_test),
+            "golden_on_rtl_samples": sim["accuracy_golden"],
+            "rtl": sim["accuracy"],
+            "rtl_samples": n,
+        },
+        "bit_exact": {
+            "golden_vs_torch_integer": torch_equal,
+            "rtl_vs_golden": sim["bit_exact"],
+            "samples": n,
+            "first_mismatch": sim["first_mismatch"],
+            "fake_quant_prediction_mismatches": fq_mismatches,
+        },
+        "layers": _report_layers(ir, rtl_info, est, sim),
+        "totals": {
+            "estimate": est["totals"],
+            "synth": None,
+            "fmax_mhz": None,
+            "fits": est["fits"],
+            "latency_cycles_sim": sim["latency_cycles"],
+            "latency_cycles_estimate": est["latency_cycles"],
+            "initiation_interval_cycles_sim": ii,
+            "clock_mhz": board.clock_mhz,
+            "throughput_inferences_per_s": round(board.clock_mhz * 1e6 / ii, 1) if ii else None,
+        },
+        "timings_s": timings,
+    }
+    write_json(out / "report.json", report)
+    write_text(out / "report.html", render_html(report))
+    return report
+
+
+def render_html(report):
+    """A self-contained HTML page with the report's figures."""
+    e = html.escape
+    acc, be, tot = report["accuracy"], report["bit_exact"], report["totals"]
+    rows = "".join(
+        f"<tr><td>{e(la['name'])}</td><td>{e(la['engine'])}</td><td>{la['w_bits']}/{la['a_bits']}/{la['out_bits']}</td>"
+        f"<td>{la['acc_bits']}</td><td>{la['array'][0]}x{la['array'][1]}</td><td>{la['estimate']['lut']}</td>"
+        f"<td>{la['estimate']['ff']}</td><td>{la['estimate']['cycles']}</td><td>{la['sim']['cycles']}</td></tr>"
+        for la in report["layers"])
+    verdict = "bit-exact" if be["rtl_vs_golden"] else f"MISMATCH: {e(str(be['first_mismatch']))}"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>hwq report: {e(report['model'])} on {e(report['board'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}th{{background:#eee}}td:first-child{{text-align:left}}</style>
+</head><body>
+<h1>hwq report</h1>
+<p>{e(report['model'])} on {e(report['dataset'])}, method {e(report['method'])}, board {e(report['board'])}</p>
+<h2>Accuracy</h2>
+<table><tr><th>float</th><th>fake-quant</th><th>golden ({acc['golden_samples']})</th><th>RTL ({acc['rtl_samples']})</th></tr>
+<tr><td>{acc['float']:.4f}</td><td>{acc['fake_quant']:.4f}</td><td>{acc['golden']:.4f}</td><td>{acc['rtl']:.4f}</td></tr></table>
+<h2>Checks</h2>
+<ul><li>RTL vs golden over {be['samples']} samples: <b>{verdict}</b></li>
+<li>PyTorch integer path vs golden: <b>{'equal' if be['golden_vs_torch_integer'] else 'DIFFERENT'}</b></li>
+<li>fake-quant vs golden prediction mismatches: {be['fake_quant_prediction_mismatches']}</li></ul>
+<h2>Layers</h2>
+<table><tr><th>layer</th><th>engine</th><th>W/A/out bits</th><th>acc bits</th><th>array</th><th>LUT (est.)</th>
+<th>FF (est.)</th><th>cycles (est.)</th><th>cycles (sim)</th></tr>{rows}</table>
+<h2>Totals</h2>
+<p>Latency {tot['latency_cycles_sim']} cycles (simulated), {tot['initiation_interval_cycles_sim']} cycles between inputs;
+{tot['throughput_inferences_per_s']} inferences/s at the board's {tot['clock_mhz']} MHz clock (not a measured Fmax).
+Estimated {tot['estimate']['lut']} LUT, {tot['estimate']['ff']} FF: {'fits' if tot['fits'] else 'does NOT fit'} the board.
+Synthesis not run.</p>
+</body></html>
+"""

@@ -1,0 +1,61 @@
+"""Integer ranges of quantized values: the one place training, export, golden model and RTL take them.
+
+Weights are signed two's complement for 2..8 bits; a 1-bit weight is binary, {-1, +1}.
+Activations are unsigned codes 0..2^b-1 (after ReLU) or signed two's complement.
+
+>>> min_int(4, signed=False), max_int(4, signed=False)
+(0, 15)
+>>> min_int(2, signed=True), max_int(2, signed=True)
+(-2, 1)
+>>> weight_range(1), weight_range(3)
+((-1, 1), (-4, 3))
+>>> signed_width(-4, 3), signed_width(0, 4), signed_width(-1920, 1920)
+(3, 4, 12)
+"""
+
+import operator
+
+__all__ = ["check_bits", "max_int", "min_int", "signed_width", "weight_range"]
+
+MIN_BITS = 1
+MAX_BITS = 8
+
+
+def check_bits(bits, *, name="bits"):
+    """Return ``bits`` as an int, or raise if it is not an integer in 1..8."""
+    try:
+        value = operator.index(bits)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer in {MIN_BITS}..{MAX_BITS}, not {bits!r}") from None
+    if isinstance(bits, bool) or not MIN_BITS <= value <= MAX_BITS:
+        raise ValueError(f"{name} must be an integer in {MIN_BITS}..{MAX_BITS}, not {bits!r}")
+    return value
+
+
+def min_int(bits, signed):
+    """Smallest integer of a ``bits``-wide code."""
+    return -(1 << (bits - 1)) if signed else 0
+
+
+def max_int(bits, signed):
+    """Largest integer of a ``bits``-wide code."""
+    return (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+
+
+def weight_range(w_bits):
+    """(lowest, highest) integer weight; 1 bit is binary {-1, +1} (0 is not a level)."""
+    w_bits = check_bits(w_bits, name="w_bits")
+    if w_bits == 1:
+        return -1, 1
+    return min_int(w_bits, True), max_int(w_bits, True)
+
+
+def signed_width(lo, hi):
+    """Fewest two's complement bits that hold every integer in [lo, hi]."""
+    lo, hi = int(lo), int(hi)
+    if lo > hi:
+        raise ValueError(f"empty range [{lo}, {hi}]")
+    bits = 1
+    while not (min_int(bits, True) <= lo and hi <= max_int(bits, True)):
+        bits += 1
+    return bits

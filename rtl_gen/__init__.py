@@ -1,0 +1,1 @@
+"""Amaranth generators: processing element, systolic array, threshold requantizer, layer engine, network top."""

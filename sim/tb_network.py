@@ -1,0 +1,110 @@
+"""cocotb testbench for the network top (runs inside the simulator; never imported by pytest).
+
+Parts: a driver (offers one input vector at a time on the ``i`` stream), a monitor (waits for
+``o.valid`` without Python on every clock edge, then captures the logits and the hardware cycle
+counters), and timestamps of every accept and every output for an independent latency measurement.
+Comparison with the golden model happens outside, in :mod:`sim.runner`; this module only records.
+
+Environment: ``HWQ_SIM_STIMULUS`` (npz with ``inputs``), ``HWQ_SIM_RESULT`` (JSON written here).
+"""
+
+import json
+import os
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from cocotb.utils import get_sim_time
+
+PERIOD_NS = 10
+
+
+def pack(values, bits):
+    word = 0
+    for k, v in enumerate(values):
+        word |= (int(v) & ((1 << bits) - 1)) << (k * bits)
+    return word
+
+
+def unpack(word, count, bits, signed):
+    out = []
+    for k in range(count):
+        v = (word >> (k * bits)) & ((1 << bits) - 1)
+        if signed and v >> (bits - 1):
+            v -= 1 << bits
+        out.append(v)
+    return out
+
+
+class Driver:
+    """Offers input vectors on the ``i`` stream; returns the sim time of each accepting edge."""
+
+    def __init__(self, dut, bits):
+        self.dut, self.bits = dut, bits
+
+    async def send(self, vector):
+        dut = self.dut
+        dut.i__payload.value = pack(vector, self.bits)
+        dut.i__valid.value = 1
+        while True:
+            await ReadOnly()
+            ready = int(dut.i__ready.value)
+            await RisingEdge(dut.clk)
+            if ready:
+                break
+        accepted = get_sim_time("ns")
+        dut.i__valid.value = 0
+        return accepted
+
+
+class Monitor:
+    """Waits for ``o.valid`` and captures the output and the cycle counters."""
+
+    def __init__(self, dut, n_out, out_bits, n_layers):
+        self.dut, self.n_out, self.out_bits, self.n_layers = dut, n_out, out_bits, n_layers
+
+    async def receive(self):
+        dut = self.dut
+        if not int(dut.o__valid.value):
+            await RisingEdge(dut.o__valid)
+        valid_at = get_sim_time("ns")
+        await ReadOnly()
+        logits = unpack(dut.o__payload.value.to_unsigned(), self.n_out, self.out_bits, signed=True)
+        cycles = unpack(dut.cycles.value.to_unsigned(), self.n_layers, 32, signed=False)
+        total = int(dut.cycles_total.value.to_unsigned())
+        await RisingEdge(dut.clk)  # o.ready is held high: the output is taken at this edge
+        return valid_at, logits, cycles, total
+
+
+@cocotb.test()
+async def run_network(dut):
+    """Run every stimulus vector through the network and record outputs and cycle counts."""
+    stim = np.load(os.environ["HWQ_SIM_STIMULUS"])
+    inputs = stim["inputs"]
+    in_bits, out_bits = int(stim["input_bits"]), int(stim["output_bits"])
+    n_out, n_layers = int(stim["n_outputs"]), int(stim["n_layers"])
+    cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
+    dut.rst.value = 1
+    dut.i__valid.value = 0
+    dut.o__ready.value = 1
+    await ClockCycles(dut.clk, 2)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+
+    driver, monitor = Driver(dut, in_bits), Monitor(dut, n_out, out_bits, n_layers)
+    t_start = get_sim_time("ns")
+    records = {"outputs": [], "layer_cycles": [], "total_cycles": [], "tb_latency_cycles": [], "accept_ns": []}
+    for vector in inputs:
+        accepted = await driver.send(vector)
+        valid_at, logits, cycles, total = await monitor.receive()
+        records["outputs"].append(logits)
+        records["layer_cycles"].append(cycles)
+        records["total_cycles"].append(total)
+        # accept edge ends the accept cycle; o.valid is high from the edge that starts its first cycle
+        records["tb_latency_cycles"].append(round((valid_at - accepted) / PERIOD_NS) + 1)
+        records["accept_ns"].append(accepted)
+    records["simulated_cycles"] = round((get_sim_time("ns") - t_start) / PERIOD_NS)
+    records["period_ns"] = PERIOD_NS
+    with open(os.environ["HWQ_SIM_RESULT"], "w") as f:
+        json.dump(records, f)

@@ -1,0 +1,65 @@
+"""The command line: bad input gets one line and exit status 2, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from hwq.cli import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["rtl", "ir", "--board", "nope", "--out", "x"], "unknown board 'nope'; known boards: ecp5-25f, ice40-up5k, xc7a35t"),
+    (["estimate", "ir", "--board", "nope"], "known boards: ecp5-25f, ice40-up5k, xc7a35t"),
+    (["export", "does-not-exist", "--out", "x"], "does-not-exist: run directory not found"),
+])
+def test_user_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_corrupt_run_directory(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "ir")]) == 2
+    assert "checkpoint missing" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "ir")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "checkpoint.pt: not a readable hwq checkpoint" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ir").exists()
+
+
+@pytest.mark.parametrize("bits, message", [
+    ("9/2", "weight bits must be in 1..8, not 9"),
+    ("2/0", "activation bits must be in 1..8, not 0"),
+    ("two", "expected W/A with integers in 1..8"),
+])
+def test_bits_outside_range(capsys, bits, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--bits", bits, "--out", "x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_no_traceback_from_the_installed_command(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "hwq.cli", "rtl", str(tmp_path), "--board", "zz", "--out", "o"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("hwq: error: unknown board 'zz'") and "Traceback" not in proc.stderr
+
+
+def test_boards_lists_the_default(capsys):
+    assert main(["boards"]) == 0
+    assert "ice40-up5k" in capsys.readouterr().out
+
+
+def test_help_for_every_command(capsys):
+    for cmd in ("train", "export", "rtl", "estimate", "sim", "flow", "boards"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+    assert "--samples" in capsys.readouterr().out

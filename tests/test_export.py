@@ -1,0 +1,83 @@
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwq import golden
+from hwq.data import load_dataset
+from hwq.export import derive_thresholds
+from hwq.flow import check_torch_integer
+from hwq.quant import requantize_float
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    out_bits=st.integers(1, 8),
+    acc_scale=st.floats(1e-4, 10.0),
+    out_step=st.floats(1e-3, 10.0),
+    bias=st.integers(-300, 300),
+    lo=st.integers(-2000, 0),
+    span=st.integers(0, 3000),
+)
+def test_thresholds_reproduce_float_requant_exhaustively(out_bits, acc_scale, out_step, bias, lo, span):
+    hi = lo + span
+    b = torch.tensor([bias], dtype=torch.int64)
+    s, so = torch.tensor(acc_scale, dtype=torch.float32), torch.tensor(out_step, dtype=torch.float32)
+    fn = lambda acc: requantize_float(acc, b[:, None], s, so, out_bits)  # noqa: E731
+    thr = derive_thresholds(fn, torch.tensor([lo]), torch.tensor([hi]), 2**out_bits - 1).numpy()
+    accs = np.arange(lo, hi + 1)
+    expected = requantize_float(torch.from_numpy(accs), b, s, so, out_bits).numpy().astype(np.int64)
+    got = golden.thresholds_apply(accs[:, None], thr)[:, 0]
+    assert np.array_equal(got, expected)
+
+
+def test_accumulator_bound_holds_for_extreme_inputs():
+    rng = np.random.default_rng(0)
+    w = rng.integers(-8, 8, size=(5, 40))
+    lo, hi = golden.accumulator_range(w, 0, 15)
+    for x in (np.zeros(40, int), np.full(40, 15), (w[0] > 0) * 15, (w[0] < 0) * 15):
+        acc = w @ x
+        assert (lo <= acc).all() and (acc <= hi).all()
+    assert (w[0] @ ((w[0] > 0) * 15)) == hi[0]  # the bound is reached
+    assert (w[0] @ ((w[0] < 0) * 15)) == lo[0]
+
+
+def test_golden_equals_torch_integer_path(trained_run, trained_ir):
+    run_dir, _ = trained_run
+    _, ir = trained_ir
+    data = load_dataset()
+    equal, fq_mismatches = check_torch_integer(run_dir, ir, data.x_test)
+    assert equal
+    assert fq_mismatches <= len(data.x_test) // 20  # disagreements are counted; rounding ties are rare
+
+
+def test_torch_integer_check_detects_a_changed_weight(trained_run, trained_ir):
+    run_dir, ir = trained_run[0], trained_ir[1]
+    data = load_dataset()
+    w = ir.tensors["fc3.weight"]
+    original = w.copy()
+    try:
+        w[0, :] = np.where(w[0, :] == 1, -1, 1)  # flip a whole row of the logits layer
+        equal, _ = check_torch_integer(run_dir, ir, data.x_test)
+        assert not equal
+    finally:
+        w[...] = original
+
+
+def test_export_reports_proven_widths(trained_ir):
+    _, ir = trained_ir
+    fc1 = ir.layers[0]
+    assert (fc1.w_bits, fc1.a_bits, fc1.out_bits) == (2, 4, 2)
+    lo, hi = golden.accumulator_range(ir.tensors[fc1.weights], 0, 15)
+    assert -(2 ** (fc1.acc_bits - 1)) <= lo.min() and hi.max() <= 2 ** (fc1.acc_bits - 1) - 1
+
+
+def test_training_is_deterministic(tmp_path):
+    from hwq.train import TrainConfig, train
+
+    a = train(TrainConfig(epochs_float=2, epochs_qat=2, seed=3), tmp_path / "a", show_progress=False)
+    b = train(TrainConfig(epochs_float=2, epochs_qat=2, seed=3), tmp_path / "b", show_progress=False)
+    assert a["accuracy"] == b["accuracy"]
+    sa = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["state_dict"]
+    sb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
