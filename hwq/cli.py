@@ -1,7 +1,6 @@
 """The ``hwq`` command line. Every command prints what it wrote; bad input exits 2 with one line."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -49,17 +48,20 @@ def _bits(text):
 
 
 def _add_train_args(p):
-    from .train import METHODS, MODELS
+    from .train import METHODS, MODELS, TrainConfig
 
+    d = TrainConfig()
     p.add_argument("--model", default="mlp", choices=MODELS, help="network (default: mlp, 64-32-16-10)")
     p.add_argument("--dataset", default="digits", help="dataset (default: digits, bundled with scikit-learn)")
     p.add_argument("--method", default="lsq", choices=METHODS, help="quantization method (default: lsq)")
-    p.add_argument("--bits", type=_bits, default=(2, 2), metavar="W/A",
-                   help="weight/activation bits of every layer, 1..8 each (default: 2/2); "
+    p.add_argument("--bits", type=_bits, default=(d.w_bits, d.a_bits), metavar="W/A",
+                   help=f"weight/activation bits of every layer, 1..8 each (default: {d.w_bits}/{d.a_bits}); "
                         "the first layer's inputs are the dataset's 4-bit codes")
-    p.add_argument("--epochs-float", type=_non_negative, default=40, help="float warm-up epochs (default: 40)")
-    p.add_argument("--epochs-qat", type=_non_negative, default=60, help="quantization-aware epochs (default: 60)")
-    p.add_argument("--seed", type=_non_negative, default=0, help="random seed (default: 0)")
+    p.add_argument("--epochs-float", type=_non_negative, default=d.epochs_float, metavar="N",
+                   help=f"float warm-up epochs (default: {d.epochs_float})")
+    p.add_argument("--epochs-qat", type=_non_negative, default=d.epochs_qat, metavar="N",
+                   help=f"quantization-aware epochs (default: {d.epochs_qat})")
+    p.add_argument("--seed", type=_non_negative, default=d.seed, metavar="N", help=f"random seed (default: {d.seed})")
 
 
 def _train_config(args):

@@ -15,7 +15,7 @@ def estimate(ir, board, *, rows=8, cols=8):
     """Return {"layers": [...], "totals": {...}} for the IR mapped on arrays of rows x cols."""
     plans = plans_from_ir(ir, rows=rows, cols=cols)
     layers, totals = [], dict.fromkeys(_KEYS, 0)
-    for layer, plan in zip(ir.layers, plans):
+    for layer, plan in zip(ir.layers, plans, strict=True):
         res = plan.resources
         for k in _KEYS:
             totals[k] += res[k]

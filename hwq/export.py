@@ -12,7 +12,7 @@ for every ``acc`` in range: the thresholds are exact, including rounding ties.
 import torch
 
 from .golden import accumulator_range
-from .intrange import max_int, min_int, signed_width
+from .intrange import max_int, signed_width
 from .ir import IR, Layer, save_ir
 from .quant import requantize_float
 from .train import load_run

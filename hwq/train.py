@@ -56,10 +56,10 @@ class TrainConfig:
     a_bits: int = 2
     hidden: tuple = (32, 16)
     epochs_float: int = 40
-    epochs_qat: int = 60
+    epochs_qat: int = 100
     batch_size: int = 64
     lr_float: float = 1e-2
-    lr_qat: float = 2e-3
+    lr_qat: float = 5e-3
     seed: int = 0
 
     def __post_init__(self):

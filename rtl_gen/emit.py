@@ -18,7 +18,7 @@ TOP_NAME = "hwq_top"
 
 def _describe(top, ir, board, rows, cols):
     layers = []
-    for layer, engine in zip(ir.layers, top.engines):
+    for layer, engine in zip(ir.layers, top.engines, strict=True):
         p = engine.plan
         layers.append({
             "name": layer.name, "op": layer.op, "engine": "systolic",

@@ -1,5 +1,7 @@
 """The network top: one engine per layer, run in sequence on one sample at a time."""
 
+from itertools import pairwise
+
 from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -83,7 +85,7 @@ class NetworkTop(wiring.Component):
         self.engines = list(engines)
         self.names = list(names) if names is not None else [f"layer{k}" for k in range(len(engines))]
         self.input_bits = check_int("input_bits", input_bits, 1, 8)
-        for a, b in zip(self.engines, self.engines[1:]):
+        for a, b in pairwise(self.engines):
             if (a.out_features, a.out_bits) != (b.in_features, b.a_bits):
                 raise ValueError(f"engine outputs {a.out_features} x {a.out_bits} bits do not match the next "
                                  f"engine's inputs {b.in_features} x {b.a_bits} bits")
@@ -107,7 +109,7 @@ class NetworkTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        for name, engine in zip(self.names, self.engines):
+        for name, engine in zip(self.names, self.engines, strict=True):
             m.submodules[name] = engine
 
         in_flight = Signal()
@@ -121,7 +123,7 @@ class NetworkTop(wiring.Component):
 
         starts = [start0] + [e.done for e in self.engines[:-1]]
         source = x_in
-        for engine, start in zip(self.engines, starts):
+        for engine, start in zip(self.engines, starts, strict=True):
             m.d.comb += [engine.x.eq(source), engine.start.eq(start)]
             source = engine.y
         last = self.engines[-1]
@@ -132,7 +134,7 @@ class NetworkTop(wiring.Component):
             m.d.sync += self.o.valid.eq(0)
 
         # Self-measurement: occupancy of each engine and the whole latency, in cycles.
-        for k, (engine, start) in enumerate(zip(self.engines, starts)):
+        for k, (engine, start) in enumerate(zip(self.engines, starts, strict=True)):
             with m.If(start):
                 m.d.sync += self.cycles[k].eq(1)
             with m.Elif(engine.busy & ~engine.done):
