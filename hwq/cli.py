@@ -136,7 +136,12 @@ def cmd_estimate(args):
         e = la["estimate"]
         print(f"{la['name']:<8} LUT {e['lut']:>6}  FF {e['ff']:>6}  cycles {e['cycles']:>6}")
     t = est["totals"]
-    fit = "fits" if est["fits"] else "does NOT fit (over by " + ", ".join(f"{v} {k.upper()}" for k, v in est["over"].items()) + ")"
+    if est["fits"]:
+        fit = "fits"
+    else:
+        worst = max(est["layers"], key=lambda la: la["estimate"]["lut"])
+        over = ", ".join(f"{v} {k.upper()}" for k, v in est["over"].items())
+        fit = f"does NOT fit (over by {over}; largest layer {worst['name']}, {worst['estimate']['lut']} LUT)"
     print(f"{'total':<8} LUT {t['lut']:>6}  FF {t['ff']:>6}  cycles {t['cycles']:>6}  "
           f"({est['latency_us']:.2f} us at {board.clock_mhz:g} MHz); {fit} {board.name}")
     if args.out:
