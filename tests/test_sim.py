@@ -51,3 +51,31 @@ def test_compare_reports_first_mismatch():
     equal, first = compare([[1, 2], [3, 4]], [[1, 2], [3, 5]])
     assert equal.tolist() == [True, False]
     assert first == {"sample": 1, "index": 1, "expected": 4, "got": 5}
+
+
+def test_verilator_lint_has_no_errors(small_design):
+    import subprocess
+
+    from sim.verilator import WARNING_FLAGS, setup_verilator
+
+    _, rtl, _ = small_design
+    setup_verilator()
+    proc = subprocess.run(["verilator", "--lint-only", *WARNING_FLAGS, "--top-module", "hwq_top",
+                           str(rtl / "top.v")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "%Error" not in proc.stderr
+
+
+@pytest.mark.synth
+def test_yosys_synthesizes_the_verilog(small_design, tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("yosys") is None:
+        pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
+    _, rtl, _ = small_design
+    stat = tmp_path / "stat.txt"
+    script = f"read_verilog {rtl / 'top.v'}; synth_ice40 -top hwq_top; tee -q -o {stat} stat"
+    proc = subprocess.run(["yosys", "-q", "-p", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SB_LUT4" in stat.read_text()
