@@ -12,6 +12,8 @@ __all__ = ["DEFAULT_BOARD", "Board", "known_boards", "load_board"]
 
 DEFAULT_BOARD = "ice40-up5k"
 FAMILIES = ("ice40", "ecp5", "xilinx7")
+SYNTH_COMMANDS = {"ice40": "synth_ice40", "ecp5": "synth_ecp5", "xilinx7": "synth_xilinx"}
+PNR_TOOLS = {"ice40": "nextpnr-ice40", "ecp5": "nextpnr-ecp5"}
 _RESOURCE_FIELDS = ("lut", "ff", "bram", "dsp")
 
 
@@ -27,8 +29,8 @@ class Board:
     bram_bits: int  # bits per block RAM
     dsp: int
     clock_mhz: float
-    yosys_synth: str
-    pnr: str | None
+    yosys_synth: str  # yosys command (and flags) that synthesizes for this part
+    pnr: dict | None  # {"tool": "nextpnr-ice40", "args": [...]}, or None where no open tool exists
     path: str
 
     def fits(self, usage):
@@ -69,16 +71,26 @@ def _parse(path, raw):
     clock = field("clock_mhz", (int, float), "a positive number (MHz)")
     if clock <= 0:
         raise UserError(f"{path}: field 'clock_mhz': expected a positive number (MHz), found {clock}")
-    pnr = raw.get("pnr")
-    if pnr is not None and not isinstance(pnr, str):
-        raise UserError(f"{path}: field 'pnr': expected a nextpnr target name or null, found {pnr!r}")
+    synth = field("yosys_synth", str, f"a yosys command starting with {SYNTH_COMMANDS[family]}")
+    if synth.split()[0] != SYNTH_COMMANDS[family]:
+        raise UserError(f"{path}: field 'yosys_synth': expected a command starting with {SYNTH_COMMANDS[family]} "
+                        f"for family {family}, found {synth!r}")
+    if "pnr" not in raw:
+        raise UserError(f"{path}: field 'pnr' is missing ({{tool: ..., args: [...]}} or null)")
+    pnr = raw["pnr"]
+    if pnr is not None:
+        ok = (isinstance(pnr, dict) and pnr.get("tool") == PNR_TOOLS.get(family) and isinstance(pnr.get("args"), list)
+              and all(isinstance(a, str) for a in pnr["args"]))
+        if not ok:
+            expected = f"{{tool: {PNR_TOOLS[family]}, args: [...]}} or null" if family in PNR_TOOLS else "null"
+            raise UserError(f"{path}: field 'pnr': expected {expected}, found {pnr!r}")
     return Board(
         name=field("name", str, "the board's name"),
         description=field("description", str, "a one-line description"),
         family=family,
         part=field("part", str, "the FPGA part"),
         clock_mhz=float(clock),
-        yosys_synth=field("yosys_synth", str, "the yosys synthesis command"),
+        yosys_synth=synth,
         pnr=pnr,
         path=str(path),
         **counts,

@@ -72,6 +72,12 @@ def _train_config(args):
                        seed=args.seed)
 
 
+def _default_board():
+    from boards import DEFAULT_BOARD
+
+    return DEFAULT_BOARD
+
+
 def _add_board(p):
     from boards import DEFAULT_BOARD
 
@@ -165,6 +171,28 @@ def cmd_sim(args):
     return 0 if res["bit_exact"] else 1
 
 
+def cmd_synth(args):
+    from boards import load_board
+
+    from .synth import synth_rtl
+
+    board = load_board(args.board)
+    res = synth_rtl(args.rtl, board, pnr=args.pnr)
+    print(f"{'':<8} {'LUT':>7} {'FF':>7} {'BRAM':>5} {'DSP':>4}")
+    for la in [*res["layers"], {"name": "(top)", **res["top"]}, {"name": "total", **res["total"]}]:
+        print(f"{la['name']:<8} {la['lut']:>7} {la['ff']:>7} {la['bram']:>5g} {la['dsp']:>4}")
+    use = ", ".join(f"{k.upper()} {v:.0%}" for k, v in res["utilization"].items() if v is not None)
+    print(f"{board.name}: {use}; {'fits' if res['fits'] else 'does NOT fit'}  "
+          f"({res['command']}, {res['seconds']:.0f} s{', cached' if res['cached'] else ''}); "
+          f"wrote {Path(args.rtl) / 'synth.json'}")
+    if args.pnr and res["pnr"] is None:
+        print(f"no place and route: {board.name} ({board.family}) has no open nextpnr target")
+    elif res["pnr"]:
+        p = res["pnr"]
+        print(f"{p['tool']}: Fmax {p['fmax_mhz']} MHz (target {p['target_mhz']:g} MHz, "
+              f"{'met' if p['meets_target'] else 'NOT met'}); placed in {p['seconds']['pnr']:.0f} s")
+
+
 def cmd_flow(args):
     from boards import load_board
 
@@ -173,7 +201,7 @@ def cmd_flow(args):
     board = load_board(args.board)
     cfg = _train_config(args)
     report = run_flow(args.out, board=board, train_cfg=cfg, samples=args.samples, rows=args.array[0],
-                      cols=args.array[1], log=lambda msg: print(msg, file=sys.stderr))
+                      cols=args.array[1], synth=args.synth, log=lambda msg: print(msg, file=sys.stderr))
     _print_summary(report)
     print(f"wrote {Path(args.out) / 'report.json'} and report.html")
     ok = report["bit_exact"]["rtl_vs_golden"] and report["bit_exact"]["golden_vs_torch_integer"]
@@ -243,11 +271,20 @@ def build_parser():
     p.add_argument("--out", help="sim.json to write (default: RTL/sim.json)")
     p.set_defaults(func=cmd_sim)
 
+    p = sub.add_parser("synth", help="synthesize the RTL with yosys: resources per layer and in total")
+    p.add_argument("rtl", help="RTL directory from `hwq rtl`")
+    p.add_argument("--board", default=_default_board(), help="board name or board .yaml file")
+    p.add_argument("--pnr", action="store_true", help="also place and route with nextpnr for Fmax (iCE40, ECP5)")
+    p.set_defaults(func=cmd_synth)
+
     p = sub.add_parser("flow", help="all stages in one run -> report.json and report.html")
     _add_train_args(p)
     _add_board(p)
     p.add_argument("--samples", type=_positive, default=None,
                    help="test samples to simulate (default: the whole test set)")
+    p.add_argument("--synth", action="store_true",
+                   help="also synthesize with yosys and place and route with nextpnr where the board has it "
+                        "(fills the synth and fmax fields)")
     p.add_argument("--out", required=True, help="directory to write everything into")
     p.set_defaults(func=cmd_flow)
     return parser

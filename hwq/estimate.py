@@ -1,10 +1,11 @@
-"""Resource and latency estimates per layer and in total, from the engines' own plans.
+"""Resource and latency estimates per layer and in total, from the components' own plans.
 
-Cycle counts are exact (the engine's analytic latency, checked against simulation); resources are a
-first-order model that issue-tracked calibration against yosys will replace (see docs).
+Cycle counts are exact (the engine's analytic latency, checked against simulation). Resources come
+from the calibrated model in ``boards/model.py``: per-component features times coefficients fitted to
+yosys results for the board's family (see docs/results/estimator.md for its measured error).
 """
 
-from rtl_gen.top import plans_from_ir, top_latency
+from rtl_gen.top import TopPlan, plans_from_ir, top_latency
 
 __all__ = ["estimate"]
 
@@ -16,16 +17,20 @@ def estimate(ir, board, *, rows=8, cols=8):
     plans = plans_from_ir(ir, rows=rows, cols=cols)
     layers, totals = [], dict.fromkeys(_KEYS, 0)
     for layer, plan in zip(ir.layers, plans, strict=True):
-        res = plan.resources
+        res = plan.resources(board.family)
         for k in _KEYS:
             totals[k] += res[k]
         layers.append({"name": layer.name, "estimate": {**res, "cycles": plan.latency}})
+    top = TopPlan(n_layers=len(plans), in_features=ir.in_features, input_bits=ir.input_bits).resources(board.family)
+    for k in _KEYS:
+        totals[k] += top[k]
     latency = top_latency(plans)
     totals["cycles"] = latency
     over = {k: totals[k] - getattr(board, k) for k in _KEYS if totals[k] > getattr(board, k)}
     return {
         "board": board.name,
         "layers": layers,
+        "top": top,
         "totals": totals,
         "fits": not over,
         "over": over,

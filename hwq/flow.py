@@ -31,19 +31,23 @@ def check_torch_integer(run_dir, ir, inputs):
     return equal, int((fq_pred != gold.argmax(1)).sum())
 
 
-def _report_layers(ir, rtl_info, est, sim):
+def _report_layers(ir, rtl_info, est, sim, syn):
     rows = []
-    for layer, rl, el, sl in zip(ir.layers, rtl_info["layers"], est["layers"], sim["layers"], strict=True):
+    syn_layers = syn["layers"] if syn else [None] * len(ir.layers)
+    for layer, rl, el, sl, yl in zip(ir.layers, rtl_info["layers"], est["layers"], sim["layers"], syn_layers,
+                                     strict=True):
         rows.append({
             "name": layer.name, "op": layer.op, "engine": rl["engine"],
             "w_bits": layer.w_bits, "a_bits": layer.a_bits, "out_bits": layer.out_bits,
             "acc_bits": layer.acc_bits, "array": rl["array"],
-            "estimate": el["estimate"], "synth": None, "sim": {"cycles": sl["cycles"]},
+            "estimate": el["estimate"],
+            "synth": {k: yl[k] for k in ("lut", "ff", "bram", "dsp")} if yl else None,
+            "sim": {"cycles": sl["cycles"]},
         })
     return rows
 
 
-def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=8, cols=8, log=print,
+def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=8, cols=8, synth=False, log=print,
              show_progress=True):
     """Run every stage into ``out_dir``; return the report dict (also written to report.json)."""
     from rtl_gen.emit import generate_rtl
@@ -81,10 +85,21 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=8, co
     t = time.perf_counter()
     sim = simulate(ir, out / "rtl", inputs=data.x_test[:n], labels=data.y_test[:n])
     timings["sim"] = round(time.perf_counter() - t, 3)
-    timings["synth"] = None
     write_json(out / "sim.json", sim)
     log(f"simulated {n} samples -> {out / 'sim.json'}  "
         f"{'bit-exact' if sim['bit_exact'] else 'MISMATCH ' + str(sim['first_mismatch'])}")
+
+    syn = None
+    timings["synth"] = None
+    if synth:
+        from .synth import synth_rtl
+
+        t = time.perf_counter()
+        syn = synth_rtl(out / "rtl", board, pnr=True, show_progress=show_progress)
+        timings["synth"] = round(time.perf_counter() - t, 3)
+        fmax = f", Fmax {syn['pnr']['fmax_mhz']} MHz ({syn['pnr']['tool']})" if syn["pnr"] else ""
+        log(f"synthesized with yosys -> {out / 'rtl' / 'synth.json'}  {syn['total']['lut']} LUT, "
+            f"{syn['total']['ff']} FF{fmax}")
 
     ii = sim["initiation_interval_cycles"]
     report = {
@@ -106,12 +121,12 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=8, co
             "first_mismatch": sim["first_mismatch"],
             "fake_quant_prediction_mismatches": fq_mismatches,
         },
-        "layers": _report_layers(ir, rtl_info, est, sim),
+        "layers": _report_layers(ir, rtl_info, est, sim, syn),
         "totals": {
             "estimate": est["totals"],
-            "synth": None,
-            "fmax_mhz": None,
-            "fits": est["fits"],
+            "synth": syn["total"] if syn else None,
+            "fmax_mhz": syn["pnr"]["fmax_mhz"] if syn and syn["pnr"] else None,
+            "fits": syn["fits"] if syn else est["fits"],
             "latency_cycles_sim": sim["latency_cycles"],
             "latency_cycles_estimate": est["latency_cycles"],
             "initiation_interval_cycles_sim": ii,
@@ -129,11 +144,17 @@ def render_html(report):
     """A self-contained HTML page with the report's figures."""
     e = html.escape
     acc, be, tot = report["accuracy"], report["bit_exact"], report["totals"]
+    syn = lambda la, k: la["synth"][k] if la["synth"] else "-"  # noqa: E731
     rows = "".join(
         f"<tr><td>{e(la['name'])}</td><td>{e(la['engine'])}</td><td>{la['w_bits']}/{la['a_bits']}/{la['out_bits']}</td>"
         f"<td>{la['acc_bits']}</td><td>{la['array'][0]}x{la['array'][1]}</td><td>{la['estimate']['lut']}</td>"
-        f"<td>{la['estimate']['ff']}</td><td>{la['estimate']['cycles']}</td><td>{la['sim']['cycles']}</td></tr>"
+        f"<td>{syn(la, 'lut')}</td><td>{la['estimate']['ff']}</td><td>{syn(la, 'ff')}</td>"
+        f"<td>{la['estimate']['cycles']}</td><td>{la['sim']['cycles']}</td></tr>"
         for la in report["layers"])
+    if tot["synth"]:
+        synth_line = f"yosys: {tot['synth']['lut']} LUT, {tot['synth']['ff']} FF, {tot['synth']['bram']} BRAM, {tot['synth']['dsp']} DSP."
+    else:
+        synth_line = "Synthesis not run (hwq flow --synth runs it)."
     verdict = "bit-exact" if be["rtl_vs_golden"] else f"MISMATCH: {e(str(be['first_mismatch']))}"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>hwq report: {e(report['model'])} on {e(report['board'])}</title>
@@ -151,11 +172,11 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}th{{background:
 <li>fake-quant vs golden prediction mismatches: {be['fake_quant_prediction_mismatches']}</li></ul>
 <h2>Layers</h2>
 <table><tr><th>layer</th><th>engine</th><th>W/A/out bits</th><th>acc bits</th><th>array</th><th>LUT (est.)</th>
-<th>FF (est.)</th><th>cycles (est.)</th><th>cycles (sim)</th></tr>{rows}</table>
+<th>LUT (yosys)</th><th>FF (est.)</th><th>FF (yosys)</th><th>cycles (est.)</th><th>cycles (sim)</th></tr>{rows}</table>
 <h2>Totals</h2>
 <p>Latency {tot['latency_cycles_sim']} cycles (simulated), {tot['initiation_interval_cycles_sim']} cycles between inputs;
 {tot['throughput_inferences_per_s']} inferences/s at the board's {tot['clock_mhz']} MHz clock (not a measured Fmax).
-Estimated {tot['estimate']['lut']} LUT, {tot['estimate']['ff']} FF: {'fits' if tot['fits'] else 'does NOT fit'} the board.
-Synthesis not run.</p>
+Estimated {tot['estimate']['lut']} LUT, {tot['estimate']['ff']} FF; {synth_line}
+{'Fits' if tot['fits'] else 'Does NOT fit'} the board.</p>
 </body></html>
 """

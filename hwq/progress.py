@@ -3,7 +3,7 @@
 import sys
 from contextlib import contextmanager
 
-__all__ = ["progress_bar"]
+__all__ = ["progress_bar", "status"]
 
 
 @contextmanager
@@ -18,3 +18,19 @@ def progress_bar(description, total, *, enabled=True):
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
+
+
+@contextmanager
+def status(message, *, enabled=True):
+    """A spinner with elapsed time while one long step runs (on a terminal); a plain line otherwise."""
+    if not enabled:
+        yield
+        return
+    if not sys.stderr.isatty():
+        print(f"{message} ...", file=sys.stderr, flush=True)
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield

@@ -79,26 +79,68 @@ class EnginePlan:
         return (1 << self.out_bits) - 1 if self.kind == "thresholds" else 1
 
     @property
-    def resources(self):
-        """First-order estimate: {"lut", "ff", "bram", "dsp"} (uncalibrated; LUT4-equivalents)."""
+    def tag_bits(self):
+        clog2 = lambda n: (n - 1).bit_length()  # noqa: E731
+        return 3 + clog2(self.n_tiles) + clog2(self.n_in_tiles) + clog2(self.n_out_tiles)
+
+    @property
+    def psum_bits(self):
+        """Bits of the partial-sum registers that can differ: column c holds a sum of c+1 products, so
+        its upper bits copy the sign (synthesis merges such copies). Summed over the array."""
+        prod = self.a_bits + 1 if self.w_bits == 1 else self.w_bits + self.a_bits
+        return self.rows * sum(min(self.acc_bits, prod + c.bit_length()) for c in range(self.cols))
+
+    @property
+    def cost_features(self):
+        """Quantities the resource model is linear in, named; coefficients are fitted per FPGA family
+        from yosys runs (boards/calibrate.py). Each counts bits of one kind of hardware in this engine."""
         rows, cols = self.rows, self.cols
-        clog2 = lambda n: max(1, math.ceil(math.log2(n))) if n > 1 else 0  # noqa: E731
-        tag_bits = 3 + clog2(self.n_tiles) + clog2(self.n_in_tiles) + clog2(self.n_out_tiles)
         mult = self.a_bits if self.w_bits == 1 else self.w_bits * self.a_bits
-        pe_lut = mult + self.acc_bits
-        rom_lut = cols * rows * self.w_bits * math.ceil(self.n_tiles / 16)
-        xmux_lut = cols * self.a_bits * (self.n_in_tiles - 1)
-        acc_lut = rows * self.acc_bits
-        if self.kind == "thresholds":
-            out_lut = rows * (self.n_levels * self.param_bits + self.n_levels)
-        else:
-            out_lut = rows * self.acc_bits
-        prom_lut = rows * self.n_levels * self.param_bits * math.ceil(self.n_out_tiles / 16)
-        lut = rows * cols * pe_lut + rom_lut + xmux_lut + acc_lut + out_lut + prom_lut
-        ff = (rows * cols * self.acc_bits + cols * self.a_bits + cols * rows * self.w_bits
-              + rows * self.n_levels * self.param_bits + (cols + 2) * tag_bits + rows * self.acc_bits
-              + self.out_features * self.out_bits + clog2(self.n_in_tiles) + clog2(self.n_out_tiles) + 3)
-        return {"lut": int(lut), "ff": int(ff), "bram": 0, "dsp": 0}
+        rom_out = cols * rows * self.w_bits
+        thresholds = self.kind == "thresholds"
+        few = self.n_tiles <= 2  # weights from a 1-2 word ROM: multiplier folds into constant logic
+        return {
+            "const": 1,
+            "pe_mult": 0 if few else rows * cols * mult,          # partial-product bits of the multipliers
+            "pe_mult_few": rows * cols * mult if few else 0,
+            "pe_add": self.psum_bits,                             # adder bits along the rows
+            "rom_out": rom_out if self.n_tiles > 1 else 0,        # weight ROM output bits (constant if 1 tile)
+            "rom_bits": rom_out * self.n_tiles,                   # weight ROM contents
+            "xmux": cols * self.a_bits * (self.n_in_tiles - 1),   # input select muxes
+            "acc": rows * self.acc_bits,                          # tile accumulators
+            "cmp": rows * self.n_levels * self.param_bits if thresholds else 0,   # threshold comparators
+            "bias_add": 0 if thresholds else rows * self.acc_bits,
+            "param_rom": rows * self.n_levels * self.param_bits * (self.n_out_tiles > 1),
+            "out_write": self.out_features * self.out_bits * (self.n_out_tiles > 1),
+            "ctrl": (cols + 2) * self.tag_bits,
+        }
+
+    @property
+    def register_bits(self):
+        """Flip-flops by purpose, counted from the structure (the FF model is fitted on these)."""
+        rows, cols = self.rows, self.cols
+        return {
+            "const": 1,
+            "ff_pe": self.psum_bits,
+            # ROM read registers; a one-word ROM is a constant and its register disappears
+            "ff_wrom": cols * rows * self.w_bits * (self.n_tiles > 1),
+            "ff_prom": rows * self.n_levels * self.param_bits * (self.n_out_tiles > 1),
+            "ff_x": cols * self.a_bits,
+            "ff_acc": rows * self.acc_bits,
+            "ff_out": self.out_features * self.out_bits,
+            "ff_ctrl": (cols + 2) * self.tag_bits,
+        }
+
+    def resources(self, family):
+        """Estimated {"lut", "ff", "bram", "dsp"} on an FPGA family, from the calibrated model.
+
+        Weight ROMs are kept in logic (boards synthesize with ``-nobram``) and multipliers in LUTs
+        (``-nodsp`` where the family has DSPs), so BRAM and DSP are exactly 0 for now.
+        """
+        from boards.model import predict
+
+        return {"lut": predict(family, "lut", self.cost_features),
+                "ff": predict(family, "ff", self.register_bits), "bram": 0, "dsp": 0}
 
 
 class LinearEngine(wiring.Component):

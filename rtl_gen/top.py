@@ -1,5 +1,6 @@
 """The network top: one engine per layer, run in sequence on one sample at a time."""
 
+from dataclasses import dataclass
 from itertools import pairwise
 
 from amaranth import Module, Signal, signed, unsigned
@@ -11,7 +12,7 @@ from hwq.errors import UserError
 from ._check import check_int
 from .engine import EnginePlan, LinearEngine, param_bits
 
-__all__ = ["COUNTER_BITS", "NetworkTop", "engine_for_layer", "engines_from_ir", "plans_from_ir", "top_latency"]
+__all__ = ["COUNTER_BITS", "NetworkTop", "TopPlan", "engine_for_layer", "engines_from_ir", "plans_from_ir", "top_latency"]
 
 COUNTER_BITS = 32
 
@@ -57,6 +58,30 @@ def engines_from_ir(ir, *, rows=8, cols=8):
 def top_latency(plans):
     """The network top's latency for these engine plans (see :class:`NetworkTop`)."""
     return 2 + sum(p.latency for p in plans)
+
+
+@dataclass(frozen=True)
+class TopPlan:
+    """Cost of the network top's own logic (input register, handshakes, cycle counters)."""
+
+    n_layers: int
+    in_features: int
+    input_bits: int
+
+    @property
+    def cost_features(self):
+        return {"top_const": 1, "top_counters": COUNTER_BITS * (self.n_layers + 1)}
+
+    @property
+    def register_bits(self):
+        return {"top_const": 1, "top_in": self.in_features * self.input_bits,
+                "top_counters": COUNTER_BITS * (self.n_layers + 1)}
+
+    def resources(self, family):
+        from boards.model import predict
+
+        return {"lut": predict(family, "lut", self.cost_features),
+                "ff": predict(family, "ff", self.register_bits), "bram": 0, "dsp": 0}
 
 
 class NetworkTop(wiring.Component):

@@ -9,8 +9,8 @@ from hwq.cli import main
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["rtl", "ir", "--board", "nope", "--out", "x"], "unknown board 'nope'; known boards: ecp5-25f, ice40-up5k, xc7a35t"),
-    (["estimate", "ir", "--board", "nope"], "known boards: ecp5-25f, ice40-up5k, xc7a35t"),
+    (["rtl", "ir", "--board", "nope", "--out", "x"], "unknown board 'nope'; known boards: ecp5-25f, ecp5-85f, ice40-hx8k, ice40-up5k, xc7a100t, xc7a35t, xc7z020"),
+    (["estimate", "ir", "--board", "nope"], "known boards: ecp5-25f, ecp5-85f"),
     (["export", "does-not-exist", "--out", "x"], "does-not-exist: run directory not found"),
 ])
 def test_user_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
@@ -58,7 +58,7 @@ def test_boards_lists_the_default(capsys):
 
 
 def test_help_for_every_command(capsys):
-    for cmd in ("train", "export", "rtl", "estimate", "sim", "flow", "boards"):
+    for cmd in ("train", "export", "rtl", "estimate", "sim", "synth", "flow", "boards"):
         with pytest.raises(SystemExit) as exc:
             main([cmd, "--help"])
         assert exc.value.code == 0

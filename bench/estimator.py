@@ -1,0 +1,136 @@
+"""Estimator vs synthesis on held-out designs -> bench/results/estimator.json, docs/results/estimator.md.
+
+    python bench/estimator.py [--designs 30] [--seed 2] [--families ice40 xilinx7 ecp5]
+
+The held-out designs are random networks from a seed the calibration did not use
+(boards/calibration/*.json were made with seed 1). Each is generated, synthesized with the family's
+yosys command (results cached), and estimated by ``hwq.estimate.estimate``, the same code path as
+``hwq estimate``; the errors are relative to yosys, per whole design.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from boards import load_board  # noqa: E402
+from boards.calibrate import FAMILY_BOARDS, random_network, synthesize_network  # noqa: E402
+from hwq.estimate import estimate  # noqa: E402
+from hwq.fileio import write_json, write_text  # noqa: E402
+
+KINDS = ("lut", "ff", "bram", "dsp")
+
+
+def measure(family, designs, seed, jobs):
+    board = load_board(FAMILY_BOARDS[family])
+    rng = np.random.default_rng(seed)
+    cases = [random_network(rng) for _ in range(designs)]
+
+    def one(case):
+        ir, rows, cols = case
+        with tempfile.TemporaryDirectory(prefix="hwq-bench-") as work:
+            syn = synthesize_network(ir, rows, cols, board, work)
+        t0 = time.perf_counter()
+        est = estimate(ir, board, rows=rows, cols=cols)
+        ms = (time.perf_counter() - t0) * 1e3
+        return {"estimate": {k: est["totals"][k] for k in KINDS}, "synth": syn["total"], "estimate_ms": ms,
+                "layers": syn["layers"]}
+
+    rows = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for k, r in enumerate(pool.map(one, cases)):
+            rows.append(r)
+            print(f"\r{family}: {k + 1}/{designs}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return board, rows
+
+
+def summarize(rows):
+    def rel(kind):
+        return np.array([(r["estimate"][kind] - r["synth"][kind]) / max(r["synth"][kind], 1) for r in rows])
+
+    lut, ff = rel("lut"), rel("ff")
+    return {
+        "n_heldout": len(rows),
+        "mean_abs_lut_err": round(float(np.abs(lut).mean()), 4),
+        "max_lut_err": round(float(np.abs(lut).max()), 4),
+        "mean_lut_err": round(float(lut.mean()), 4),
+        "mean_abs_ff_err": round(float(np.abs(ff).mean()), 4),
+        "max_ff_err": round(float(np.abs(ff).max()), 4),
+        "bram_exact": all(r["estimate"]["bram"] == r["synth"]["bram"] for r in rows),
+        "dsp_exact": all(r["estimate"]["dsp"] == r["synth"]["dsp"] for r in rows),
+        "estimate_ms_max": round(max(r["estimate_ms"] for r in rows), 3),
+        "synth_lut_range": [min(r["synth"]["lut"] for r in rows), max(r["synth"]["lut"] for r in rows)],
+    }
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, kind in zip(axes, ("lut", "ff"), strict=True):
+        top = 1
+        for family, res in results.items():
+            x = [r["synth"][kind] for r in res["designs"]]
+            y = [r["estimate"][kind] for r in res["designs"]]
+            ax.scatter(x, y, s=14, label=f"{family} ({res['board']})")
+            top = max(top, *x, *y)
+        ax.plot([1, top], [1, top], "k-", lw=0.8, label="estimate = yosys")
+        ax.plot([1, top], [0.9, 0.9 * top], "k:", lw=0.8, label="±10%")
+        ax.plot([1, top], [1.1, 1.1 * top], "k:", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"yosys {kind.upper()}")
+        ax.set_ylabel(f"estimated {kind.upper()}")
+        ax.set_title(f"{kind.upper()}: held-out designs")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--designs", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--families", nargs="+", default=["ice40", "xilinx7"], choices=sorted(FAMILY_BOARDS))
+    args = ap.parse_args()
+    results = {}
+    for family in args.families:
+        board, rows = measure(family, args.designs, args.seed, args.jobs)
+        results[family] = {"board": board.name, "command": board.yosys_synth, **summarize(rows), "designs": rows}
+    out = ROOT / "bench" / "results" / "estimator.json"
+    write_json(out, {"seed": args.seed, "families": results})
+    png = ROOT / "docs" / "results" / "estimator.png"
+    plot(results, png)
+    made_by = (f"Made by `python bench/estimator.py --designs {args.designs} --seed {args.seed} --families "
+               f"{' '.join(args.families)}`; raw numbers in `bench/results/estimator.json`.")
+    about = ("Each design is a random 2-3 layer network (bits 1..8, arrays up to 8x8, up to 48 inputs) from a "
+             "seed the calibration sweep did not use. Errors are (estimate - yosys) / yosys on the whole design.")
+    header = ("| family | board | designs | mean abs LUT err | max LUT err | mean abs FF err | max FF err | "
+              "BRAM exact | DSP exact | estimate time |")
+    lines = ["# Estimator vs synthesis (held-out designs)", "", made_by, "", about, "", header,
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for fam, r in results.items():
+        lines.append(f"| {fam} | {r['board']} | {r['n_heldout']} | {r['mean_abs_lut_err']:.1%} | {r['max_lut_err']:.1%} "
+                     f"| {r['mean_abs_ff_err']:.1%} | {r['max_ff_err']:.1%} | {r['bram_exact']} | {r['dsp_exact']} "
+                     f"| {r['estimate_ms_max']:.1f} ms max |")
+    lines += ["", "![estimate vs yosys](estimator.png)", ""]
+    write_text(ROOT / "docs" / "results" / "estimator.md", "\n".join(lines))
+    print(json.dumps({f: {k: v for k, v in r.items() if k != "designs"} for f, r in results.items()}, indent=1))
+    print(f"wrote {out}, {png}, docs/results/estimator.md")
+
+
+if __name__ == "__main__":
+    main()

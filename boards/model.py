@@ -1,0 +1,50 @@
+"""The calibrated resource model: resources = sum of coefficient * feature, per family and resource.
+
+Coefficients are fitted (non-negative least squares) from yosys runs by ``python -m boards.calibrate``
+and stored in ``boards/calibration/coefficients.json``; the features are defined by the components
+(``rtl_gen.engine.EnginePlan.cost_features`` / ``register_bits``, ``rtl_gen.top.TopPlan``).
+"""
+
+import json
+from functools import cache
+from importlib import resources
+
+from hwq.errors import UserError
+
+__all__ = ["coefficients", "fit", "predict"]
+
+COEFFICIENTS = "calibration/coefficients.json"
+
+
+@cache
+def coefficients():
+    path = resources.files("boards") / COEFFICIENTS
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"boards/{COEFFICIENTS} is missing: run `python -m boards.calibrate` to make it") from None
+
+
+def predict(family, resource, features):
+    """Estimate of ``resource`` ("lut"/"ff") for a component with these named features."""
+    model = coefficients().get(family, {}).get(resource)
+    if model is None:
+        raise UserError(f"no calibrated {resource} model for FPGA family {family!r} in boards/{COEFFICIENTS}")
+    return round(sum(model.get(name, 0.0) * value for name, value in features.items()))
+
+
+def fit(rows, targets):
+    """Non-negative least squares: coefficients (dict) such that sum(c * row) ~ target, in relative error.
+
+    Each equation is divided by its target, so large and small designs weigh alike (the goal is a
+    small relative error on every design).
+    """
+    import numpy as np
+    from scipy.optimize import nnls
+
+    names = sorted({k for r in rows for k in r})
+    a = np.array([[r.get(k, 0) for k in names] for r in rows], dtype=float)
+    b = np.array(targets, dtype=float)
+    w = 1.0 / np.maximum(b, 1.0)
+    coef, _ = nnls(a * w[:, None], b * w)
+    return {k: float(c) for k, c in zip(names, coef, strict=True) if c > 0}

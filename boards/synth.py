@@ -1,0 +1,138 @@
+"""Run yosys on generated Verilog and count resources per layer module and in total.
+
+Cells are mapped to four resource kinds per family (``CELL_KINDS``). Results are cached by a hash of
+the Verilog and the script in ``$HWQ_CACHE/synth`` (default ``~/.cache/hwq/synth``).
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from hwq.errors import UserError
+
+__all__ = ["CELL_KINDS", "count_resources", "synthesize", "yosys_version"]
+
+# cell type -> (resource kind, how many of it one cell is)
+CELL_KINDS = {
+    "ice40": [
+        (r"SB_LUT4", "lut", 1), (r"SB_DFF\w*", "ff", 1), (r"SB_RAM40_4K\w*", "bram", 1),
+        (r"SB_SPRAM256KA", "bram", 1), (r"SB_MAC16", "dsp", 1),
+    ],
+    "ecp5": [
+        (r"LUT4", "lut", 1), (r"CCU2C", "lut", 2), (r"TRELLIS_DPR16X4", "lut", 4), (r"TRELLIS_FF", "ff", 1),
+        (r"DP16KD", "bram", 1), (r"MULT18X18D", "dsp", 1),
+    ],
+    "xilinx7": [
+        (r"LUT[1-6]", "lut", 1), (r"INV", "lut", 1), (r"RAM(32|64|128|256)[MX]\w*", "lut", 1), (r"SRL\w*", "lut", 1),
+        (r"FD[RSCP]E\w*", "ff", 1), (r"RAMB36E1", "bram", 1), (r"RAMB18E1", "bram", 0.5), (r"DSP48E1", "dsp", 1),
+    ],
+}
+KINDS = ("lut", "ff", "bram", "dsp")
+
+
+def yosys_version():
+    exe = shutil.which("yosys")
+    if exe is None:
+        return None
+    out = subprocess.run([exe, "-V"], capture_output=True, text=True, check=False).stdout
+    return out.strip()
+
+
+def count_resources(family, cells_by_type):
+    """Map yosys cell counts to {lut, ff, bram, dsp}; other cells (carry, IO) are not counted."""
+    counts = dict.fromkeys(KINDS, 0)
+    for cell, n in cells_by_type.items():
+        for pattern, kind, weight in CELL_KINDS[family]:
+            if re.fullmatch(pattern, cell.lstrip("\\$")):
+                counts[kind] += n * weight
+                break
+    return {k: round(v) if k != "bram" else v for k, v in counts.items()}
+
+
+def _parse_stat(text):
+    """``stat -json`` output; yosys 0.23 sometimes prints the hierarchy as plain text inside the final
+    "design" block, which breaks the JSON, so that block is dropped (totals come from the modules)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        cut = text.rfind('"design"')
+        if cut < 0:
+            raise
+        return json.loads(text[: text.rfind(",", 0, cut)] + "}")
+
+
+def _flat_cells(cells, name):
+    """Cell counts of module ``name`` with its submodule instances expanded, recursively."""
+    total = {}
+    for cell, n in cells[name].items():
+        sub = cell.lstrip("\\")
+        parts = _flat_cells(cells, sub) if sub in cells else {cell: 1}
+        for k, v in parts.items():
+            total[k] = total.get(k, 0) + n * v
+    return total
+
+
+def _cache_dir():
+    return Path(os.environ.get("HWQ_CACHE", Path.home() / ".cache" / "hwq")) / "synth"
+
+
+def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
+    """Synthesize ``verilog`` (a path) for ``board``; return resources per kept module and in total.
+
+    ``keep`` names modules (e.g. ``hwq_top.fc1``) whose hierarchy is kept, so each gets its own count;
+    everything else is flattened into its parent. The board's ``yosys_synth`` command is used.
+    """
+    exe = shutil.which("yosys")
+    if exe is None:
+        raise UserError("yosys not found; install it with `sudo apt-get install -y yosys` (or run `make install` as root)")
+    verilog = Path(verilog)
+    if not verilog.is_file():
+        raise UserError(f"{verilog}: Verilog file not found")
+    keep_cmd = f"setattr -mod -set keep_hierarchy 1 {' '.join(keep)}; " if keep else ""
+    script_tail = f"{board.yosys_synth} -top {top}"
+    key = hashlib.sha256(verilog.read_bytes() + repr((top, keep_cmd, script_tail, yosys_version())).encode())
+    cached = _cache_dir() / f"{key.hexdigest()[:20]}.json"
+    if cache and cached.is_file():
+        result = json.loads(cached.read_text())
+        result["cached"] = True
+        return result
+    with tempfile.TemporaryDirectory(prefix="hwq-synth-") as work:
+        stat = Path(work, "stat.json")
+        script = f"read_verilog {verilog}; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o {stat} stat -json"
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"yosys took longer than {timeout} s on {verilog}") from None
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0 or not stat.is_file():
+            raise RuntimeError(f"yosys failed on {verilog}:\n{(proc.stderr or proc.stdout)[-2000:]}")
+        data = _parse_stat(stat.read_text())
+    cells = {name.lstrip("\\"): mod["num_cells_by_type"] for name, mod in data["modules"].items()}
+    modules = {}
+    for name, by_type in cells.items():
+        own = {k: v for k, v in by_type.items() if k.lstrip("\\") not in cells}
+        modules[name] = {**count_resources(board.family, own), "cells": own}
+    total_cells = _flat_cells(cells, top)
+    result = {
+        "family": board.family,
+        "command": script_tail,
+        "yosys": yosys_version(),
+        "modules": modules,
+        "total": {**count_resources(board.family, total_cells), "cells": total_cells},
+        "seconds": round(seconds, 2),
+        "cached": False,
+    }
+    if cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(cached)
+    return result

@@ -1,0 +1,53 @@
+"""``hwq synth``: yosys resource counts per layer and in total for a generated RTL directory."""
+
+from .fileio import write_json
+
+__all__ = ["SYNTH_FORMAT", "synth_rtl"]
+
+SYNTH_FORMAT = "hwq-synth/1"
+_KINDS = ("lut", "ff", "bram", "dsp")
+
+
+def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
+    """Synthesize ``rtl_dir/top.v`` for ``board``; write and return ``rtl_dir/synth.json``.
+
+    With ``pnr``, also place and route with nextpnr (when the board's family has an open tool) and
+    record Fmax and the placer's utilization under ``"pnr"``; otherwise ``"pnr"`` is null.
+    """
+    from pathlib import Path
+
+    from boards.synth import synthesize
+    from sim.runner import load_rtl
+
+    from .progress import status
+
+    rtl_dir = Path(rtl_dir)
+    info = load_rtl(rtl_dir)
+    top = info["top"]
+    names = [la["name"] for la in info["layers"]]
+    with status(f"yosys {board.yosys_synth} on {rtl_dir / 'top.v'}", enabled=show_progress):
+        syn = synthesize(rtl_dir / "top.v", top, board, keep=[f"{top}.{n}" for n in names])
+    layers = [{"name": n, **{k: syn["modules"][f"{top}.{n}"][k] for k in _KINDS}} for n in names]
+    total = {k: syn["total"][k] for k in _KINDS}
+    result = {
+        "format": SYNTH_FORMAT,
+        "board": board.name,
+        "family": board.family,
+        "command": syn["command"],
+        "yosys": syn["yosys"],
+        "layers": layers,
+        "top": {k: syn["modules"][top][k] for k in _KINDS},
+        "total": total,
+        "utilization": {k: (total[k] / getattr(board, k) if getattr(board, k) else None) for k in _KINDS},
+        "fits": board.fits(total),
+        "seconds": syn["seconds"],
+        "cached": syn["cached"],
+        "pnr": None,
+    }
+    if pnr and board.pnr is not None:
+        from boards.pnr import place_and_route
+
+        with status(f"{board.pnr['tool']} {' '.join(board.pnr['args'])} (place and route)", enabled=show_progress):
+            result["pnr"] = place_and_route(rtl_dir, info, board)
+    write_json(rtl_dir / "synth.json", result)
+    return result

@@ -1,0 +1,138 @@
+import shutil
+
+import pytest
+import yaml
+
+from boards import known_boards, load_board
+from boards.synth import count_resources
+from hwq.errors import UserError
+
+
+def test_every_bundled_board_loads():
+    names = known_boards()
+    for required in ("ice40-up5k", "ice40-hx8k", "ecp5-25f", "ecp5-85f", "xc7a35t", "xc7a100t", "xc7z020"):
+        assert required in names
+    for name in names:
+        b = load_board(name)
+        assert b.lut > 0 and b.ff > 0 and b.clock_mhz > 0
+        assert (b.pnr is None) == (b.family == "xilinx7")
+
+
+def _write(tmp_path, edit):
+    raw = yaml.safe_load(_bundled("ice40-up5k").read_text())
+    edit(raw)
+    path = tmp_path / "board.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _bundled(name):
+    from importlib import resources
+
+    return resources.files("boards") / f"{name}.yaml"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda b: b.pop("lut"), "field 'lut' is missing"),
+    (lambda b: b.update(ff=-1), "field 'ff': expected a non-negative integer, found -1"),
+    (lambda b: b.update(family="virtex2"), "field 'family': expected one of ice40, ecp5, xilinx7, found 'virtex2'"),
+    (lambda b: b.update(clock_mhz=0), "field 'clock_mhz': expected a positive number (MHz), found 0"),
+    (lambda b: b.update(yosys_synth="synth_ecp5"), "field 'yosys_synth': expected a command starting with synth_ice40"),
+    (lambda b: b.update(pnr={"tool": "nextpnr-ecp5", "args": []}), "field 'pnr': expected {tool: nextpnr-ice40"),
+    (lambda b: b.update(bram="lots"), "field 'bram': expected a non-negative integer, found 'lots'"),
+])
+def test_bad_board_files_are_one_line(tmp_path, edit, message):
+    path = _write(tmp_path, edit)
+    with pytest.raises(UserError) as exc:
+        load_board(path)
+    text = str(exc.value)
+    assert message in text and str(path) in text and "\n" not in text
+
+
+def test_user_board_file_and_missing_file(tmp_path):
+    path = _write(tmp_path, lambda b: b.update(name="my-board", lut=1000))
+    assert load_board(path).lut == 1000
+    with pytest.raises(UserError, match="board file not found"):
+        load_board(tmp_path / "nope.yaml")
+
+
+def test_cells_map_to_resources():
+    assert count_resources("ice40", {"SB_LUT4": 10, "SB_CARRY": 5, "SB_DFFESR": 3, "SB_DFF": 1, "SB_RAM40_4K": 2,
+                                     "SB_MAC16": 1}) == {"lut": 10, "ff": 4, "bram": 2, "dsp": 1}
+    assert count_resources("ecp5", {"LUT4": 10, "CCU2C": 3, "TRELLIS_FF": 7, "DP16KD": 1, "MULT18X18D": 2}) == \
+        {"lut": 16, "ff": 7, "bram": 1, "dsp": 2}
+    assert count_resources("xilinx7", {"LUT2": 3, "LUT6": 4, "CARRY4": 9, "FDRE": 5, "FDSE": 1, "RAMB18E1": 1,
+                                       "DSP48E1": 2}) == {"lut": 7, "ff": 6, "bram": 0.5, "dsp": 2}
+
+
+@pytest.mark.synth
+def test_synth_counts_layers_and_total(tmp_path):
+    if shutil.which("yosys") is None:
+        pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
+    import numpy as np
+
+    from hwq.synth import synth_rtl
+    from rtl_gen.emit import generate_rtl
+
+    from .conftest import random_ir
+
+    ir = random_ir(np.random.default_rng(5), [10, 6, 4], [2, 3], [3, 2], input_bits=3)
+    board = load_board("ice40-up5k")
+    generate_rtl(ir, board, tmp_path / "rtl", rows=3, cols=4)
+    res = synth_rtl(tmp_path / "rtl", board, show_progress=False)
+    assert [la["name"] for la in res["layers"]] == ["l0", "l1"]
+    for k in ("lut", "ff"):
+        assert res["total"][k] == sum(la[k] for la in res["layers"]) + res["top"][k] > 0
+    assert (tmp_path / "rtl" / "synth.json").is_file()
+
+
+def _small_rtl(tmp_path):
+    import json
+
+    import numpy as np
+
+    from rtl_gen.emit import generate_rtl
+
+    from .conftest import random_ir
+
+    ir = random_ir(np.random.default_rng(5), [10, 6, 4], [2, 3], [3, 2], input_bits=3)
+    generate_rtl(ir, load_board("ice40-up5k"), tmp_path / "rtl", rows=3, cols=4)
+    return tmp_path / "rtl", json.loads((tmp_path / "rtl" / "rtl.json").read_text())
+
+
+def test_pnr_harness_lints(tmp_path):
+    import subprocess
+
+    from boards.pnr import HARNESS_TOP, harness_verilog
+    from sim.verilator import WARNING_FLAGS, setup_verilator
+
+    rtl, info = _small_rtl(tmp_path)
+    (tmp_path / "harness.v").write_text(harness_verilog(info))
+    setup_verilator()
+    proc = subprocess.run(["verilator", "--lint-only", *WARNING_FLAGS, "--top-module", HARNESS_TOP,
+                           str(rtl / "top.v"), str(tmp_path / "harness.v")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.synth
+@pytest.mark.parametrize("board", ["ice40-up5k", "ecp5-25f"])
+def test_place_and_route_reports_fmax(tmp_path, board):
+    if shutil.which("yosys") is None:
+        pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
+    from boards.pnr import place_and_route
+
+    rtl, info = _small_rtl(tmp_path)
+    res = place_and_route(rtl, info, load_board(board))
+    assert res["fmax_mhz"] > 0
+    assert any(v["used"] > 100 for v in res["utilization"].values())  # the design's logic was placed
+
+
+def test_stat_json_with_text_hierarchy_and_flattened_totals():
+    from boards.synth import _flat_cells, _parse_stat
+
+    broken = ('{\n "modules": {\n  "\\\\top": {"num_cells_by_type": {"LUT2": 1, "top.l0": 2}},\n'
+              '  "\\\\top.l0": {"num_cells_by_type": {"LUT3": 4, "FDRE": 1}}\n },\n'
+              ' "design": {\n     top   1\n       top.l0  2\n }\n}\n')
+    data = _parse_stat(broken)
+    cells = {k.lstrip("\\"): v["num_cells_by_type"] for k, v in data["modules"].items()}
+    assert _flat_cells(cells, "top") == {"LUT2": 1, "LUT3": 8, "FDRE": 2}
