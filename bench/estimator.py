@@ -11,9 +11,7 @@ yosys command (results cached), and estimated by ``hwq.estimate.estimate``, the 
 import argparse
 import json
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from boards import load_board  # noqa: E402
-from boards.calibrate import FAMILY_BOARDS, random_network, synthesize_network  # noqa: E402
+from boards.calibrate import FAMILY_BOARDS, sweep_cases  # noqa: E402
 from hwq.estimate import estimate  # noqa: E402
 from hwq.fileio import write_json, write_text  # noqa: E402
 
@@ -30,26 +27,13 @@ KINDS = ("lut", "ff", "bram", "dsp")
 
 
 def measure(family, designs, seed, jobs):
-    board = load_board(FAMILY_BOARDS[family])
-    rng = np.random.default_rng(seed)
-    cases = [random_network(rng) for _ in range(designs)]
-
-    def one(case):
-        ir, rows, cols = case
-        with tempfile.TemporaryDirectory(prefix="hwq-bench-") as work:
-            syn = synthesize_network(ir, rows, cols, board, work)
-        t0 = time.perf_counter()
-        est = estimate(ir, board, rows=rows, cols=cols)
-        ms = (time.perf_counter() - t0) * 1e3
-        return {"estimate": {k: est["totals"][k] for k in KINDS}, "synth": syn["total"], "estimate_ms": ms,
-                "layers": syn["layers"]}
-
+    board, results = sweep_cases(family, designs, seed, jobs=jobs)
     rows = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for k, r in enumerate(pool.map(one, cases)):
-            rows.append(r)
-            print(f"\r{family}: {k + 1}/{designs}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    for (ir, r, c), rec in results:
+        t0 = time.perf_counter()
+        est = estimate(ir, board, rows=r, cols=c)
+        ms = (time.perf_counter() - t0) * 1e3
+        rows.append({"estimate": {k: est["totals"][k] for k in KINDS}, "synth": rec["total"], "estimate_ms": ms})
     return board, rows
 
 

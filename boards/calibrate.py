@@ -25,7 +25,8 @@ from hwq.golden import accumulator_range
 from hwq.intrange import max_int, signed_width, weight_range
 from hwq.ir import IR, Layer
 
-__all__ = ["FAMILY_BOARDS", "random_network", "sweep", "synthesize_network"]
+__all__ = ["FAMILY_BOARDS", "network_ir", "random_layer", "random_network", "sweep", "sweep_cases",
+           "synthesize_network"]
 
 HERE = Path(__file__).resolve().parent / "calibration"
 FAMILY_BOARDS = {"ice40": "ice40-up5k", "ecp5": "ecp5-25f", "xilinx7": "xc7a35t"}
@@ -40,38 +41,55 @@ def component_plan(point):
     return (TopPlan if point["component"] == "top" else EnginePlan)(**point["plan"])
 
 
+def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extreme=False):
+    """One random valid layer: integer weights, then monotone thresholds or, for ``out_bits=None``
+    (the logits layer), a bias. ``out_bits`` may be a function, called after the weights are drawn.
+    ``extreme`` uses the most negative weight everywhere (worst-case accumulation).
+    Returns (Layer, tensors)."""
+    lo, hi = weight_range(w_bits)
+    shape = (n_out, n_in)
+    if extreme:
+        w = np.full(shape, lo)
+    else:
+        w = rng.choice([-1, 1], size=shape) if w_bits == 1 else rng.integers(lo, hi + 1, size=shape)
+    acc_lo, acc_hi = accumulator_range(w, 0, max_int(in_bits, False))
+    acc_bits = signed_width(min(acc_lo.min(), 0), max(acc_hi.max(), 0))
+    tensors = {f"{name}.weight": w.astype(np.int8)}
+    common = dict(name=name, op="linear", in_features=n_in, out_features=n_out, w_bits=w_bits, a_bits=in_bits,
+                  a_signed=False, acc_bits=acc_bits, weights=f"{name}.weight")
+    if out_bits is None:
+        b = rng.integers(-100, 101, size=n_out)
+        tensors[f"{name}.bias"] = b
+        logit_bits = signed_width(int((acc_lo + b).min()), int((acc_hi + b).max()))
+        return Layer(**common, out_bits=logit_bits, out_signed=True, requant_kind="bias",
+                     bias=f"{name}.bias"), tensors
+    out_bits = out_bits() if callable(out_bits) else out_bits
+    thr = np.sort(rng.integers(acc_lo.min(), acc_hi.max() + 2, size=(n_out, 2**out_bits - 1)), axis=1)
+    tensors[f"{name}.thresholds"] = thr
+    return Layer(**common, out_bits=out_bits, out_signed=False, requant_kind="thresholds",
+                 thresholds=f"{name}.thresholds"), tensors
+
+
+def network_ir(layers, tensors, *, input_bits, dataset="random"):
+    return IR(model="mlp", dataset=dataset, method="none", input_shape=[layers[0].in_features],
+              input_bits=input_bits, input_signed=False, input_scale=1.0, layers=layers, tensors=tensors)
+
+
 def random_network(rng):
-    """A random valid IR and the array size to map it with."""
+    """A random valid IR (2-3 layers, bits 1..8) and the array size (rows, cols) to map it with."""
     n_layers = int(rng.integers(2, 4))
     sizes = [int(rng.integers(4, 49))] + [int(rng.integers(2, 25)) for _ in range(n_layers)]
-    in_bits = int(rng.integers(1, 9))
+    in_bits = first_bits = int(rng.integers(1, 9))
     layers, tensors = [], {}
     for i in range(n_layers):
         w_bits = int(rng.integers(1, 9))
-        lo, hi = weight_range(w_bits)
-        shape = (sizes[i + 1], sizes[i])
-        w = rng.choice([-1, 1], size=shape) if w_bits == 1 else rng.integers(lo, hi + 1, size=shape)
-        acc_lo, acc_hi = accumulator_range(w, 0, max_int(in_bits, False))
-        acc_bits = signed_width(min(acc_lo.min(), 0), max(acc_hi.max(), 0))
-        name = f"l{i}"
-        tensors[f"{name}.weight"] = w.astype(np.int8)
-        common = dict(name=name, op="linear", in_features=sizes[i], out_features=sizes[i + 1], w_bits=w_bits,
-                      a_bits=in_bits, a_signed=False, acc_bits=acc_bits, weights=f"{name}.weight")
-        if i < n_layers - 1:
-            out_bits = int(rng.integers(1, 5))
-            thr = np.sort(rng.integers(acc_lo.min(), acc_hi.max() + 2, size=(sizes[i + 1], 2**out_bits - 1)), axis=1)
-            tensors[f"{name}.thresholds"] = thr
-            layers.append(Layer(**common, out_bits=out_bits, out_signed=False, requant_kind="thresholds",
-                                thresholds=f"{name}.thresholds"))
-            in_bits = out_bits
-        else:
-            b = rng.integers(-100, 101, size=sizes[i + 1])
-            tensors[f"{name}.bias"] = b
-            layers.append(Layer(**common, out_bits=signed_width(int((acc_lo + b).min()), int((acc_hi + b).max())),
-                                out_signed=True, requant_kind="bias", bias=f"{name}.bias"))
-    ir = IR(model="mlp", dataset="random", method="none", input_shape=[sizes[0]], input_bits=int(layers[0].a_bits),
-            input_signed=False, input_scale=1.0, layers=layers, tensors=tensors)
-    return ir, int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        hidden = i < n_layers - 1
+        layer, t = random_layer(rng, f"l{i}", sizes[i], sizes[i + 1], w_bits, in_bits,
+                                (lambda: int(rng.integers(1, 5))) if hidden else None)
+        layers.append(layer)
+        tensors.update(t)
+        in_bits = layer.out_bits
+    return network_ir(layers, tensors, input_bits=first_bits), int(rng.integers(1, 9)), int(rng.integers(1, 9))
 
 
 def synthesize_network(ir, rows, cols, board, work):
@@ -90,15 +108,14 @@ def synthesize_network(ir, rows, cols, board, work):
     for name, plan in zip(names, plans, strict=True):
         points.append({"component": "engine", "plan": asdict(plan), **{k: syn["modules"][name][k] for k in KINDS}})
     total = {k: syn["total"][k] for k in KINDS}
-    return {"points": points, "total": total, "seconds": syn["seconds"], "rows": rows, "cols": cols,
-            "layers": [{"w_bits": p.w_bits, "a_bits": p.a_bits, "acc_bits": p.acc_bits, "in": p.in_features,
-                        "out": p.out_features, "array": [p.rows, p.cols]} for p in plans]}
+    return {"points": points, "total": total, "seconds": syn["seconds"], "rows": rows, "cols": cols}
 
 
 
 
-def sweep(family, designs, seed, *, jobs=2, progress=True):
-    """Synthesize ``designs`` random networks for ``family``; return the records."""
+def sweep_cases(family, designs, seed, *, jobs=2, progress=True):
+    """Synthesize ``designs`` random networks for ``family``; return (board, [(case, record), ...])
+    where a case is (ir, rows, cols) and a record holds every component's plan and yosys counts."""
     from boards import load_board
 
     board = load_board(FAMILY_BOARDS[family])
@@ -118,8 +135,14 @@ def sweep(family, designs, seed, *, jobs=2, progress=True):
                 print(f"\r{family}: {k + 1}/{designs} designs synthesized", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
+    return board, list(zip(cases, records, strict=True))
+
+
+def sweep(family, designs, seed, *, jobs=2, progress=True):
+    """The calibration file's contents: every design's records."""
+    board, results = sweep_cases(family, designs, seed, jobs=jobs, progress=progress)
     return {"family": family, "board": board.name, "yosys_synth": board.yosys_synth, "seed": seed,
-            "designs": records}
+            "designs": [rec for _, rec in results]}
 
 
 def fit_all(sweep_files):

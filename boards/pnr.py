@@ -16,7 +16,11 @@ from pathlib import Path
 
 from hwq.errors import UserError
 
-__all__ = ["HARNESS_TOP", "harness_verilog", "place_and_route"]
+__all__ = ["HARNESS_TOP", "PnrError", "harness_verilog", "place_and_route"]
+
+
+class PnrError(RuntimeError):
+    """nextpnr could not place or route the design; the message is nextpnr's own ERROR lines."""
 
 HARNESS_TOP = "hwq_pnr"
 
@@ -81,7 +85,9 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1):
         t1 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work)
         if proc.returncode != 0 or not report.is_file():
-            raise RuntimeError(f"{board.pnr['tool']} failed:\n{(proc.stderr or proc.stdout)[-2000:]}")
+            text = proc.stderr + proc.stdout
+            errors = [ln.strip() for ln in text.splitlines() if ln.startswith("ERROR")] or [text.strip()[-300:]]
+            raise PnrError(f"{board.pnr['tool']}: {'; '.join(errors)}")
         data = json.loads(report.read_text())
     fmax = data.get("fmax", {})
     achieved = [v["achieved"] for v in fmax.values() if "achieved" in v]

@@ -9,7 +9,6 @@ from .errors import UserError
 
 __all__ = ["main"]
 
-DEFAULT_ARRAY = "8x8"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,8 +82,11 @@ def _add_board(p):
 
     p.add_argument("--board", default=DEFAULT_BOARD,
                    help=f"board name (see `hwq boards`) or a board .yaml file (default: {DEFAULT_BOARD})")
-    p.add_argument("--array", type=_array, default=_array(DEFAULT_ARRAY), metavar="RxC",
-                   help=f"systolic array rows x cols per layer, clipped to the layer (default: {DEFAULT_ARRAY})")
+    from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS
+
+    p.add_argument("--array", type=_array, default=(DEFAULT_ROWS, DEFAULT_COLS), metavar="RxC",
+                   help=f"systolic array rows x cols per layer, clipped to the layer "
+                        f"(default: {DEFAULT_ROWS}x{DEFAULT_COLS})")
 
 
 def cmd_boards(args):
@@ -187,6 +189,9 @@ def cmd_synth(args):
           f"wrote {Path(args.rtl) / 'synth.json'}")
     if args.pnr and res["pnr"] is None:
         print(f"no place and route: {board.name} ({board.family}) has no open nextpnr target")
+    elif res["pnr"] and res["pnr"].get("error"):
+        print(f"place and route failed: {res['pnr']['error']}")
+        return 1
     elif res["pnr"]:
         p = res["pnr"]
         print(f"{p['tool']}: Fmax {p['fmax_mhz']} MHz (target {p['target_mhz']:g} MHz, "

@@ -5,14 +5,14 @@ from the calibrated model in ``boards/model.py``: per-component features times c
 yosys results for the board's family (see docs/results/estimator.md for its measured error).
 """
 
-from rtl_gen.top import TopPlan, plans_from_ir, top_latency
+from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS, TopPlan, plans_from_ir, top_latency
 
 __all__ = ["estimate"]
 
 _KEYS = ("lut", "ff", "bram", "dsp")
 
 
-def estimate(ir, board, *, rows=8, cols=8):
+def estimate(ir, board, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     """Return {"layers": [...], "totals": {...}} for the IR mapped on arrays of rows x cols."""
     plans = plans_from_ir(ir, rows=rows, cols=cols)
     layers, totals = [], dict.fromkeys(_KEYS, 0)

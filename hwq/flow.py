@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS
+
 from . import golden
 from .data import load_dataset
 from .estimate import estimate
@@ -47,7 +49,7 @@ def _report_layers(ir, rtl_info, est, sim, syn):
     return rows
 
 
-def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=8, cols=8, synth=False, log=print,
+def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAULT_ROWS, cols=DEFAULT_COLS, synth=False, log=print,
              show_progress=True):
     """Run every stage into ``out_dir``; return the report dict (also written to report.json)."""
     from rtl_gen.emit import generate_rtl
@@ -97,7 +99,11 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=8, co
         t = time.perf_counter()
         syn = synth_rtl(out / "rtl", board, pnr=True, show_progress=show_progress)
         timings["synth"] = round(time.perf_counter() - t, 3)
-        fmax = f", Fmax {syn['pnr']['fmax_mhz']} MHz ({syn['pnr']['tool']})" if syn["pnr"] else ""
+        pnr = syn["pnr"]
+        if pnr and pnr.get("error"):
+            fmax = f"; place and route FAILED: {pnr['error']}"
+        else:
+            fmax = f", Fmax {pnr['fmax_mhz']} MHz ({pnr['tool']})" if pnr else ""
         log(f"synthesized with yosys -> {out / 'rtl' / 'synth.json'}  {syn['total']['lut']} LUT, "
             f"{syn['total']['ff']} FF{fmax}")
 
@@ -126,6 +132,7 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=8, co
             "estimate": est["totals"],
             "synth": syn["total"] if syn else None,
             "fmax_mhz": syn["pnr"]["fmax_mhz"] if syn and syn["pnr"] else None,
+            "pnr": syn["pnr"] if syn else None,
             "fits": syn["fits"] if syn else est["fits"],
             "latency_cycles_sim": sim["latency_cycles"],
             "latency_cycles_estimate": est["latency_cycles"],

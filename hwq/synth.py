@@ -45,9 +45,14 @@ def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
         "pnr": None,
     }
     if pnr and board.pnr is not None:
-        from boards.pnr import place_and_route
+        from boards.pnr import PnrError, place_and_route
 
         with status(f"{board.pnr['tool']} {' '.join(board.pnr['args'])} (place and route)", enabled=show_progress):
-            result["pnr"] = place_and_route(rtl_dir, info, board)
+            try:
+                result["pnr"] = place_and_route(rtl_dir, info, board)
+            except PnrError as exc:  # e.g. the design does not fit: a result, not a crash
+                result["pnr"] = {"tool": board.pnr["tool"], "fmax_mhz": None, "error": str(exc)}
+    if result["pnr"] and result["pnr"].get("error"):
+        result["fits"] = False
     write_json(rtl_dir / "synth.json", result)
     return result

@@ -8,7 +8,7 @@ from amaranth.back import verilog
 from hwq.fileio import write_json
 from hwq.ir import atomic_dir
 
-from .top import NetworkTop, engines_from_ir
+from .top import DEFAULT_COLS, DEFAULT_ROWS, NetworkTop, engines_from_ir
 
 __all__ = ["RTL_FORMAT", "TOP_NAME", "generate_rtl"]
 
@@ -43,7 +43,7 @@ def _describe(top, ir, board, rows, cols):
     }
 
 
-def generate_rtl(ir, board, out_dir, *, rows=8, cols=8):
+def generate_rtl(ir, board, out_dir, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     """Write ``out_dir/top.v`` and ``out_dir/rtl.json``; return the rtl.json dict."""
     t0 = time.perf_counter()
     top = NetworkTop(engines_from_ir(ir, rows=rows, cols=cols), input_bits=ir.input_bits,

@@ -12,9 +12,12 @@ from hwq.errors import UserError
 from ._check import check_int
 from .engine import EnginePlan, LinearEngine, param_bits
 
-__all__ = ["COUNTER_BITS", "NetworkTop", "TopPlan", "engine_for_layer", "engines_from_ir", "plans_from_ir", "top_latency"]
+__all__ = ["COUNTER_BITS", "DEFAULT_COLS", "DEFAULT_ROWS", "NetworkTop", "TopPlan", "engine_for_layer", "engines_from_ir", "plans_from_ir", "top_latency"]
 
 COUNTER_BITS = 32
+# Array size per layer (rows x cols, clipped to the layer) unless the user says otherwise. 4x8 keeps
+# the demo network inside an iCE40 UP5K after packing (8x8 needs 5,321 of its 5,280 logic cells).
+DEFAULT_ROWS, DEFAULT_COLS = 4, 8
 
 
 def _check_ops(ir):
@@ -27,7 +30,7 @@ def _table(ir, layer):
     return ir.tensors[layer.thresholds] if layer.requant_kind == "thresholds" else ir.tensors[layer.bias]
 
 
-def plans_from_ir(ir, *, rows=8, cols=8):
+def plans_from_ir(ir, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     """The :class:`EnginePlan` of every layer: geometry, latency and cost, without building hardware."""
     _check_ops(ir)
     return [
@@ -39,7 +42,7 @@ def plans_from_ir(ir, *, rows=8, cols=8):
     ]
 
 
-def engine_for_layer(ir, layer, *, rows=8, cols=8):
+def engine_for_layer(ir, layer, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     """The :class:`LinearEngine` of one IR layer."""
     _check_ops(ir)
     return LinearEngine(
@@ -50,7 +53,7 @@ def engine_for_layer(ir, layer, *, rows=8, cols=8):
     )
 
 
-def engines_from_ir(ir, *, rows=8, cols=8):
+def engines_from_ir(ir, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     """One :class:`LinearEngine` per IR layer."""
     return [engine_for_layer(ir, layer, rows=rows, cols=cols) for layer in ir.layers]
 
