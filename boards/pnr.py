@@ -6,6 +6,7 @@ held high), and ``sout`` is the registered XOR of every output bit, so no logic 
 every path of the design is timed. The harness adds one shift register and one XOR tree.
 """
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from hwq.errors import UserError
+from hwq.fileio import cache_dir, write_json
 
 __all__ = ["HARNESS_TOP", "PnrError", "harness_verilog", "place_and_route"]
 
@@ -56,14 +58,23 @@ def _tool(name):
     return exe
 
 
-def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1):
-    """Synthesize the harnessed design and place and route it; return Fmax and utilization."""
+def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
+    """Synthesize the harnessed design and place and route it; return Fmax and utilization.
+
+    Results are cached (``$HWQ_CACHE/pnr``) by a hash of the Verilog, the harness, the commands and
+    the seed; a failure raises :class:`PnrError` and is not cached.
+    """
     if board.pnr is None:
         raise UserError(f"board {board.name}: no open place-and-route tool for family {board.family}")
     yosys = shutil.which("yosys")
     if yosys is None:
         raise UserError("yosys not found; install it with `sudo apt-get install -y yosys`")
     nextpnr = _tool(board.pnr["tool"])
+    key = hashlib.sha256(Path(rtl_dir, "top.v").read_bytes() + harness_verilog(info).encode()
+                         + repr((board.yosys_synth, board.pnr, board.clock_mhz, seed)).encode()).hexdigest()[:20]
+    cached = cache_dir("pnr") / f"{key}.json"
+    if cache and cached.is_file():
+        return {**json.loads(cached.read_text()), "cached": True}
     with tempfile.TemporaryDirectory(prefix="hwq-pnr-") as work:
         work = Path(work)
         (work / "harness.v").write_text(harness_verilog(info))
@@ -91,7 +102,7 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1):
         data = json.loads(report.read_text())
     fmax = data.get("fmax", {})
     achieved = [v["achieved"] for v in fmax.values() if "achieved" in v]
-    return {
+    result = {
         "tool": board.pnr["tool"],
         "args": board.pnr["args"],
         "fmax_mhz": round(min(achieved), 2) if achieved else None,
@@ -100,4 +111,8 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1):
         "utilization": {k: {"used": v["used"], "available": v["available"]} for k, v in data.get("utilization", {}).items()
                         if v.get("used")},
         "seconds": {"synth": round(t_synth, 1), "pnr": round(time.perf_counter() - t1, 1)},
+        "cached": False,
     }
+    if cache:
+        write_json(cached, result)
+    return result

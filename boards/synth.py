@@ -6,7 +6,6 @@ the Verilog and the script in ``$HWQ_CACHE/synth`` (default ``~/.cache/hwq/synth
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 from hwq.errors import UserError
+from hwq.fileio import cache_dir, write_json
 
 __all__ = ["CELL_KINDS", "count_resources", "synthesize", "yosys_version"]
 
@@ -78,10 +78,6 @@ def _flat_cells(cells, name):
     return total
 
 
-def _cache_dir():
-    return Path(os.environ.get("HWQ_CACHE", Path.home() / ".cache" / "hwq")) / "synth"
-
-
 def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
     """Synthesize ``verilog`` (a path) for ``board``; return resources per kept module and in total.
 
@@ -97,7 +93,7 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
     keep_cmd = f"setattr -mod -set keep_hierarchy 1 {' '.join(keep)}; " if keep else ""
     script_tail = f"{board.yosys_synth} -top {top}"
     key = hashlib.sha256(verilog.read_bytes() + repr((top, keep_cmd, script_tail, yosys_version())).encode())
-    cached = _cache_dir() / f"{key.hexdigest()[:20]}.json"
+    cached = cache_dir("synth") / f"{key.hexdigest()[:20]}.json"
     if cache and cached.is_file():
         result = json.loads(cached.read_text())
         result["cached"] = True
@@ -131,8 +127,5 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
         "cached": False,
     }
     if cache:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(cached)
+        write_json(cached, result)
     return result

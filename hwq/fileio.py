@@ -8,7 +8,13 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["atomic_path", "write_json", "write_text", "write_yaml"]
+__all__ = ["atomic_path", "cache_dir", "write_json", "write_text", "write_yaml"]
+
+
+def cache_dir(kind):
+    """Where cached results of ``kind`` ("verilator", "synth", "pnr") live: $HWQ_CACHE/kind, else
+    ~/.cache/hwq/kind. Entries are named by a hash of everything that determines them."""
+    return Path(os.environ.get("HWQ_CACHE", Path.home() / ".cache" / "hwq")) / kind
 
 
 @contextmanager

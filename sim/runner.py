@@ -7,7 +7,6 @@ the total latency measured by the testbench's own timestamps.
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -18,10 +17,11 @@ import numpy as np
 from hwq import golden
 from hwq.data import load_dataset
 from hwq.errors import UserError
+from hwq.fileio import cache_dir
 
 from .verilator import WARNING_FLAGS, setup_verilator
 
-__all__ = ["SIM_FORMAT", "build", "cache_dir", "compare", "load_rtl", "simulate"]
+__all__ = ["SIM_FORMAT", "build", "compare", "load_rtl", "simulate"]
 
 SIM_FORMAT = "hwq-sim/1"
 TB_MODULE = "sim.tb_network"
@@ -57,11 +57,6 @@ def _public_ports_vlt(path, top):
     return path
 
 
-def cache_dir():
-    """Where Verilator builds are kept: $HWQ_CACHE, else ~/.cache/hwq."""
-    return Path(os.environ.get("HWQ_CACHE", Path.home() / ".cache" / "hwq"))
-
-
 def load_rtl(rtl_dir):
     """Read ``rtl.json`` and check that ``top.v`` is there."""
     rtl_dir = Path(rtl_dir)
@@ -79,7 +74,7 @@ def build(rtl_dir, top):
     setup_verilator()
     source = Path(rtl_dir, "top.v").resolve()
     key = hashlib.sha256(source.read_bytes() + repr((top, BUILD_ARGS, BUILD_RECIPE)).encode()).hexdigest()[:16]
-    build_dir = cache_dir() / "verilator" / key
+    build_dir = cache_dir("verilator") / key
     marker = build_dir / ".hwq-built"
     if marker.is_file():
         return build_dir, True
