@@ -64,15 +64,18 @@ def plot(results, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     for ax, kind in zip(axes, ("lut", "ff"), strict=True):
-        top = 1
+        values = []
         for family, res in results.items():
             x = [r["synth"][kind] for r in res["designs"]]
             y = [r["estimate"][kind] for r in res["designs"]]
             ax.scatter(x, y, s=14, label=f"{family} ({res['board']})")
-            top = max(top, *x, *y)
-        ax.plot([1, top], [1, top], "k-", lw=0.8, label="estimate = yosys")
-        ax.plot([1, top], [0.9, 0.9 * top], "k:", lw=0.8, label="±10%")
-        ax.plot([1, top], [1.1, 1.1 * top], "k:", lw=0.8)
+            values += x + y
+        lo, hi = 0.8 * max(min(values), 1), 1.2 * max(values)
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="estimate = yosys")
+        ax.plot([lo, hi], [0.9 * lo, 0.9 * hi], "k:", lw=0.8, label="±10%")
+        ax.plot([lo, hi], [1.1 * lo, 1.1 * hi], "k:", lw=0.8)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(f"yosys {kind.upper()}")

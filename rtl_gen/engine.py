@@ -103,6 +103,7 @@ class EnginePlan:
             "const": 1,
             "pe_mult": 0 if few else rows * cols * mult,          # partial-product bits of the multipliers
             "pe_mult_few": rows * cols * mult if few else 0,
+            "pe_mult_sq": 0 if few else rows * cols * mult * mult / 16,   # adder depth grows with both widths
             "pe_add": self.psum_bits,                             # adder bits along the rows
             "rom_out": rom_out if self.n_tiles > 1 else 0,        # weight ROM output bits (constant if 1 tile)
             "rom_bits": rom_out * self.n_tiles,                   # weight ROM contents

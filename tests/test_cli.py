@@ -63,3 +63,17 @@ def test_help_for_every_command(capsys):
             main([cmd, "--help"])
         assert exc.value.code == 0
     assert "--samples" in capsys.readouterr().out
+
+
+def test_estimate_names_the_overrun_and_the_largest_layer(tmp_path, capsys):
+    import numpy as np
+
+    from hwq.ir import save_ir
+
+    from .conftest import random_ir
+
+    ir = random_ir(np.random.default_rng(1), [48, 24, 24], [8, 8], [8, 4], input_bits=8)
+    save_ir(ir, tmp_path / "ir")
+    assert main(["estimate", str(tmp_path / "ir"), "--board", "ice40-up5k", "--array", "16x16"]) == 0
+    out = capsys.readouterr().out
+    assert "does NOT fit (over by" in out and "LUT" in out and "largest layer l0" in out
