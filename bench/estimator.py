@@ -107,7 +107,12 @@ def main():
              "seed the calibration sweep did not use. Errors are (estimate - yosys) / yosys on the whole design.")
     header = ("| family | board | designs | mean abs LUT err | max LUT err | mean abs FF err | max FF err | "
               "BRAM exact | DSP exact | estimate time |")
-    lines = ["# Estimator vs synthesis (held-out designs)", "", made_by, "", about, "", header,
+    method = ("The model: each component's cost features (`rtl_gen/engine.py` `EnginePlan.cost_features` and "
+              "`register_bits`, `rtl_gen/top.py` `TopPlan`) times coefficients per family, fitted by non-negative "
+              "least squares (`boards/model.py`) on the calibration sweeps in `boards/calibration/` (seed 1; "
+              "`python -m boards.calibrate sweep --family F`, then `fit`). BRAM and DSP are exact because the boards "
+              "synthesize with `-nobram`/`-nodsp`: weights stay in LUT ROMs, multipliers in LUTs.")
+    lines = ["# Estimator vs synthesis (held-out designs)", "", made_by, "", about, "", method, "", header,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for fam, r in results.items():
         lines.append(f"| {fam} | {r['board']} | {r['n_heldout']} | {r['mean_abs_lut_err']:.1%} | {r['max_lut_err']:.1%} "
