@@ -226,6 +226,8 @@ def _print_summary(report):
                       f"{la['array'][0]}x{la['array'][1]}", str(e["lut"]), str(e["ff"]), str(e["cycles"]),
                       str(la["sim"]["cycles"]))
     t = report["totals"]
+    top = report["top"]["estimate"]
+    table.add_row("(top)", "", "", "", str(top["lut"]), str(top["ff"]), "", "")
     table.add_row("total", "", "", "", str(t["estimate"]["lut"]), str(t["estimate"]["ff"]),
                   str(t["latency_cycles_estimate"]), str(t["latency_cycles_sim"]))
     console = Console()

@@ -128,6 +128,7 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAU
             "fake_quant_prediction_mismatches": fq_mismatches,
         },
         "layers": _report_layers(ir, rtl_info, est, sim, syn),
+        "top": {"estimate": est["top"], "synth": syn["top"] if syn else None},
         "totals": {
             "estimate": est["totals"],
             "synth": syn["total"] if syn else None,
@@ -158,6 +159,10 @@ def render_html(report):
         f"<td>{syn(la, 'lut')}</td><td>{la['estimate']['ff']}</td><td>{syn(la, 'ff')}</td>"
         f"<td>{la['estimate']['cycles']}</td><td>{la['sim']['cycles']}</td></tr>"
         for la in report["layers"])
+    top = report["top"]
+    rows += (f"<tr><td>(top)</td><td></td><td></td><td></td><td></td><td>{top['estimate']['lut']}</td>"
+             f"<td>{top['synth']['lut'] if top['synth'] else '-'}</td><td>{top['estimate']['ff']}</td>"
+             f"<td>{top['synth']['ff'] if top['synth'] else '-'}</td><td></td><td></td></tr>")
     if tot["synth"]:
         synth_line = f"yosys: {tot['synth']['lut']} LUT, {tot['synth']['ff']} FF, {tot['synth']['bram']} BRAM, {tot['synth']['dsp']} DSP."
     else:
