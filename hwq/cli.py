@@ -71,19 +71,14 @@ def _train_config(args):
                        seed=args.seed)
 
 
-def _default_board():
+def _add_board(p, *, array=True):
     from boards import DEFAULT_BOARD
-
-    return DEFAULT_BOARD
-
-
-def _add_board(p):
-    from boards import DEFAULT_BOARD
+    from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS
 
     p.add_argument("--board", default=DEFAULT_BOARD,
                    help=f"board name (see `hwq boards`) or a board .yaml file (default: {DEFAULT_BOARD})")
-    from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS
-
+    if not array:
+        return
     p.add_argument("--array", type=_array, default=(DEFAULT_ROWS, DEFAULT_COLS), metavar="RxC",
                    help=f"systolic array rows x cols per layer, clipped to the layer "
                         f"(default: {DEFAULT_ROWS}x{DEFAULT_COLS})")
@@ -280,7 +275,7 @@ def build_parser():
 
     p = sub.add_parser("synth", help="synthesize the RTL with yosys: resources per layer and in total")
     p.add_argument("rtl", help="RTL directory from `hwq rtl`")
-    p.add_argument("--board", default=_default_board(), help="board name or board .yaml file")
+    _add_board(p, array=False)
     p.add_argument("--pnr", action="store_true", help="also place and route with nextpnr for Fmax (iCE40, ECP5)")
     p.set_defaults(func=cmd_synth)
 
