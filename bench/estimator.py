@@ -19,11 +19,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from boards import RESOURCES  # noqa: E402
 from boards.calibrate import FAMILY_BOARDS, sweep_cases  # noqa: E402
 from hwq.estimate import estimate  # noqa: E402
 from hwq.fileio import write_json, write_text  # noqa: E402
-
-KINDS = ("lut", "ff", "bram", "dsp")
 
 
 def measure(family, designs, seed, jobs):
@@ -33,7 +32,7 @@ def measure(family, designs, seed, jobs):
         t0 = time.perf_counter()
         est = estimate(ir, board, rows=r, cols=c)
         ms = (time.perf_counter() - t0) * 1e3
-        rows.append({"estimate": {k: est["totals"][k] for k in KINDS}, "synth": rec["total"], "estimate_ms": ms})
+        rows.append({"estimate": {k: est["totals"][k] for k in RESOURCES}, "synth": rec["total"], "estimate_ms": ms})
     return board, rows
 
 

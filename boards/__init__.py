@@ -8,13 +8,13 @@ import yaml
 
 from hwq.errors import UserError
 
-__all__ = ["DEFAULT_BOARD", "Board", "known_boards", "load_board"]
+__all__ = ["DEFAULT_BOARD", "RESOURCES", "Board", "known_boards", "load_board"]
 
 DEFAULT_BOARD = "ice40-up5k"
 FAMILIES = ("ice40", "ecp5", "xilinx7")
 SYNTH_COMMANDS = {"ice40": "synth_ice40", "ecp5": "synth_ecp5", "xilinx7": "synth_xilinx"}
 PNR_TOOLS = {"ice40": "nextpnr-ice40", "ecp5": "nextpnr-ecp5"}
-_RESOURCE_FIELDS = ("lut", "ff", "bram", "dsp")
+RESOURCES = ("lut", "ff", "bram", "dsp")  # the resource kinds every count and estimate uses
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Board:
 
     def fits(self, usage):
         """Whether every resource in ``usage`` (lut/ff/bram/dsp) is within the board's."""
-        return all(usage.get(k, 0) <= getattr(self, k) for k in _RESOURCE_FIELDS)
+        return all(usage.get(k, 0) <= getattr(self, k) for k in RESOURCES)
 
 
 def _board_files():
@@ -64,7 +64,7 @@ def _parse(path, raw):
     if family not in FAMILIES:
         raise UserError(f"{path}: field 'family': expected one of {', '.join(FAMILIES)}, found {family!r}")
     counts = {}
-    for name in (*_RESOURCE_FIELDS, "bram_bits"):
+    for name in (*RESOURCES, "bram_bits"):
         counts[name] = field(name, int, "a non-negative integer")
         if counts[name] < 0:
             raise UserError(f"{path}: field '{name}': expected a non-negative integer, found {counts[name]}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boards import RESOURCES
 from hwq.golden import accumulator_range
 from hwq.intrange import max_int, signed_width, weight_range
 from hwq.ir import IR, Layer
@@ -30,7 +31,6 @@ __all__ = ["FAMILY_BOARDS", "network_ir", "random_layer", "random_network", "swe
 
 HERE = Path(__file__).resolve().parent / "calibration"
 FAMILY_BOARDS = {"ice40": "ice40-up5k", "ecp5": "ecp5-25f", "xilinx7": "xc7a35t"}
-KINDS = ("lut", "ff", "bram", "dsp")
 
 
 def component_plan(point):
@@ -104,10 +104,10 @@ def synthesize_network(ir, rows, cols, board, work):
     syn = synthesize(rtl / "top.v", TOP_NAME, board, keep=names)
     plans = plans_from_ir(ir, rows=rows, cols=cols)
     top = TopPlan(n_layers=len(plans), in_features=ir.in_features, input_bits=ir.input_bits)
-    points = [{"component": "top", "plan": asdict(top), **{k: syn["modules"][TOP_NAME][k] for k in KINDS}}]
+    points = [{"component": "top", "plan": asdict(top), **{k: syn["modules"][TOP_NAME][k] for k in RESOURCES}}]
     for name, plan in zip(names, plans, strict=True):
-        points.append({"component": "engine", "plan": asdict(plan), **{k: syn["modules"][name][k] for k in KINDS}})
-    total = {k: syn["total"][k] for k in KINDS}
+        points.append({"component": "engine", "plan": asdict(plan), **{k: syn["modules"][name][k] for k in RESOURCES}})
+    total = {k: syn["total"][k] for k in RESOURCES}
     return {"points": points, "total": total, "seconds": syn["seconds"], "rows": rows, "cols": cols}
 
 

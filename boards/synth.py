@@ -16,6 +16,8 @@ from pathlib import Path
 from hwq.errors import UserError
 from hwq.fileio import cache_dir, write_json
 
+from . import RESOURCES
+
 __all__ = ["CELL_KINDS", "count_resources", "synthesize", "yosys_version"]
 
 # cell type -> (resource kind, how many of it one cell is)
@@ -33,7 +35,6 @@ CELL_KINDS = {
         (r"FD[RSCP]E\w*", "ff", 1), (r"RAMB36E1", "bram", 1), (r"RAMB18E1", "bram", 0.5), (r"DSP48E1", "dsp", 1),
     ],
 }
-KINDS = ("lut", "ff", "bram", "dsp")
 
 
 def yosys_version():
@@ -46,7 +47,7 @@ def yosys_version():
 
 def count_resources(family, cells_by_type):
     """Map yosys cell counts to {lut, ff, bram, dsp}; other cells (carry, IO) are not counted."""
-    counts = dict.fromkeys(KINDS, 0)
+    counts = dict.fromkeys(RESOURCES, 0)
     for cell, n in cells_by_type.items():
         for pattern, kind, weight in CELL_KINDS[family]:
             if re.fullmatch(pattern, cell.lstrip("\\$")):

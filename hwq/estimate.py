@@ -5,28 +5,28 @@ from the calibrated model in ``boards/model.py``: per-component features times c
 yosys results for the board's family (see docs/results/estimator.md for its measured error).
 """
 
+from boards import RESOURCES
 from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS, TopPlan, plans_from_ir, top_latency
 
 __all__ = ["estimate"]
 
-_KEYS = ("lut", "ff", "bram", "dsp")
 
 
 def estimate(ir, board, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     """Return {"layers": [...], "totals": {...}} for the IR mapped on arrays of rows x cols."""
     plans = plans_from_ir(ir, rows=rows, cols=cols)
-    layers, totals = [], dict.fromkeys(_KEYS, 0)
+    layers, totals = [], dict.fromkeys(RESOURCES, 0)
     for layer, plan in zip(ir.layers, plans, strict=True):
         res = plan.resources(board.family)
-        for k in _KEYS:
+        for k in RESOURCES:
             totals[k] += res[k]
         layers.append({"name": layer.name, "estimate": {**res, "cycles": plan.latency}})
     top = TopPlan(n_layers=len(plans), in_features=ir.in_features, input_bits=ir.input_bits).resources(board.family)
-    for k in _KEYS:
+    for k in RESOURCES:
         totals[k] += top[k]
     latency = top_latency(plans)
     totals["cycles"] = latency
-    over = {k: totals[k] - getattr(board, k) for k in _KEYS if totals[k] > getattr(board, k)}
+    over = {k: totals[k] - getattr(board, k) for k in RESOURCES if totals[k] > getattr(board, k)}
     return {
         "board": board.name,
         "layers": layers,

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from boards import RESOURCES
 from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS
 
 from . import golden
@@ -43,7 +44,7 @@ def _report_layers(ir, rtl_info, est, sim, syn):
             "w_bits": layer.w_bits, "a_bits": layer.a_bits, "out_bits": layer.out_bits,
             "acc_bits": layer.acc_bits, "array": rl["array"],
             "estimate": el["estimate"],
-            "synth": {k: yl[k] for k in ("lut", "ff", "bram", "dsp")} if yl else None,
+            "synth": {k: yl[k] for k in RESOURCES} if yl else None,
             "sim": {"cycles": sl["cycles"]},
         })
     return rows

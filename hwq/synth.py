@@ -1,11 +1,12 @@
 """``hwq synth``: yosys resource counts per layer and in total for a generated RTL directory."""
 
+from boards import RESOURCES
+
 from .fileio import write_json
 
 __all__ = ["SYNTH_FORMAT", "synth_rtl"]
 
 SYNTH_FORMAT = "hwq-synth/1"
-_KINDS = ("lut", "ff", "bram", "dsp")
 
 
 def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
@@ -27,8 +28,8 @@ def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
     names = [la["name"] for la in info["layers"]]
     with status(f"yosys {board.yosys_synth} on {rtl_dir / 'top.v'}", enabled=show_progress):
         syn = synthesize(rtl_dir / "top.v", top, board, keep=[f"{top}.{n}" for n in names])
-    layers = [{"name": n, **{k: syn["modules"][f"{top}.{n}"][k] for k in _KINDS}} for n in names]
-    total = {k: syn["total"][k] for k in _KINDS}
+    layers = [{"name": n, **{k: syn["modules"][f"{top}.{n}"][k] for k in RESOURCES}} for n in names]
+    total = {k: syn["total"][k] for k in RESOURCES}
     result = {
         "format": SYNTH_FORMAT,
         "board": board.name,
@@ -36,9 +37,9 @@ def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
         "command": syn["command"],
         "yosys": syn["yosys"],
         "layers": layers,
-        "top": {k: syn["modules"][top][k] for k in _KINDS},
+        "top": {k: syn["modules"][top][k] for k in RESOURCES},
         "total": total,
-        "utilization": {k: (total[k] / getattr(board, k) if getattr(board, k) else None) for k in _KINDS},
+        "utilization": {k: (total[k] / getattr(board, k) if getattr(board, k) else None) for k in RESOURCES},
         "fits": board.fits(total),
         "seconds": syn["seconds"],
         "cached": syn["cached"],
@@ -52,7 +53,6 @@ def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
                 result["pnr"] = place_and_route(rtl_dir, info, board)
             except PnrError as exc:  # e.g. the design does not fit: a result, not a crash
                 result["pnr"] = {"tool": board.pnr["tool"], "fmax_mhz": None, "error": str(exc)}
-    if result["pnr"] and result["pnr"].get("error"):
-        result["fits"] = False
+                result["fits"] = False
     write_json(rtl_dir / "synth.json", result)
     return result
