@@ -79,7 +79,7 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
         work = Path(work)
         (work / "harness.v").write_text(harness_verilog(info))
         netlist, report = work / "net.json", work / "report.json"
-        script = (f"read_verilog {Path(rtl_dir, 'top.v').resolve()} {work / 'harness.v'}; "
+        script = (f'read_verilog "{Path(rtl_dir, "top.v").resolve()}" "{work / "harness.v"}"; '
                   f"{board.yosys_synth} -top {HARNESS_TOP} -json {netlist}")
         t0 = time.perf_counter()
         proc = subprocess.run([yosys, "-q", "-p", script], capture_output=True, text=True, timeout=timeout)

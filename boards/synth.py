@@ -4,6 +4,7 @@ Cells are mapped to four resource kinds per family (``CELL_KINDS``). Results are
 the Verilog and the script in ``$HWQ_CACHE/synth`` (default ``~/.cache/hwq/synth``).
 """
 
+import functools
 import hashlib
 import json
 import re
@@ -37,6 +38,7 @@ CELL_KINDS = {
 }
 
 
+@functools.cache
 def yosys_version():
     exe = shutil.which("yosys")
     if exe is None:
@@ -101,7 +103,7 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
         return result
     with tempfile.TemporaryDirectory(prefix="hwq-synth-") as work:
         stat = Path(work, "stat.json")
-        script = f"read_verilog {verilog}; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o {stat} stat -json"
+        script = f'read_verilog "{verilog}"; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o {stat} stat -json'
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
