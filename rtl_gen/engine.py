@@ -35,11 +35,12 @@ def param_bits(acc_bits, table, kind):
 
 @dataclass(frozen=True)
 class EnginePlan:
-    """Geometry, timing and first-order cost of a :class:`LinearEngine`, without building hardware.
+    """Geometry, timing and cost of a :class:`LinearEngine`, without building hardware.
 
     The estimator and the tests read these; the engine itself uses the same object, so the cycle
-    formula lives only here. The resource figures are a first-order analytic model (LUT4 / FF counts
-    by component), not yet calibrated against synthesis (see docs/architecture.md).
+    formula lives only here. Cost: :attr:`cost_features` and :attr:`register_bits` name what the
+    engine's LUTs and flip-flops scale with; :meth:`resources` applies the coefficients fitted to
+    yosys for an FPGA family (boards/model.py, docs/results/estimator.md).
     """
 
     in_features: int
