@@ -228,8 +228,10 @@ def _print_summary(report):
     console = Console()
     console.print(table)
     acc, be = report["accuracy"], report["bit_exact"]
-    console.print(f"accuracy: float {acc['float']:.4f}  fake-quant {acc['fake_quant']:.4f}  golden {acc['golden']:.4f}  "
-                  f"RTL {acc['rtl']:.4f} ({acc['rtl_samples']} samples)")
+    console.print(f"accuracy ({acc['golden_samples']} test samples): float {acc['float']:.4f}  "
+                  f"fake-quant {acc['fake_quant']:.4f}  golden {acc['golden']:.4f}")
+    console.print(f"on the {acc['rtl_samples']} simulated samples: RTL {acc['rtl']:.4f}, "
+                  f"golden {acc['golden_on_rtl_samples']:.4f}")
     console.print(f"RTL vs golden: {'bit-exact' if be['rtl_vs_golden'] else 'MISMATCH'} over {be['samples']} samples; "
                   f"torch integer vs golden: {'equal' if be['golden_vs_torch_integer'] else 'DIFFERENT'}; "
                   f"fits {report['board']}: {t['fits']}")
