@@ -159,7 +159,7 @@ def cmd_sim(args):
     from .ir import load_ir
 
     ir = load_ir(args.ir)
-    res = simulate(ir, args.rtl, samples=args.samples)
+    res = simulate(ir, args.rtl, samples=args.samples, backpressure=args.backpressure, seed=args.seed)
     out = args.out or Path(args.rtl) / "sim.json"
     write_json(out, res)
     cyc = ", ".join(f"{la['name']} {la['cycles']}" for la in res["layers"])
@@ -272,6 +272,10 @@ def build_parser():
     p.add_argument("ir", help="IR directory from `hwq export`")
     p.add_argument("rtl", help="RTL directory from `hwq rtl`")
     p.add_argument("--samples", type=_positive, default=100, help="test samples to simulate (default: 100)")
+    p.add_argument("--backpressure", type=float, default=0.0, metavar="P",
+                   help="test the handshakes: the output is stalled with probability P each cycle and inputs "
+                        "arrive after random gaps (default: 0, free-running)")
+    p.add_argument("--seed", type=_non_negative, default=0, metavar="N", help="seed of the random stalls (default: 0)")
     p.add_argument("--out", help="sim.json to write (default: RTL/sim.json)")
     p.set_defaults(func=cmd_sim)
 

@@ -108,12 +108,15 @@ def compare(expected, got):
     return equal, first
 
 
-def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=None):
+def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=None, backpressure=0.0, seed=0):
     """Simulate ``samples`` test inputs through the RTL in ``rtl_dir``; return the sim.json dict.
 
     ``golden_ir`` (default ``ir``) is the model the outputs are checked against; tests pass a
-    different one to prove a corrupted design is caught.
+    different one to prove a corrupted design is caught. ``backpressure`` (0..1) is the probability
+    that the output is not taken on a cycle, with random idle cycles between inputs (``seed``).
     """
+    if not 0 <= backpressure < 1:
+        raise UserError(f"--backpressure must be in [0, 1), not {backpressure}")
     info = load_rtl(rtl_dir)
     if inputs is None:
         data = load_dataset(ir.dataset, input_bits=ir.input_bits)
@@ -137,7 +140,8 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=No
         t1 = time.perf_counter()
         xml = runner.test(test_module=TB_MODULE, hdl_toplevel=info["top"], hdl_toplevel_lang="verilog",
                           build_dir=build_dir, test_dir=work,
-                          extra_env={"HWQ_SIM_STIMULUS": str(stim), "HWQ_SIM_RESULT": str(result)},
+                          extra_env={"HWQ_SIM_STIMULUS": str(stim), "HWQ_SIM_RESULT": str(result),
+                                     "HWQ_SIM_BACKPRESSURE": str(backpressure), "HWQ_SIM_SEED": str(seed)},
                           log_file=Path(work, "sim.log"))
         t_run = time.perf_counter() - t1
         try:
@@ -159,6 +163,8 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=No
     result = {
         "format": SIM_FORMAT,
         "samples": len(inputs),
+        "backpressure": backpressure,
+        "seed": seed,
         "bit_exact": bool(equal.all()),
         "mismatched_samples": int((~equal).sum()),
         "first_mismatch": first,

@@ -5,11 +5,16 @@ Parts: a driver (offers one input vector at a time on the ``i`` stream), a monit
 counters), and timestamps of every accept and every output for an independent latency measurement.
 Comparison with the golden model happens outside, in :mod:`sim.runner`; this module only records.
 
+Backpressure mode (``HWQ_SIM_BACKPRESSURE`` = p > 0): ``o.ready`` is low with probability p on each
+cycle and inputs are offered after 0-3 random idle cycles (``HWQ_SIM_SEED``), so the handshakes are
+exercised; the outputs must still equal the golden model, in order. Python then runs every cycle.
+
 Environment: ``HWQ_SIM_STIMULUS`` (npz with ``inputs``), ``HWQ_SIM_RESULT`` (JSON written here).
 """
 
 import json
 import os
+import random
 
 import cocotb
 import numpy as np
@@ -59,7 +64,7 @@ class Driver:
 
 
 class Monitor:
-    """Waits for ``o.valid`` and captures the output and the cycle counters."""
+    """Waits for ``o.valid`` and captures the output and the cycle counters when it is taken."""
 
     def __init__(self, dut, n_out, out_bits, n_layers):
         self.dut, self.n_out, self.out_bits, self.n_layers = dut, n_out, out_bits, n_layers
@@ -69,12 +74,22 @@ class Monitor:
         if not int(dut.o__valid.value):
             await RisingEdge(dut.o__valid)
         valid_at = get_sim_time("ns")
-        await ReadOnly()
-        logits = unpack(dut.o__payload.value.to_unsigned(), self.n_out, self.out_bits, signed=True)
-        cycles = unpack(dut.cycles.value.to_unsigned(), self.n_layers, 32, signed=False)
-        total = int(dut.cycles_total.value.to_unsigned())
-        await RisingEdge(dut.clk)  # o.ready is held high: the output is taken at this edge
-        return valid_at, logits, cycles, total
+        while True:
+            await ReadOnly()
+            taken = int(dut.o__ready.value)
+            logits = unpack(dut.o__payload.value.to_unsigned(), self.n_out, self.out_bits, signed=True)
+            cycles = unpack(dut.cycles.value.to_unsigned(), self.n_layers, 32, signed=False)
+            total = int(dut.cycles_total.value.to_unsigned())
+            await RisingEdge(dut.clk)  # valid and ready both high before this edge: the output is taken
+            if taken:
+                return valid_at, logits, cycles, total
+
+
+async def stall_output(dut, rng, p_stall):
+    """Drive ``o.ready`` low with probability ``p_stall`` on every cycle."""
+    while True:
+        dut.o__ready.value = int(rng.random() >= p_stall)
+        await RisingEdge(dut.clk)
 
 
 @cocotb.test()
@@ -93,9 +108,15 @@ async def run_network(dut):
     await RisingEdge(dut.clk)
 
     driver, monitor = Driver(dut, in_bits), Monitor(dut, n_out, out_bits, n_layers)
+    p_stall = float(os.environ.get("HWQ_SIM_BACKPRESSURE", "0"))
+    rng = random.Random(int(os.environ.get("HWQ_SIM_SEED", "0")))
+    if p_stall > 0:
+        cocotb.start_soon(stall_output(dut, rng, p_stall))
     t_start = get_sim_time("ns")
     records = {"outputs": [], "layer_cycles": [], "total_cycles": [], "tb_latency_cycles": [], "accept_ns": []}
     for vector in inputs:
+        if p_stall > 0:
+            await ClockCycles(dut.clk, rng.randint(0, 3))
         accepted = await driver.send(vector)
         valid_at, logits, cycles, total = await monitor.receive()
         records["outputs"].append(logits)

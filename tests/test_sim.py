@@ -79,3 +79,15 @@ def test_yosys_synthesizes_the_verilog(small_design, tmp_path):
     proc = subprocess.run(["yosys", "-q", "-p", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "SB_LUT4" in stat.read_text()
+
+
+@pytest.mark.parametrize("p_stall, seed", [(0.5, 1), (0.9, 2)])
+def test_random_backpressure_keeps_outputs_exact_and_in_order(small_design, p_stall, seed):
+    ir, rtl, x = small_design
+    res = simulate(ir, rtl, inputs=x[:15], backpressure=p_stall, seed=seed)
+    assert res["bit_exact"], res["first_mismatch"]
+    assert res["backpressure"] == p_stall
+    for layer in res["layers"]:  # stalls at the output do not change the engines' own timing
+        assert layer["cycles"] == layer["estimate_cycles"] and layer["cycles_constant"]
+    free = simulate(ir, rtl, inputs=x[:15])
+    assert res["initiation_interval_cycles"] > free["initiation_interval_cycles"]  # the stalls did happen
