@@ -159,12 +159,15 @@ def cmd_sim(args):
     from .ir import load_ir
 
     ir = load_ir(args.ir)
-    res = simulate(ir, args.rtl, samples=args.samples, backpressure=args.backpressure, seed=args.seed)
+    res = simulate(ir, args.rtl, samples=args.samples, backpressure=args.backpressure, seed=args.seed,
+                   waves=args.waves)
     out = args.out or Path(args.rtl) / "sim.json"
     write_json(out, res)
     cyc = ", ".join(f"{la['name']} {la['cycles']}" for la in res["layers"])
     verdict = "bit-exact" if res["bit_exact"] else f"MISMATCH in {res['mismatched_samples']} samples, first {res['first_mismatch']}"
-    print(f"simulated {res['samples']} samples: {verdict}; cycles {cyc}; latency {res['latency_cycles']} cycles; wrote {out}")
+    waves = f" and {args.waves}" if args.waves else ""
+    print(f"simulated {res['samples']} samples: {verdict}; cycles {cyc}; latency {res['latency_cycles']} cycles; "
+          f"wrote {out}{waves}")
     return 0 if res["bit_exact"] else 1
 
 
@@ -276,6 +279,7 @@ def build_parser():
                    help="test the handshakes: the output is stalled with probability P each cycle and inputs "
                         "arrive after random gaps (default: 0, free-running)")
     p.add_argument("--seed", type=_non_negative, default=0, metavar="N", help="seed of the random stalls (default: 0)")
+    p.add_argument("--waves", metavar="FILE.vcd", help="also write the waveforms of every signal (VCD, for GTKWave)")
     p.add_argument("--out", help="sim.json to write (default: RTL/sim.json)")
     p.set_defaults(func=cmd_sim)
 

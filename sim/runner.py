@@ -69,11 +69,14 @@ def load_rtl(rtl_dir):
         raise UserError(f"{info_path}: not valid JSON (line {exc.lineno})") from None
 
 
-def build(rtl_dir, top):
-    """Verilate ``top.v`` into a cached build directory named by a hash of the source and options."""
+def build(rtl_dir, top, *, waves=False):
+    """Verilate ``top.v`` into a cached build directory named by a hash of the source and options.
+
+    ``waves`` builds with VCD tracing (a separate, slower build; FST would need the lz4 headers)."""
     setup_verilator()
     source = Path(rtl_dir, "top.v").resolve()
-    key = hashlib.sha256(source.read_bytes() + repr((top, BUILD_ARGS, BUILD_RECIPE)).encode()).hexdigest()[:16]
+    args = [*BUILD_ARGS, "--trace"] if waves else BUILD_ARGS
+    key = hashlib.sha256(source.read_bytes() + repr((top, args, BUILD_RECIPE)).encode()).hexdigest()[:16]
     build_dir = cache_dir("verilator") / key
     marker = build_dir / ".hwq-built"
     if marker.is_file():
@@ -85,8 +88,8 @@ def build(rtl_dir, top):
 
     vlt = VerilatorControlFile(_public_ports_vlt(build_dir / "public.vlt", top))
     try:
-        runner.build(sources=[vlt, source], hdl_toplevel=top, build_dir=build_dir, build_args=BUILD_ARGS,
-                     log_file=build_dir / "build.log")
+        runner.build(sources=[vlt, source], hdl_toplevel=top, build_dir=build_dir, build_args=args,
+                     waves=waves, log_file=build_dir / "build.log")
     except (SystemExit, Exception) as exc:
         raise RuntimeError(f"Verilator build failed; see {build_dir / 'build.log'} ({exc})") from None
     marker.write_text(str(source) + "\n")
@@ -108,12 +111,14 @@ def compare(expected, got):
     return equal, first
 
 
-def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=None, backpressure=0.0, seed=0):
+def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=None, backpressure=0.0, seed=0,
+             waves=None):
     """Simulate ``samples`` test inputs through the RTL in ``rtl_dir``; return the sim.json dict.
 
     ``golden_ir`` (default ``ir``) is the model the outputs are checked against; tests pass a
     different one to prove a corrupted design is caught. ``backpressure`` (0..1) is the probability
     that the output is not taken on a cycle, with random idle cycles between inputs (``seed``).
+    ``waves`` is the path of a VCD waveform file to write (None: no waveforms).
     """
     if not 0 <= backpressure < 1:
         raise UserError(f"--backpressure must be in [0, 1), not {backpressure}")
@@ -128,7 +133,7 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=No
         raise UserError(f"inputs have {inputs.shape[1]} features; the design takes {info['input']['features']}")
 
     t0 = time.perf_counter()
-    build_dir, cached = build(rtl_dir, info["top"])
+    build_dir, cached = build(rtl_dir, info["top"], waves=waves is not None)
     t_build = time.perf_counter() - t0
     from cocotb_tools.check_results import get_results
 
@@ -142,7 +147,8 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=No
                           build_dir=build_dir, test_dir=work,
                           extra_env={"HWQ_SIM_STIMULUS": str(stim), "HWQ_SIM_RESULT": str(result),
                                      "HWQ_SIM_BACKPRESSURE": str(backpressure), "HWQ_SIM_SEED": str(seed)},
-                          log_file=Path(work, "sim.log"))
+                          log_file=Path(work, "sim.log"), waves=waves is not None,
+                          test_args=["--trace-file", str(Path(waves).resolve())] if waves else [])
         t_run = time.perf_counter() - t1
         try:
             n_tests, n_failed = get_results(xml)
