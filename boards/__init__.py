@@ -33,9 +33,13 @@ class Board:
     pnr: dict | None  # {"tool": "nextpnr-ice40", "args": [...]}, or None where no open tool exists
     path: str
 
+    def over(self, usage):
+        """By how much ``usage`` (lut/ff/bram/dsp) exceeds the board, for each resource it exceeds."""
+        return {k: usage[k] - getattr(self, k) for k in RESOURCES if usage.get(k, 0) > getattr(self, k)}
+
     def fits(self, usage):
-        """Whether every resource in ``usage`` (lut/ff/bram/dsp) is within the board's."""
-        return all(usage.get(k, 0) <= getattr(self, k) for k in RESOURCES)
+        """Whether every resource in ``usage`` is within the board's."""
+        return not self.over(usage)
 
 
 def _board_files():

@@ -11,7 +11,7 @@ from importlib import resources
 
 from hwq.errors import UserError
 
-__all__ = ["coefficients", "fit", "predict"]
+__all__ = ["coefficients", "fit", "plan_resources", "predict"]
 
 COEFFICIENTS = "calibration/coefficients.json"
 
@@ -31,6 +31,16 @@ def predict(family, resource, features):
     if model is None:
         raise UserError(f"no calibrated {resource} model for FPGA family {family!r} in boards/{COEFFICIENTS}")
     return round(sum(model.get(name, 0.0) * value for name, value in features.items()))
+
+
+def plan_resources(family, plan):
+    """{"lut", "ff", "bram", "dsp"} of a component plan (its ``cost_features`` and ``register_bits``).
+
+    Weight ROMs are kept in logic (boards synthesize with ``-nobram``) and multipliers in LUTs
+    (``-nodsp`` where the family has DSPs), so BRAM and DSP are exactly 0 for now.
+    """
+    return {"lut": predict(family, "lut", plan.cost_features), "ff": predict(family, "ff", plan.register_bits),
+            "bram": 0, "dsp": 0}
 
 
 def fit(rows, targets):

@@ -11,7 +11,6 @@ from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS, TopPlan, plans_from_ir, top_
 __all__ = ["estimate"]
 
 
-
 def estimate(ir, board, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     """Return {"layers": [...], "totals": {...}} for the IR mapped on arrays of rows x cols."""
     plans = plans_from_ir(ir, rows=rows, cols=cols)
@@ -26,7 +25,7 @@ def estimate(ir, board, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
         totals[k] += top[k]
     latency = top_latency(plans)
     totals["cycles"] = latency
-    over = {k: totals[k] - getattr(board, k) for k in RESOURCES if totals[k] > getattr(board, k)}
+    over = board.over(totals)
     return {
         "board": board.name,
         "layers": layers,

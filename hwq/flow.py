@@ -50,8 +50,8 @@ def _report_layers(ir, rtl_info, est, sim, syn):
     return rows
 
 
-def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAULT_ROWS, cols=DEFAULT_COLS, synth=False, log=print,
-             show_progress=True):
+def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAULT_ROWS, cols=DEFAULT_COLS,
+             synth=False, log=print, show_progress=True):
     """Run every stage into ``out_dir``; return the report dict (also written to report.json)."""
     from rtl_gen.emit import generate_rtl
     from sim.runner import simulate

@@ -134,15 +134,10 @@ class EnginePlan:
         }
 
     def resources(self, family):
-        """Estimated {"lut", "ff", "bram", "dsp"} on an FPGA family, from the calibrated model.
+        """Estimated {"lut", "ff", "bram", "dsp"} on an FPGA family, from the calibrated model."""
+        from boards.model import plan_resources
 
-        Weight ROMs are kept in logic (boards synthesize with ``-nobram``) and multipliers in LUTs
-        (``-nodsp`` where the family has DSPs), so BRAM and DSP are exactly 0 for now.
-        """
-        from boards.model import predict
-
-        return {"lut": predict(family, "lut", self.cost_features),
-                "ff": predict(family, "ff", self.register_bits), "bram": 0, "dsp": 0}
+        return plan_resources(family, self)
 
 
 class LinearEngine(wiring.Component):

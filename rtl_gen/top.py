@@ -12,7 +12,8 @@ from hwq.errors import UserError
 from ._check import check_int
 from .engine import EnginePlan, LinearEngine, param_bits
 
-__all__ = ["COUNTER_BITS", "DEFAULT_COLS", "DEFAULT_ROWS", "NetworkTop", "TopPlan", "engine_for_layer", "engines_from_ir", "plans_from_ir", "top_latency"]
+__all__ = ["COUNTER_BITS", "DEFAULT_COLS", "DEFAULT_ROWS", "NetworkTop", "TopPlan", "engine_for_layer",
+           "engines_from_ir", "plans_from_ir", "top_latency"]
 
 COUNTER_BITS = 32
 # Array size per layer (rows x cols, clipped to the layer) unless the user says otherwise. 4x8 keeps
@@ -81,10 +82,9 @@ class TopPlan:
                 "top_counters": COUNTER_BITS * (self.n_layers + 1)}
 
     def resources(self, family):
-        from boards.model import predict
+        from boards.model import plan_resources
 
-        return {"lut": predict(family, "lut", self.cost_features),
-                "ff": predict(family, "ff", self.register_bits), "bram": 0, "dsp": 0}
+        return plan_resources(family, self)
 
 
 class NetworkTop(wiring.Component):

@@ -76,13 +76,13 @@ class Monitor:
         valid_at = get_sim_time("ns")
         while True:
             await ReadOnly()
-            taken = int(dut.o__ready.value)
-            logits = unpack(dut.o__payload.value.to_unsigned(), self.n_out, self.out_bits, signed=True)
-            cycles = unpack(dut.cycles.value.to_unsigned(), self.n_layers, 32, signed=False)
-            total = int(dut.cycles_total.value.to_unsigned())
-            await RisingEdge(dut.clk)  # valid and ready both high before this edge: the output is taken
-            if taken:
+            if int(dut.o__ready.value):  # valid and ready both high: the output is taken at the next edge
+                logits = unpack(dut.o__payload.value.to_unsigned(), self.n_out, self.out_bits, signed=True)
+                cycles = unpack(dut.cycles.value.to_unsigned(), self.n_layers, 32, signed=False)
+                total = int(dut.cycles_total.value.to_unsigned())
+                await RisingEdge(dut.clk)
                 return valid_at, logits, cycles, total
+            await RisingEdge(dut.clk)
 
 
 async def stall_output(dut, rng, p_stall):
