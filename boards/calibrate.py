@@ -55,7 +55,7 @@ def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extr
     acc_lo, acc_hi = accumulator_range(w, 0, max_int(in_bits, False))
     acc_bits = signed_width(min(acc_lo.min(), 0), max(acc_hi.max(), 0))
     tensors = {f"{name}.weight": w.astype(np.int8)}
-    common = dict(name=name, op="linear", in_features=n_in, out_features=n_out, w_bits=w_bits, a_bits=in_bits,
+    common = dict(name=name, op="linear", in_shape=[n_in], out_shape=[n_out], w_bits=w_bits, a_bits=in_bits,
                   a_signed=False, acc_bits=acc_bits, weights=f"{name}.weight")
     if out_bits is None:
         b = rng.integers(-100, 101, size=n_out)

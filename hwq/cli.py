@@ -47,19 +47,35 @@ def _bits(text):
 
 
 def _add_train_args(p):
-    from .train import METHODS, MODELS, TrainConfig
+    from .data import DATASETS
+    from .train import FIRST_LAST, METHODS, MODELS, NBN_VARIANTS, TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--model", default="mlp", choices=MODELS, help="network (default: mlp, 64-32-16-10)")
-    p.add_argument("--dataset", default="digits", help="dataset (default: digits, bundled with scikit-learn)")
-    p.add_argument("--method", default="lsq", choices=METHODS, help="quantization method (default: lsq)")
+    p.add_argument("--model", default=d.model, choices=MODELS,
+                   help="network: mlp (64-32-16-10), cnn (conv-BN-ReLU-pool x2, fc), resnet (cnn with a "
+                        f"residual block) (default: {d.model})")
+    p.add_argument("--dataset", default=d.dataset, choices=DATASETS,
+                   help="dataset (default: digits, bundled with scikit-learn; mnist and cifar10 read local "
+                        "files, see README)")
+    p.add_argument("--method", default=d.method, choices=METHODS,
+                   help=f"quantization method (default: {d.method}; see docs/methods.md)")
     p.add_argument("--bits", type=_bits, default=(d.w_bits, d.a_bits), metavar="W/A",
                    help=f"weight/activation bits of every layer, 1..8 each (default: {d.w_bits}/{d.a_bits}); "
-                        "the first layer's inputs are the dataset's 4-bit codes")
+                        "the first layer's inputs are the dataset's codes")
+    p.add_argument("--bits-file", metavar="BITS.yaml", default=None,
+                   help="per-layer bits (format hwq-bits/1, as `hwq train` writes to RUN/bits.yaml); "
+                        "overrides --bits for the layers it names")
+    p.add_argument("--first-last", default=d.first_last, choices=FIRST_LAST,
+                   help="first/last-layer policy: 'same' bits everywhere, or '8': the first and last layers' "
+                        f"weights and the last layer's input at 8 bits (default: {d.first_last})")
     p.add_argument("--epochs-float", type=_non_negative, default=d.epochs_float, metavar="N",
                    help=f"float warm-up epochs (default: {d.epochs_float})")
     p.add_argument("--epochs-qat", type=_non_negative, default=d.epochs_qat, metavar="N",
                    help=f"quantization-aware epochs (default: {d.epochs_qat})")
+    p.add_argument("--nbn-variant", default=d.nbn_variant, choices=NBN_VARIANTS,
+                   help="with --method nbn: neuron-by-neuron, direct or layer-by-layer (default: nbn)")
+    p.add_argument("--learn-bits", action="store_true",
+                   help="with --method sinareq: learn each layer's weight bits (written to RUN/bits.yaml)")
     p.add_argument("--seed", type=_non_negative, default=d.seed, metavar="N", help=f"random seed (default: {d.seed})")
 
 
@@ -67,8 +83,9 @@ def _train_config(args):
     from .train import TrainConfig
 
     return TrainConfig(model=args.model, dataset=args.dataset, method=args.method, w_bits=args.bits[0],
-                       a_bits=args.bits[1], epochs_float=args.epochs_float, epochs_qat=args.epochs_qat,
-                       seed=args.seed)
+                       a_bits=args.bits[1], bits_file=args.bits_file, first_last=args.first_last,
+                       epochs_float=args.epochs_float, epochs_qat=args.epochs_qat, seed=args.seed,
+                       nbn_variant=args.nbn_variant, sinareq_learn_bits=args.learn_bits)
 
 
 def _add_board(p, *, array=True):
@@ -100,8 +117,8 @@ def cmd_train(args):
 
     metrics = train(_train_config(args), args.out)
     acc = metrics["accuracy"]
-    print(f"wrote {Path(args.out) / 'checkpoint.pt'} and metrics.json: float accuracy {acc['float']:.4f}, "
-          f"fake-quant {acc['fake_quant']:.4f} ({metrics['train_seconds']:.1f} s)")
+    print(f"wrote {Path(args.out) / 'checkpoint.pt'}, metrics.json and bits.yaml: float accuracy "
+          f"{acc['float']:.4f}, fake-quant {acc['fake_quant']:.4f} ({metrics['train_seconds']:.1f} s)")
 
 
 def cmd_export(args):

@@ -23,7 +23,11 @@ REPORT_FORMAT = "hwq-report/1"
 
 
 def check_torch_integer(run_dir, ir, inputs):
-    """Compare the PyTorch integer path with the golden model; return (equal, fake-quant mismatches)."""
+    """Compare the PyTorch integer path with the golden model.
+
+    Returns (equal, fake-quant prediction mismatches, of which logit ties): a tie is a sample whose
+    fake-quant prediction has the golden model's maximum logit too (argmax then picks the first).
+    """
     model, _ = load_run(run_dir)
     x = torch.from_numpy(np.asarray(inputs, dtype=np.int64))
     torch_int = model.integer_forward(x).numpy()
@@ -31,7 +35,8 @@ def check_torch_integer(run_dir, ir, inputs):
     equal = torch_int.shape == gold.shape and bool((torch_int == gold).all())
     with torch.no_grad():
         fq_pred = model(x).argmax(1).numpy()
-    return equal, int((fq_pred != gold.argmax(1)).sum())
+    mismatches, ties = golden.prediction_disagreements(fq_pred, gold)
+    return equal, mismatches, ties
 
 
 def _report_layers(ir, rtl_info, est, sim, syn):
@@ -71,9 +76,10 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAU
     data = load_dataset(ir.dataset, input_bits=ir.input_bits)
     gold_out = golden.run(ir, data.x_test)
     acc_golden = float((gold_out.argmax(1) == data.y_test).mean())
-    torch_equal, fq_mismatches = check_torch_integer(out / "run", ir, data.x_test)
+    torch_equal, fq_mismatches, fq_ties = check_torch_integer(out / "run", ir, data.x_test)
     log(f"exported IR -> {out / 'ir'}  golden {acc_golden:.4f}, torch integer path "
-        f"{'equal' if torch_equal else 'DIFFERENT'}, fake-quant prediction mismatches {fq_mismatches}")
+        f"{'equal' if torch_equal else 'DIFFERENT'}, fake-quant prediction mismatches {fq_mismatches} "
+        f"({fq_ties} logit ties)")
 
     t = time.perf_counter()
     rtl_info = generate_rtl(ir, board, out / "rtl", rows=rows, cols=cols)
@@ -127,6 +133,7 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAU
             "samples": n,
             "first_mismatch": sim["first_mismatch"],
             "fake_quant_prediction_mismatches": fq_mismatches,
+            "fake_quant_mismatches_logit_ties": fq_ties,
         },
         "layers": _report_layers(ir, rtl_info, est, sim, syn),
         "top": {"estimate": est["top"], "synth": syn["top"] if syn else None},
@@ -182,7 +189,8 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}th{{background:
 <h2>Checks</h2>
 <ul><li>RTL vs golden over {be['samples']} samples: <b>{verdict}</b></li>
 <li>PyTorch integer path vs golden: <b>{'equal' if be['golden_vs_torch_integer'] else 'DIFFERENT'}</b></li>
-<li>fake-quant vs golden prediction mismatches: {be['fake_quant_prediction_mismatches']}</li></ul>
+<li>fake-quant vs golden prediction mismatches: {be['fake_quant_prediction_mismatches']}
+({be['fake_quant_mismatches_logit_ties']} logit ties)</li></ul>
 <h2>Layers</h2>
 <table><tr><th>layer</th><th>engine</th><th>W/A/out bits</th><th>acc bits</th><th>array</th><th>LUT (est.)</th>
 <th>LUT (yosys)</th><th>FF (est.)</th><th>FF (yosys)</th><th>cycles (est.)</th><th>cycles (sim)</th></tr>{rows}</table>

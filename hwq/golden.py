@@ -1,11 +1,17 @@
 """The golden model: the IR executed with numpy integers only. It defines hwq's integer semantics.
 
-Per layer (``op: linear``), with input codes ``x`` (int64):
+Activations are int64 arrays, (N, n) for vectors and (N, C, H, W) for feature maps. Per op:
 
-- ``acc = x @ W.T`` (integer weights ``W``; a 1-bit weight is -1 or +1),
-- ``requant.kind == "thresholds"``: ``y[o] = #{k : acc[o] >= T[o, k]}`` (unsigned ``out_bits`` codes;
-  ReLU, bias and the activation step are all inside the integer thresholds),
-- ``requant.kind == "bias"`` (the logits layer): ``y[o] = acc[o] + b[o]``.
+- ``linear``: ``acc = x @ W.T``; ``conv2d``: ``acc[n, o, i, j] = sum_{c, u, v} W[o, c, u, v] *
+  xpad[n, c, i*stride + u, j*stride + v]`` with ``xpad`` the input zero-padded by ``padding``;
+- ``add``: ``acc = x0 + x1`` (the two inputs are at the same scale);
+- ``requant.kind == "thresholds"``: ``y = lo + step * #{k : sign[o] * acc[o] >= T[o, k]}`` per channel
+  o, where (lo, step) are the output's levels (:func:`hwq.intrange.act_levels`: unsigned codes
+  0, 1, ...; signed two's complement; or bipolar -1, +1) and ``sign`` is +1 unless ``requant.signs``
+  is given. Bias, batch-norm, ReLU and the activation step are all inside ``T``;
+- ``requant.kind == "bias"`` (the logits layer): ``y = acc + b``;
+- ``maxpool``: the maximum code of each kernel x kernel window (stride ``stride``);
+- ``flatten``: ``x.reshape(N, -1)`` (C, H, W order).
 
 >>> import numpy as np
 >>> thresholds_apply(np.array([[-3, 0, 5]]), np.array([[0, 4], [0, 4], [0, 4]]))
@@ -13,13 +19,20 @@ array([[0, 1, 2]])
 """
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["accumulator_range", "run", "run_layers", "thresholds_apply"]
+from .intrange import act_levels
+
+__all__ = ["accumulator_range", "conv2d", "prediction_disagreements", "run", "run_layers", "thresholds_apply"]
 
 
-def thresholds_apply(acc, thresholds):
-    """Count, per output, how many of its thresholds the accumulator reaches."""
-    return (acc[..., None] >= thresholds[None, ...]).sum(axis=-1).astype(np.int64)
+def thresholds_apply(acc, thresholds, signs=None, levels=(0, 1)):
+    """Per channel (the last axis of ``acc``), count the thresholds reached and map counts to codes."""
+    if signs is not None:
+        acc = acc * signs
+    count = (acc[..., None] >= thresholds).sum(axis=-1).astype(np.int64)
+    lo, step = levels
+    return lo + step * count
 
 
 def accumulator_range(weights, a_lo, a_hi):
@@ -27,29 +40,80 @@ def accumulator_range(weights, a_lo, a_hi):
 
     Every partial sum of the dot product (any subset of its terms) also lies in [lo, hi], so an
     accumulator that holds this range never overflows, in whatever order the terms are added.
+    Zero padding is a subset of the terms too, so the bound holds for convolutions.
     """
     w = np.asarray(weights, dtype=np.int64)
     t1, t2 = w * a_lo, w * a_hi
     return np.minimum(t1, t2).clip(max=0).sum(axis=1), np.maximum(t1, t2).clip(min=0).sum(axis=1)
 
 
-def _layer(layer, tensors, x):
-    acc = x @ tensors[layer.weights].astype(np.int64).T
-    if layer.requant_kind == "thresholds":
-        return thresholds_apply(acc, tensors[layer.thresholds].astype(np.int64))
-    return acc + tensors[layer.bias].astype(np.int64)
+def conv2d(x, w, stride, padding):
+    """Integer 2-D convolution (cross-correlation, as PyTorch) of (N, C, H, W) by (O, C, k, k)."""
+    k = w.shape[-1]
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    win = sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]  # N, C, Ho, Wo, k, k
+    return np.einsum("nchwuv,ocuv->nohw", win, w, optimize=True)
+
+
+def _maxpool(x, k, stride):
+    win = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+    return win.max(axis=(-1, -2))
+
+
+def _requant(layer, tensors, acc):
+    if layer.requant_kind == "bias":
+        b = tensors[layer.bias].astype(np.int64)
+        return acc + (b[:, None, None] if acc.ndim == 4 else b)
+    t = tensors[layer.thresholds].astype(np.int64)
+    signs = tensors[layer.signs].astype(np.int64) if layer.signs else None
+    lo, step, _ = act_levels(layer.out_bits, layer.out_signed)
+    if acc.ndim == 4:  # channels last for the comparison, then back
+        y = thresholds_apply(np.moveaxis(acc, 1, -1), t, signs, (lo, step))
+        return np.moveaxis(y, -1, 1)
+    return thresholds_apply(acc, t, signs, (lo, step))
+
+
+def _layer(layer, tensors, x, others):
+    op = layer.op
+    if op == "linear":
+        return _requant(layer, tensors, x @ tensors[layer.weights].astype(np.int64).T)
+    if op == "conv2d":
+        acc = conv2d(x, tensors[layer.weights].astype(np.int64), layer.stride, layer.padding)
+        return _requant(layer, tensors, acc)
+    if op == "add":
+        return _requant(layer, tensors, x + others[0])
+    if op == "maxpool":
+        return _maxpool(x, layer.kernel, layer.stride)
+    if op == "flatten":
+        return x.reshape(len(x), -1)
+    raise ValueError(f"unknown op {op!r}")
 
 
 def run_layers(ir, codes):
-    """Every layer's integer output for input codes of shape (N, in_features)."""
-    x = np.asarray(codes, dtype=np.int64)
+    """Every layer's integer output for input codes of shape (N, *input_shape) or (N, prod(input_shape))."""
+    x = np.asarray(codes, dtype=np.int64).reshape(-1, *ir.input_shape)
+    produced = {"input": x}
     outputs = []
     for layer in ir.layers:
-        x = _layer(layer, ir.tensors, x)
-        outputs.append(x)
+        names = layer.inputs or [ir.layers[len(outputs) - 1].name if outputs else "input"]
+        y = _layer(layer, ir.tensors, produced[names[0]], [produced[n] for n in names[1:]])
+        produced[layer.name] = y
+        outputs.append(y)
     return outputs
 
 
 def run(ir, codes):
-    """The network's integer output (logits) for input codes of shape (N, in_features)."""
+    """The network's integer output (logits) for input codes."""
     return run_layers(ir, codes)[-1]
+
+
+def prediction_disagreements(predictions, logits):
+    """(samples whose prediction differs from ``argmax(logits)``, of which logit ties).
+
+    A tie: the predicted class has the maximum integer logit too; argmax picks the first of equals.
+    """
+    predictions = np.asarray(predictions)
+    best = logits.argmax(axis=1)
+    differ = predictions != best
+    tie = logits[np.arange(len(logits)), predictions] == logits.max(axis=1)
+    return int(differ.sum()), int((differ & tie).sum())

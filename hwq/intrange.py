@@ -11,14 +11,20 @@ Activations are unsigned codes 0..2^b-1 (after ReLU) or signed two's complement.
 ((-1, 1), (-4, 3))
 >>> signed_width(-4, 3), signed_width(0, 4), signed_width(-1920, 1920)
 (3, 4, 12)
+>>> weight_codes(2, "odd"), weight_codes(2, "int", symmetric=True), weight_storage_bits(3, "odd")
+((-3, 3), (-1, 1), 4)
+>>> act_levels(2, False), act_levels(1, True), act_levels(3, True)
+((0, 1, 4), (-1, 2, 2), (-4, 1, 8))
 """
 
 import operator
 
-__all__ = ["check_bits", "max_int", "min_int", "signed_width", "weight_range"]
+__all__ = ["W_GRIDS", "act_levels", "check_bits", "max_int", "min_int", "signed_width", "weight_codes",
+           "weight_range", "weight_storage_bits"]
 
 MIN_BITS = 1
 MAX_BITS = 8
+W_GRIDS = ("int", "odd")
 
 
 def check_bits(bits, *, name="bits"):
@@ -59,3 +65,37 @@ def signed_width(lo, hi):
     while not (min_int(bits, True) <= lo and hi <= max_int(bits, True)):
         bits += 1
     return bits
+
+
+def weight_codes(w_bits, grid="int", *, symmetric=False):
+    """(lowest, highest) weight code of a grid (see :mod:`hwq.quant`).
+
+    ``int``: two's complement (``symmetric`` drops the most negative code); ``odd``: the odd integers
+    in ``[-(2^b-1), 2^b-1]`` (mid-rise levels). One bit is {-1, +1} on both grids.
+    """
+    w_bits = check_bits(w_bits, name="w_bits")
+    if grid not in W_GRIDS:
+        raise ValueError(f"weight grid must be one of {W_GRIDS}, not {grid!r}")
+    if w_bits == 1:
+        return -1, 1
+    if grid == "odd":
+        return -((1 << w_bits) - 1), (1 << w_bits) - 1
+    return (-max_int(w_bits, True) if symmetric else min_int(w_bits, True)), max_int(w_bits, True)
+
+
+def weight_storage_bits(w_bits, grid="int"):
+    """Two's complement bits that hold every code of the grid (1 for binary weights)."""
+    if check_bits(w_bits, name="w_bits") == 1:
+        return 1
+    return signed_width(*weight_codes(w_bits, grid))
+
+
+def act_levels(bits, signed):
+    """(lowest code, distance between codes, number of codes) of an activation.
+
+    Unsigned: 0..2^b-1. Signed: two's complement, except 1 bit, which is bipolar {-1, +1}.
+    """
+    bits = check_bits(bits)
+    if signed and bits == 1:
+        return -1, 2, 2
+    return min_int(bits, signed), 1, 1 << bits

@@ -18,55 +18,97 @@ import yaml
 
 from .errors import UserError
 from .golden import accumulator_range
-from .intrange import max_int, min_int, signed_width, weight_range
+from .intrange import W_GRIDS, act_levels, signed_width, weight_codes, weight_storage_bits
 
 __all__ = ["IR", "IR_FORMAT", "Layer", "atomic_dir", "load_ir", "save_ir"]
 
-IR_FORMAT = "hwq-ir/1"
-OPS = ("linear",)
+IR_FORMAT = "hwq-ir/2"
+WEIGHT_OPS = ("linear", "conv2d")
+OPS = (*WEIGHT_OPS, "maxpool", "flatten", "add")
 REQUANT_KINDS = ("thresholds", "bias")
 
 
 @dataclass
 class Layer:
+    """One IR node. Weight layers (linear, conv2d) carry weights and a requantization; ``add`` carries a
+    requantization of the integer sum of its two inputs; ``maxpool`` and ``flatten`` only move codes.
+    ``inputs`` names the producing layers (``"input"`` is the network input; ``None`` = the previous
+    layer)."""
+
     name: str
     op: str
-    in_features: int
-    out_features: int
-    w_bits: int
-    a_bits: int
+    in_shape: list
+    out_shape: list
+    a_bits: int  # bits of the (first) input's codes
     a_signed: bool
     out_bits: int
     out_signed: bool
-    acc_bits: int
-    weights: str  # key in tensors
-    requant_kind: str  # "thresholds" (hidden layers) or "bias" (logits)
+    inputs: list | None = None
+    w_bits: int | None = None
+    w_grid: str = "int"
+    acc_bits: int | None = None
+    weights: str | None = None  # key in tensors
+    kernel: int | None = None  # conv2d, maxpool
+    stride: int | None = None
+    padding: int | None = None
+    requant_kind: str | None = None  # "thresholds" (codes) or "bias" (logits); None: no requantization
     thresholds: str | None = None
+    signs: str | None = None  # per-channel +1/-1: compare sign * acc >= T (None: all +1)
     bias: str | None = None
-    w_scale: float = 1.0  # informational: real value of one weight step
+    w_scale: float | list = 1.0  # informational: real value of one weight step (per channel: a list)
     out_scale: float = 1.0  # informational: real value of one output step
 
+    @property
+    def in_features(self):
+        return math.prod(self.in_shape)
+
+    @property
+    def out_features(self):
+        return math.prod(self.out_shape)
+
+    @property
+    def channels(self):
+        return int(self.out_shape[0])
+
+    @property
+    def w_storage_bits(self):
+        return weight_storage_bits(self.w_bits, self.w_grid)
+
+    def weight_shape(self):
+        if self.op == "conv2d":
+            return (self.out_shape[0], self.in_shape[0], self.kernel, self.kernel)
+        return (self.out_features, self.in_features)
+
     def to_manifest(self):
-        requant = {"kind": self.requant_kind, "out_scale": self.out_scale}
-        if self.requant_kind == "thresholds":
-            requant["thresholds"] = self.thresholds
-        else:
-            requant["bias"] = self.bias
-        return {
-            "name": self.name,
-            "op": self.op,
-            "in_shape": [self.in_features],
-            "out_shape": [self.out_features],
-            "w_bits": self.w_bits,
-            "a_bits": self.a_bits,
-            "a_signed": self.a_signed,
-            "out_bits": self.out_bits,
-            "out_signed": self.out_signed,
-            "acc_bits": self.acc_bits,
-            "weights": self.weights,
-            "w_scale": self.w_scale,
-            "requant": requant,
-        }
+        m = {"name": self.name, "op": self.op}
+        if self.inputs is not None:
+            m["inputs"] = list(self.inputs)
+        m.update({"in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
+                  "a_bits": self.a_bits, "a_signed": self.a_signed,
+                  "out_bits": self.out_bits, "out_signed": self.out_signed})
+        if self.op in WEIGHT_OPS:
+            m.update({"w_bits": self.w_bits, "w_grid": self.w_grid, "weights": self.weights,
+                      "w_scale": self.w_scale})
+        if self.op in ("conv2d", "maxpool"):
+            m["kernel"] = self.kernel
+            m["stride"] = self.stride
+        if self.op == "conv2d":
+            m["padding"] = self.padding
+        if self.requant_kind is not None:
+            m["acc_bits"] = self.acc_bits
+            requant = {"kind": self.requant_kind, "out_scale": self.out_scale}
+            if self.requant_kind == "thresholds":
+                requant["thresholds"] = self.thresholds
+                if self.signs is not None:
+                    requant["signs"] = self.signs
+            else:
+                requant["bias"] = self.bias
+            m["requant"] = requant
+        return m
+
+
+def conv_out_side(side, kernel, stride, padding):
+    return (side + 2 * padding - kernel) // stride + 1
 
 
 @dataclass
@@ -83,7 +125,7 @@ class IR:
 
     @property
     def in_features(self):
-        return int(self.input_shape[0])
+        return math.prod(self.input_shape)
 
     def to_manifest(self):
         return {
@@ -96,6 +138,9 @@ class IR:
             "layers": [layer.to_manifest() for layer in self.layers],
             "output": {"layer": self.layers[-1].name, "kind": "logits"},
         }
+
+
+_MISSING = object()
 
 
 @contextmanager
@@ -138,15 +183,22 @@ class _Fields:
         loc = f"{self.path}: {self.where}" + (f": field '{name}'" if name else "")
         raise UserError(f"{loc}: expected {expected}, found {found!r}")
 
-    def get(self, name, kind, expected=None):
+    def get(self, name, kind, expected=None, default=_MISSING):
         if name not in self.mapping:
-            loc = f"{self.path}: {self.where}"
-            raise UserError(f"{loc}: field '{name}' is missing")
+            if default is not _MISSING:
+                return default
+            raise UserError(f"{self.path}: {self.where}: field '{name}' is missing")
         value = self.mapping[name]
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if not ok:
             self.fail(name, expected or kind.__name__, value)
         return value
+
+    def number(self, name):
+        value = self.get(name, (int, float), "a finite number")
+        if isinstance(value, bool) or not math.isfinite(value):
+            self.fail(name, "a finite number", value)
+        return float(value)
 
     def bits(self, name):
         value = self.get(name, int, "an integer in 1..8")
@@ -154,10 +206,17 @@ class _Fields:
             self.fail(name, "an integer in 1..8", value)
         return value
 
-    def shape1(self, name):
-        value = self.get(name, list, "a shape [n]")
-        if len(value) != 1 or not isinstance(value[0], int) or value[0] < 1:
-            self.fail(name, "a shape [n] with n >= 1", value)
+    def positive(self, name, low=1):
+        value = self.get(name, int, f"an integer >= {low}")
+        if value < low:
+            self.fail(name, f"an integer >= {low}", value)
+        return value
+
+    def shape(self, name):
+        value = self.get(name, list, "a shape [n] or [c, h, w]")
+        if len(value) not in (1, 3) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                               for v in value):
+            self.fail(name, "a shape [n] or [c, h, w] of positive integers", value)
         return value
 
 
@@ -168,32 +227,43 @@ def _parse_layer(path, index, raw):
     op = f.get("op", str)
     if op not in OPS:
         f.fail("op", f"one of {', '.join(OPS)}", op)
-    requant = _Fields(path, f"layer '{name}': requant", f.get("requant", dict, "a mapping"))
-    kind = requant.get("kind", str)
-    if kind not in REQUANT_KINDS:
-        requant.fail("kind", f"one of {', '.join(REQUANT_KINDS)}", kind)
-    acc_bits = f.get("acc_bits", int, "an integer in 2..64")
-    if not 2 <= acc_bits <= 64:
-        f.fail("acc_bits", "an integer in 2..64", acc_bits)
-    out_bits = f.bits("out_bits") if kind == "thresholds" else f.get("out_bits", int)
-    return Layer(
-        name=name,
-        op=op,
-        in_features=f.shape1("in_shape")[0],
-        out_features=f.shape1("out_shape")[0],
-        w_bits=f.bits("w_bits"),
-        a_bits=f.bits("a_bits"),
-        a_signed=f.get("a_signed", bool),
-        out_bits=out_bits,
-        out_signed=f.get("out_signed", bool),
-        acc_bits=acc_bits,
-        weights=f.get("weights", str, "a tensor name"),
-        requant_kind=kind,
-        thresholds=requant.get("thresholds", str, "a tensor name") if kind == "thresholds" else None,
-        bias=requant.get("bias", str, "a tensor name") if kind == "bias" else None,
-        w_scale=float(f.get("w_scale", (int, float), "a number")),
-        out_scale=float(requant.get("out_scale", (int, float), "a number")),
-    )
+    inputs = f.get("inputs", list, "a list of layer names", default=None)
+    if inputs is not None and not all(isinstance(i, str) for i in inputs):
+        f.fail("inputs", "a list of layer names", inputs)
+    layer = Layer(name=name, op=op, inputs=inputs, in_shape=f.shape("in_shape"), out_shape=f.shape("out_shape"),
+                  a_bits=f.bits("a_bits"), a_signed=f.get("a_signed", bool), out_bits=f.get("out_bits", int),
+                  out_signed=f.get("out_signed", bool))
+    if op in WEIGHT_OPS:
+        layer.w_bits = f.bits("w_bits")
+        layer.w_grid = f.get("w_grid", str)
+        if layer.w_grid not in W_GRIDS:
+            f.fail("w_grid", f"one of {', '.join(W_GRIDS)}", layer.w_grid)
+        layer.weights = f.get("weights", str, "a tensor name")
+        ws = f.get("w_scale", (int, float, list), "a number or a list of numbers")
+        layer.w_scale = ws if isinstance(ws, list) else float(ws)
+    if op in ("conv2d", "maxpool"):
+        layer.kernel = f.positive("kernel")
+        layer.stride = f.positive("stride")
+    if op == "conv2d":
+        layer.padding = f.positive("padding", 0)
+    if op in (*WEIGHT_OPS, "add"):
+        requant = _Fields(path, f"layer '{name}': requant", f.get("requant", dict, "a mapping"))
+        kind = requant.get("kind", str)
+        allowed = REQUANT_KINDS if op in WEIGHT_OPS else ("thresholds",)
+        if kind not in allowed:
+            requant.fail("kind", f"one of {', '.join(allowed)}", kind)
+        layer.requant_kind = kind
+        layer.acc_bits = f.get("acc_bits", int, "an integer in 2..64")
+        if not 2 <= layer.acc_bits <= 64:
+            f.fail("acc_bits", "an integer in 2..64", layer.acc_bits)
+        if kind == "thresholds":
+            layer.out_bits = f.bits("out_bits")
+            layer.thresholds = requant.get("thresholds", str, "a tensor name")
+            layer.signs = requant.get("signs", str, "a tensor name", default=None)
+        else:
+            layer.bias = requant.get("bias", str, "a tensor name")
+        layer.out_scale = requant.number("out_scale")
+    return layer
 
 
 def _tensor(path, tensors, layer, key, shape):
@@ -208,45 +278,122 @@ def _tensor(path, tensors, layer, key, shape):
     return t.astype(np.int64)
 
 
+def _fail(where, name, expected, found):
+    raise UserError(f"{where}: field '{name}': expected {expected}, found {found}")
+
+
+def _expected_out_shape(layer, in_shape):
+    """The output shape an op produces from ``in_shape`` (None where the op does not apply)."""
+    if layer.op == "linear":
+        return [layer.weight_shape()[0]] if len(in_shape) == 1 else None
+    if layer.op == "flatten":
+        return [math.prod(in_shape)]
+    if len(in_shape) != 3:
+        return None
+    c, h, w = in_shape
+    if layer.op == "add":
+        return list(in_shape)
+    if layer.op == "maxpool":
+        return [c, conv_out_side(h, layer.kernel, layer.stride, 0), conv_out_side(w, layer.kernel, layer.stride, 0)]
+    o = layer.out_shape[0]
+    return [o, conv_out_side(h, layer.kernel, layer.stride, layer.padding),
+            conv_out_side(w, layer.kernel, layer.stride, layer.padding)]
+
+
+def _code_range(bits, signed):
+    lo, step, n = act_levels(bits, signed)
+    return lo, lo + step * (n - 1)
+
+
 def validate(ir, path):
     """Check shapes, ranges and the chain of bitwidths; raise UserError on the first problem."""
-    prev_features, prev_bits, prev_signed = ir.in_features, ir.input_bits, ir.input_signed
+    produced = {"input": (list(ir.input_shape), ir.input_bits, ir.input_signed)}
+    prev = "input"
     for i, layer in enumerate(ir.layers):
         where = f"{path}: layer '{layer.name}'"
-        if layer.in_features != prev_features:
-            raise UserError(f"{where}: field 'in_shape': expected [{prev_features}] (previous output), "
-                            f"found [{layer.in_features}]")
-        if (layer.a_bits, layer.a_signed) != (prev_bits, prev_signed):
-            raise UserError(f"{where}: field 'a_bits': expected {prev_bits} (previous output bits), "
-                            f"found {layer.a_bits}")
+        inputs = layer.inputs if layer.inputs is not None else [prev]
+        if len(inputs) != (2 if layer.op == "add" else 1):
+            _fail(where, "inputs", f"{2 if layer.op == 'add' else 1} layer name(s)", inputs)
+        for name in inputs:
+            if name not in produced:
+                _fail(where, "inputs", "names of earlier layers (or 'input')", name)
+        shape, bits, signed = produced[inputs[0]]
+        if list(layer.in_shape) != list(shape):
+            _fail(where, "in_shape", f"{shape} (the output of '{inputs[0]}')", list(layer.in_shape))
+        if (layer.a_bits, layer.a_signed) != (bits, signed):
+            _fail(where, "a_bits", f"{bits} bits {'signed' if signed else 'unsigned'} (the output of "
+                  f"'{inputs[0]}')", f"{layer.a_bits} bits {'signed' if layer.a_signed else 'unsigned'}")
+        want = _expected_out_shape(layer, shape)
+        if want is None or list(layer.out_shape) != want or min(want) < 1:
+            _fail(where, "out_shape", want if want and min(want) >= 1 else f"an input shape that {layer.op} "
+                  f"accepts (input is {shape})", list(layer.out_shape))
         last = i == len(ir.layers) - 1
-        if (layer.requant_kind == "bias") != last:
-            raise UserError(f"{where}: field 'requant.kind': expected "
-                            f"{'bias (logits layer)' if last else 'thresholds'}, found {layer.requant_kind!r}")
-        w = _tensor(path, ir.tensors, layer, layer.weights, (layer.out_features, layer.in_features))
-        lo, hi = weight_range(layer.w_bits)
-        bad = (w < lo) | (w > hi) | ((w == 0) if layer.w_bits == 1 else False)
-        if bad.any():
-            o, j = np.argwhere(bad)[0]
-            raise UserError(f"{where}: tensor '{layer.weights}'[{o}, {j}] = {w[o, j]} is not a "
-                            f"{layer.w_bits}-bit weight (expected {'-1 or +1' if layer.w_bits == 1 else f'{lo}..{hi}'})")
-        a_lo, a_hi = min_int(layer.a_bits, layer.a_signed), max_int(layer.a_bits, layer.a_signed)
-        acc_lo, acc_hi = accumulator_range(w, a_lo, a_hi)
-        need = signed_width(min(acc_lo.min(), 0), max(acc_hi.max(), 0))
-        if layer.acc_bits < need:
-            raise UserError(f"{where}: field 'acc_bits': {layer.acc_bits} can overflow; these weights need {need}")
-        if layer.requant_kind == "thresholds":
-            n_levels = max_int(layer.out_bits, False)
-            t = _tensor(path, ir.tensors, layer, layer.thresholds, (layer.out_features, n_levels))
-            if (np.diff(t, axis=1) < 0).any():
-                o = int(np.argwhere(np.diff(t, axis=1) < 0)[0][0])
-                raise UserError(f"{where}: tensor '{layer.thresholds}' row {o} is not non-decreasing")
+        if layer.op in ("maxpool", "flatten"):
+            if (layer.out_bits, layer.out_signed) != (bits, signed):
+                _fail(where, "out_bits", f"{bits} (maxpool and flatten keep the codes)", layer.out_bits)
+        elif layer.op == "add":
+            _check_add(ir, path, where, layer, produced, inputs)
         else:
-            b = _tensor(path, ir.tensors, layer, layer.bias, (layer.out_features,))
-            need_out = signed_width(int((acc_lo + b).min()), int((acc_hi + b).max()))
-            if layer.out_bits < need_out:
-                raise UserError(f"{where}: field 'out_bits': {layer.out_bits} cannot hold the logits; need {need_out}")
-        prev_features, prev_bits, prev_signed = layer.out_features, layer.out_bits, layer.out_signed
+            _check_weight_layer(ir, path, where, layer, last)
+        produced[layer.name] = (list(layer.out_shape), layer.out_bits, layer.out_signed)
+        prev = layer.name
+    last = ir.layers[-1]
+    if last.requant_kind != "bias":
+        _fail(f"{path}: layer '{last.name}'", "requant.kind", "bias (the last layer produces logits)",
+              repr(last.requant_kind))
+
+
+def _check_thresholds(ir, path, where, layer, acc_lo, acc_hi):
+    need = signed_width(min(int(np.min(acc_lo)), 0), max(int(np.max(acc_hi)), 0))
+    if layer.acc_bits < need:
+        raise UserError(f"{where}: field 'acc_bits': {layer.acc_bits} can overflow; these inputs need {need}")
+    n_levels = act_levels(layer.out_bits, layer.out_signed)[2]
+    t = _tensor(path, ir.tensors, layer, layer.thresholds, (layer.channels, n_levels - 1))
+    if (np.diff(t, axis=1) < 0).any():
+        o = int(np.argwhere(np.diff(t, axis=1) < 0)[0][0])
+        raise UserError(f"{where}: tensor '{layer.thresholds}' row {o} is not non-decreasing")
+    if layer.signs is not None:
+        s = _tensor(path, ir.tensors, layer, layer.signs, (layer.channels,))
+        if not np.isin(s, (-1, 1)).all():
+            raise UserError(f"{where}: tensor '{layer.signs}': expected only -1 and +1")
+
+
+def _check_add(ir, path, where, layer, produced, inputs):
+    (s0, b0, g0), (s1, b1, g1) = produced[inputs[0]], produced[inputs[1]]
+    if list(s0) != list(s1):
+        _fail(where, "inputs", f"two inputs of one shape, '{inputs[0]}' is {s0}", f"'{inputs[1]}' {s1}")
+    if layer.requant_kind != "thresholds":
+        _fail(where, "requant.kind", "thresholds", repr(layer.requant_kind))
+    (lo0, hi0), (lo1, hi1) = _code_range(b0, g0), _code_range(b1, g1)
+    _check_thresholds(ir, path, where, layer, lo0 + lo1, hi0 + hi1)
+
+
+def _check_weight_layer(ir, path, where, layer, last):
+    w = _tensor(path, ir.tensors, layer, layer.weights, layer.weight_shape())
+    lo, hi = weight_codes(layer.w_bits, layer.w_grid)
+    odd = layer.w_grid == "odd" or layer.w_bits == 1
+    bad = (w < lo) | (w > hi) | ((w % 2 == 0) if odd else False)
+    if bad.any():
+        idx = tuple(int(v) for v in np.argwhere(bad)[0])
+        expected = (f"an odd integer in {lo}..{hi}" if layer.w_bits > 1 else "-1 or +1") if odd else f"{lo}..{hi}"
+        raise UserError(f"{where}: tensor '{layer.weights}'{list(idx)} = {w[idx]} is not a {layer.w_bits}-bit "
+                        f"{layer.w_grid}-grid weight (expected {expected})")
+    if layer.requant_kind is None:
+        _fail(where, "requant", "a requantization for a weight layer", None)
+    a_lo, a_hi = _code_range(layer.a_bits, layer.a_signed)
+    acc_lo, acc_hi = accumulator_range(w.reshape(w.shape[0], -1), a_lo, a_hi)
+    if layer.requant_kind == "thresholds":
+        _check_thresholds(ir, path, where, layer, acc_lo, acc_hi)
+        return
+    need = signed_width(min(acc_lo.min(), 0), max(acc_hi.max(), 0))
+    if layer.acc_bits < need:
+        raise UserError(f"{where}: field 'acc_bits': {layer.acc_bits} can overflow; these weights need {need}")
+    if not last:
+        _fail(where, "requant.kind", "thresholds (only the last layer produces logits)", repr(layer.requant_kind))
+    b = _tensor(path, ir.tensors, layer, layer.bias, (layer.channels,))
+    need_out = signed_width(int((acc_lo + b).min()), int((acc_hi + b).max()))
+    if layer.out_bits < need_out:
+        raise UserError(f"{where}: field 'out_bits': {layer.out_bits} cannot hold the logits; need {need_out}")
 
 
 def load_ir(ir_dir):
@@ -281,7 +428,7 @@ def load_ir(ir_dir):
         model=top.get("model", str),
         dataset=top.get("dataset", str),
         method=top.get("method", str),
-        input_shape=inp.shape1("shape"),
+        input_shape=inp.shape("shape"),
         input_bits=inp.bits("bits"),
         input_signed=inp.get("signed", bool),
         input_scale=float(inp.get("scale", (int, float), "a number")),
@@ -291,7 +438,7 @@ def load_ir(ir_dir):
     if not math.isfinite(ir.input_scale) or ir.input_scale <= 0:
         inp.fail("scale", "a positive number", ir.input_scale)
     names = [layer.name for layer in ir.layers]
-    if len(set(names)) != len(names):
-        top.fail("layers", "unique layer names", names)
+    if len(set(names)) != len(names) or "input" in names:
+        top.fail("layers", "unique layer names other than 'input'", names)
     validate(ir, manifest_path)
     return ir

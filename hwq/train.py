@@ -1,11 +1,11 @@
-"""Quantization-aware training: a float warm-up, then LSQ fake-quant training with the STE.
+"""Quantization-aware training: a float warm-up, then one of the methods of :mod:`hwq.methods`.
 
-``train(TrainConfig(...), out_dir)`` writes ``out_dir/checkpoint.pt`` (config + state dict) and
-``out_dir/metrics.json`` (float and fake-quant test accuracy, timings). Deterministic for a given
+``train(TrainConfig(...), out_dir)`` writes ``out_dir/checkpoint.pt`` (config + state dict),
+``out_dir/metrics.json`` (float and fake-quant test accuracy, timings) and ``out_dir/bits.yaml`` (the
+per-layer bits used; for SINAREQ with learned bits, the learned ones). Deterministic for a given
 ``seed`` on a given machine and thread count.
 """
 
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -13,20 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import yaml
 
 from .data import load_dataset
 from .errors import UserError
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, write_json, write_yaml
 from .intrange import check_bits
-from .models import MLPConfig, QuantMLP, build_model
+from .methods import METHODS, NBN_VARIANTS, Fitter, accuracy, quantizer_names, run_method
+from .models import MODELS, NetConfig, QuantNet, build_model, layer_names
 from .progress import progress_bar
 
-__all__ = ["RUN_FORMAT", "TrainConfig", "load_run", "parse_bits", "train"]
+__all__ = ["BITS_FORMAT", "FIRST_LAST", "METHODS", "MODELS", "RUN_FORMAT", "TrainConfig", "load_bits_file",
+           "load_run", "parse_bits", "pretrain", "resolve_bits", "train"]
 
-RUN_FORMAT = "hwq-run/1"
-METHODS = ("lsq",)
-MODELS = ("mlp",)
+RUN_FORMAT = "hwq-run/2"
+BITS_FORMAT = "hwq-bits/1"
+FIRST_LAST = ("same", "8")
 
 
 def parse_bits(text):
@@ -47,6 +49,40 @@ def parse_bits(text):
     return w, a
 
 
+def load_bits_file(path, names):
+    """Read a ``bits.yaml`` (``format: hwq-bits/1``, ``layers: {name: {w_bits, a_bits}}``).
+
+    Returns {name: (w_bits, a_bits)} for the layers it names; raises UserError naming the file and field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: bits file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise UserError(f"{path}: not valid YAML") from None
+    if not isinstance(raw, dict) or raw.get("format") != BITS_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else raw
+        raise UserError(f"{path}: field 'format': expected {BITS_FORMAT!r}, found {found!r}")
+    layers = raw.get("layers")
+    if not isinstance(layers, dict):
+        raise UserError(f"{path}: field 'layers': expected a mapping of layer name to bits, found {layers!r}")
+    out = {}
+    for name, entry in layers.items():
+        if name not in names:
+            raise UserError(f"{path}: layers: unknown layer {name!r}; this model has {', '.join(names)}")
+        if not isinstance(entry, dict):
+            raise UserError(f"{path}: layers.{name}: expected {{w_bits: W, a_bits: A}}, found {entry!r}")
+        bits = []
+        for key in ("w_bits", "a_bits"):
+            value = entry.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
+                raise UserError(f"{path}: layers.{name}.{key}: expected an integer in 1..8, found {value!r}")
+            bits.append(value)
+        out[name] = tuple(bits)
+    return out
+
+
 @dataclass
 class TrainConfig:
     model: str = "mlp"
@@ -54,22 +90,57 @@ class TrainConfig:
     method: str = "lsq"
     w_bits: int = 2
     a_bits: int = 2
+    bits_file: str | None = None
+    first_last: str = "same"  # "8": first and last layer weights, and the last layer's input, at 8 bits
     hidden: tuple = (32, 16)
+    channels: tuple = (16, 32)
     epochs_float: int = 40
     epochs_qat: int = 100
     batch_size: int = 64
     lr_float: float = 1e-2
     lr_qat: float = 5e-3
     seed: int = 0
+    nbn_variant: str = "nbn"
+    nbn_groups: int = 4
+    tsq_iters: int = 10
+    tsq_samples: int = 2000
+    sinareq_learn_bits: bool = False
+    sinareq_lambda: float = 1.0
+    sinareq_lambda_bits: float = 0.03
+    sinareq_lr_bits: float = 0.05
 
     def __post_init__(self):
-        if self.model not in MODELS:
-            raise UserError(f"--model: unknown model {self.model!r}; known models: {', '.join(MODELS)}")
-        if self.method not in METHODS:
-            raise UserError(f"--method: unknown method {self.method!r}; known methods: {', '.join(METHODS)}")
-        for name in ("epochs_float", "epochs_qat", "batch_size"):
-            if getattr(self, name) < (1 if name == "batch_size" else 0):
-                raise UserError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
+        for name, value, known in (("model", self.model, MODELS), ("method", self.method, METHODS),
+                                   ("first-last", self.first_last, FIRST_LAST),
+                                   ("nbn-variant", self.nbn_variant, NBN_VARIANTS)):
+            if value not in known:
+                raise UserError(f"--{name}: unknown value {value!r}; expected one of {', '.join(known)}")
+        for name in ("epochs_float", "epochs_qat", "batch_size", "nbn_groups"):
+            low = 1 if name in ("batch_size", "nbn_groups") else 0
+            if getattr(self, name) < low:
+                raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(self, name)}")
+
+
+def resolve_bits(cfg, names, input_bits):
+    """Per-layer (w_bits, a_bits) lists from --bits, --bits-file and the first/last-layer policy.
+
+    ``a_bits[i]`` is the bits of layer i's input; the first layer's input is the dataset's codes.
+    """
+    w = [cfg.w_bits] * len(names)
+    a = [input_bits] + [cfg.a_bits] * (len(names) - 1)
+    if cfg.first_last == "8":
+        w[0] = w[-1] = 8
+        if len(names) > 1:
+            a[-1] = 8
+    if cfg.bits_file:
+        for name, (wb, ab) in load_bits_file(cfg.bits_file, names).items():
+            i = names.index(name)
+            w[i] = wb
+            if i == 0 and ab != input_bits:
+                raise UserError(f"{cfg.bits_file}: layers.{name}.a_bits: the first layer reads the "
+                                f"dataset's {input_bits}-bit codes, found {ab}")
+            a[i] = ab
+    return w, a
 
 
 def _seed_everything(seed):
@@ -79,76 +150,73 @@ def _seed_everything(seed):
     torch.use_deterministic_algorithms(True)
 
 
-def _batches(n, batch_size, generator):
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
+def _net_config(cfg, data):
+    in_shape = [data.in_features] if cfg.model == "mlp" else list(data.image_shape)
+    names = layer_names(cfg.model, len(cfg.hidden))
+    w_bits, a_bits = resolve_bits(cfg, names, data.input_bits)
+    wq, aq, pc = quantizer_names(cfg.method, w_bits, a_bits)
+    return NetConfig(model=cfg.model, in_shape=in_shape, n_classes=data.n_classes, input_bits=data.input_bits,
+                     input_scale=data.input_scale, hidden=list(cfg.hidden), channels=list(cfg.channels),
+                     w_bits=w_bits, a_bits=a_bits, wq=wq, aq=aq, per_channel=pc)
 
 
-@torch.no_grad()
-def accuracy(model, x, y):
-    model.eval()
-    return int((model(x).argmax(1) == y).sum()) / len(y)
-
-
-def _fit(model, x, y, epochs, lr, batch_size, generator, tick):
-    if epochs == 0:
-        return
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * math.ceil(len(x) / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(epochs):
-        model.train()
-        for idx in _batches(len(x), batch_size, generator):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        tick()
-
-
-def _init_quantizers(model, x_calib):
-    for layer in model.layers:
-        layer.w_quant.init_step(layer.linear.weight)
-    for act, h in zip(model.acts, model.hidden_activations(x_calib), strict=True):
-        act.init_step(h)
-
-
-def train(cfg: TrainConfig, out_dir, *, show_progress=True):
-    """Train a quantized model and write the run directory; return the metrics dict."""
+def pretrain(cfg, data=None, *, tick=None):
+    """Train the float network (the same for every method); return (float state dict, test accuracy)."""
     _seed_everything(cfg.seed)
-    t0 = time.perf_counter()
-    data = load_dataset(cfg.dataset)
-    n_layers = len(cfg.hidden) + 1
-    mcfg = MLPConfig(
-        in_features=data.in_features,
-        hidden=list(cfg.hidden),
-        n_classes=data.n_classes,
-        input_bits=data.input_bits,
-        input_scale=data.input_scale,
-        w_bits=[cfg.w_bits] * n_layers,
-        a_bits=[data.input_bits] + [cfg.a_bits] * (n_layers - 1),
-    )
-    model = QuantMLP(mcfg)
-    x_tr, y_tr = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    x_te, y_te = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    data = data or load_dataset(cfg.dataset)
+    model = QuantNet(_net_config(cfg, data))
+    fitter = _fitter(cfg, data)
+    fitter.fit(model, cfg.epochs_float, cfg.lr_float, tick=tick)
+    return _float_state(model), accuracy(model, *_test(data))
+
+
+def _float_state(model):
+    """The float parameters and batch-norm statistics (no quantizer state)."""
+    keep = {}
+    for name, t in model.state_dict().items():
+        leaf = name.rsplit(".", 1)[-1]
+        if ".bn." in name or (leaf in ("weight", "bias") and ".wq." not in name and ".out_q." not in name):
+            keep[name] = t.clone()
+    return keep
+
+
+def _fitter(cfg, data):
     gen = torch.Generator().manual_seed(cfg.seed)
+    return Fitter(torch.from_numpy(data.x_train), torch.from_numpy(data.y_train), cfg.batch_size, gen)
 
-    with progress_bar("train", total=cfg.epochs_float + cfg.epochs_qat, enabled=show_progress) as tick:
-        _fit(model, x_tr, y_tr, cfg.epochs_float, cfg.lr_float, cfg.batch_size, gen, tick)
-        acc_float = accuracy(model, x_te, y_te)
-        _init_quantizers(model, x_tr)
-        model.quantized = True
-        _fit(model, x_tr, y_tr, cfg.epochs_qat, cfg.lr_qat, cfg.batch_size, gen, tick)
-    acc_fq = accuracy(model, x_te, y_te)
 
+def _test(data):
+    return torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+
+
+def train(cfg: TrainConfig, out_dir, *, show_progress=True, float_state=None, data=None):
+    """Train a quantized model and write the run directory; return the metrics dict.
+
+    ``float_state`` = (state dict, accuracy) from :func:`pretrain` skips the float warm-up (benchmarks
+    share one per seed).
+    """
+    t0 = time.perf_counter()
+    data = data or load_dataset(cfg.dataset)
+    ticks = (0 if float_state else cfg.epochs_float) + cfg.epochs_qat
+    with progress_bar(f"train {cfg.model}/{cfg.method}", total=ticks, enabled=show_progress) as tick:
+        if float_state is None:
+            float_state = pretrain(cfg, data, tick=tick)
+        _seed_everything(cfg.seed)
+        model = QuantNet(_net_config(cfg, data))
+        model.load_state_dict(float_state[0], strict=False)
+        info = run_method(cfg.method, model, _fitter(cfg, data), cfg, tick)
+    model.quantized = True
+    acc_fq = accuracy(model, *_test(data))
+    mcfg = model.config
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = {"format": RUN_FORMAT, "config": mcfg.to_dict(), "train": asdict(cfg),
                   "state_dict": model.state_dict()}
     with atomic_path(out_dir / "checkpoint.pt") as tmp:
         torch.save(checkpoint, tmp)
+    bits = {"format": BITS_FORMAT, "layers": {n: {"w_bits": w, "a_bits": a}
+                                             for n, w, a in zip(mcfg.names, mcfg.w_bits, mcfg.a_bits, strict=True)}}
+    write_yaml(out_dir / "bits.yaml", bits)
     metrics = {
         "format": RUN_FORMAT,
         "model": cfg.model,
@@ -157,9 +225,10 @@ def train(cfg: TrainConfig, out_dir, *, show_progress=True):
         "w_bits": mcfg.w_bits,
         "a_bits": mcfg.a_bits,
         "seed": cfg.seed,
-        "accuracy": {"float": acc_float, "fake_quant": acc_fq},
-        "test_samples": len(y_te),
+        "accuracy": {"float": float_state[1], "fake_quant": acc_fq},
+        "test_samples": len(data.y_test),
         "train_seconds": round(time.perf_counter() - t0, 3),
+        **info,
     }
     write_json(out_dir / "metrics.json", metrics)
     return metrics

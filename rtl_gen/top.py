@@ -25,6 +25,11 @@ def _check_ops(ir):
     for layer in ir.layers:
         if layer.op != "linear":
             raise UserError(f"layer '{layer.name}': op {layer.op!r} has no RTL engine yet (only linear)")
+        if layer.a_signed:
+            raise UserError(f"layer '{layer.name}': signed or bipolar input codes have no RTL engine yet")
+        if layer.signs is not None:
+            raise UserError(f"layer '{layer.name}': decreasing requantization (requant.signs) has no RTL "
+                            "engine yet")
 
 
 def _table(ir, layer):
@@ -35,7 +40,7 @@ def plans_from_ir(ir, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     """The :class:`EnginePlan` of every layer: geometry, latency and cost, without building hardware."""
     _check_ops(ir)
     return [
-        EnginePlan(in_features=layer.in_features, out_features=layer.out_features, w_bits=layer.w_bits,
+        EnginePlan(in_features=layer.in_features, out_features=layer.out_features, w_bits=layer.w_storage_bits,
                    a_bits=layer.a_bits, acc_bits=layer.acc_bits, out_bits=layer.out_bits,
                    kind=layer.requant_kind, rows=min(rows, layer.out_features), cols=min(cols, layer.in_features),
                    param_bits=param_bits(layer.acc_bits, _table(ir, layer), layer.requant_kind))
@@ -47,7 +52,7 @@ def engine_for_layer(ir, layer, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     """The :class:`LinearEngine` of one IR layer."""
     _check_ops(ir)
     return LinearEngine(
-        weights=ir.tensors[layer.weights], w_bits=layer.w_bits, a_bits=layer.a_bits, a_signed=layer.a_signed,
+        weights=ir.tensors[layer.weights], w_bits=layer.w_storage_bits, a_bits=layer.a_bits, a_signed=layer.a_signed,
         acc_bits=layer.acc_bits, rows=rows, cols=cols, out_bits=layer.out_bits,
         thresholds=_table(ir, layer) if layer.requant_kind == "thresholds" else None,
         bias=_table(ir, layer) if layer.requant_kind == "bias" else None,

@@ -36,12 +36,12 @@ def test_roundtrip(ir_dir):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(format="hwq-ir/99"), r"top level: field 'format': expected 'hwq-ir/1', found 'hwq-ir/99'"),
+    (lambda m: m.update(format="hwq-ir/99"), r"top level: field 'format': expected 'hwq-ir/2', found 'hwq-ir/99'"),
     (lambda m: m["layers"][0].update(w_bits=9), r"layer 'l0': field 'w_bits': expected an integer in 1..8, found 9"),
     (lambda m: m["layers"][1].update(a_bits=0), r"layer 'l1': field 'a_bits': expected an integer in 1..8, found 0"),
-    (lambda m: m["layers"][0].update(op="conv3d"), r"layer 'l0': field 'op': expected one of linear, found 'conv3d'"),
+    (lambda m: m["layers"][0].update(op="conv3d"), r"layer 'l0': field 'op': expected one of linear, conv2d, maxpool, flatten, add, found 'conv3d'"),
     (lambda m: m["layers"][0].pop("acc_bits"), r"layer 'l0': field 'acc_bits' is missing"),
-    (lambda m: m["layers"][0].update(acc_bits=3), r"layer 'l0': field 'acc_bits': 3 can overflow; these weights need"),
+    (lambda m: m["layers"][0].update(acc_bits=3), r"layer 'l0': field 'acc_bits': 3 can overflow; these inputs need"),
     (lambda m: m["layers"][1].update(in_shape=[7]), r"layer 'l1': field 'in_shape': expected \[6\]"),
     (lambda m: m["layers"][0].update(weights="nope"), r"layer 'l0': tensor 'nope' is missing from tensors.npz"),
 ])
@@ -55,7 +55,7 @@ def test_bad_manifest_is_one_line(ir_dir, edit, message):
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.update({"l0.weight": t["l0.weight"][:, :5]}), r"tensor 'l0.weight': expected shape \[6, 12\]"),
     (lambda t: t.update({"l0.weight": t["l0.weight"].astype(float)}), r"expected integers, found dtype float64"),
-    (lambda t: t["l0.weight"].__setitem__((0, 0), 5), r"'l0.weight'\[0, 0\] = 5 is not a 2-bit weight"),
+    (lambda t: t["l0.weight"].__setitem__((0, 0), 5), r"'l0.weight'\[0, 0\] = 5 is not a 2-bit int-grid weight"),
     (lambda t: t["l0.thresholds"].__setitem__((0, 0), 10**6), r"'l0.thresholds' row 0 is not non-decreasing"),
 ])
 def test_bad_tensors_are_rejected(ir_dir, edit, message):

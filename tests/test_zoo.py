@@ -1,0 +1,93 @@
+"""The whole model zoo, every method: trains briefly, exports, and the golden model equals the PyTorch
+integer path exactly on the digits test set. Fake-quant disagreements are counted (rounding ties)."""
+
+import numpy as np
+import pytest
+import torch
+
+from hwq import golden
+from hwq.data import load_dataset
+from hwq.export import export_model
+from hwq.ir import load_ir, save_ir
+from hwq.train import TrainConfig, load_run, pretrain, train
+
+CASES = [
+    *[("cnn", m, "2/2") for m in ("lsq", "uniq", "dorefa", "pact", "sinareq", "tsq", "nbn")],
+    ("cnn", "xnor", "1/1"),
+    ("cnn", "uniq", "1/1"),
+    ("resnet", "lsq", "3/3"),
+    ("resnet", "xnor", "1/1"),
+    ("resnet", "nbn", "2/2"),
+    ("resnet", "tsq", "2/2"),
+    ("mlp", "dorefa", "3/3"),
+    ("mlp", "xnor", "1/1"),
+]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def float_states(digits):
+    cache = {}
+
+    def get(model):
+        if model not in cache:
+            cache[model] = pretrain(TrainConfig(model=model, epochs_float=3, seed=0), digits)
+        return cache[model]
+    return get
+
+
+@pytest.mark.parametrize(("model", "method", "bits"), CASES, ids=[f"{m}-{q}-W{b[0]}A{b[2]}" for m, q, b in CASES])
+def test_zoo_exports_bit_exact(tmp_path, digits, float_states, model, method, bits):
+    w, a = (int(v) for v in bits.split("/"))
+    cfg = TrainConfig(model=model, method=method, w_bits=w, a_bits=a, epochs_float=3, epochs_qat=2, seed=0)
+    metrics = train(cfg, tmp_path / "run", show_progress=False, float_state=float_states(model), data=digits)
+    net, _ = load_run(tmp_path / "run")
+    save_ir(export_model(net, method=method), tmp_path / "ir")
+    ir = load_ir(tmp_path / "ir")
+    x = torch.from_numpy(digits.x_test)
+    gold = golden.run(ir, digits.x_test)
+    assert np.array_equal(net.integer_forward(x).numpy(), gold)  # bit-exact, every logit of every sample
+    with torch.no_grad():
+        fq = net(x).argmax(1).numpy()
+    mismatches, ties = golden.prediction_disagreements(fq, gold)
+    assert mismatches == 0, f"{mismatches} fake-quant disagreements ({ties} logit ties)"  # same float32 ops
+    assert metrics["accuracy"]["fake_quant"] > 0.3  # two epochs of QAT learn something
+    weight_layers = [la for la in ir.layers if la.op in ("linear", "conv2d")]
+    assert [la.w_bits for la in weight_layers] == metrics["w_bits"]
+
+
+def test_first_last_policy_and_bits_file(tmp_path, digits, float_states):
+    bits = tmp_path / "bits.yaml"
+    bits.write_text("format: hwq-bits/1\nlayers:\n  conv2: {w_bits: 3, a_bits: 5}\n")
+    cfg = TrainConfig(model="cnn", method="lsq", w_bits=2, a_bits=2, first_last="8", bits_file=str(bits),
+                      epochs_float=3, epochs_qat=1)
+    m = train(cfg, tmp_path / "run", show_progress=False, float_state=float_states("cnn"), data=digits)
+    assert m["w_bits"] == [8, 3, 8] and m["a_bits"] == [4, 5, 8]
+    assert (tmp_path / "run" / "bits.yaml").read_text().count("w_bits") == 3
+
+
+def test_sinareq_learns_bits_and_writes_them(tmp_path, digits, float_states):
+    cfg = TrainConfig(model="cnn", method="sinareq", w_bits=4, a_bits=4, epochs_float=3, epochs_qat=4,
+                      sinareq_learn_bits=True)
+    m = train(cfg, tmp_path / "run", show_progress=False, float_state=float_states("cnn"), data=digits)
+    learned = m["sinareq"]["learned_bits_float"]
+    assert all(b < 8.0 for b in learned)  # the bit penalty moved every layer's bitwidth down from 8
+    assert m["w_bits"] == m["sinareq"]["w_bits"]
+    assert "w_bits" in (tmp_path / "run" / "bits.yaml").read_text()
+
+
+def test_nbn_variants_quantize_every_neuron(tmp_path, digits, float_states):
+    for variant in ("nbn", "layer", "direct"):
+        cfg = TrainConfig(model="cnn", method="nbn", w_bits=3, a_bits=3, epochs_float=3, epochs_qat=2,
+                          nbn_variant=variant)
+        m = train(cfg, tmp_path / variant, show_progress=False, float_state=float_states("cnn"), data=digits)
+        net, _ = load_run(tmp_path / variant)
+        for layer in net.qlayers:  # every weight is on its grid after the last stage
+            codes, _ = layer.wq.quantize(layer.weight)
+            assert torch.allclose(layer.wq(layer.weight), layer.quant_weight())
+            assert not layer.partial and codes.abs().max() <= 3
+        assert m["nbn"]["variant"] == variant
