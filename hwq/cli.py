@@ -125,7 +125,8 @@ def cmd_export(args):
     from .export import export_run
 
     ir = export_run(args.run, args.out)
-    bits = ", ".join(f"{la.name} W{la.w_bits}/A{la.a_bits}->{la.out_bits} acc{la.acc_bits}" for la in ir.layers)
+    bits = ", ".join(f"{la.name} W{la.w_bits}/A{la.a_bits}->{la.out_bits} acc{la.acc_bits}" if la.weights
+                     else f"{la.name} {la.op}" for la in ir.layers)
     print(f"wrote {Path(args.out) / 'manifest.yaml'} and tensors.npz: {bits}")
 
 

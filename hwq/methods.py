@@ -205,7 +205,7 @@ def _responses(y):
 
 
 @torch.no_grad()
-def tsq_fit_layer(x, y, w_init, bits, *, iters=10, lam=1.0, relu=True):
+def tsq_fit_layer(x, y, w_init, bits, *, iters=20, lam=0.01, relu=True):
     """TSQ step 2 for one layer: ``min_{α, ŵ, c} ||y - φ(z)||² + λ ||z - (α X ŵ + c)||²``, ŵ on the
     symmetric ``bits`` grid, one (α, c) per output channel, φ = ReLU.
 

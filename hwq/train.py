@@ -102,7 +102,7 @@ class TrainConfig:
     seed: int = 0
     nbn_variant: str = "nbn"
     nbn_groups: int = 4
-    tsq_iters: int = 10
+    tsq_iters: int = 20
     tsq_samples: int = 2000
     sinareq_learn_bits: bool = False
     sinareq_lambda: float = 1.0

@@ -21,6 +21,68 @@ def test_user_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("content, message", [
+    (None, "bits.yaml: bits file not found"),
+    ("format: hwq-bits/9\n", "bits.yaml: field 'format': expected 'hwq-bits/1', found 'hwq-bits/9'"),
+    ("format: hwq-bits/1\nlayers:\n  fc9: {w_bits: 2, a_bits: 2}\n",
+     "bits.yaml: layers: unknown layer 'fc9'; this model has fc1, fc2, fc3"),
+    ("format: hwq-bits/1\nlayers:\n  fc2: {w_bits: 12, a_bits: 2}\n",
+     "bits.yaml: layers.fc2.w_bits: expected an integer in 1..8, found 12"),
+    ("format: hwq-bits/1\nlayers:\n  fc1: {w_bits: 2, a_bits: 2}\n",
+     "bits.yaml: layers.fc1.a_bits: the first layer reads the dataset's 4-bit codes, found 2"),
+])
+def test_bad_bits_file(tmp_path, monkeypatch, capsys, content, message):
+    monkeypatch.chdir(tmp_path)
+    if content is not None:
+        (tmp_path / "bits.yaml").write_text(content)
+    assert main(["train", "--bits-file", "bits.yaml", "--epochs-float", "0", "--epochs-qat", "0", "--out", "r"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_local_dataset_says_where_to_put_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HWQ_DATA", str(tmp_path / "data"))
+    for name, file in (("mnist", "train-images-idx3-ubyte"), ("cifar10", "data_batch_1.bin")):
+        assert main(["train", "--dataset", name, "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert file in err and str(tmp_path / "data" / name) in err and "downloads nothing" in err
+
+
+def test_local_mnist_files_are_read(tmp_path, monkeypatch):
+    import gzip
+
+    import numpy as np
+
+    from hwq.data import load_dataset
+
+    root = tmp_path / "mnist"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+
+    def idx(name, arr):
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(root / f"{name}.gz", "wb") as fh:
+            fh.write(header + arr.astype(np.uint8).tobytes())
+
+    idx("train-images-idx3-ubyte", rng.integers(0, 256, (20, 28, 28)))
+    idx("train-labels-idx1-ubyte", rng.integers(0, 10, 20))
+    idx("t10k-images-idx3-ubyte", rng.integers(0, 256, (5, 28, 28)))
+    idx("t10k-labels-idx1-ubyte", rng.integers(0, 10, 5))
+    monkeypatch.setenv("HWQ_DATA", str(tmp_path))
+    d = load_dataset("mnist")
+    assert d.x_train.shape == (20, 784) and d.image_shape == (1, 28, 28) and d.input_bits == 8
+
+
+def test_rtl_names_an_op_it_cannot_build_yet(tmp_path, capsys):
+    assert main(["train", "--model", "cnn", "--epochs-float", "1", "--epochs-qat", "1", "--out", str(tmp_path / "r")]) == 0
+    assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "ir")]) == 0
+    capsys.readouterr()
+    assert main(["rtl", str(tmp_path / "ir"), "--out", str(tmp_path / "rtl")]) == 2
+    assert "layer 'conv1': op 'conv2d' has no RTL engine yet" in capsys.readouterr().err
+    assert not (tmp_path / "rtl").exists()
+
+
 def test_corrupt_run_directory(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "ir")]) == 2
