@@ -173,15 +173,15 @@ def _plot(report, path):
     plt.close(fig)
 
 
-def _markdown(report, png_name):
+def _markdown(report, png_name, json_name):
     fp = report["fp32"]
     s = report["settings"]
     lines = [
         "# QAT benchmark: every method on the digits CNN",
         "",
-        f"Made by `python bench/qat.py` ({s['runs']} training runs, seeds {report['seeds']}, "
+        f"Made by `{report.get('command', 'python bench/qat.py')}` ({s['runs']} training runs, seeds {report['seeds']}, "
         f"{report['wall_seconds']:.0f} s wall on {report['machine']['cpus']} CPUs). Raw numbers: "
-        "`bench/results/qat.json`. Test set: 360 digits images. Each method starts from the same float "
+        f"`{json_name}`. Test set: 360 digits images. Each method starts from the same float "
         f"network per seed ({s['epochs_float']} epochs) and gets {s['epochs_qat']} quantization epochs. "
         f"First/last-layer policy: `{s['first_last']}`"
         + (" (first and last layers' weights and the last layer's input at 8 bits, as UniQ)."
@@ -234,13 +234,18 @@ def main(argv=None):
     args = p.parse_args(argv)
     floats, results, wall = run(args)
     report = summarize(args, floats, results, wall)
+    report["command"] = " ".join(["python bench/qat.py", *(sys.argv[1:] if argv is None else argv)])
     from hwq.fileio import write_json, write_text
 
     write_json(args.out, report)
     png = args.docs.with_suffix(".png")
     png.parent.mkdir(parents=True, exist_ok=True)
     _plot(report, png)
-    write_text(args.docs, _markdown(report, png.name))
+    try:
+        json_name = args.out.resolve().relative_to(ROOT)
+    except ValueError:
+        json_name = args.out
+    write_text(args.docs, _markdown(report, png.name, json_name))
     for label, t in report["targets"].items():
         print(f"{label}: best {t['best_method']} {t['best_acc_mean']:.2f}% ({t['points_below_fp32']:.2f} below FP32 "
               f"{report['fp32']['acc_mean']:.2f}%, allowed {t['allowed']:.0f}): {'met' if t['met'] else 'NOT met'}")

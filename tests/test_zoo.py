@@ -91,3 +91,15 @@ def test_nbn_variants_quantize_every_neuron(tmp_path, digits, float_states):
             assert torch.allclose(layer.wq(layer.weight), layer.quant_weight())
             assert not layer.partial and codes.abs().max() <= 3
         assert m["nbn"]["variant"] == variant
+
+
+def test_synthetic_dataset_trains_and_exports(tmp_path):
+    data = load_dataset("synthetic")
+    assert data.x_train.shape[1] == 64 and data.x_train.max() <= 15 and len(data.x_test) == 140
+    cfg = TrainConfig(model="mlp", dataset="synthetic", method="uniq", w_bits=3, a_bits=3, epochs_float=5,
+                      epochs_qat=3)
+    m = train(cfg, tmp_path / "run", show_progress=False, data=data)
+    assert m["accuracy"]["fake_quant"] > 0.5  # ten well separated prototypes
+    net, _ = load_run(tmp_path / "run")
+    ir = export_model(net, dataset="synthetic")
+    assert np.array_equal(net.integer_forward(torch.from_numpy(data.x_test)).numpy(), golden.run(ir, data.x_test))
