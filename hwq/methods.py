@@ -14,7 +14,7 @@ are on integer grids, so every method exports to the same IR. Equations and sour
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,7 @@ class Fitter:
     y: torch.Tensor
     batch_size: int
     generator: torch.Generator
+    steps_done: int = field(default=0, init=False)  # over every fit call: short stages still tick per epoch
 
     @property
     def steps_per_epoch(self):
@@ -96,7 +97,8 @@ class Fitter:
                 if after_step is not None:
                     after_step()
                 done += 1
-                if tick is not None and done % self.steps_per_epoch == 0:
+                self.steps_done += 1
+                if tick is not None and self.steps_done % self.steps_per_epoch == 0:
                     tick()
                 if done >= total:
                     break
@@ -366,8 +368,7 @@ def nbn(model, fitter, cfg, tick):
 
         steps = per_stage if k < len(stages) - 1 else total - per_stage * (len(stages) - 1)
         if k < len(stages) - 1:  # after the last neuron there is nothing float left to tune
-            fitter.fit(model, 0, cfg.lr_qat, steps=steps, after_step=restore,
-                       tick=tick if k % max(len(stages) // max(cfg.epochs_qat, 1), 1) == 0 else None)
+            fitter.fit(model, 0, cfg.lr_qat, steps=steps, after_step=restore, tick=tick)
     for layer in layers:
         layer.partial = False
     return {"nbn": {"variant": variant, "stages": len(stages)}}

@@ -28,8 +28,6 @@ from torch import nn
 from .intrange import act_levels, check_bits, max_int, weight_codes
 
 __all__ = [
-    "ACT_QUANTIZERS",
-    "WEIGHT_QUANTIZERS",
     "AlignedQuant",
     "DoReFaAct",
     "DoReFaWeight",
@@ -530,7 +528,3 @@ def mmse_step(x, bits, *, signed=False, iters=40):
             a = m1
     return (a + b) / 2
 
-
-WEIGHT_QUANTIZERS = {"lsq": LSQWeight, "uniq": UniQWeight, "dorefa": DoReFaWeight, "xnor": XNORWeight}
-ACT_QUANTIZERS = {"lsq": LSQAct, "uniq": UniQAct, "pact": PACTAct, "dorefa": DoReFaAct, "sign": SignAct,
-                  "sparse": SparseAct, "fixed": FixedStepAct}
