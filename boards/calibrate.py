@@ -23,7 +23,7 @@ import numpy as np
 
 from boards import RESOURCES
 from hwq.golden import accumulator_range
-from hwq.intrange import max_int, signed_width, weight_range
+from hwq.intrange import max_int, range_bits, signed_width, weight_range
 from hwq.ir import IR, Layer
 
 __all__ = ["FAMILY_BOARDS", "network_ir", "random_layer", "random_network", "sweep", "sweep_cases",
@@ -53,7 +53,7 @@ def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extr
     else:
         w = rng.choice([-1, 1], size=shape) if w_bits == 1 else rng.integers(lo, hi + 1, size=shape)
     acc_lo, acc_hi = accumulator_range(w, 0, max_int(in_bits, False))
-    acc_bits = signed_width(min(acc_lo.min(), 0), max(acc_hi.max(), 0))
+    acc_bits = range_bits(acc_lo.min(), acc_hi.max())
     tensors = {f"{name}.weight": w.astype(np.int8)}
     common = dict(name=name, op="linear", in_shape=[n_in], out_shape=[n_out], w_bits=w_bits, a_bits=in_bits,
                   a_signed=False, acc_bits=acc_bits, weights=f"{name}.weight")

@@ -12,11 +12,13 @@ batch-norm multiplier is negative makes ``f`` non-increasing; it is exported wit
 thresholds compare ``-acc`` (``requant.signs``).
 """
 
+import math
+
 import torch
 
 from .golden import accumulator_range
-from .intrange import act_levels, signed_width
-from .ir import IR, Layer, save_ir
+from .intrange import act_levels, code_range, range_bits, signed_width
+from .ir import IR, Layer, conv_out_side, save_ir
 from .models import Add, Flatten, MaxPool, QLayer
 from .train import load_run
 
@@ -57,11 +59,6 @@ def _thresholds(requant, out_q, acc_lo, acc_hi, signs):
     return derive_thresholds(index, t_lo, t_hi, n - 1)
 
 
-def _act_range(bits, signed):
-    lo, step, n = act_levels(bits, signed)
-    return lo, lo + step * (n - 1)
-
-
 @torch.no_grad()
 def export_model(model, *, dataset="digits", method="lsq"):
     """Build the IR of a trained :class:`~hwq.models.QuantNet` (quantized, eval mode)."""
@@ -77,11 +74,11 @@ def export_model(model, *, dataset="digits", method="lsq"):
                       inputs=None if name == (layers[-1].name if layers else "input") else [name])
         if isinstance(node, QLayer):
             w, w_scale = node.wq.integer(node.weight)
-            a_lo, a_hi = _act_range(bits, signed)
+            a_lo, a_hi = code_range(bits, signed)
             acc_lo, acc_hi = (torch.from_numpy(r) for r in accumulator_range(w.reshape(len(w), -1).numpy(), a_lo, a_hi))
-            acc_bits = signed_width(min(int(acc_lo.min()), 0), max(int(acc_hi.max()), 0))
+            acc_bits = range_bits(acc_lo.min(), acc_hi.max())
             if node.kind == "conv2d":
-                side = [(s + 2 * node.padding - node.kernel) // node.stride + 1 for s in shape[1:]]
+                side = [conv_out_side(s, node.kernel, node.stride, node.padding) for s in shape[1:]]
                 out_shape = [w.shape[0], *side]
                 geo = dict(kernel=node.kernel, stride=node.stride, padding=node.padding)
             else:
@@ -106,26 +103,23 @@ def export_model(model, *, dataset="digits", method="lsq"):
                 out_scale = node.out_q.scale
         elif isinstance(node, Add):
             skip = outputs[node.skip]
-            lo0, hi0 = _act_range(bits, signed)
-            lo1, hi1 = _act_range(skip[2], skip[3])
+            lo0, hi0 = code_range(bits, signed)
+            lo1, hi1 = code_range(skip[2], skip[3])
             c = shape[0]
             acc_lo, acc_hi = torch.full((c,), lo0 + lo1), torch.full((c,), hi0 + hi1)
             layer = Layer(**{**common, "inputs": [name, skip[0]]}, op="add", out_shape=list(shape), out_bits=0,
-                          out_signed=True, acc_bits=signed_width(min(lo0 + lo1, 0), max(hi0 + hi1, 0)))
+                          out_signed=True, acc_bits=range_bits(lo0 + lo1, hi0 + hi1))
             thr = _thresholds(lambda t, n=node, s=scale: n.requant(t, s), node.out_q, acc_lo, acc_hi,
                               torch.ones(c, dtype=torch.int64))
             _set_thresholds(layer, tensors, node, thr, None)
             out_scale = node.out_q.scale
         elif isinstance(node, MaxPool):
-            side = [(s - node.kernel) // node.kernel + 1 for s in shape[1:]]
+            side = [conv_out_side(s, node.kernel, node.kernel, 0) for s in shape[1:]]
             layer = Layer(**common, op="maxpool", out_shape=[shape[0], *side], out_bits=bits, out_signed=signed,
                           kernel=node.kernel, stride=node.kernel)
             out_scale = scale
         elif isinstance(node, Flatten):
-            n = 1
-            for s in shape:
-                n *= s
-            layer = Layer(**common, op="flatten", out_shape=[n], out_bits=bits, out_signed=signed)
+            layer = Layer(**common, op="flatten", out_shape=[math.prod(shape)], out_bits=bits, out_signed=signed)
             out_scale = scale
         else:  # pragma: no cover - the zoo has no other nodes
             raise TypeError(f"cannot export node {node!r}")

@@ -15,12 +15,14 @@ Activations are unsigned codes 0..2^b-1 (after ReLU) or signed two's complement.
 ((-3, 3), (-1, 1), 4)
 >>> act_levels(2, False), act_levels(1, True), act_levels(3, True)
 ((0, 1, 4), (-1, 2, 2), (-4, 1, 8))
+>>> code_range(1, True), code_range(3, False), range_bits(3, 12)
+((-1, 1), (0, 7), 5)
 """
 
 import operator
 
-__all__ = ["W_GRIDS", "act_levels", "check_bits", "max_int", "min_int", "signed_width", "weight_codes",
-           "weight_range", "weight_storage_bits"]
+__all__ = ["W_GRIDS", "act_levels", "check_bits", "code_range", "max_int", "min_int", "range_bits", "signed_width",
+           "weight_codes", "weight_range", "weight_storage_bits"]
 
 MIN_BITS = 1
 MAX_BITS = 8
@@ -99,3 +101,14 @@ def act_levels(bits, signed):
     if signed and bits == 1:
         return -1, 2, 2
     return min_int(bits, signed), 1, 1 << bits
+
+
+def code_range(bits, signed):
+    """(lowest, highest) code of an activation (see :func:`act_levels`)."""
+    lo, step, n = act_levels(bits, signed)
+    return lo, lo + step * (n - 1)
+
+
+def range_bits(lo, hi):
+    """Two's complement bits of an accumulator whose values (and 0, its reset value) span [lo, hi]."""
+    return signed_width(min(int(lo), 0), max(int(hi), 0))

@@ -18,7 +18,15 @@ import yaml
 
 from .errors import UserError
 from .golden import accumulator_range
-from .intrange import W_GRIDS, act_levels, signed_width, weight_codes, weight_storage_bits
+from .intrange import (
+    W_GRIDS,
+    act_levels,
+    code_range,
+    range_bits,
+    signed_width,
+    weight_codes,
+    weight_storage_bits,
+)
 
 __all__ = ["IR", "IR_FORMAT", "Layer", "atomic_dir", "load_ir", "save_ir"]
 
@@ -300,11 +308,6 @@ def _expected_out_shape(layer, in_shape):
             conv_out_side(w, layer.kernel, layer.stride, layer.padding)]
 
 
-def _code_range(bits, signed):
-    lo, step, n = act_levels(bits, signed)
-    return lo, lo + step * (n - 1)
-
-
 def validate(ir, path):
     """Check shapes, ranges and the chain of bitwidths; raise UserError on the first problem."""
     produced = {"input": (list(ir.input_shape), ir.input_bits, ir.input_signed)}
@@ -344,7 +347,7 @@ def validate(ir, path):
 
 
 def _check_thresholds(ir, path, where, layer, acc_lo, acc_hi):
-    need = signed_width(min(int(np.min(acc_lo)), 0), max(int(np.max(acc_hi)), 0))
+    need = range_bits(np.min(acc_lo), np.max(acc_hi))
     if layer.acc_bits < need:
         raise UserError(f"{where}: field 'acc_bits': {layer.acc_bits} can overflow; these inputs need {need}")
     n_levels = act_levels(layer.out_bits, layer.out_signed)[2]
@@ -364,7 +367,7 @@ def _check_add(ir, path, where, layer, produced, inputs):
         _fail(where, "inputs", f"two inputs of one shape, '{inputs[0]}' is {s0}", f"'{inputs[1]}' {s1}")
     if layer.requant_kind != "thresholds":
         _fail(where, "requant.kind", "thresholds", repr(layer.requant_kind))
-    (lo0, hi0), (lo1, hi1) = _code_range(b0, g0), _code_range(b1, g1)
+    (lo0, hi0), (lo1, hi1) = code_range(b0, g0), code_range(b1, g1)
     _check_thresholds(ir, path, where, layer, lo0 + lo1, hi0 + hi1)
 
 
@@ -380,12 +383,12 @@ def _check_weight_layer(ir, path, where, layer, last):
                         f"{layer.w_grid}-grid weight (expected {expected})")
     if layer.requant_kind is None:
         _fail(where, "requant", "a requantization for a weight layer", None)
-    a_lo, a_hi = _code_range(layer.a_bits, layer.a_signed)
+    a_lo, a_hi = code_range(layer.a_bits, layer.a_signed)
     acc_lo, acc_hi = accumulator_range(w.reshape(w.shape[0], -1), a_lo, a_hi)
     if layer.requant_kind == "thresholds":
         _check_thresholds(ir, path, where, layer, acc_lo, acc_hi)
         return
-    need = signed_width(min(acc_lo.min(), 0), max(acc_hi.max(), 0))
+    need = range_bits(acc_lo.min(), acc_hi.max())
     if layer.acc_bits < need:
         raise UserError(f"{where}: field 'acc_bits': {layer.acc_bits} can overflow; these weights need {need}")
     if not last:

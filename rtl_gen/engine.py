@@ -8,7 +8,7 @@ from amaranth import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from hwq.intrange import signed_width, weight_range
+from hwq.intrange import range_bits, signed_width, weight_range
 
 from ._check import check_int
 from .requant import ThresholdRequantizer
@@ -30,7 +30,7 @@ def param_bits(acc_bits, table, kind):
     table = np.asarray(table, dtype=np.int64)
     if kind == "thresholds":
         return max(acc_bits, signed_width(table.min(), table.max()))
-    return signed_width(min(table.min(), 0), max(table.max(), 0))
+    return range_bits(table.min(), table.max())
 
 
 @dataclass(frozen=True)
