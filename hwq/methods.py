@@ -306,9 +306,7 @@ def _pre_quant_target(layer, x_in, out_step1):
     """The step-1 network's layer response before its activation quantizer (ReLU applied)."""
     z = layer._op(x_in, layer.weight, layer.bias)
     if layer.bn is not None:
-        m, a = layer.bn_affine()
-        shape = (1, -1, 1, 1) if z.dim() == 4 else (1, -1)
-        z = z * m.reshape(shape) + a.reshape(shape)
+        z = layer.bn_eval(z)
     if layer.relu_in_float:
         z = F.relu(z)
     return _responses(z)

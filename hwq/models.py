@@ -170,14 +170,23 @@ class QLayer(nn.Module):
         _, w_scale = self.wq.quantize(self.weight)
         return w_scale * in_scale
 
+    def _int_bias(self, acc_scale):
+        return round_ste(torch.clamp(self.bias / acc_scale, -BIAS_LIMIT, BIAS_LIMIT))
+
     def bias_codes(self, in_scale):
-        return round_ste(torch.clamp(self.bias / self.acc_scale(in_scale), -BIAS_LIMIT, BIAS_LIMIT))
+        return self._int_bias(self.acc_scale(in_scale))
 
     def bn_affine(self):
         """(multiplier, offset) of eval-mode batch-norm, float32 per channel."""
         bn = self.bn
         m = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         return m, bn.bias - bn.running_mean * m
+
+    def bn_eval(self, z, cdim=1):
+        """Eval-mode batch-norm as ``z * m + a`` per channel (dimension ``cdim``); the one formula the
+        fake-quant eval path, the integer path and TSQ's targets share."""
+        m, a = self.bn_affine()
+        return z * _per_channel(m, z.dim(), cdim) + _per_channel(a, z.dim(), cdim)
 
     # --- paths --------------------------------------------------------------------------------
     def forward(self, x, in_scale, quantized):
@@ -203,15 +212,11 @@ class QLayer(nn.Module):
         else:
             w_codes, w_scale = self.wq.quantize(self.weight)
             acc_scale = w_scale * in_scale
-            b = round_ste(torch.clamp(self.bias / acc_scale, -BIAS_LIMIT, BIAS_LIMIT))
+            b = self._int_bias(acc_scale)
             acc = self._op(x, w_codes)
             z = (acc + _per_channel(b, acc.dim())) * _per_channel(acc_scale, acc.dim())
         if self.bn is not None:
-            if self.training:
-                z = self.bn(z)
-            else:
-                m, a = self.bn_affine()
-                z = z * _per_channel(m, z.dim()) + _per_channel(a, z.dim())
+            z = self.bn(z) if self.training else self.bn_eval(z)
         if self.out_q is None:
             return z, None
         return self.out_q.quant(z)
@@ -241,13 +246,11 @@ class QLayer(nn.Module):
     @torch.no_grad()
     def pre_activation(self, acc, in_scale, cdim=1):
         """The float32 value the output quantizer sees for integer accumulators ``acc``."""
-        b = self.bias_codes(in_scale).to(torch.int64)
-        s = self.acc_scale(in_scale).to(torch.float32)
+        s = self.acc_scale(in_scale)
+        b = self._int_bias(s).to(torch.int64)
+        s = s.to(torch.float32)
         z = (acc + _per_channel(b, acc.dim(), cdim)).to(torch.float32) * _per_channel(s, acc.dim(), cdim)
-        if self.bn is not None:
-            m, a = self.bn_affine()
-            z = z * _per_channel(m, acc.dim(), cdim) + _per_channel(a, acc.dim(), cdim)
-        return z
+        return self.bn_eval(z, cdim) if self.bn is not None else z
 
     @torch.no_grad()
     def requant(self, acc, in_scale, cdim=1):
