@@ -4,9 +4,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from hwq.errors import UserError
+from hwq.fileio import read_yaml
 
 __all__ = ["DEFAULT_BOARD", "RESOURCES", "Board", "known_boards", "load_board"]
 
@@ -108,12 +107,8 @@ def load_board(name_or_path):
     if text.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise UserError(f"{path}: board file not found")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:
-            raise UserError(f"{path}: not valid YAML") from None
-        return _parse(path, raw)
+        return _parse(path, read_yaml(path))
     for p in _board_files():
         if p.name == f"{text}.yaml":
-            return _parse(f"boards/{p.name}", yaml.safe_load(p.read_text()))
+            return _parse(f"boards/{p.name}", read_yaml(p))
     raise UserError(f"unknown board {text!r}; known boards: {', '.join(known_boards())} (or a path to a .yaml file)")

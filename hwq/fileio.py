@@ -1,4 +1,4 @@
-"""Writing outputs atomically: a reader never sees a half-written file."""
+"""Writing outputs atomically (a reader never sees a half-written file), and reading YAML inputs."""
 
 import json
 import os
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["atomic_path", "cache_dir", "write_json", "write_text", "write_yaml"]
+from .errors import UserError
+
+__all__ = ["atomic_path", "cache_dir", "read_yaml", "write_json", "write_text", "write_yaml"]
 
 
 def cache_dir(kind):
@@ -43,3 +45,13 @@ def write_json(path, obj):
 
 def write_yaml(path, obj):
     write_text(path, yaml.safe_dump(obj, sort_keys=False, default_flow_style=None))
+
+
+def read_yaml(path):
+    """Parse a YAML file; a syntax error is a UserError naming the file and the line."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{at}") from None

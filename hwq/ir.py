@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from .errors import UserError
+from .fileio import read_yaml
 from .golden import accumulator_range
 from .intrange import (
     W_GRIDS,
@@ -408,12 +409,7 @@ def load_ir(ir_dir):
     for p in (manifest_path, tensors_path):
         if not p.is_file():
             raise UserError(f"{p}: missing; is {ir_dir} an IR directory from `hwq export`?")
-    try:
-        raw = yaml.safe_load(manifest_path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{manifest_path}: not valid YAML{at}") from None
+    raw = read_yaml(manifest_path)
     top = _Fields(manifest_path, "top level", raw)
     fmt = top.get("format", str, f"'{IR_FORMAT}'")
     if fmt != IR_FORMAT:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from .data import load_dataset
 from .errors import UserError
-from .fileio import atomic_path, write_json, write_yaml
+from .fileio import atomic_path, read_yaml, write_json, write_yaml
 from .intrange import check_bits
 from .methods import METHODS, NBN_VARIANTS, Fitter, accuracy, quantizer_names, run_method
 from .models import MODELS, NetConfig, QuantNet, build_model, layer_names
@@ -57,10 +56,7 @@ def load_bits_file(path, names):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: bits file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise UserError(f"{path}: not valid YAML") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict) or raw.get("format") != BITS_FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else raw
         raise UserError(f"{path}: field 'format': expected {BITS_FORMAT!r}, found {found!r}")
