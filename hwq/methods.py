@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .intrange import weight_codes
-from .quant import FixedStepWeight, UniQWeight, mmse_step
+from .quant import FixedStepWeight, UniQWeight, mmse_step, per_channel
 
 __all__ = ["METHODS", "NBN_VARIANTS", "Fitter", "quantizer_names", "run_method"]
 
@@ -297,7 +297,7 @@ def _folded_weight(layer):
     w = layer.weight.detach()
     if layer.bn is not None:
         m, _ = layer.bn_affine()
-        w = w * m.reshape(-1, *([1] * (w.dim() - 1)))
+        w = w * per_channel(m, w.dim(), 0)
     return w.reshape(len(w), -1)
 
 

@@ -37,6 +37,7 @@ from .quant import (
     UniQAct,
     UniQWeight,
     XNORWeight,
+    per_channel,
     round_ste,
 )
 
@@ -112,16 +113,6 @@ class NetConfig:
         return asdict(self)
 
 
-def _per_channel(t, ndim, cdim=1):
-    """Reshape a per-channel vector (or a scalar) to broadcast along dimension ``cdim`` of ``ndim``."""
-    t = torch.as_tensor(t)
-    if t.dim() == 0:
-        return t
-    shape = [1] * ndim
-    shape[cdim] = -1
-    return t.reshape(shape)
-
-
 class QLayer(nn.Module):
     """A conv2d or linear layer: quantized weight, bias at the accumulator's scale, optional batch-norm,
     and the quantizer of its output (``None`` for the logits layer).
@@ -163,7 +154,7 @@ class QLayer(nn.Module):
         wq = self.wq(self.weight)
         if not self.partial:
             return wq
-        mask = _per_channel(self.freeze_mask, self.weight.dim(), 0)
+        mask = per_channel(self.freeze_mask, self.weight.dim(), 0)
         return torch.where(mask, wq, self.weight)
 
     def acc_scale(self, in_scale):
@@ -186,7 +177,7 @@ class QLayer(nn.Module):
         """Eval-mode batch-norm as ``z * m + a`` per channel (dimension ``cdim``); the one formula the
         fake-quant eval path, the integer path and TSQ's targets share."""
         m, a = self.bn_affine()
-        return z * _per_channel(m, z.dim(), cdim) + _per_channel(a, z.dim(), cdim)
+        return z * per_channel(m, z.dim(), cdim) + per_channel(a, z.dim(), cdim)
 
     # --- paths --------------------------------------------------------------------------------
     def forward(self, x, in_scale, quantized):
@@ -214,7 +205,7 @@ class QLayer(nn.Module):
             acc_scale = w_scale * in_scale
             b = self._int_bias(acc_scale)
             acc = self._op(x, w_codes)
-            z = (acc + _per_channel(b, acc.dim())) * _per_channel(acc_scale, acc.dim())
+            z = (acc + per_channel(b, acc.dim())) * per_channel(acc_scale, acc.dim())
         if self.bn is not None:
             z = self.bn(z) if self.training else self.bn_eval(z)
         if self.out_q is None:
@@ -227,7 +218,7 @@ class QLayer(nn.Module):
         if self.bn is None:
             return
         m, a = self.bn_affine()
-        self.weight.mul_(_per_channel(m, self.weight.dim(), 0))
+        self.weight.mul_(per_channel(m, self.weight.dim(), 0))
         self.bias.copy_(self.bias * m + a)
         self.bn = None
 
@@ -249,14 +240,14 @@ class QLayer(nn.Module):
         s = self.acc_scale(in_scale)
         b = self._int_bias(s).to(torch.int64)
         s = s.to(torch.float32)
-        z = (acc + _per_channel(b, acc.dim(), cdim)).to(torch.float32) * _per_channel(s, acc.dim(), cdim)
+        z = (acc + per_channel(b, acc.dim(), cdim)).to(torch.float32) * per_channel(s, acc.dim(), cdim)
         return self.bn_eval(z, cdim) if self.bn is not None else z
 
     @torch.no_grad()
     def requant(self, acc, in_scale, cdim=1):
         """Next integer codes from accumulators (the logits layer: ``acc + b_int``)."""
         if self.out_q is None:
-            return acc + _per_channel(self.bias_codes(in_scale).to(torch.int64), acc.dim(), cdim)
+            return acc + per_channel(self.bias_codes(in_scale).to(torch.int64), acc.dim(), cdim)
         return self.out_q.codes(self.pre_activation(acc, in_scale, cdim)).to(torch.int64)
 
     def direction(self, in_scale):

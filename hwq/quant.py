@@ -42,6 +42,7 @@ __all__ = [
     "UniQWeight",
     "XNORWeight",
     "mmse_step",
+    "per_channel",
     "round_ste",
 ]
 
@@ -108,9 +109,15 @@ def odd_codes(x, step, bits):
     return 2 * round_ste(torch.clamp(x / step + top / 2, 0, top)) - top
 
 
-def _channel_view(t, like):
-    """Reshape a per-output-channel vector to broadcast against a weight tensor ``like``."""
-    return t.reshape(-1, *([1] * (like.dim() - 1))) if t.dim() == 1 else t
+def per_channel(t, ndim, cdim=1):
+    """Reshape a per-channel vector (or a scalar) to broadcast along dimension ``cdim`` of ``ndim``
+    (weights: ``cdim=0``, activations: 1)."""
+    t = torch.as_tensor(t)
+    if t.dim() == 0:
+        return t
+    shape = [1] * ndim
+    shape[cdim] = -1
+    return t.reshape(shape)
 
 
 # --- weight quantizers ----------------------------------------------------------------------------
@@ -140,7 +147,7 @@ class WeightQuantizer(nn.Module):
 
     def forward(self, w):
         codes, scale = self.quantize(w)
-        return codes * _channel_view(scale, w)
+        return codes * per_channel(scale, w.dim(), 0)
 
     @torch.no_grad()
     def integer(self, w):
@@ -241,7 +248,7 @@ class XNORWeight(WeightQuantizer):
         dims = tuple(range(1, w.dim())) if self.per_channel else tuple(range(w.dim()))
         alpha = w.detach().abs().mean(dim=dims)
         norm = w.detach().abs().amax(dim=dims).clamp_min(1e-8)
-        return sign_ste(torch.clamp(w / _channel_view(norm, w), -1, 1)), alpha
+        return sign_ste(torch.clamp(w / per_channel(norm, w.dim(), 0), -1, 1)), alpha
 
 
 class FixedStepWeight(WeightQuantizer):
@@ -259,7 +266,7 @@ class FixedStepWeight(WeightQuantizer):
         self.register_buffer("step", step.clone())
 
     def quantize(self, w):
-        s = _channel_view(self.step, w)
+        s = per_channel(self.step, w.dim(), 0)
         if self.binary:
             return sign_ste(torch.clamp(w / s, -1, 1)), self.step
         lo, hi = self.code_range()
