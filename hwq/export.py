@@ -14,15 +14,17 @@ thresholds compare ``-acc`` (``requant.signs``).
 
 import math
 
+import numpy as np
 import torch
 
 from .golden import accumulator_range
 from .intrange import act_levels, code_range, range_bits, signed_width
 from .ir import IR, Layer, conv_out_side, save_ir
 from .models import Add, Flatten, MaxPool, QLayer
+from .requant import MULTIPLY_SHIFT_MIN_BITS, REQUANT_POLICIES, fit_multiply_shift
 from .train import load_run
 
-__all__ = ["derive_thresholds", "export_model", "export_run"]
+__all__ = ["derive_thresholds", "export_add", "export_model", "export_qlayer", "export_run", "multiply_shift_params"]
 
 
 @torch.no_grad()
@@ -39,9 +41,10 @@ def derive_thresholds(fn, lo, hi, n_levels):
     b = (hi + 1)[:, None].expand(-1, n_levels).clone()
     while bool((a < b).any()):
         mid = torch.div(a + b, 2, rounding_mode="floor")
+        open_ = a < b  # settled entries stay put (a == b == hi + 1 is "never reached")
         reached = fn(mid) >= levels
-        b = torch.where(reached, mid, b)
-        a = torch.where(reached, a, mid + 1)
+        b = torch.where(open_ & reached, mid, b)
+        a = torch.where(open_ & ~reached, mid + 1, a)
     return a
 
 
@@ -59,9 +62,94 @@ def _thresholds(requant, out_q, acc_lo, acc_hi, signs):
     return derive_thresholds(index, t_lo, t_hi, n - 1)
 
 
+def _choose(policy, name, out_bits, out_signed):
+    """The requantization kind a layer gets: ``policy`` is a name in REQUANT_POLICIES or a mapping from
+    layer name to "thresholds"/"multiply_shift" (re-exporting an IR's own choices)."""
+    if isinstance(policy, dict):
+        return policy.get(name, "thresholds")
+    if policy not in REQUANT_POLICIES:
+        raise ValueError(f"unknown requantization policy {policy!r}; known: {', '.join(REQUANT_POLICIES)}")
+    bipolar = out_bits == 1 and out_signed
+    if policy == "thresholds" or bipolar or (policy == "auto" and out_bits < MULTIPLY_SHIFT_MIN_BITS):
+        return "thresholds"
+    return "multiply_shift"
+
+
+def _set_requant(layer, tensors, node, requant, acc_lo, acc_hi, signs, policy):
+    """Thresholds of ``requant`` (the model's function of the accumulator), encoded as the policy says."""
+    out_q = node.out_q
+    thr = _thresholds(requant, out_q, acc_lo, acc_hi, signs)
+    layer.out_bits, layer.out_signed = out_q.bits, out_q.signed
+    layer.out_scale = float(out_q.scale)
+    if _choose(policy, node.name, out_q.bits, out_q.signed) == "multiply_shift":
+        s = signs.numpy()
+        lo, hi = np.asarray(acc_lo), np.asarray(acc_hi)
+        fit = fit_multiply_shift(thr.numpy(), s, np.where(s > 0, lo, -hi), np.where(s > 0, hi, -lo))
+        if fit is not None:
+            mult, offset, layer.shift, layer.deviations = fit
+            tensors[f"{node.name}.mult"], tensors[f"{node.name}.offset"] = mult, offset
+            layer.requant_kind, layer.mult, layer.offset = "multiply_shift", f"{node.name}.mult", f"{node.name}.offset"
+            return
+    tensors[f"{node.name}.thresholds"] = thr.numpy()
+    layer.requant_kind, layer.thresholds = "thresholds", f"{node.name}.thresholds"
+    if bool((signs < 0).any()):
+        tensors[f"{node.name}.signs"] = signs.numpy().astype("int8")
+        layer.signs = f"{node.name}.signs"
+
+
+def export_qlayer(node, in_shape, bits, signed, scale, *, requant="auto", inputs=None):
+    """The IR layer of one :class:`~hwq.models.QLayer` whose input codes are ``bits``-bit (``signed``)
+    at ``scale``: (layer, its tensors, the scale of its output codes or None for logits)."""
+    tensors = {}
+    w, w_scale = node.wq.integer(node.weight)
+    a_lo, a_hi = code_range(bits, signed)
+    acc_lo, acc_hi = (torch.from_numpy(r) for r in accumulator_range(w.reshape(len(w), -1).numpy(), a_lo, a_hi))
+    if node.kind == "conv2d":
+        side = [conv_out_side(s, node.kernel, node.stride, node.padding) for s in in_shape[1:]]
+        out_shape = [w.shape[0], *side]
+        geo = dict(kernel=node.kernel, stride=node.stride, padding=node.padding)
+    else:
+        out_shape, geo = [w.shape[0]], {}
+    tensors[f"{node.name}.weight"] = w.numpy().astype("int8" if node.wq.grid == "int" else "int16")
+    layer = Layer(name=node.name, op=node.kind, in_shape=list(in_shape), out_shape=out_shape, a_bits=bits,
+                  a_signed=signed, inputs=inputs, w_bits=node.wq.bits, w_grid=node.wq.grid,
+                  acc_bits=range_bits(acc_lo.min(), acc_hi.max()), weights=f"{node.name}.weight",
+                  w_scale=w_scale.tolist() if w_scale.dim() else float(w_scale), out_bits=0, out_signed=True, **geo)
+    if node.wq.bits == 1 and bits == 1 and signed:
+        layer.xnor = True
+    if node.out_q is None:
+        bias = node.bias_codes(scale).to(torch.int64)
+        tensors[f"{node.name}.bias"] = bias.numpy()
+        layer.out_bits = signed_width(int((acc_lo + bias).min()), int((acc_hi + bias).max()))
+        layer.requant_kind, layer.bias = "bias", f"{node.name}.bias"
+        layer.out_scale = float(node.acc_scale(scale).max())
+        return layer, tensors, None
+    _set_requant(layer, tensors, node, lambda acc: node.requant(acc, scale, cdim=0), acc_lo, acc_hi,
+                 node.direction(scale), requant)
+    return layer, tensors, node.out_q.scale
+
+
+def export_add(node, shape, inputs, scale, *, requant="auto"):
+    """The IR layer of a residual :class:`~hwq.models.Add` of ``inputs`` = ((name, bits, signed) x 2)."""
+    tensors = {}
+    (n0, b0, g0), (n1, b1, g1) = inputs
+    (lo0, hi0), (lo1, hi1) = code_range(b0, g0), code_range(b1, g1)
+    c = shape[0]
+    layer = Layer(name=node.name, op="add", in_shape=list(shape), out_shape=list(shape), a_bits=b0, a_signed=g0,
+                  inputs=[n0, n1], out_bits=0, out_signed=True, acc_bits=range_bits(lo0 + lo1, hi0 + hi1))
+    _set_requant(layer, tensors, node, lambda t: node.requant(t, scale), torch.full((c,), lo0 + lo1),
+                 torch.full((c,), hi0 + hi1), torch.ones(c, dtype=torch.int64), requant)
+    return layer, tensors, node.out_q.scale
+
+
 @torch.no_grad()
-def export_model(model, *, dataset="digits", method="lsq"):
-    """Build the IR of a trained :class:`~hwq.models.QuantNet` (quantized, eval mode)."""
+def export_model(model, *, dataset="digits", method="lsq", requant="auto"):
+    """Build the IR of a trained :class:`~hwq.models.QuantNet` (quantized, eval mode).
+
+    ``requant``: "auto" (thresholds up to 4-bit outputs, multiply-shift above), "thresholds",
+    "multiply-shift" (every layer that can; bipolar outputs keep thresholds), or a mapping from layer
+    name to kind.
+    """
     cfg = model.config
     model.eval()
     layers, tensors = [], {}
@@ -70,60 +158,27 @@ def export_model(model, *, dataset="digits", method="lsq"):
     outputs = []
     for node in model.nodes:
         name, shape, bits, signed, scale = cur
-        common = dict(name=node.name, in_shape=shape, a_bits=bits, a_signed=signed,
-                      inputs=None if name == (layers[-1].name if layers else "input") else [name])
+        inputs = None if name == (layers[-1].name if layers else "input") else [name]
         if isinstance(node, QLayer):
-            w, w_scale = node.wq.integer(node.weight)
-            a_lo, a_hi = code_range(bits, signed)
-            acc_lo, acc_hi = (torch.from_numpy(r) for r in accumulator_range(w.reshape(len(w), -1).numpy(), a_lo, a_hi))
-            acc_bits = range_bits(acc_lo.min(), acc_hi.max())
-            if node.kind == "conv2d":
-                side = [conv_out_side(s, node.kernel, node.stride, node.padding) for s in shape[1:]]
-                out_shape = [w.shape[0], *side]
-                geo = dict(kernel=node.kernel, stride=node.stride, padding=node.padding)
-            else:
-                out_shape, geo = [w.shape[0]], {}
-            tensors[f"{node.name}.weight"] = w.numpy().astype("int8" if node.wq.grid == "int" else "int16")
-            ws = w_scale.tolist() if w_scale.dim() else float(w_scale)
-            layer = Layer(**common, op=node.kind, out_shape=out_shape, w_bits=node.wq.bits, w_grid=node.wq.grid,
-                          acc_bits=acc_bits, weights=f"{node.name}.weight", w_scale=ws, out_bits=0,
-                          out_signed=True, **geo)
-            if node.out_q is None:
-                bias = node.bias_codes(scale).to(torch.int64)
-                tensors[f"{node.name}.bias"] = bias.numpy()
-                layer.out_bits = signed_width(int((acc_lo + bias).min()), int((acc_hi + bias).max()))
-                layer.requant_kind, layer.bias = "bias", f"{node.name}.bias"
-                layer.out_scale = float(node.acc_scale(scale).max())
-                out_scale = None
-            else:
-                signs = node.direction(scale)
-                thr = _thresholds(lambda acc, n=node, s=scale: n.requant(acc, s, cdim=0), node.out_q,
-                                  acc_lo, acc_hi, signs)
-                _set_thresholds(layer, tensors, node, thr, signs)
-                out_scale = node.out_q.scale
+            layer, new, out_scale = export_qlayer(node, shape, bits, signed, scale, requant=requant, inputs=inputs)
         elif isinstance(node, Add):
             skip = outputs[node.skip]
-            lo0, hi0 = code_range(bits, signed)
-            lo1, hi1 = code_range(skip[2], skip[3])
-            c = shape[0]
-            acc_lo, acc_hi = torch.full((c,), lo0 + lo1), torch.full((c,), hi0 + hi1)
-            layer = Layer(**{**common, "inputs": [name, skip[0]]}, op="add", out_shape=list(shape), out_bits=0,
-                          out_signed=True, acc_bits=range_bits(lo0 + lo1, hi0 + hi1))
-            thr = _thresholds(lambda t, n=node, s=scale: n.requant(t, s), node.out_q, acc_lo, acc_hi,
-                              torch.ones(c, dtype=torch.int64))
-            _set_thresholds(layer, tensors, node, thr, None)
-            out_scale = node.out_q.scale
+            layer, new, out_scale = export_add(node, shape, [(name, bits, signed), (skip[0], skip[2], skip[3])],
+                                               scale, requant=requant)
         elif isinstance(node, MaxPool):
             side = [conv_out_side(s, node.kernel, node.kernel, 0) for s in shape[1:]]
-            layer = Layer(**common, op="maxpool", out_shape=[shape[0], *side], out_bits=bits, out_signed=signed,
-                          kernel=node.kernel, stride=node.kernel)
-            out_scale = scale
+            layer = Layer(name=node.name, op="maxpool", in_shape=shape, inputs=inputs, a_bits=bits, a_signed=signed,
+                          out_shape=[shape[0], *side], out_bits=bits, out_signed=signed, kernel=node.kernel,
+                          stride=node.kernel)
+            new, out_scale = {}, scale
         elif isinstance(node, Flatten):
-            layer = Layer(**common, op="flatten", out_shape=[math.prod(shape)], out_bits=bits, out_signed=signed)
-            out_scale = scale
+            layer = Layer(name=node.name, op="flatten", in_shape=shape, inputs=inputs, a_bits=bits, a_signed=signed,
+                          out_shape=[math.prod(shape)], out_bits=bits, out_signed=signed)
+            new, out_scale = {}, scale
         else:  # pragma: no cover - the zoo has no other nodes
             raise TypeError(f"cannot export node {node!r}")
         layers.append(layer)
+        tensors.update(new)
         cur = (layer.name, list(layer.out_shape), layer.out_bits, layer.out_signed, out_scale)
         outputs.append(cur)
     return IR(model=cfg.model, dataset=dataset, method=method, input_shape=list(cfg.in_shape),
@@ -131,20 +186,17 @@ def export_model(model, *, dataset="digits", method="lsq"):
               layers=layers, tensors=tensors)
 
 
-def _set_thresholds(layer, tensors, node, thr, signs):
-    tensors[f"{node.name}.thresholds"] = thr.numpy()
-    layer.requant_kind, layer.thresholds = "thresholds", f"{node.name}.thresholds"
-    layer.out_bits, layer.out_signed = node.out_q.bits, node.out_q.signed
-    layer.out_scale = float(node.out_q.scale)
-    if signs is not None and bool((signs < 0).any()):
-        tensors[f"{node.name}.signs"] = signs.numpy().astype("int8")
-        layer.signs = f"{node.name}.signs"
+def multiply_shift_params(ir):
+    """{layer name: (mult, offset, shift)} of the IR's multiply-shift layers, for the PyTorch integer path."""
+    return {la.name: (ir.tensors[la.mult], ir.tensors[la.offset], la.shift)
+            for la in ir.layers if la.requant_kind == "multiply_shift"}
 
 
-def export_run(run_dir, out_dir):
+def export_run(run_dir, out_dir, *, requant="auto"):
     """Export a run directory to an IR directory; return the IR."""
     model, ckpt = load_run(run_dir)
     train_cfg = ckpt.get("train", {})
-    ir = export_model(model, dataset=train_cfg.get("dataset", "digits"), method=train_cfg.get("method", "lsq"))
+    ir = export_model(model, dataset=train_cfg.get("dataset", "digits"), method=train_cfg.get("method", "lsq"),
+                      requant=requant)
     save_ir(ir, out_dir)
     return ir

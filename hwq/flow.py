@@ -13,30 +13,53 @@ from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS
 from . import golden
 from .data import load_dataset
 from .estimate import estimate
-from .export import export_run
+from .export import export_model, export_run, multiply_shift_params
 from .fileio import write_json, write_text
 from .train import TrainConfig, load_run, train
 
-__all__ = ["REPORT_FORMAT", "check_torch_integer", "run_flow"]
+__all__ = ["REPORT_FORMAT", "check_model_integer", "check_torch_integer", "run_flow"]
 
 REPORT_FORMAT = "hwq-report/1"
 
 
-def check_torch_integer(run_dir, ir, inputs):
-    """Compare the PyTorch integer path with the golden model.
+def check_model_integer(model, ir, inputs):
+    """Compare a model's PyTorch integer path with the golden model on ``inputs``, and count where
+    fake-quant predictions differ from the golden model's, with the reason.
 
-    Returns (equal, fake-quant prediction mismatches, of which logit ties): a tie is a sample whose
-    fake-quant prediction has the golden model's maximum logit too (argmax then picks the first).
+    The integer path applies the IR's multiply-shift layers with constants derived afresh from the
+    model (the same choice of layers), so a corrupted IR tensor shows up as a difference. Returns a
+    dict: ``equal`` (every logit of every sample), ``fake_quant_mismatches`` and, of those,
+    ``logit_ties`` (the fake-quant prediction has the golden maximum logit too; argmax picks the
+    first), ``multiply_shift_rounding`` (the float requantization, which thresholds reproduce, gives
+    the fake-quant prediction: the difference comes from a multiply-shift's rounding-boundary
+    deviations) and ``unexplained`` (the rest; should be 0).
     """
-    model, _ = load_run(run_dir)
     x = torch.from_numpy(np.asarray(inputs, dtype=np.int64))
-    torch_int = model.integer_forward(x).numpy()
+    ms_layers = {la.name: "multiply_shift" for la in ir.layers if la.requant_kind == "multiply_shift"}
+    params = multiply_shift_params(export_model(model, requant=ms_layers)) if ms_layers else {}
+    torch_int = model.integer_forward(x, multiply_shift=params).numpy()
     gold = golden.run(ir, inputs)
     equal = torch_int.shape == gold.shape and bool((torch_int == gold).all())
     with torch.no_grad():
         fq_pred = model(x).argmax(1).numpy()
     mismatches, ties = golden.prediction_disagreements(fq_pred, gold)
-    return equal, mismatches, ties
+    differ = fq_pred != gold.argmax(1)
+    tie = gold[np.arange(len(gold)), fq_pred] == gold.max(1)
+    float_requant = model.integer_forward(x).numpy().argmax(1) if params else gold.argmax(1)
+    rounding = differ & ~tie & (float_requant == fq_pred)
+    return {"equal": equal, "fake_quant_mismatches": mismatches, "logit_ties": ties,
+            "multiply_shift_rounding": int(rounding.sum()), "unexplained": int((differ & ~tie & ~rounding).sum())}
+
+
+def check_torch_integer(run_dir, ir, inputs):
+    """:func:`check_model_integer` for a run directory."""
+    model, _ = load_run(run_dir)
+    return check_model_integer(model, ir, inputs)
+
+
+def _explained(check):
+    return (f"{check['logit_ties']} logit ties, {check['multiply_shift_rounding']} multiply-shift rounding, "
+            f"{check['unexplained']} unexplained")
 
 
 def _report_layers(ir, rtl_info, est, sim, syn):
@@ -76,10 +99,10 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAU
     data = load_dataset(ir.dataset, input_bits=ir.input_bits)
     gold_out = golden.run(ir, data.x_test)
     acc_golden = float((gold_out.argmax(1) == data.y_test).mean())
-    torch_equal, fq_mismatches, fq_ties = check_torch_integer(out / "run", ir, data.x_test)
+    check = check_torch_integer(out / "run", ir, data.x_test)
     log(f"exported IR -> {out / 'ir'}  golden {acc_golden:.4f}, torch integer path "
-        f"{'equal' if torch_equal else 'DIFFERENT'}, fake-quant prediction mismatches {fq_mismatches} "
-        f"({fq_ties} logit ties)")
+        f"{'equal' if check['equal'] else 'DIFFERENT'}, fake-quant prediction mismatches "
+        f"{check['fake_quant_mismatches']} ({_explained(check)})")
 
     t = time.perf_counter()
     rtl_info = generate_rtl(ir, board, out / "rtl", rows=rows, cols=cols)
@@ -128,12 +151,14 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAU
             "rtl_samples": n,
         },
         "bit_exact": {
-            "golden_vs_torch_integer": torch_equal,
+            "golden_vs_torch_integer": check["equal"],
             "rtl_vs_golden": sim["bit_exact"],
             "samples": n,
             "first_mismatch": sim["first_mismatch"],
-            "fake_quant_prediction_mismatches": fq_mismatches,
-            "fake_quant_mismatches_logit_ties": fq_ties,
+            "fake_quant_prediction_mismatches": check["fake_quant_mismatches"],
+            "fake_quant_mismatches_logit_ties": check["logit_ties"],
+            "fake_quant_mismatches_multiply_shift_rounding": check["multiply_shift_rounding"],
+            "fake_quant_mismatches_unexplained": check["unexplained"],
         },
         "layers": _report_layers(ir, rtl_info, est, sim, syn),
         "top": {"estimate": est["top"], "synth": syn["top"] if syn else None},
@@ -190,7 +215,8 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}th{{background:
 <ul><li>RTL vs golden over {be['samples']} samples: <b>{verdict}</b></li>
 <li>PyTorch integer path vs golden: <b>{'equal' if be['golden_vs_torch_integer'] else 'DIFFERENT'}</b></li>
 <li>fake-quant vs golden prediction mismatches: {be['fake_quant_prediction_mismatches']}
-({be['fake_quant_mismatches_logit_ties']} logit ties)</li></ul>
+({be['fake_quant_mismatches_logit_ties']} logit ties, {be['fake_quant_mismatches_multiply_shift_rounding']} multiply-shift
+rounding, {be['fake_quant_mismatches_unexplained']} unexplained)</li></ul>
 <h2>Layers</h2>
 <table><tr><th>layer</th><th>engine</th><th>W/A/out bits</th><th>acc bits</th><th>array</th><th>LUT (est.)</th>
 <th>LUT (yosys)</th><th>FF (est.)</th><th>FF (yosys)</th><th>cycles (est.)</th><th>cycles (sim)</th></tr>{rows}</table>

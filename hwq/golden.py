@@ -5,10 +5,15 @@ Activations are int64 arrays, (N, n) for vectors and (N, C, H, W) for feature ma
 - ``linear``: ``acc = x @ W.T``; ``conv2d``: ``acc[n, o, i, j] = sum_{c, u, v} W[o, c, u, v] *
   xpad[n, c, i*stride + u, j*stride + v]`` with ``xpad`` the input zero-padded by ``padding``;
 - ``add``: ``acc = x0 + x1`` (the two inputs are at the same scale);
+- binary layers (``xnor``: 1-bit weights, bipolar inputs) are computed the XNOR-popcount way: codes
+  become bits (+1 -> 1, -1 -> 0) and ``acc = 2 * popcount(xnor(x_bits, w_bits)) - n_valid`` over the
+  taps inside the image (``n_valid`` = the fan-in, less the taps that fall on zero padding);
 - ``requant.kind == "thresholds"``: ``y = lo + step * #{k : sign[o] * acc[o] >= T[o, k]}`` per channel
   o, where (lo, step) are the output's levels (:func:`hwq.intrange.act_levels`: unsigned codes
   0, 1, ...; signed two's complement; or bipolar -1, +1) and ``sign`` is +1 unless ``requant.signs``
   is given. Bias, batch-norm, ReLU and the activation step are all inside ``T``;
+- ``requant.kind == "multiply_shift"``: ``y = lo + step * clamp(floor((acc * M[o] + B[o]) / 2**S), 0,
+  n - 1)`` (:func:`hwq.requant.multiply_shift_apply`);
 - ``requant.kind == "bias"`` (the logits layer): ``y = acc + b``;
 - ``maxpool``: the maximum code of each kernel x kernel window (stride ``stride``);
 - ``flatten``: ``x.reshape(N, -1)`` (C, H, W order).
@@ -22,8 +27,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .intrange import act_levels
+from .requant import multiply_shift_apply
 
-__all__ = ["accumulator_range", "conv2d", "prediction_disagreements", "run", "run_layers", "thresholds_apply"]
+__all__ = ["accumulator_range", "conv2d", "prediction_disagreements", "run", "run_layers", "thresholds_apply",
+           "xnor_popcount"]
 
 
 def thresholds_apply(acc, thresholds, signs=None, levels=(0, 1)):
@@ -64,21 +71,43 @@ def _requant(layer, tensors, acc):
     if layer.requant_kind == "bias":
         b = tensors[layer.bias].astype(np.int64)
         return acc + (b[:, None, None] if acc.ndim == 4 else b)
+    if acc.ndim == 4:  # channels last, then back
+        return np.moveaxis(_requant_last(layer, tensors, np.moveaxis(acc, 1, -1)), -1, 1)
+    return _requant_last(layer, tensors, acc)
+
+
+def _requant_last(layer, tensors, acc):
+    lo, step, n = act_levels(layer.out_bits, layer.out_signed)
+    if layer.requant_kind == "multiply_shift":
+        return multiply_shift_apply(acc, tensors[layer.mult].astype(np.int64), tensors[layer.offset].astype(np.int64),
+                                    layer.shift, n, (lo, step))
     t = tensors[layer.thresholds].astype(np.int64)
     signs = tensors[layer.signs].astype(np.int64) if layer.signs else None
-    lo, step, _ = act_levels(layer.out_bits, layer.out_signed)
-    if acc.ndim == 4:  # channels last for the comparison, then back
-        y = thresholds_apply(np.moveaxis(acc, 1, -1), t, signs, (lo, step))
-        return np.moveaxis(y, -1, 1)
     return thresholds_apply(acc, t, signs, (lo, step))
+
+
+def xnor_popcount(x, w, stride=None, padding=0):
+    """A binary layer's accumulator from bits: ``2 * popcount(xnor) - n_valid`` (linear if ``stride`` is
+    None, else conv2d). ``x``, ``w`` hold -1/+1 codes; padding taps are neither, so they are masked."""
+    xb, wb = (x > 0).astype(np.int64), (w > 0).astype(np.int64)
+    if stride is None:
+        return 2 * (xb @ wb.T + (1 - xb) @ (1 - wb).T) - w.shape[1]
+    valid = np.ones_like(xb)  # 1 inside the image; conv2d pads it with 0 like the data
+    agree = conv2d(xb, wb, stride, padding) + conv2d(valid - xb, 1 - wb, stride, padding)
+    n_valid = conv2d(valid[:1], np.ones_like(wb[:1]), stride, padding)
+    return 2 * agree - n_valid
 
 
 def _layer(layer, tensors, x, others):
     op = layer.op
-    if op == "linear":
-        return _requant(layer, tensors, x @ tensors[layer.weights].astype(np.int64).T)
-    if op == "conv2d":
-        acc = conv2d(x, tensors[layer.weights].astype(np.int64), layer.stride, layer.padding)
+    if op in ("linear", "conv2d"):
+        w = tensors[layer.weights].astype(np.int64)
+        if layer.xnor:
+            acc = xnor_popcount(x, w, layer.stride if op == "conv2d" else None, layer.padding or 0)
+        elif op == "linear":
+            acc = x @ w.T
+        else:
+            acc = conv2d(x, w, layer.stride, layer.padding)
         return _requant(layer, tensors, acc)
     if op == "add":
         return _requant(layer, tensors, x + others[0])

@@ -28,13 +28,16 @@ from .intrange import (
     weight_codes,
     weight_storage_bits,
 )
+from .requant import MAX_SHIFT, PRODUCT_LIMIT, thresholds_of
 
-__all__ = ["IR", "IR_FORMAT", "Layer", "atomic_dir", "load_ir", "save_ir"]
+__all__ = ["IR", "IR_FORMAT", "Layer", "accumulator_bounds", "atomic_dir", "input_codes", "load_ir",
+           "requant_thresholds", "save_ir"]
 
 IR_FORMAT = "hwq-ir/2"
 WEIGHT_OPS = ("linear", "conv2d")
 OPS = (*WEIGHT_OPS, "maxpool", "flatten", "add")
-REQUANT_KINDS = ("thresholds", "bias")
+REQUANT_KINDS = ("thresholds", "multiply_shift", "bias")
+XNOR_ENCODING = {"bit_1": 1, "bit_0": -1, "dot": "2 * popcount(xnor(x_bits, w_bits)) - n_valid"}
 
 
 @dataclass
@@ -60,10 +63,15 @@ class Layer:
     kernel: int | None = None  # conv2d, maxpool
     stride: int | None = None
     padding: int | None = None
-    requant_kind: str | None = None  # "thresholds" (codes) or "bias" (logits); None: no requantization
+    requant_kind: str | None = None  # "thresholds"/"multiply_shift" (codes), "bias" (logits), None: none
     thresholds: str | None = None
     signs: str | None = None  # per-channel +1/-1: compare sign * acc >= T (None: all +1)
+    mult: str | None = None  # multiply_shift: per-channel multiplier and offset tensors, one shift
+    offset: str | None = None
+    shift: int | None = None
+    deviations: int = 0  # multiply_shift: accumulator values where it differs from the trained model
     bias: str | None = None
+    xnor: bool = False  # binary layer ({-1,+1} weights and inputs) stated for XNOR-popcount
     w_scale: float | list = 1.0  # informational: real value of one weight step (per channel: a list)
     out_scale: float = 1.0  # informational: real value of one output step
 
@@ -78,6 +86,15 @@ class Layer:
     @property
     def channels(self):
         return int(self.out_shape[0])
+
+    @property
+    def fan_in(self):
+        """Terms in one output's dot product (padding included)."""
+        return math.prod(self.weight_shape()[1:])
+
+    @property
+    def n_levels(self):
+        return act_levels(self.out_bits, self.out_signed)[2]
 
     @property
     def w_storage_bits(self):
@@ -103,6 +120,8 @@ class Layer:
             m["stride"] = self.stride
         if self.op == "conv2d":
             m["padding"] = self.padding
+        if self.xnor:
+            m["xnor"] = {**XNOR_ENCODING, "n": self.fan_in}
         if self.requant_kind is not None:
             m["acc_bits"] = self.acc_bits
             requant = {"kind": self.requant_kind, "out_scale": self.out_scale}
@@ -110,6 +129,8 @@ class Layer:
                 requant["thresholds"] = self.thresholds
                 if self.signs is not None:
                     requant["signs"] = self.signs
+            elif self.requant_kind == "multiply_shift":
+                requant.update(mult=self.mult, offset=self.offset, shift=self.shift, deviations=self.deviations)
             else:
                 requant["bias"] = self.bias
             m["requant"] = requant
@@ -255,10 +276,12 @@ def _parse_layer(path, index, raw):
         layer.stride = f.positive("stride")
     if op == "conv2d":
         layer.padding = f.positive("padding", 0)
+    if "xnor" in raw:
+        _parse_xnor(f, layer)
     if op in (*WEIGHT_OPS, "add"):
         requant = _Fields(path, f"layer '{name}': requant", f.get("requant", dict, "a mapping"))
         kind = requant.get("kind", str)
-        allowed = REQUANT_KINDS if op in WEIGHT_OPS else ("thresholds",)
+        allowed = REQUANT_KINDS if op in WEIGHT_OPS else REQUANT_KINDS[:2]
         if kind not in allowed:
             requant.fail("kind", f"one of {', '.join(allowed)}", kind)
         layer.requant_kind = kind
@@ -269,10 +292,34 @@ def _parse_layer(path, index, raw):
             layer.out_bits = f.bits("out_bits")
             layer.thresholds = requant.get("thresholds", str, "a tensor name")
             layer.signs = requant.get("signs", str, "a tensor name", default=None)
+        elif kind == "multiply_shift":
+            layer.out_bits = f.bits("out_bits")
+            layer.mult = requant.get("mult", str, "a tensor name")
+            layer.offset = requant.get("offset", str, "a tensor name")
+            layer.shift = requant.get("shift", int, f"an integer in 0..{MAX_SHIFT}")
+            if not 0 <= layer.shift <= MAX_SHIFT:
+                requant.fail("shift", f"an integer in 0..{MAX_SHIFT}", layer.shift)
+            layer.deviations = requant.get("deviations", int, "a count >= 0", default=0)
+            if layer.deviations < 0:
+                requant.fail("deviations", "a count >= 0", layer.deviations)
         else:
             layer.bias = requant.get("bias", str, "a tensor name")
         layer.out_scale = requant.number("out_scale")
     return layer
+
+
+def _parse_xnor(f, layer):
+    """The binary encoding stated on an XNOR-popcount layer: checked, not configurable."""
+    x = _Fields(f.path, f"{f.where}: xnor", f.get("xnor", dict, "a mapping"))
+    if layer.op not in WEIGHT_OPS or layer.w_bits != 1 or layer.a_bits != 1 or not layer.a_signed:
+        f.fail("xnor", "no xnor field (only layers with 1-bit weights and bipolar inputs have one)",
+               {k: x.mapping[k] for k in x.mapping})
+    for key, value in XNOR_ENCODING.items():
+        if x.get(key, type(value)) != value:
+            x.fail(key, repr(value), x.mapping[key])
+    if x.get("n", int, "the fan-in") != layer.fan_in:
+        x.fail("n", f"{layer.fan_in} (the layer's fan-in)", x.mapping["n"])
+    layer.xnor = True
 
 
 def _tensor(path, tensors, layer, key, shape):
@@ -307,6 +354,35 @@ def _expected_out_shape(layer, in_shape):
     o = layer.out_shape[0]
     return [o, conv_out_side(h, layer.kernel, layer.stride, layer.padding),
             conv_out_side(w, layer.kernel, layer.stride, layer.padding)]
+
+
+def input_codes(ir, layer):
+    """(bits, signed) of each input of ``layer``, in order."""
+    produced = {"input": (ir.input_bits, ir.input_signed)}
+    prev = "input"
+    for la in ir.layers:
+        if la is layer:
+            return [produced[n] for n in (la.inputs or [prev])]
+        produced[la.name], prev = (la.out_bits, la.out_signed), la.name
+    raise ValueError(f"layer {layer.name!r} is not in this IR")
+
+
+def accumulator_bounds(ir, layer):
+    """Proven per-channel (lo, hi) of a weight or add layer's accumulator."""
+    ranges = [code_range(b, g) for b, g in input_codes(ir, layer)]
+    if layer.op == "add":
+        c = layer.channels
+        return np.full(c, ranges[0][0] + ranges[1][0]), np.full(c, ranges[0][1] + ranges[1][1])
+    w = ir.tensors[layer.weights].astype(np.int64)
+    return accumulator_range(w.reshape(len(w), -1), *ranges[0])
+
+
+def requant_thresholds(ir, layer):
+    """(thresholds, signs) of a thresholds or multiply-shift requantization, clipped to the proven
+    accumulator range: the comparator form of either (the same integer function)."""
+    lo, hi = accumulator_bounds(ir, layer)
+    return thresholds_of(layer.requant_kind, ir.tensors, layer.n_levels, lo, hi, thresholds=layer.thresholds,
+                         signs=layer.signs, mult=layer.mult, offset=layer.offset, shift=layer.shift)
 
 
 def validate(ir, path):
@@ -347,12 +423,21 @@ def validate(ir, path):
               repr(last.requant_kind))
 
 
-def _check_thresholds(ir, path, where, layer, acc_lo, acc_hi):
+def _check_requant(ir, path, where, layer, acc_lo, acc_hi):
     need = range_bits(np.min(acc_lo), np.max(acc_hi))
     if layer.acc_bits < need:
         raise UserError(f"{where}: field 'acc_bits': {layer.acc_bits} can overflow; these inputs need {need}")
-    n_levels = act_levels(layer.out_bits, layer.out_signed)[2]
-    t = _tensor(path, ir.tensors, layer, layer.thresholds, (layer.channels, n_levels - 1))
+    if layer.requant_kind == "multiply_shift":
+        m = _tensor(path, ir.tensors, layer, layer.mult, (layer.channels,))
+        b = _tensor(path, ir.tensors, layer, layer.offset, (layer.channels,))
+        if (m == 0).any():
+            raise UserError(f"{where}: tensor '{layer.mult}'[{int(np.argmax(m == 0))}] = 0: expected a non-zero "
+                            "multiplier")
+        worst = max(abs(int(np.min(acc_lo))), abs(int(np.max(acc_hi)))) * int(np.abs(m).max()) + int(np.abs(b).max())
+        if worst >= PRODUCT_LIMIT:
+            raise UserError(f"{where}: tensor '{layer.mult}': acc * mult + offset can reach {worst}, beyond 2^62")
+        return
+    t = _tensor(path, ir.tensors, layer, layer.thresholds, (layer.channels, layer.n_levels - 1))
     if (np.diff(t, axis=1) < 0).any():
         o = int(np.argwhere(np.diff(t, axis=1) < 0)[0][0])
         raise UserError(f"{where}: tensor '{layer.thresholds}' row {o} is not non-decreasing")
@@ -366,13 +451,14 @@ def _check_add(ir, path, where, layer, produced, inputs):
     (s0, b0, g0), (s1, b1, g1) = produced[inputs[0]], produced[inputs[1]]
     if list(s0) != list(s1):
         _fail(where, "inputs", f"two inputs of one shape, '{inputs[0]}' is {s0}", f"'{inputs[1]}' {s1}")
-    if layer.requant_kind != "thresholds":
-        _fail(where, "requant.kind", "thresholds", repr(layer.requant_kind))
     (lo0, hi0), (lo1, hi1) = code_range(b0, g0), code_range(b1, g1)
-    _check_thresholds(ir, path, where, layer, lo0 + lo1, hi0 + hi1)
+    _check_requant(ir, path, where, layer, lo0 + lo1, hi0 + hi1)
 
 
 def _check_weight_layer(ir, path, where, layer, last):
+    if layer.w_bits == 1 and layer.a_bits == 1 and layer.a_signed and not layer.xnor:
+        raise UserError(f"{where}: field 'xnor' is missing (a layer with 1-bit weights and bipolar inputs "
+                        f"states its XNOR-popcount encoding: {dict(XNOR_ENCODING, n=layer.fan_in)})")
     w = _tensor(path, ir.tensors, layer, layer.weights, layer.weight_shape())
     lo, hi = weight_codes(layer.w_bits, layer.w_grid)
     odd = layer.w_grid == "odd" or layer.w_bits == 1
@@ -386,14 +472,15 @@ def _check_weight_layer(ir, path, where, layer, last):
         _fail(where, "requant", "a requantization for a weight layer", None)
     a_lo, a_hi = code_range(layer.a_bits, layer.a_signed)
     acc_lo, acc_hi = accumulator_range(w.reshape(w.shape[0], -1), a_lo, a_hi)
-    if layer.requant_kind == "thresholds":
-        _check_thresholds(ir, path, where, layer, acc_lo, acc_hi)
+    if layer.requant_kind != "bias":
+        _check_requant(ir, path, where, layer, acc_lo, acc_hi)
         return
     need = range_bits(acc_lo.min(), acc_hi.max())
     if layer.acc_bits < need:
         raise UserError(f"{where}: field 'acc_bits': {layer.acc_bits} can overflow; these weights need {need}")
     if not last:
-        _fail(where, "requant.kind", "thresholds (only the last layer produces logits)", repr(layer.requant_kind))
+        _fail(where, "requant.kind", "thresholds or multiply_shift (only the last layer produces logits)",
+              repr(layer.requant_kind))
     b = _tensor(path, ir.tensors, layer, layer.bias, (layer.channels,))
     need_out = signed_width(int((acc_lo + b).min()), int((acc_hi + b).max()))
     if layer.out_bits < need_out:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .intrange import check_bits
+from .intrange import act_levels, check_bits
 from .quant import (
     AlignedQuant,
     DoReFaAct,
@@ -304,6 +304,13 @@ class Add(nn.Module):
             torch.int64)
 
 
+def _multiply_shift(acc, out_q, mult, offset, shift):
+    """``lo + step * clamp((acc * M + B) >> S, 0, n-1)`` per channel (dimension 1), in torch int64."""
+    lo, step, n = act_levels(out_q.bits, out_q.signed)
+    m, b = (per_channel(torch.as_tensor(v, dtype=torch.int64), acc.dim()) for v in (mult, offset))
+    return lo + step * torch.clamp(torch.bitwise_right_shift(acc * m + b, shift), 0, n - 1)
+
+
 def _wq(cfg, i, last, n_out):
     return WEIGHT_QUANT[cfg.wq[i]](cfg.w_bits[i], cfg.per_channel[i] and not last, n_out)
 
@@ -383,17 +390,25 @@ class QuantNet(nn.Module):
         return (x, seen) if collect else x
 
     @torch.no_grad()
-    def integer_forward(self, codes, *, all_nodes=False):
-        """Integer logits (int64) from input codes, computed as the hardware does."""
+    def integer_forward(self, codes, *, all_nodes=False, multiply_shift=None):
+        """Integer logits (int64) from input codes, computed as the hardware does.
+
+        ``multiply_shift``: {node name: (mult, offset, shift)} for nodes exported with a multiply-shift
+        requantization (:func:`hwq.export.multiply_shift_params`); they apply it, in torch integers,
+        instead of the float requantization their thresholds reproduce.
+        """
         x = self.input_codes(codes).to(torch.int64)
         s = self.input_scale
         outs = []
+        ms = multiply_shift or {}
         for node in self.nodes:
             if isinstance(node, QLayer):
                 acc = node.accumulate(x)
-                x, s = node.requant(acc, s), (node.out_q.scale if node.out_q is not None else None)
+                x = _multiply_shift(acc, node.out_q, *ms[node.name]) if node.name in ms else node.requant(acc, s)
+                s = node.out_q.scale if node.out_q is not None else None
             elif isinstance(node, Add):
-                x = node.requant(x + outs[node.skip][0], s)
+                total = x + outs[node.skip][0]
+                x = _multiply_shift(total, node.out_q, *ms[node.name]) if node.name in ms else node.requant(total, s)
                 s = node.out_q.scale
             elif isinstance(node, MaxPool):
                 x = F.max_pool2d(x.to(torch.float64), node.kernel).to(torch.int64)

@@ -8,6 +8,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hwq.errors import UserError
+from hwq.ir import requant_thresholds
 
 from ._check import check_int
 from .engine import EnginePlan, LinearEngine, param_bits
@@ -27,13 +28,18 @@ def _check_ops(ir):
             raise UserError(f"layer '{layer.name}': op {layer.op!r} has no RTL engine yet (only linear)")
         if layer.a_signed:
             raise UserError(f"layer '{layer.name}': signed or bipolar input codes have no RTL engine yet")
-        if layer.signs is not None:
-            raise UserError(f"layer '{layer.name}': decreasing requantization (requant.signs) has no RTL "
-                            "engine yet")
+        if layer.requant_kind != "bias" and (requant_thresholds(ir, layer)[1] < 0).any():
+            raise UserError(f"layer '{layer.name}': decreasing requantization (a channel whose batch-norm "
+                            "multiplier is negative) has no RTL engine yet")
+
+
+def _kind(layer):
+    """The engine's requantization: multiply-shift layers are built with their (identical) thresholds."""
+    return "bias" if layer.requant_kind == "bias" else "thresholds"
 
 
 def _table(ir, layer):
-    return ir.tensors[layer.thresholds] if layer.requant_kind == "thresholds" else ir.tensors[layer.bias]
+    return ir.tensors[layer.bias] if layer.requant_kind == "bias" else requant_thresholds(ir, layer)[0]
 
 
 def plans_from_ir(ir, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
@@ -42,8 +48,8 @@ def plans_from_ir(ir, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     return [
         EnginePlan(in_features=layer.in_features, out_features=layer.out_features, w_bits=layer.w_storage_bits,
                    a_bits=layer.a_bits, acc_bits=layer.acc_bits, out_bits=layer.out_bits,
-                   kind=layer.requant_kind, rows=min(rows, layer.out_features), cols=min(cols, layer.in_features),
-                   param_bits=param_bits(layer.acc_bits, _table(ir, layer), layer.requant_kind))
+                   kind=_kind(layer), rows=min(rows, layer.out_features), cols=min(cols, layer.in_features),
+                   param_bits=param_bits(layer.acc_bits, _table(ir, layer), _kind(layer)))
         for layer in ir.layers
     ]
 
@@ -54,8 +60,8 @@ def engine_for_layer(ir, layer, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
     return LinearEngine(
         weights=ir.tensors[layer.weights], w_bits=layer.w_storage_bits, a_bits=layer.a_bits, a_signed=layer.a_signed,
         acc_bits=layer.acc_bits, rows=rows, cols=cols, out_bits=layer.out_bits,
-        thresholds=_table(ir, layer) if layer.requant_kind == "thresholds" else None,
-        bias=_table(ir, layer) if layer.requant_kind == "bias" else None,
+        thresholds=_table(ir, layer) if _kind(layer) == "thresholds" else None,
+        bias=_table(ir, layer) if _kind(layer) == "bias" else None,
     )
 
 

@@ -61,9 +61,9 @@ def test_golden_equals_torch_integer_path(trained_run, trained_ir):
     run_dir, _ = trained_run
     _, ir = trained_ir
     data = load_dataset()
-    equal, fq_mismatches, ties = check_torch_integer(run_dir, ir, data.x_test)
-    assert equal
-    assert (fq_mismatches, ties) == (0, 0)  # eval fake-quant computes the integer path's float32 operations
+    check = check_torch_integer(run_dir, ir, data.x_test)
+    assert check["equal"]
+    assert check["fake_quant_mismatches"] == 0  # eval fake-quant computes the integer path's float32 operations
 
 
 def test_torch_integer_check_detects_a_changed_weight(trained_run, trained_ir):
@@ -73,8 +73,7 @@ def test_torch_integer_check_detects_a_changed_weight(trained_run, trained_ir):
     original = w.copy()
     try:
         w[0, :] = np.where(w[0, :] == 1, -1, 1)  # flip a whole row of the logits layer
-        equal, _, _ = check_torch_integer(run_dir, ir, data.x_test)
-        assert not equal
+        assert not check_torch_integer(run_dir, ir, data.x_test)["equal"]
     finally:
         w[...] = original
 
