@@ -6,6 +6,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
+from .requant import REQUANT_POLICIES
 
 __all__ = ["main"]
 
@@ -121,13 +122,80 @@ def cmd_train(args):
           f"{acc['float']:.4f}, fake-quant {acc['fake_quant']:.4f} ({metrics['train_seconds']:.1f} s)")
 
 
+def _requant_summary(layer):
+    if layer.requant_kind == "multiply_shift":
+        dev = f", {layer.deviations} acc values off the float model" if layer.deviations else ", exact"
+        return f" multiply-shift >>{layer.shift}{dev}"
+    return f" {layer.requant_kind}" if layer.requant_kind else ""
+
+
 def cmd_export(args):
     from .export import export_run
 
-    ir = export_run(args.run, args.out)
-    bits = ", ".join(f"{la.name} W{la.w_bits}/A{la.a_bits}->{la.out_bits} acc{la.acc_bits}" if la.weights
-                     else f"{la.name} {la.op}" for la in ir.layers)
-    print(f"wrote {Path(args.out) / 'manifest.yaml'} and tensors.npz: {bits}")
+    ir = export_run(args.run, args.out, requant=args.requant, qonnx=args.qonnx)
+    files = "manifest.yaml, tensors.npz" + (" and model.onnx (QONNX)" if args.qonnx else "")
+    print(f"wrote {args.out}: {files}")
+    for la in ir.layers:
+        what = (f"W{la.w_bits}/A{la.a_bits}->{la.out_bits} acc{la.acc_bits}" if la.weights
+                else f"A{la.a_bits}->{la.out_bits} acc{la.acc_bits}" if la.op == "add" else f"A{la.a_bits}")
+        xnor = " xnor-popcount" if la.xnor else ""
+        print(f"  {la.name:<8} {la.op:<8} {what}{xnor}{_requant_summary(la)}")
+
+
+def cmd_golden(args):
+    import numpy as np
+
+    from . import golden
+    from .fileio import atomic_path
+    from .ir import load_ir
+
+    ir = load_ir(args.ir)
+    x = _read_codes(args.inputs, ir)
+    names = [la.name for la in ir.layers]
+    if args.layer is not None and args.layer not in names:
+        raise UserError(f"--layer: no layer '{args.layer}' in {args.ir}; layers: {', '.join(names)}")
+    outputs = golden.run_layers(ir, x)
+    y = outputs[names.index(args.layer)] if args.layer else outputs[-1]
+    with atomic_path(args.out) as tmp, open(tmp, "wb") as f:
+        np.save(f, y)
+    what = f"layer '{args.layer}'" if args.layer else "logits"
+    print(f"wrote {args.out}: {what} of {len(x)} samples, int64 array of shape {list(y.shape)}")
+
+
+def _read_codes(path, ir):
+    """Input codes from a .npy file, checked: integers in the IR's input range, shape (N, *input_shape)
+    or (N, prod(input_shape))."""
+    import math
+
+    import numpy as np
+
+    from .intrange import code_range
+
+    try:
+        x = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable .npy file ({exc})") from None
+    shape = list(ir.input_shape)
+    if x.ndim < 1 or list(x.shape[1:]) not in (shape, [math.prod(shape)]):
+        raise UserError(f"{path}: expected an array of shape [N, {', '.join(map(str, shape))}] or "
+                        f"[N, {math.prod(shape)}] (input codes), found {list(x.shape)}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise UserError(f"{path}: expected integer codes, found NaN or infinity")
+    if x.dtype.kind not in "iu" and not (x.dtype.kind == "f" and (x == np.round(x)).all()):
+        raise UserError(f"{path}: expected integer codes, found dtype {x.dtype} with non-integer values")
+    x = x.astype(np.int64)
+    lo, hi = code_range(ir.input_bits, ir.input_signed)
+    bad = (x < lo) | (x > hi)
+    if ir.input_bits == 1 and ir.input_signed:
+        bad |= x == 0
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise UserError(f"{path}: value {x[idx]} at {list(idx)} is outside the input codes {lo}..{hi} "
+                        f"({ir.input_bits}-bit {'signed' if ir.input_signed else 'unsigned'}; see docs/formats.md, "
+                        "input conventions)")
+    return x
 
 
 def cmd_rtl(args):
@@ -275,7 +343,19 @@ def build_parser():
     p = sub.add_parser("export", help="run directory -> integer IR (manifest.yaml + tensors.npz)")
     p.add_argument("run", help="run directory from `hwq train`")
     p.add_argument("--out", required=True, help="IR directory to write")
+    p.add_argument("--requant", choices=REQUANT_POLICIES, default="auto",
+                   help="requantization per layer: auto = thresholds up to 4-bit outputs, multiply-shift above "
+                        "(where it can express the layer); or one kind for all (default: auto)")
+    p.add_argument("--qonnx", action="store_true",
+                   help="also write model.onnx in QONNX form (Quant, BipolarQuant, MultiThreshold)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("golden", help="run the golden (integer numpy) model of an IR on input codes")
+    p.add_argument("ir", help="IR directory from `hwq export`")
+    p.add_argument("--inputs", required=True, help=".npy file of input codes, shape [N, *input shape] or [N, features]")
+    p.add_argument("--out", required=True, help=".npy file to write (int64 logits, or the --layer's codes)")
+    p.add_argument("--layer", help="write this layer's output codes instead of the logits")
+    p.set_defaults(func=cmd_golden)
 
     p = sub.add_parser("rtl", help="IR -> Verilog (top.v, rtl.json) for a board")
     p.add_argument("ir", help="IR directory from `hwq export`")

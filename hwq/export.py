@@ -118,6 +118,8 @@ def export_qlayer(node, in_shape, bits, signed, scale, *, requant="auto", inputs
     if node.wq.bits == 1 and bits == 1 and signed:
         layer.xnor = True
     if node.out_q is None:
+        if bool((node.acc_scale(scale) <= 0).any()):  # integer argmax equals the model's only for scale > 0
+            raise ValueError(f"layer {node.name!r}: logits scale is not positive")
         bias = node.bias_codes(scale).to(torch.int64)
         tensors[f"{node.name}.bias"] = bias.numpy()
         layer.out_bits = signed_width(int((acc_lo + bias).min()), int((acc_hi + bias).max()))
@@ -192,11 +194,20 @@ def multiply_shift_params(ir):
             for la in ir.layers if la.requant_kind == "multiply_shift"}
 
 
-def export_run(run_dir, out_dir, *, requant="auto"):
-    """Export a run directory to an IR directory; return the IR."""
+def export_run(run_dir, out_dir, *, requant="auto", qonnx=False):
+    """Export a run directory to an IR directory (with ``model.onnx`` in QONNX form if ``qonnx``);
+    return the IR."""
     model, ckpt = load_run(run_dir)
     train_cfg = ckpt.get("train", {})
     ir = export_model(model, dataset=train_cfg.get("dataset", "digits"), method=train_cfg.get("method", "lsq"),
                       requant=requant)
-    save_ir(ir, out_dir)
+    extra = None
+    if qonnx:
+        from .qonnx_export import to_qonnx, write_qonnx
+
+        to_qonnx(ir)  # refuse before anything is written
+
+        def extra(tmp):
+            write_qonnx(ir, tmp / "model.onnx")
+    save_ir(ir, out_dir, extra=extra)
     return ir

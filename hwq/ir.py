@@ -193,12 +193,15 @@ def atomic_dir(path):
         raise
 
 
-def save_ir(ir, out_dir):
-    """Write ``manifest.yaml`` and ``tensors.npz``; the directory appears whole or not at all."""
+def save_ir(ir, out_dir, *, extra=None):
+    """Write ``manifest.yaml`` and ``tensors.npz`` (and whatever ``extra(tmp_dir)`` writes, e.g.
+    ``model.onnx``); the directory appears whole or not at all."""
     validate(ir, Path(out_dir) / "manifest.yaml")
     with atomic_dir(out_dir) as tmp:
         (tmp / "manifest.yaml").write_text(yaml.safe_dump(ir.to_manifest(), sort_keys=False))
         np.savez(tmp / "tensors.npz", **ir.tensors)
+        if extra is not None:
+            extra(tmp)
 
 
 class _Fields:

@@ -175,7 +175,9 @@ class LSQWeight(WeightQuantizer):
 
     def quantize(self, w):
         qp = max(max_int(self.bits, True), 1)
-        s = grad_scale(self.step, 1.0 / math.sqrt(w.numel() * qp))
+        # |s|: the fake-quant weight is the same for s and -s, but the exported integer weights and the
+        # integer logits assume a positive scale (Adam moves a small 8-bit step across zero easily).
+        s = grad_scale(self.step, 1.0 / math.sqrt(w.numel() * qp)).abs().clamp_min(1e-12)
         if self.binary:
             return sign_ste(torch.clamp(w / s, -1.0, 1.0)), s
         lo, hi = self.code_range()
@@ -207,7 +209,7 @@ class UniQWeight(WeightQuantizer):
 
     def quantize(self, w):
         qp = max(max_int(self.bits, True), 1)
-        d = grad_scale(self.delta, 1.0 / math.sqrt(w.numel() * qp))
+        d = grad_scale(self.delta, 1.0 / math.sqrt(w.numel() * qp)).abs().clamp_min(1e-12)  # see LSQWeight
         return odd_codes(w, d, self.bits), d / 2
 
 

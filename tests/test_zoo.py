@@ -1,5 +1,6 @@
-"""The whole model zoo, every method: trains briefly, exports, and the golden model equals the PyTorch
-integer path exactly on the digits test set. Fake-quant disagreements are counted (rounding ties)."""
+"""The whole model zoo, every method: trains briefly, exports (IR and QONNX), and the golden model equals
+the PyTorch integer path and the QONNX file run by the qonnx package's executor, exactly, on the digits
+test set. Fake-quant disagreements are counted and must be explained (logit ties, multiply-shift rounding)."""
 
 import numpy as np
 import pytest
@@ -10,18 +11,24 @@ from hwq.data import load_dataset
 from hwq.export import export_model
 from hwq.flow import check_model_integer
 from hwq.ir import load_ir, save_ir
+from hwq.qonnx_export import run_qonnx, write_qonnx
 from hwq.train import TrainConfig, load_run, pretrain, train
 
+# (model, method, W/A bits, first/last policy, requantization policy). Policy "8" puts the last layer's
+# input at 8 bits, so "auto" gives that layer's producer a multiply-shift.
 CASES = [
-    *[("cnn", m, "2/2") for m in ("lsq", "uniq", "dorefa", "pact", "sinareq", "tsq", "nbn")],
-    ("cnn", "xnor", "1/1"),
-    ("cnn", "uniq", "1/1"),
-    ("resnet", "lsq", "3/3"),
-    ("resnet", "xnor", "1/1"),
-    ("resnet", "nbn", "2/2"),
-    ("resnet", "tsq", "2/2"),
-    ("mlp", "dorefa", "3/3"),
-    ("mlp", "xnor", "1/1"),
+    *[("cnn", m, "2/2", "same", "auto") for m in ("lsq", "uniq", "dorefa", "pact", "sinareq", "tsq", "nbn")],
+    ("cnn", "xnor", "1/1", "same", "auto"),
+    ("cnn", "uniq", "1/1", "same", "auto"),
+    ("cnn", "lsq", "2/2", "8", "auto"),
+    ("cnn", "pact", "3/3", "same", "multiply-shift"),
+    ("resnet", "lsq", "3/3", "same", "auto"),
+    ("resnet", "lsq", "4/4", "8", "multiply-shift"),
+    ("resnet", "xnor", "1/1", "same", "auto"),
+    ("resnet", "nbn", "2/2", "same", "auto"),
+    ("resnet", "tsq", "2/2", "same", "auto"),
+    ("mlp", "dorefa", "3/3", "8", "auto"),
+    ("mlp", "xnor", "1/1", "same", "auto"),
 ]
 
 
@@ -41,16 +48,23 @@ def float_states(digits):
     return get
 
 
-@pytest.mark.parametrize(("model", "method", "bits"), CASES, ids=[f"{m}-{q}-W{b[0]}A{b[2]}" for m, q, b in CASES])
-def test_zoo_exports_bit_exact(tmp_path, digits, float_states, model, method, bits):
+@pytest.mark.parametrize(("model", "method", "bits", "first_last", "requant"), CASES,
+                         ids=[f"{m}-{q}-W{b[0]}A{b[2]}-{f}-{r}" for m, q, b, f, r in CASES])
+def test_zoo_exports_bit_exact(tmp_path, digits, float_states, model, method, bits, first_last, requant):
     w, a = (int(v) for v in bits.split("/"))
-    cfg = TrainConfig(model=model, method=method, w_bits=w, a_bits=a, epochs_float=3, epochs_qat=2, seed=0)
+    cfg = TrainConfig(model=model, method=method, w_bits=w, a_bits=a, first_last=first_last, epochs_float=3,
+                      epochs_qat=2, seed=0)
     metrics = train(cfg, tmp_path / "run", show_progress=False, float_state=float_states(model), data=digits)
     net, _ = load_run(tmp_path / "run")
-    save_ir(export_model(net, method=method), tmp_path / "ir")
+    ir = export_model(net, method=method, requant=requant)
+    if requant != "thresholds" and (first_last == "8" or requant == "multiply-shift"):
+        assert any(la.requant_kind == "multiply_shift" for la in ir.layers)
+    save_ir(ir, tmp_path / "ir", extra=lambda d: write_qonnx(ir, d / "model.onnx"))
     ir = load_ir(tmp_path / "ir")
     check = check_model_integer(net, ir, digits.x_test)
     assert check["equal"]  # bit-exact, every logit of every sample
+    gold = golden.run(ir, digits.x_test)
+    assert np.array_equal(run_qonnx(tmp_path / "ir" / "model.onnx", digits.x_test, ir.input_shape), gold)
     assert check["unexplained"] == 0, check
     if not any(la.deviations for la in ir.layers):  # thresholds and exact multiply-shifts: the same float32 ops
         assert check["fake_quant_mismatches"] == 0, check
