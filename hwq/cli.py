@@ -179,8 +179,8 @@ def _read_codes(path, ir):
         raise UserError(f"{path}: not a readable .npy file ({exc})") from None
     shape = list(ir.input_shape)
     if x.ndim < 1 or list(x.shape[1:]) not in (shape, [math.prod(shape)]):
-        raise UserError(f"{path}: expected an array of shape [N, {', '.join(map(str, shape))}] or "
-                        f"[N, {math.prod(shape)}] (input codes), found {list(x.shape)}")
+        forms = f"[N, {', '.join(map(str, shape))}]" + (f" or [N, {math.prod(shape)}]" if len(shape) > 1 else "")
+        raise UserError(f"{path}: expected an array of shape {forms} (input codes), found {list(x.shape)}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise UserError(f"{path}: expected integer codes, found NaN or infinity")
     if x.dtype.kind not in "iu" and not (x.dtype.kind == "f" and (x == np.round(x)).all()):

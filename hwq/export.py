@@ -80,7 +80,7 @@ def _set_requant(layer, tensors, node, requant, acc_lo, acc_hi, signs, policy):
     out_q = node.out_q
     thr = _thresholds(requant, out_q, acc_lo, acc_hi, signs)
     layer.out_bits, layer.out_signed = out_q.bits, out_q.signed
-    layer.out_scale = float(out_q.scale)
+    layer.out_scale = float(torch.as_tensor(out_q.scale).detach())
     if _choose(policy, node.name, out_q.bits, out_q.signed) == "multiply_shift":
         s = signs.numpy()
         lo, hi = np.asarray(acc_lo), np.asarray(acc_hi)
@@ -124,7 +124,7 @@ def export_qlayer(node, in_shape, bits, signed, scale, *, requant="auto", inputs
         tensors[f"{node.name}.bias"] = bias.numpy()
         layer.out_bits = signed_width(int((acc_lo + bias).min()), int((acc_hi + bias).max()))
         layer.requant_kind, layer.bias = "bias", f"{node.name}.bias"
-        layer.out_scale = float(node.acc_scale(scale).max())
+        layer.out_scale = float(node.acc_scale(scale).detach().max())
         return layer, tensors, None
     _set_requant(layer, tensors, node, lambda acc: node.requant(acc, scale, cdim=0), acc_lo, acc_hi,
                  node.direction(scale), requant)

@@ -29,7 +29,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .intrange import act_levels
 from .requant import multiply_shift_apply
 
-__all__ = ["accumulator_range", "conv2d", "prediction_disagreements", "run", "run_layers", "thresholds_apply",
+__all__ = ["accumulator_range", "conv2d", "prediction_disagreements", "run", "run_layer", "run_layers",
+           "thresholds_apply",
            "xnor_popcount"]
 
 
@@ -98,7 +99,8 @@ def xnor_popcount(x, w, stride=None, padding=0):
     return 2 * agree - n_valid
 
 
-def _layer(layer, tensors, x, others):
+def run_layer(layer, tensors, x, others=()):
+    """One layer's integer output for its input ``x`` (and, for ``add``, the second input in ``others``)."""
     op = layer.op
     if op in ("linear", "conv2d"):
         w = tensors[layer.weights].astype(np.int64)
@@ -125,7 +127,7 @@ def run_layers(ir, codes):
     outputs = []
     for layer in ir.layers:
         names = layer.inputs or [ir.layers[len(outputs) - 1].name if outputs else "input"]
-        y = _layer(layer, ir.tensors, produced[names[0]], [produced[n] for n in names[1:]])
+        y = run_layer(layer, ir.tensors, produced[names[0]], [produced[n] for n in names[1:]])
         produced[layer.name] = y
         outputs.append(y)
     return outputs

@@ -273,6 +273,9 @@ def _parse_layer(path, index, raw):
             f.fail("w_grid", f"one of {', '.join(W_GRIDS)}", layer.w_grid)
         layer.weights = f.get("weights", str, "a tensor name")
         ws = f.get("w_scale", (int, float, list), "a number or a list of numbers")
+        values = ws if isinstance(ws, list) else [ws]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            f.fail("w_scale", "a finite number or a list of finite numbers", ws)
         layer.w_scale = ws if isinstance(ws, list) else float(ws)
     if op in ("conv2d", "maxpool"):
         layer.kernel = f.positive("kernel")
@@ -388,8 +391,9 @@ def requant_thresholds(ir, layer):
                          signs=layer.signs, mult=layer.mult, offset=layer.offset, shift=layer.shift)
 
 
-def validate(ir, path):
-    """Check shapes, ranges and the chain of bitwidths; raise UserError on the first problem."""
+def validate(ir, path, *, logits=True):
+    """Check shapes, ranges and the chain of bitwidths; raise UserError on the first problem.
+    ``logits``: the last layer must produce logits (a whole network; False for a lone layer)."""
     produced = {"input": (list(ir.input_shape), ir.input_bits, ir.input_signed)}
     prev = "input"
     for i, layer in enumerate(ir.layers):
@@ -421,7 +425,7 @@ def validate(ir, path):
         produced[layer.name] = (list(layer.out_shape), layer.out_bits, layer.out_signed)
         prev = layer.name
     last = ir.layers[-1]
-    if last.requant_kind != "bias":
+    if logits and last.requant_kind != "bias":
         _fail(f"{path}: layer '{last.name}'", "requant.kind", "bias (the last layer produces logits)",
               repr(last.requant_kind))
 

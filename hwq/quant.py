@@ -153,6 +153,8 @@ class WeightQuantizer(nn.Module):
     def integer(self, w):
         """(int64 codes, float32 scale) as export writes them."""
         codes, scale = self.quantize(w)
+        if not (bool(torch.isfinite(codes).all()) and bool(torch.isfinite(scale).all())):
+            raise ValueError(f"{type(self).__name__}: weights or step are not finite; cannot export")
         return codes.to(torch.int64), scale.detach().to(torch.float32)
 
 
@@ -205,7 +207,8 @@ class UniQWeight(WeightQuantizer):
 
     @torch.no_grad()
     def init(self, w):
-        self.delta.copy_((w.std() * UNIQ_DELTA_NORMAL[self.bits - 1]).clamp_min(1e-8))
+        std = w.std() if w.numel() > 1 else w.abs().reshape(())  # one weight: no spread to measure
+        self.delta.copy_((std * UNIQ_DELTA_NORMAL[self.bits - 1]).clamp_min(1e-8))
 
     def quantize(self, w):
         qp = max(max_int(self.bits, True), 1)

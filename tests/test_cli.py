@@ -139,3 +139,45 @@ def test_estimate_names_the_overrun_and_the_largest_layer(tmp_path, capsys):
     assert main(["estimate", str(tmp_path / "ir"), "--board", "ice40-up5k", "--array", "16x16"]) == 0
     out = capsys.readouterr().out
     assert "does NOT fit (over by" in out and "LUT" in out and "largest layer l0" in out
+
+
+def test_export_qonnx_and_golden_commands(trained_run, tmp_path, capsys):
+    import numpy as np
+
+    from hwq import golden
+    from hwq.data import load_dataset
+    from hwq.ir import load_ir
+    from hwq.qonnx_export import run_qonnx
+
+    ir_dir = tmp_path / "ir"
+    assert main(["export", str(trained_run[0]), "--out", str(ir_dir), "--qonnx", "--requant", "multiply-shift"]) == 0
+    out = capsys.readouterr().out
+    assert "model.onnx (QONNX)" in out and "multiply-shift >>" in out
+    ir = load_ir(ir_dir)
+    x = load_dataset().x_test[:50]
+    np.save(tmp_path / "x.npy", x)
+    assert np.array_equal(run_qonnx(ir_dir / "model.onnx", x, ir.input_shape), golden.run(ir, x))
+    assert main(["golden", str(ir_dir), "--inputs", str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "y.npy"), golden.run(ir, x))
+    assert main(["golden", str(ir_dir), "--inputs", str(tmp_path / "x.npy"), "--out", str(tmp_path / "h.npy"),
+                 "--layer", "fc1"]) == 0
+    assert np.array_equal(np.load(tmp_path / "h.npy"), golden.run_layers(ir, x)[0])
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (None, "x.npy: file not found"),
+    (lambda np: np.zeros((3, 63), dtype=np.int64), "x.npy: expected an array of shape [N, 64] (input codes), found [3, 63]"),
+    (lambda np: np.full((2, 64), 16), "x.npy: value 16 at [0, 0] is outside the input codes 0..15 (4-bit unsigned"),
+    (lambda np: np.full((2, 64), 0.5), "x.npy: expected integer codes, found dtype float64 with non-integer values"),
+    (lambda np: np.full((2, 64), np.nan), "x.npy: expected integer codes, found NaN or infinity"),
+])
+def test_golden_rejects_bad_inputs(trained_ir, tmp_path, monkeypatch, capsys, inputs, message):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    if inputs is not None:
+        np.save("x.npy", inputs(np))
+    assert main(["golden", str(trained_ir[0]), "--inputs", "x.npy", "--out", "y.npy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "y.npy").exists()
