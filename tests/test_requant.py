@@ -1,0 +1,50 @@
+"""Multiply-shift requantization: fitted to thresholds exactly when a line exists, within one otherwise,
+with the deviations counted exactly (checked against every accumulator value)."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwq.golden import thresholds_apply
+from hwq.requant import deviations, fit_multiply_shift, implied_thresholds, multiply_shift_apply
+
+
+@settings(max_examples=150, deadline=None)
+@given(bits=st.integers(1, 8), slope=st.floats(0.002, 40.0), c=st.floats(-300, 300), lo=st.integers(-5000, 0),
+       span=st.integers(0, 8000), negative=st.booleans(), perturb=st.integers(0, 3), seed=st.integers(0, 1000))
+def test_fit_reproduces_or_counts_its_deviations(bits, slope, c, lo, span, negative, perturb, seed):
+    """Thresholds of a line (``idx = floor(slope * t + c)``), optionally with a few moved by one (as float
+    rounding does): the fit's codes equal the thresholds' on every accumulator value when the line is
+    intact, and differ on exactly ``deviations`` values otherwise."""
+    n = 1 << bits
+    hi = lo + span
+    k = np.arange(1, n)
+    t = np.clip(np.ceil((k - c) / slope).astype(np.int64), lo, hi + 1)
+    rng = np.random.default_rng(seed)
+    for _ in range(perturb):  # move a threshold by one, keeping the row non-decreasing
+        i = int(rng.integers(0, n - 1))
+        t[i] = np.clip(t[i] + rng.choice([-1, 1]), t[i - 1] if i else lo, t[i + 1] if i + 1 < n - 1 else hi + 1)
+    t = t[None, :]
+    signs = np.array([-1 if negative else 1])
+    t_lo, t_hi = np.array([lo]), np.array([hi])
+    fit = fit_multiply_shift(t, signs, t_lo, t_hi)
+    assert fit is not None
+    mult, offset, shift, dev = fit
+    assert 0 <= shift <= 32 and np.sign(mult[0]) == signs[0]
+    if perturb == 0:
+        assert dev == 0
+    # exhaustive over t = sign * acc in [lo, hi]
+    acc = np.arange(lo, hi + 1) * signs[0]
+    ref = thresholds_apply(acc[:, None], t, signs)
+    got = multiply_shift_apply(acc[:, None], mult, offset, shift, n)
+    assert int((ref != got).sum()) == dev
+    assert dev <= perturb * max(1, span)
+
+
+def test_implied_thresholds_and_deviations():
+    t = implied_thresholds([3], [-1], 2, 4, np.array([-10]), np.array([10]))  # floor((3t - 1) / 4)
+    acc = np.arange(-10, 11)
+    assert np.array_equal(thresholds_apply(acc[:, None], t), np.clip((3 * acc - 1) >> 2, 0, 3)[:, None])
+    assert deviations(np.array([[1, 5, 9]]), np.array([[1, 6, 9]])) == 1
+    assert deviations(np.array([[1, 5, 9]]), np.array([[2, 7, 9]])) == 3
+    assert deviations(np.array([[3, 3]]), np.array([[1, 5]])) == 4  # overlapping spans counted once
