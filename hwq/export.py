@@ -1,8 +1,10 @@
 """Export a trained run to the integer IR.
 
 For each weight layer: integer weights (the weight quantizer's codes), the proven accumulator width,
-and either per-channel integer thresholds (every layer that feeds another) or an integer bias (the
-logits layer). Residual adds get thresholds on the integer sum; max-pool and flatten carry no numbers.
+and either a per-channel requantization (every layer that feeds another: thresholds, or a
+multiply-shift fitted to them, :mod:`hwq.requant`) or an integer bias (the logits layer). Residual
+adds requantize the integer sum the same way; max-pool and flatten carry no numbers. Binary layers
+(1-bit weights, bipolar inputs) are marked ``xnor``.
 
 Thresholds: with ``f(acc)`` the float model's requantization (:meth:`hwq.models.QLayer.requant`:
 bias, accumulator scale, folded batch-norm, ReLU and the output quantizer), ``T[o, k]`` is the smallest
