@@ -30,8 +30,7 @@ from .intrange import act_levels
 from .requant import multiply_shift_apply
 
 __all__ = ["accumulator_range", "conv2d", "prediction_disagreements", "run", "run_layer", "run_layers",
-           "thresholds_apply",
-           "xnor_popcount"]
+           "thresholds_apply", "xnor_popcount"]
 
 
 def thresholds_apply(acc, thresholds, signs=None, levels=(0, 1)):

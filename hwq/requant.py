@@ -16,20 +16,21 @@ one where the exact crossing falls within an ulp or so of a rounding boundary. T
 every threshold within one of the reference and counts the accumulator values where the two differ
 (``requant.deviations`` in the IR). The PyTorch integer path applies the same multiply-shift, so the
 golden model still equals it; fake-quant predictions can differ only through these rounding-boundary
-values (:func:`hwq.flow.check_torch_integer` counts and explains them).
+values (:func:`hwq.flow.check_model_integer` counts and explains them).
 
 How the fit works, for one channel with ``t = sign * acc`` and ``M > 0``: level ``k`` is first
 reached at ``T_k`` exactly when ``M*T_k + B >= k*2**S > M*(T_k - 1) + B``. Thresholds clipped to
 the range (``T_k = t_lo``: reached everywhere; ``T_k = t_hi + 1``: never) keep only the inequality
 that still applies. Eliminating ``B`` pairwise leaves an interval of feasible ``M``; if it holds an
-integer, ``B`` follows. Feasibility is monotone in ``S`` (``2M, 2B, S+1`` is the same function), so
-the smallest ``S`` is found by bisection.
+integer, ``B`` follows. Feasibility is monotone in ``S`` (``2M, 2B, S+1`` is the same function) as
+long as ``M`` fits :data:`MAX_MULT_BITS`, so the smallest ``S`` is found by bisection below the
+largest feasible one.
 """
 
 import numpy as np
 
-__all__ = ["MAX_MULT_BITS", "MAX_SHIFT", "MULTIPLY_SHIFT_MIN_BITS", "REQUANT_POLICIES", "fit_multiply_shift",
-           "implied_thresholds", "multiply_shift_apply", "thresholds_of"]
+__all__ = ["MAX_MULT_BITS", "MAX_SHIFT", "MULTIPLY_SHIFT_MIN_BITS", "REQUANT_POLICIES", "deviations",
+           "fit_multiply_shift", "implied_thresholds", "multiply_shift_apply", "thresholds_of"]
 
 MAX_SHIFT = 32
 MAX_MULT_BITS = 32  # signed multiplier width, sign included
