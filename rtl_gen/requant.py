@@ -1,12 +1,13 @@
-"""Threshold requantizer: an accumulator becomes a low-bit code by counting thresholds reached."""
+"""Requantizers: an accumulator becomes a low-bit code by counting thresholds reached, or by an integer
+multiply, add and arithmetic shift (the two forms of the IR's requantization, see hwq/requant.py)."""
 
-from amaranth import Module, signed, unsigned
+from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ._check import check_int
 
-__all__ = ["ThresholdRequantizer"]
+__all__ = ["MultiplyShiftRequantizer", "ThresholdRequantizer"]
 
 
 class ThresholdRequantizer(wiring.Component):
@@ -34,4 +35,56 @@ class ThresholdRequantizer(wiring.Component):
         m = Module()
         reached = [self.acc >= self.thresholds[k] for k in range(self.n_levels)]
         m.d.comb += self.q.eq(sum(reached))
+        return m
+
+
+class MultiplyShiftRequantizer(wiring.Component):
+    """``q = clamp((acc * mult + offset) >> shift, 0, 2**out_bits - 1)`` (combinational): the golden
+    model's multiply-shift requantization (``>>`` is arithmetic: floor division by ``2**shift``).
+
+    ``mult`` and ``offset`` are inputs (per-channel values come from a small ROM in an engine); a
+    negative ``mult`` is a decreasing channel. ``n_levels`` below ``2**out_bits`` (bipolar outputs
+    are thresholds, never this) is not needed: the IR's levels are always ``2**out_bits``.
+
+    Members
+    -------
+    acc : In(signed(acc_bits))
+    mult : In(signed(mult_bits))
+    offset : In(signed(offset_bits))
+    q : Out(unsigned(out_bits))
+    """
+
+    def __init__(self, *, acc_bits, mult_bits, offset_bits, shift, out_bits):
+        self.acc_bits = check_int("acc_bits", acc_bits, 2, 64)
+        self.mult_bits = check_int("mult_bits", mult_bits, 2, 33)
+        self.offset_bits = check_int("offset_bits", offset_bits, 1, 64)
+        self.shift = check_int("shift", shift, 0, 32)
+        self.out_bits = check_int("out_bits", out_bits, 1, 8)
+        super().__init__({
+            "acc": In(signed(self.acc_bits)),
+            "mult": In(signed(self.mult_bits)),
+            "offset": In(signed(self.offset_bits)),
+            "q": Out(unsigned(self.out_bits)),
+        })
+
+    @property
+    def sum_bits(self):
+        """Width of ``acc * mult + offset`` (never overflows: one bit above the wider term)."""
+        return max(self.acc_bits + self.mult_bits, self.offset_bits) + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        total = Signal(signed(self.sum_bits))
+        idx = Signal(signed(self.sum_bits))
+        top = (1 << self.out_bits) - 1
+        m.d.comb += [
+            total.eq(self.acc * self.mult + self.offset),
+            idx.eq(total >> self.shift),  # arithmetic shift of a signed value
+        ]
+        with m.If(idx < 0):
+            m.d.comb += self.q.eq(0)
+        with m.Elif(idx > top):
+            m.d.comb += self.q.eq(top)
+        with m.Else():
+            m.d.comb += self.q.eq(idx[:self.out_bits])
         return m

@@ -214,3 +214,63 @@ def test_engine_constructor_errors():
         LinearEngine(weights=w, w_bits=2, a_bits=2, acc_bits=8, rows=1, cols=1, out_bits=2,
                      thresholds=np.zeros((2, 2), dtype=np.int64))
     gc.collect()
+
+
+@pytest.mark.parametrize("acc_bits,out_bits,shift", [(6, 5, 0), (12, 8, 7), (20, 6, 19), (9, 5, 3)])
+def test_multiply_shift_requantizer_against_golden(acc_bits, out_bits, shift):
+    from hwq.requant import multiply_shift_apply
+    from rtl_gen.requant import MultiplyShiftRequantizer
+
+    rng = np.random.default_rng(acc_bits * 100 + shift)
+    mult_bits, offset_bits = 16, acc_bits + 16
+    dut = MultiplyShiftRequantizer(acc_bits=acc_bits, mult_bits=mult_bits, offset_bits=offset_bits, shift=shift,
+                                   out_bits=out_bits)
+    lo, hi = -(2 ** (acc_bits - 1)), 2 ** (acc_bits - 1) - 1
+    m_lo, m_hi = -(2 ** (mult_bits - 1)), 2 ** (mult_bits - 1) - 1
+    b_lim = 2 ** (offset_bits - 1)
+    cases = [(lo, m_lo, -b_lim), (lo, m_lo, b_lim - 1), (hi, m_hi, b_lim - 1), (hi, m_lo, -b_lim), (0, 1, 0),
+             *zip(rng.integers(lo, hi + 1, 60), rng.integers(m_lo, m_hi + 1, 60), rng.integers(-b_lim, b_lim, 60),
+                  strict=True)]
+    n = 1 << out_bits
+
+    async def tb(ctx):
+        for acc, mult, off in cases:
+            ctx.set(dut.acc, int(acc))
+            ctx.set(dut.mult, int(mult))
+            ctx.set(dut.offset, int(off))
+            await ctx.delay(1e-9)
+            want = multiply_shift_apply(np.int64(acc), np.int64(mult), np.int64(off), shift, n)
+            assert ctx.get(dut.q) == int(want), (acc, mult, off)
+
+    sim = Simulator(dut)
+    sim.add_testbench(tb)
+    sim.run()
+
+
+@pytest.mark.parametrize("lanes,simd", [(1, 1), (3, 8), (4, 27), (2, 64)])
+def test_xnor_popcount_against_golden(lanes, simd):
+    from rtl_gen.xnor import XnorPopcount
+
+    rng = np.random.default_rng(lanes * 1000 + simd)
+    dut = XnorPopcount(lanes=lanes, simd=simd)
+    cases = [(np.ones(simd, int), np.ones((lanes, simd), int), np.ones(simd, int)),   # all agree: +simd
+             (np.ones(simd, int), -np.ones((lanes, simd), int), np.ones(simd, int)),  # all disagree: -simd
+             (np.ones(simd, int), np.ones((lanes, simd), int), np.zeros(simd, int))]  # all masked: 0
+    for _ in range(40):
+        cases.append((rng.choice([-1, 1], simd), rng.choice([-1, 1], (lanes, simd)), rng.integers(0, 2, simd)))
+
+    def bits(v):
+        return sum(1 << i for i, b in enumerate(v) if b > 0)
+
+    async def tb(ctx):
+        for x, w, mask in cases:
+            ctx.set(dut.x, bits(x))
+            ctx.set(dut.w, [bits(row) for row in w])
+            ctx.set(dut.mask, bits(mask))
+            await ctx.tick()
+            want = (w * (x * mask)).sum(axis=1)  # the ±1 dot product over the unmasked terms
+            assert [ctx.get(dut.acc[lane]) for lane in range(lanes)] == want.tolist()
+            if mask.all():  # and the golden model's popcount form of the same product
+                assert np.array_equal(golden.xnor_popcount(x[None, :], w)[0], want)
+
+    _run(dut, tb)
