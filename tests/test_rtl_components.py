@@ -274,3 +274,33 @@ def test_xnor_popcount_against_golden(lanes, simd):
                 assert np.array_equal(golden.xnor_popcount(x[None, :], w)[0], want)
 
     _run(dut, tb)
+
+
+def test_network_top_builds_multiply_shift_layers_from_their_thresholds(trained_run):
+    """A trained MLP exported with every hidden layer as a multiply-shift: the engines compare against
+    the equivalent thresholds, and the network equals the golden model (which shifts)."""
+    from hwq.data import load_dataset
+    from hwq.export import export_model
+    from hwq.train import load_run
+
+    net, _ = load_run(trained_run[0])
+    ir = export_model(net, requant="multiply-shift")
+    assert [la.requant_kind for la in ir.layers] == ["multiply_shift", "multiply_shift", "bias"]
+    engines = engines_from_ir(ir, rows=4, cols=8)
+    dut = NetworkTop(engines, input_bits=4, names=[la.name for la in ir.layers])
+    X = load_dataset().x_test[:3]
+    expected = golden.run(ir, X)
+
+    async def tb(ctx):
+        ctx.set(dut.o.ready, 1)
+        for x, y in zip(X, expected, strict=True):
+            ctx.set(dut.i.payload, x.tolist())
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick()
+            ctx.set(dut.i.valid, 0)
+            while not ctx.get(dut.o.valid):
+                await ctx.tick()
+            assert list(ctx.get(dut.o.payload)) == y.tolist()
+            await ctx.tick()
+
+    _run(dut, tb)
