@@ -43,8 +43,9 @@ class MultiplyShiftRequantizer(wiring.Component):
     model's multiply-shift requantization (``>>`` is arithmetic: floor division by ``2**shift``).
 
     ``mult`` and ``offset`` are inputs (per-channel values come from a small ROM in an engine); a
-    negative ``mult`` is a decreasing channel. ``n_levels`` below ``2**out_bits`` (bipolar outputs
-    are thresholds, never this) is not needed: the IR's levels are always ``2**out_bits``.
+    negative ``mult`` is a decreasing channel. The output is the level index; the code is
+    ``lo + index`` (unsigned: ``lo = 0``; signed: ``-2**(out_bits-1)``). Bipolar outputs always use
+    thresholds, so the index range is always ``0 .. 2**out_bits - 1``.
 
     Members
     -------

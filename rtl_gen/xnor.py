@@ -9,7 +9,7 @@ from ._check import check_int
 __all__ = ["XnorPopcount"]
 
 
-def _popcount(m, bits):
+def _popcount(bits):
     """Sum of the bits of a signal as a balanced adder tree (combinational); returns the sum value."""
     terms = [bits[i] for i in range(len(bits))]
     while len(terms) > 1:
@@ -52,10 +52,10 @@ class XnorPopcount(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n_valid = Signal(range(self.simd + 1))
-        m.d.comb += n_valid.eq(_popcount(m, self.mask))
+        m.d.comb += n_valid.eq(_popcount(self.mask))
         for lane in range(self.lanes):
             agree = Signal(self.simd, name=f"agree{lane}")
             count = Signal(range(self.simd + 1), name=f"count{lane}")
-            m.d.comb += [agree.eq(~(self.x ^ self.w[lane]) & self.mask), count.eq(_popcount(m, agree))]
+            m.d.comb += [agree.eq(~(self.x ^ self.w[lane]) & self.mask), count.eq(_popcount(agree))]
             m.d.sync += self.acc[lane].eq(2 * count - n_valid)
         return m
