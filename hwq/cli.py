@@ -169,7 +169,7 @@ def _read_codes(path, ir):
 
     import numpy as np
 
-    from .intrange import code_range
+    from .intrange import act_levels, code_range
 
     try:
         x = np.load(path, allow_pickle=False)
@@ -187,9 +187,8 @@ def _read_codes(path, ir):
         raise UserError(f"{path}: expected integer codes, found dtype {x.dtype} with non-integer values")
     x = x.astype(np.int64)
     lo, hi = code_range(ir.input_bits, ir.input_signed)
-    bad = (x < lo) | (x > hi)
-    if ir.input_bits == 1 and ir.input_signed:
-        bad |= x == 0
+    step = act_levels(ir.input_bits, ir.input_signed)[1]
+    bad = (x < lo) | (x > hi) | ((x - lo) % step != 0)  # bipolar codes are -1 and +1 only
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise UserError(f"{path}: value {x[idx]} at {list(idx)} is outside the input codes {lo}..{hi} "

@@ -16,14 +16,13 @@ thresholds compare ``-acc`` (``requant.signs``).
 
 import math
 
-import numpy as np
 import torch
 
 from .golden import accumulator_range
-from .intrange import act_levels, code_range, range_bits, signed_width
+from .intrange import act_levels, code_range, is_bipolar, range_bits, signed_width
 from .ir import IR, Layer, conv_out_side, save_ir
 from .models import Add, Flatten, MaxPool, QLayer
-from .requant import MULTIPLY_SHIFT_MIN_BITS, REQUANT_POLICIES, fit_multiply_shift
+from .requant import MULTIPLY_SHIFT_MIN_BITS, REQUANT_POLICIES, fit_multiply_shift, signed_range
 from .train import load_run
 
 __all__ = ["derive_thresholds", "export_add", "export_model", "export_qlayer", "export_run", "multiply_shift_params"]
@@ -53,15 +52,12 @@ def derive_thresholds(fn, lo, hi, n_levels):
 def _thresholds(requant, out_q, acc_lo, acc_hi, signs):
     """Thresholds (and signs) of a per-channel requantization ``requant(acc (O, K)) -> codes``."""
     lo_code, step, n = act_levels(out_q.bits, out_q.signed)
-    acc_lo, acc_hi = torch.as_tensor(acc_lo), torch.as_tensor(acc_hi)
     sgn = signs[:, None]
 
     def index(t):  # t = sign * acc; level index of requant(acc), non-decreasing in t
         return torch.div(requant(t * sgn) - lo_code, step, rounding_mode="floor")
 
-    t_lo = torch.where(signs > 0, acc_lo, -acc_hi)
-    t_hi = torch.where(signs > 0, acc_hi, -acc_lo)
-    return derive_thresholds(index, t_lo, t_hi, n - 1)
+    return derive_thresholds(index, *signed_range(signs, acc_lo, acc_hi), n - 1)
 
 
 def _choose(policy, name, out_bits, out_signed):
@@ -71,8 +67,7 @@ def _choose(policy, name, out_bits, out_signed):
         return policy.get(name, "thresholds")
     if policy not in REQUANT_POLICIES:
         raise ValueError(f"unknown requantization policy {policy!r}; known: {', '.join(REQUANT_POLICIES)}")
-    bipolar = out_bits == 1 and out_signed
-    if policy == "thresholds" or bipolar or (policy == "auto" and out_bits < MULTIPLY_SHIFT_MIN_BITS):
+    if policy == "thresholds" or is_bipolar(out_bits, out_signed) or (policy == "auto" and out_bits < MULTIPLY_SHIFT_MIN_BITS):
         return "thresholds"
     return "multiply_shift"
 
@@ -84,9 +79,7 @@ def _set_requant(layer, tensors, node, requant, acc_lo, acc_hi, signs, policy):
     layer.out_bits, layer.out_signed = out_q.bits, out_q.signed
     layer.out_scale = float(torch.as_tensor(out_q.scale).detach())
     if _choose(policy, node.name, out_q.bits, out_q.signed) == "multiply_shift":
-        s = signs.numpy()
-        lo, hi = np.asarray(acc_lo), np.asarray(acc_hi)
-        fit = fit_multiply_shift(thr.numpy(), s, np.where(s > 0, lo, -hi), np.where(s > 0, hi, -lo))
+        fit = fit_multiply_shift(thr.numpy(), signs.numpy(), *signed_range(signs, acc_lo, acc_hi))
         if fit is not None:
             mult, offset, layer.shift, layer.deviations = fit
             tensors[f"{node.name}.mult"], tensors[f"{node.name}.offset"] = mult, offset
@@ -117,8 +110,7 @@ def export_qlayer(node, in_shape, bits, signed, scale, *, requant="auto", inputs
                   a_signed=signed, inputs=inputs, w_bits=node.wq.bits, w_grid=node.wq.grid,
                   acc_bits=range_bits(acc_lo.min(), acc_hi.max()), weights=f"{node.name}.weight",
                   w_scale=w_scale.tolist() if w_scale.dim() else float(w_scale), out_bits=0, out_signed=True, **geo)
-    if node.wq.bits == 1 and bits == 1 and signed:
-        layer.xnor = True
+    layer.xnor = layer.binary
     if node.out_q is None:
         if bool((node.acc_scale(scale) <= 0).any()):  # integer argmax equals the model's only for scale > 0
             raise ValueError(f"layer {node.name!r}: logits scale is not positive")

@@ -138,12 +138,11 @@ def run(ir, codes):
 
 
 def prediction_disagreements(predictions, logits):
-    """(samples whose prediction differs from ``argmax(logits)``, of which logit ties).
+    """Per sample: (prediction differs from ``argmax(logits)``, the difference is a logit tie).
 
     A tie: the predicted class has the maximum integer logit too; argmax picks the first of equals.
     """
     predictions = np.asarray(predictions)
-    best = logits.argmax(axis=1)
-    differ = predictions != best
+    differ = predictions != logits.argmax(axis=1)
     tie = logits[np.arange(len(logits)), predictions] == logits.max(axis=1)
-    return int(differ.sum()), int((differ & tie).sum())
+    return differ, differ & tie

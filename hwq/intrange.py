@@ -21,8 +21,8 @@ Activations are unsigned codes 0..2^b-1 (after ReLU) or signed two's complement.
 
 import operator
 
-__all__ = ["W_GRIDS", "act_levels", "check_bits", "code_range", "max_int", "min_int", "range_bits", "signed_width",
-           "weight_codes", "weight_range", "weight_storage_bits"]
+__all__ = ["W_GRIDS", "act_levels", "check_bits", "code_range", "is_bipolar", "max_int", "min_int", "range_bits",
+           "signed_width", "weight_codes", "weight_range", "weight_storage_bits"]
 
 MIN_BITS = 1
 MAX_BITS = 8
@@ -92,13 +92,18 @@ def weight_storage_bits(w_bits, grid="int"):
     return signed_width(*weight_codes(w_bits, grid))
 
 
+def is_bipolar(bits, signed):
+    """Signed 1-bit codes are bipolar {-1, +1} (XNOR/BNN activations), not two's complement."""
+    return bool(signed) and bits == 1
+
+
 def act_levels(bits, signed):
     """(lowest code, distance between codes, number of codes) of an activation.
 
     Unsigned: 0..2^b-1. Signed: two's complement, except 1 bit, which is bipolar {-1, +1}.
     """
     bits = check_bits(bits)
-    if signed and bits == 1:
+    if is_bipolar(bits, signed):
         return -1, 2, 2
     return min_int(bits, signed), 1, 1 << bits
 

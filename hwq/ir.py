@@ -23,6 +23,7 @@ from .intrange import (
     W_GRIDS,
     act_levels,
     code_range,
+    is_bipolar,
     range_bits,
     signed_width,
     weight_codes,
@@ -86,6 +87,11 @@ class Layer:
     @property
     def channels(self):
         return int(self.out_shape[0])
+
+    @property
+    def binary(self):
+        """1-bit weights and bipolar inputs: an XNOR-popcount layer (it must carry ``xnor``)."""
+        return self.op in WEIGHT_OPS and self.w_bits == 1 and is_bipolar(self.a_bits, self.a_signed)
 
     @property
     def fan_in(self):
@@ -317,7 +323,7 @@ def _parse_layer(path, index, raw):
 def _parse_xnor(f, layer):
     """The binary encoding stated on an XNOR-popcount layer: checked, not configurable."""
     x = _Fields(f.path, f"{f.where}: xnor", f.get("xnor", dict, "a mapping"))
-    if layer.op not in WEIGHT_OPS or layer.w_bits != 1 or layer.a_bits != 1 or not layer.a_signed:
+    if not layer.binary:
         f.fail("xnor", "no xnor field (only layers with 1-bit weights and bipolar inputs have one)",
                {k: x.mapping[k] for k in x.mapping})
     for key, value in XNOR_ENCODING.items():
@@ -463,7 +469,7 @@ def _check_add(ir, path, where, layer, produced, inputs):
 
 
 def _check_weight_layer(ir, path, where, layer, last):
-    if layer.w_bits == 1 and layer.a_bits == 1 and layer.a_signed and not layer.xnor:
+    if layer.binary and not layer.xnor:
         raise UserError(f"{where}: field 'xnor' is missing (a layer with 1-bit weights and bipolar inputs "
                         f"states its XNOR-popcount encoding: {dict(XNOR_ENCODING, n=layer.fan_in)})")
     w = _tensor(path, ir.tensors, layer, layer.weights, layer.weight_shape())

@@ -25,7 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import UserError
-from .intrange import act_levels, weight_codes
+from .intrange import act_levels, is_bipolar, weight_codes
 from .ir import requant_thresholds
 
 __all__ = ["FLOAT32_EXACT_ACC_BITS", "QONNX_DOMAIN", "run_qonnx", "to_qonnx", "write_qonnx"]
@@ -36,7 +36,7 @@ FLOAT32_EXACT_ACC_BITS = 25  # |acc| <= 2**24: every integer exact in float32
 
 
 def _datatype(bits, signed):
-    if bits == 1 and signed:
+    if is_bipolar(bits, signed):
         return "BIPOLAR"
     return f"{'INT' if signed else 'UINT'}{bits}"
 
@@ -56,7 +56,7 @@ class _Graph:
     def quant(self, x, out, bits, signed, *, scale=1.0, zeropt=0.0, narrow=False):
         """A QONNX ``Quant`` (or ``BipolarQuant`` for signed 1-bit): identity on valid codes."""
         s = self.const(f"{out}.scale", scale)
-        if bits == 1 and signed:
+        if is_bipolar(bits, signed):
             return self.node("BipolarQuant", [x, s], out, domain=QONNX_DOMAIN)
         z, b = self.const(f"{out}.zeropt", zeropt), self.const(f"{out}.bits", bits)
         return self.node("Quant", [x, s, z, b], out, domain=QONNX_DOMAIN, signed=int(signed), narrow=int(narrow),

@@ -30,7 +30,7 @@ largest feasible one.
 import numpy as np
 
 __all__ = ["MAX_MULT_BITS", "MAX_SHIFT", "MULTIPLY_SHIFT_MIN_BITS", "REQUANT_POLICIES", "deviations",
-           "fit_multiply_shift", "implied_thresholds", "multiply_shift_apply", "thresholds_of"]
+           "fit_multiply_shift", "implied_thresholds", "multiply_shift_apply", "signed_range", "thresholds_of"]
 
 MAX_SHIFT = 32
 MAX_MULT_BITS = 32  # signed multiplier width, sign included
@@ -170,6 +170,13 @@ def fit_multiply_shift(thresholds, signs, t_lo, t_hi):
     return mult * np.asarray(signs, dtype=np.int64), offset, shift, dev
 
 
+def signed_range(signs, lo, hi):
+    """Per channel, the range of ``t = sign * acc`` for ``acc`` in [lo, hi]: (t_lo, t_hi)."""
+    up = np.asarray(signs) > 0
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    return np.where(up, lo, -hi), np.where(up, hi, -lo)
+
+
 def thresholds_of(kind, tensors, n_levels, acc_lo, acc_hi, *, thresholds=None, signs=None, mult=None,
                   offset=None, shift=None):
     """(thresholds, signs) of a requantization given in either form, clipped to the accumulator range
@@ -177,11 +184,8 @@ def thresholds_of(kind, tensors, n_levels, acc_lo, acc_hi, *, thresholds=None, s
     if kind == "thresholds":
         t = tensors[thresholds].astype(np.int64)
         s = tensors[signs].astype(np.int64) if signs else np.ones(len(t), dtype=np.int64)
-        t_lo = np.where(s > 0, acc_lo, -acc_hi)
-        t_hi = np.where(s > 0, acc_hi, -acc_lo)
+        t_lo, t_hi = signed_range(s, acc_lo, acc_hi)
         return np.clip(t, t_lo[:, None], t_hi[:, None] + 1), s
     m, b = tensors[mult].astype(np.int64), tensors[offset].astype(np.int64)
     s = np.where(m > 0, 1, -1)
-    t_lo = np.where(s > 0, acc_lo, -acc_hi)
-    t_hi = np.where(s > 0, acc_hi, -acc_lo)
-    return implied_thresholds(m, b, shift, n_levels, t_lo, t_hi), s
+    return implied_thresholds(m, b, shift, n_levels, *signed_range(s, acc_lo, acc_hi)), s

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from hwq import golden
 from hwq.export import export_add, export_qlayer
-from hwq.intrange import code_range
+from hwq.intrange import code_range, is_bipolar
 from hwq.ir import IR, validate
 from hwq.models import Add, QLayer, _multiply_shift
 from hwq.quant import AlignedQuant, LSQAct, LSQWeight, SignAct, UniQWeight, XNORWeight
@@ -65,12 +65,16 @@ def layer_config(draw):
     return cfg
 
 
-def _out_quant(cfg, source):
+def _out_quant(cfg):
+    """The output quantizer the config names; signed outputs are aligned to an input at ``in_scale``."""
     if cfg["out"] == "logits":
         return None
     if cfg["out"] == "bipolar":
         return SignAct()
     if cfg["out"] == "signed":
+        source = LSQAct(4)
+        with torch.no_grad():
+            source.step.fill_(cfg["in_scale"])
         return AlignedQuant(max(cfg["out_bits"], 2), source)
     q = LSQAct(cfg["out_bits"])
     with torch.no_grad():
@@ -80,7 +84,7 @@ def _out_quant(cfg, source):
 
 def _inputs(cfg, rng, shape, bits, signed, w=None):
     lo, hi = code_range(bits, signed)
-    if bits == 1 and signed:
+    if is_bipolar(bits, signed):
         x = rng.choice([-1, 1], size=(N_SAMPLES, *shape))
     else:
         x = rng.integers(lo, hi + 1, size=(N_SAMPLES, *shape))
@@ -99,10 +103,7 @@ def _inputs(cfg, rng, shape, bits, signed, w=None):
 def _weight_layer(cfg, rng):
     w_bits = 1 if cfg["w_quant"] == "xnor" else cfg["w_bits"]
     wq = {"lsq": LSQWeight, "uniq": UniQWeight}.get(cfg["w_quant"], lambda b: XNORWeight(b))(w_bits)
-    src = LSQAct(4)
-    with torch.no_grad():
-        src.step.fill_(cfg["in_scale"])
-    out_q = _out_quant(cfg, src)
+    out_q = _out_quant(cfg)
     n_in = cfg["shape"][0]  # features (linear) or input channels (conv2d)
     kw = {k: cfg[k] for k in ("kernel", "stride", "padding")} if cfg["op"] == "conv2d" else {}
     layer = QLayer("l", cfg["op"], n_in, cfg["n_out"], wq, out_q, bn=cfg["bn"] and out_q is not None, **kw)
@@ -154,11 +155,8 @@ def test_torch_integer_path_equals_golden_on_random_layers(cfg):
         return
     if cfg["op"] == "add":
         b_bits = cfg["b_bits"]
-        src = LSQAct(4)
-        with torch.no_grad():
-            src.step.fill_(cfg["in_scale"])
         cfg = {**cfg, "out": "unsigned" if cfg["out"] == "logits" else cfg["out"]}
-        node = Add("a", skip=0, out_q=_out_quant(cfg, src))
+        node = Add("a", skip=0, out_q=_out_quant(cfg))
         x0 = _inputs(cfg, rng, shape, a_bits, a_signed)
         x1 = _inputs(cfg, rng, shape, b_bits, True)
         layer, tensors, _ = export_add(node, shape, [("x0", a_bits, a_signed), ("x1", b_bits, True)],
