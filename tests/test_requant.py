@@ -10,16 +10,17 @@ from hwq.requant import deviations, fit_multiply_shift, implied_thresholds, mult
 
 
 @settings(max_examples=150, deadline=None)
-@given(bits=st.integers(1, 8), slope=st.floats(0.002, 40.0), c=st.floats(-300, 300), lo=st.integers(-5000, 0),
-       span=st.integers(0, 8000), negative=st.booleans(), perturb=st.integers(0, 3), seed=st.integers(0, 1000))
-def test_fit_reproduces_or_counts_its_deviations(bits, slope, c, lo, span, negative, perturb, seed):
-    """Thresholds of a line (``idx = floor(slope * t + c)``), optionally with a few moved by one (as float
-    rounding does): the fit's codes equal the thresholds' on every accumulator value when the line is
-    intact, and differ on exactly ``deviations`` values otherwise."""
+@given(bits=st.integers(1, 8), mult=st.integers(1, 2**20), shift=st.integers(0, 24), middle=st.integers(-5000, 8000),
+       frac=st.integers(0, 2**24), lo=st.integers(-5000, 0), span=st.integers(0, 8000), negative=st.booleans(),
+       perturb=st.integers(0, 3), seed=st.integers(0, 1000))
+def test_fit_reproduces_or_counts_its_deviations(bits, mult, shift, middle, frac, lo, span, negative, perturb, seed):
+    """Thresholds of an integer line (a multiply-shift's, computed exactly), optionally with a few moved
+    by one (as float rounding does): the fit's codes equal the thresholds' on every accumulator value
+    when the line is intact, and differ on exactly ``deviations`` values otherwise."""
     n = 1 << bits
     hi = lo + span
-    k = np.arange(1, n)
-    t = np.clip(np.ceil((k - c) / slope).astype(np.int64), lo, hi + 1)
+    offset = ((n // 2) << shift) - mult * middle + frac % (1 << shift)  # the middle level is reached near `middle`
+    t = implied_thresholds([mult], [offset], shift, n, np.array([lo]), np.array([hi]))[0]
     rng = np.random.default_rng(seed)
     for _ in range(perturb):  # move a threshold by one, keeping the row non-decreasing
         i = int(rng.integers(0, n - 1))
