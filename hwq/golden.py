@@ -124,8 +124,7 @@ def run_layers(ir, codes):
     x = np.asarray(codes, dtype=np.int64).reshape(-1, *ir.input_shape)
     produced = {"input": x}
     outputs = []
-    for layer in ir.layers:
-        names = layer.inputs or [ir.layers[len(outputs) - 1].name if outputs else "input"]
+    for layer, names in ir.wired():
         y = run_layer(layer, ir.tensors, produced[names[0]], [produced[n] for n in names[1:]])
         produced[layer.name] = y
         outputs.append(y)

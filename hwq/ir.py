@@ -163,6 +163,14 @@ class IR:
     def in_features(self):
         return math.prod(self.input_shape)
 
+    def wired(self):
+        """Each layer with the names of the values it reads: its ``inputs``, else the previous layer
+        (``"input"`` for the first)."""
+        prev = "input"
+        for layer in self.layers:
+            yield layer, (list(layer.inputs) if layer.inputs is not None else [prev])
+            prev = layer.name
+
     def to_manifest(self):
         return {
             "format": IR_FORMAT,
@@ -371,11 +379,10 @@ def _expected_out_shape(layer, in_shape):
 def input_codes(ir, layer):
     """(bits, signed) of each input of ``layer``, in order."""
     produced = {"input": (ir.input_bits, ir.input_signed)}
-    prev = "input"
-    for la in ir.layers:
+    for la, names in ir.wired():
         if la is layer:
-            return [produced[n] for n in (la.inputs or [prev])]
-        produced[la.name], prev = (la.out_bits, la.out_signed), la.name
+            return [produced[n] for n in names]
+        produced[la.name] = (la.out_bits, la.out_signed)
     raise ValueError(f"layer {layer.name!r} is not in this IR")
 
 
@@ -401,10 +408,8 @@ def validate(ir, path, *, logits=True):
     """Check shapes, ranges and the chain of bitwidths; raise UserError on the first problem.
     ``logits``: the last layer must produce logits (a whole network; False for a lone layer)."""
     produced = {"input": (list(ir.input_shape), ir.input_bits, ir.input_signed)}
-    prev = "input"
-    for i, layer in enumerate(ir.layers):
+    for i, (layer, inputs) in enumerate(ir.wired()):
         where = f"{path}: layer '{layer.name}'"
-        inputs = layer.inputs if layer.inputs is not None else [prev]
         if len(inputs) != (2 if layer.op == "add" else 1):
             _fail(where, "inputs", f"{2 if layer.op == 'add' else 1} layer name(s)", inputs)
         for name in inputs:
@@ -429,7 +434,6 @@ def validate(ir, path, *, logits=True):
         else:
             _check_weight_layer(ir, path, where, layer, last)
         produced[layer.name] = (list(layer.out_shape), layer.out_bits, layer.out_signed)
-        prev = layer.name
     last = ir.layers[-1]
     if logits and last.requant_kind != "bias":
         _fail(f"{path}: layer '{last.name}'", "requant.kind", "bias (the last layer produces logits)",

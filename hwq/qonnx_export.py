@@ -100,9 +100,7 @@ def to_qonnx(ir, *, batch=1):
     g = _Graph()
     g.dtypes["input"] = _datatype(ir.input_bits, ir.input_signed)
     produced = {"input": g.quant("input", "input_codes", ir.input_bits, ir.input_signed)}
-    prev = "input"
-    for layer in ir.layers:
-        names = layer.inputs or [prev]
+    for layer, names in ir.wired():
         x = produced[names[0]]
         layout = "NCHW" if len(layer.in_shape) == 3 else "NC"
         if layer.op == "linear":
@@ -118,8 +116,8 @@ def to_qonnx(ir, *, batch=1):
             out = g.node("MaxPool", [x], layer.name, kernel_shape=[layer.kernel] * 2, strides=[layer.stride] * 2)
         else:  # flatten: C, H, W order, as the golden model
             out = g.node("Flatten", [x], layer.name, axis=1)
-        produced[layer.name] = prev = out
-    g.node("Identity", [produced[prev]], "logits")
+        produced[layer.name] = out
+    g.node("Identity", [produced[ir.layers[-1].name]], "logits")
     graph = helper.make_graph(
         g.nodes, f"hwq-{ir.model}",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, *ir.input_shape])],
