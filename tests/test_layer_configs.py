@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hwq import golden
@@ -136,8 +136,24 @@ def _check_acc_bits(acc, acc_bits):
     assert acc.min() >= -lim and acc.max() <= lim - 1, (acc.min(), acc.max(), acc_bits)
 
 
+_BASE = {"w_quant": "lsq", "bn": True, "weights": "random", "inputs": "random", "in_scale": 0.1, "out_step": 0.5,
+         "seed": 1, "policy": "auto"}
+# Every kind the coverage test below asks for, always run (random draws reach them only usually).
+ALWAYS = [
+    {**_BASE, "op": "linear", "a_bits": 4, "a_signed": False, "w_bits": 4, "out": "logits", "out_bits": 8,
+     "inputs": "bound", "shape": [20], "n_out": 5},                                             # bias, bound
+    {**_BASE, "op": "conv2d", "a_bits": 1, "a_signed": True, "w_bits": 1, "w_quant": "xnor", "out": "bipolar",
+     "out_bits": 1, "shape": [3, 5, 5], "n_out": 4, "padding": 1, "kernel": 3, "stride": 1},    # xnor, thresholds
+    {**_BASE, "op": "conv2d", "a_bits": 3, "a_signed": False, "w_bits": 3, "out": "unsigned", "out_bits": 8,
+     "shape": [2, 6, 6], "n_out": 3, "padding": 2, "kernel": 4, "stride": 2},                   # multiply-shift
+]
+
+
 @settings(max_examples=240, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=layer_config())
+@example(cfg=ALWAYS[0])
+@example(cfg=ALWAYS[1])
+@example(cfg=ALWAYS[2])
 def test_torch_integer_path_equals_golden_on_random_layers(cfg):
     rng = np.random.default_rng(cfg["seed"])
     a_bits, a_signed, shape = cfg["a_bits"], cfg["a_signed"], cfg["shape"]
