@@ -28,9 +28,9 @@ from hwq.fileio import write_json, write_text  # noqa: E402
 def measure(family, designs, seed, jobs):
     board, results = sweep_cases(family, designs, seed, jobs=jobs)
     rows = []
-    for (ir, r, c), rec in results:
+    for (ir, widths), rec in results:
         t0 = time.perf_counter()
-        est = estimate(ir, board, rows=r, cols=c)
+        est = estimate(ir, board, widths=widths)
         ms = (time.perf_counter() - t0) * 1e3
         rows.append({"estimate": {k: est["totals"][k] for k in RESOURCES}, "synth": rec["total"], "estimate_ms": ms})
     return board, rows

@@ -23,7 +23,7 @@ import numpy as np
 
 from boards import RESOURCES
 from hwq.golden import accumulator_range
-from hwq.intrange import max_int, range_bits, signed_width, weight_range
+from hwq.intrange import code_range, range_bits, signed_width, weight_range
 from hwq.ir import IR, Layer
 
 __all__ = ["FAMILY_BOARDS", "network_ir", "random_layer", "random_network", "sweep", "sweep_cases",
@@ -36,27 +36,39 @@ FAMILY_BOARDS = {"ice40": "ice40-up5k", "ecp5": "ecp5-25f", "xilinx7": "xc7a35t"
 def component_plan(point):
     """The plan object a sweep data point describes (features are recomputed from it when fitting)."""
     from rtl_gen.engine import EnginePlan
-    from rtl_gen.top import TopPlan
+    from rtl_gen.pool import PoolPlan
+    from rtl_gen.top import BufferPlan, TopPlan
 
-    return (TopPlan if point["component"] == "top" else EnginePlan)(**point["plan"])
+    kinds = {"top": TopPlan, "engine": EnginePlan, "pool": PoolPlan, "buffer": BufferPlan}
+    return kinds[point["component"]](**point["plan"])
 
 
-def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extreme=False):
+def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extreme=False, op="linear",
+                 in_shape=None, kernel=3, padding=1, in_signed=False, out_signed=False):
     """One random valid layer: integer weights, then monotone thresholds or, for ``out_bits=None``
     (the logits layer), a bias. ``out_bits`` may be a function, called after the weights are drawn.
-    ``extreme`` uses the most negative weight everywhere (worst-case accumulation).
-    Returns (Layer, tensors)."""
+    ``extreme`` uses the most negative weight everywhere (worst-case accumulation). ``op="conv2d"``
+    takes ``in_shape`` (C, H, W) (stride 1). ``in_signed`` with 1-bit inputs: bipolar inputs (with
+    1-bit weights, an XNOR layer). Returns (Layer, tensors)."""
     lo, hi = weight_range(w_bits)
-    shape = (n_out, n_in)
+    conv = op == "conv2d"
+    shape = (n_out, n_in, kernel, kernel) if conv else (n_out, n_in)
     if extreme:
         w = np.full(shape, lo)
     else:
         w = rng.choice([-1, 1], size=shape) if w_bits == 1 else rng.integers(lo, hi + 1, size=shape)
-    acc_lo, acc_hi = accumulator_range(w, 0, max_int(in_bits, False))
-    acc_bits = range_bits(acc_lo.min(), acc_hi.max())
+    a_lo, a_hi = code_range(in_bits, in_signed)
+    acc_lo, acc_hi = accumulator_range(w.reshape(n_out, -1), a_lo, a_hi)
+    acc_bits = range_bits(min(acc_lo.min(), 0), max(acc_hi.max(), 0))
     tensors = {f"{name}.weight": w.astype(np.int8)}
-    common = dict(name=name, op="linear", in_shape=[n_in], out_shape=[n_out], w_bits=w_bits, a_bits=in_bits,
-                  a_signed=False, acc_bits=acc_bits, weights=f"{name}.weight")
+    if conv:
+        side = in_shape[1] + 2 * padding - kernel + 1
+        geometry = dict(in_shape=list(in_shape), out_shape=[n_out, side, in_shape[2] + 2 * padding - kernel + 1],
+                        kernel=kernel, stride=1, padding=padding)
+    else:
+        geometry = dict(in_shape=[n_in], out_shape=[n_out])
+    common = dict(name=name, op=op, **geometry, w_bits=w_bits, a_bits=in_bits, a_signed=in_signed,
+                  acc_bits=acc_bits, weights=f"{name}.weight", xnor=w_bits == 1 and in_bits == 1 and in_signed)
     if out_bits is None:
         b = rng.integers(-100, 101, size=n_out)
         tensors[f"{name}.bias"] = b
@@ -66,56 +78,104 @@ def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extr
     out_bits = out_bits() if callable(out_bits) else out_bits
     thr = np.sort(rng.integers(acc_lo.min(), acc_hi.max() + 2, size=(n_out, 2**out_bits - 1)), axis=1)
     tensors[f"{name}.thresholds"] = thr
-    return Layer(**common, out_bits=out_bits, out_signed=False, requant_kind="thresholds",
+    return Layer(**common, out_bits=out_bits, out_signed=out_signed, requant_kind="thresholds",
                  thresholds=f"{name}.thresholds"), tensors
 
 
-def network_ir(layers, tensors, *, input_bits, dataset="random"):
-    return IR(model="mlp", dataset=dataset, method="none", input_shape=[layers[0].in_features],
+def network_ir(layers, tensors, *, input_bits, dataset="random", input_shape=None):
+    return IR(model="mlp", dataset=dataset, method="none", input_shape=input_shape or [layers[0].in_features],
               input_bits=input_bits, input_signed=False, input_scale=1.0, layers=layers, tensors=tensors)
 
 
-def random_network(rng):
-    """A random valid IR (2-3 layers, bits 1..8) and the array size (rows, cols) to map it with."""
+def _random_mlp(rng, binary):
     n_layers = int(rng.integers(2, 4))
     sizes = [int(rng.integers(4, 49))] + [int(rng.integers(2, 25)) for _ in range(n_layers)]
     in_bits = first_bits = int(rng.integers(1, 9))
+    in_signed = False
     layers, tensors = [], {}
     for i in range(n_layers):
-        w_bits = int(rng.integers(1, 9))
+        w_bits = 1 if binary and i > 0 else int(rng.integers(1, 9))
         hidden = i < n_layers - 1
-        layer, t = random_layer(rng, f"l{i}", sizes[i], sizes[i + 1], w_bits, in_bits,
-                                (lambda: int(rng.integers(1, 5))) if hidden else None)
+        out = (lambda: 1) if binary else (lambda: int(rng.integers(1, 5)))
+        layer, t = random_layer(rng, f"l{i}", sizes[i], sizes[i + 1], w_bits, in_bits, out if hidden else None,
+                                in_signed=in_signed, out_signed=binary and hidden)
         layers.append(layer)
         tensors.update(t)
-        in_bits = layer.out_bits
-    return network_ir(layers, tensors, input_bits=first_bits), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        in_bits, in_signed = layer.out_bits, layer.out_signed
+    return network_ir(layers, tensors, input_bits=first_bits)
 
 
-def synthesize_network(ir, rows, cols, board, work):
-    """Verilog for the IR, synthesized for the board; return the data points (top and each layer)."""
+def random_cnn(rng, binary):
+    """conv, maxpool, conv (binary: XNOR), maxpool, flatten, linear on a small random image."""
+    c0, side = int(rng.integers(1, 4)), int(rng.choice([4, 6, 8]))
+    c1, c2 = int(rng.choice([2, 4, 6, 8])), int(rng.choice([2, 4, 8]))
+    in_bits = first_bits = int(rng.integers(1, 9))
+    layers, tensors = [], {}
+
+    def add(layer, t=None):
+        layers.append(layer)
+        tensors.update(t or {})
+
+    b1 = 1 if binary else int(rng.integers(1, 5))
+    add(*random_layer(rng, "conv1", c0, c1, int(rng.integers(1, 9)), in_bits, b1, op="conv2d",
+                      in_shape=[c0, side, side], out_signed=binary))
+    pool = dict(op="maxpool", kernel=2, stride=2, a_bits=b1, a_signed=binary, out_bits=b1, out_signed=binary)
+    add(Layer(name="pool1", in_shape=[c1, side, side], out_shape=[c1, side // 2, side // 2], **pool))
+    s2 = side // 2
+    b2 = 1 if binary else int(rng.integers(1, 5))
+    add(*random_layer(rng, "conv2", c1, c2, 1 if binary else int(rng.integers(1, 9)), b1, b2, op="conv2d",
+                      in_shape=[c1, s2, s2], in_signed=binary, out_signed=binary))
+    pool.update(a_bits=b2, out_bits=b2)
+    add(Layer(name="pool2", in_shape=[c2, s2, s2], out_shape=[c2, s2 // 2, s2 // 2], **pool))
+    flat = c2 * (s2 // 2) ** 2
+    add(Layer(name="flatten", op="flatten", in_shape=[c2, s2 // 2, s2 // 2], out_shape=[flat], a_bits=b2,
+              a_signed=binary, out_bits=b2, out_signed=binary))
+    add(*random_layer(rng, "fc", flat, int(rng.integers(2, 11)), 1 if binary else int(rng.integers(1, 9)), b2,
+                      None, in_signed=binary))
+    return network_ir(layers, tensors, input_bits=first_bits, input_shape=[c0, side, side])
+
+
+def random_network(rng):
+    """A random valid IR (an MLP or a small CNN, multi-bit or binary, bits 1..8) and a random valid
+    folding (word widths) for it."""
+    from rtl_gen.top import buffer_channels
+
+    kind = rng.choice(["mlp", "mlp", "cnn", "bnn", "bcnn"])
+    ir = random_cnn(rng, kind == "bcnn") if "cnn" in kind else _random_mlp(rng, kind == "bnn")
+    counts = buffer_channels(ir)
+    widths = []
+    for k, n in enumerate(counts):
+        options = [d for d in range(1, min(n, 16) + 1) if n % d == 0 or k == len(counts) - 1]
+        widths.append(int(rng.choice(options)))
+    return ir, widths
+
+
+def synthesize_network(ir, widths, board, work):
+    """Verilog for the IR, synthesized for the board; return the data points (top, stages, buffers)."""
     from boards.synth import synthesize
     from rtl_gen.emit import TOP_NAME, generate_rtl
-    from rtl_gen.top import TopPlan, plans_from_ir
+    from rtl_gen.engine import EnginePlan
+    from rtl_gen.top import network_plan
 
     rtl = Path(work) / "rtl"
-    generate_rtl(ir, board, rtl, rows=rows, cols=cols)
-    names = [f"{TOP_NAME}.{la.name}" for la in ir.layers]
+    plan = network_plan(ir, widths)
+    generate_rtl(ir, board, rtl, widths=widths)
+    names = [f"{TOP_NAME}.{s.layer.name}" for s in plan.stages]
     syn = synthesize(rtl / "top.v", TOP_NAME, board, keep=names)
-    plans = plans_from_ir(ir, rows=rows, cols=cols)
-    top = TopPlan(n_layers=len(plans), in_features=ir.in_features, input_bits=ir.input_bits)
-    points = [{"component": "top", "plan": asdict(top), **{k: syn["modules"][TOP_NAME][k] for k in RESOURCES}}]
-    for name, plan in zip(names, plans, strict=True):
-        points.append({"component": "engine", "plan": asdict(plan), **{k: syn["modules"][name][k] for k in RESOURCES}})
+    # the top module holds the buffers: its counts are fitted by the top's and the buffers' features together
+    top_features = [("top", asdict(plan.top))] + [("buffer", asdict(b)) for b in plan.buffers]
+    points = [{"component": "top", "plan": asdict(plan.top), "parts": top_features,
+               **{k: syn["modules"][TOP_NAME][k] for k in RESOURCES}}]
+    for name, stage in zip(names, plan.stages, strict=True):
+        kind = "engine" if isinstance(stage.plan, EnginePlan) else "pool"
+        points.append({"component": kind, "plan": asdict(stage.plan), **{k: syn["modules"][name][k] for k in RESOURCES}})
     total = {k: syn["total"][k] for k in RESOURCES}
-    return {"points": points, "total": total, "seconds": syn["seconds"], "rows": rows, "cols": cols}
-
-
+    return {"points": points, "total": total, "seconds": syn["seconds"], "widths": list(widths)}
 
 
 def sweep_cases(family, designs, seed, *, jobs=2, progress=True):
     """Synthesize ``designs`` random networks for ``family``; return (board, [(case, record), ...])
-    where a case is (ir, rows, cols) and a record holds every component's plan and yosys counts."""
+    where a case is (ir, widths) and a record holds every component's plan and yosys counts."""
     from boards import load_board
 
     board = load_board(FAMILY_BOARDS[family])
@@ -123,9 +183,9 @@ def sweep_cases(family, designs, seed, *, jobs=2, progress=True):
     cases = [random_network(rng) for _ in range(designs)]
 
     def one(case):
-        ir, rows, cols = case
+        ir, widths = case
         with tempfile.TemporaryDirectory(prefix="hwq-cal-") as work:
-            return synthesize_network(ir, rows, cols, board, work)
+            return synthesize_network(ir, widths, board, work)
 
     records = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -145,6 +205,16 @@ def sweep(family, designs, seed, *, jobs=2, progress=True):
             "designs": [rec for _, rec in results]}
 
 
+def _features(point, kind):
+    """A data point's features; the top module's are the sum of its parts (its logic and the buffers)."""
+    parts = point.get("parts") or [(point["component"], point["plan"])]
+    total = {}
+    for component, plan in parts:
+        for name, value in getattr(component_plan({"component": component, "plan": plan}), kind).items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
 def fit_all(sweep_files):
     """Coefficients per family and resource from sweep files."""
     from boards.model import fit
@@ -153,10 +223,9 @@ def fit_all(sweep_files):
     for path in sweep_files:
         data = json.loads(Path(path).read_text())
         pts = [p for d in data["designs"] for p in d["points"]]
-        plans = [component_plan(p) for p in pts]
         fam = out.setdefault(data["family"], {"sweep": Path(path).name, "points": len(pts)})
-        fam["lut"] = fit([pl.cost_features for pl in plans], [p["lut"] for p in pts])
-        fam["ff"] = fit([pl.register_bits for pl in plans], [p["ff"] for p in pts])
+        fam["lut"] = fit([_features(p, "cost_features") for p in pts], [p["lut"] for p in pts])
+        fam["ff"] = fit([_features(p, "register_bits") for p in pts], [p["ff"] for p in pts])
     return out
 
 

@@ -19,11 +19,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _array(text):
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and 1 <= int(p) <= 64 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS with each in 1..64 (e.g. 8x8), not {text!r}")
-    return int(parts[0]), int(parts[1])
+def _fold(text):
+    name, _, size = text.partition("=")
+    parts = size.lower().split("x")
+    if not name or len(parts) != 2 or not all(p.isdigit() and 1 <= int(p) <= 256 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected LAYER=ROWSxCOLS with each in 1..256 (e.g. conv2=8x16), not {text!r}")
+    return name, (int(parts[0]), int(parts[1]))
+
+
+def _folding(args):
+    """{"fold": {layer: (rows, cols)}, "lut_budget": n} from the command line."""
+    return {"fold": dict(args.fold or []), "lut_budget": args.lut_budget}
 
 
 def _positive(text):
@@ -91,15 +97,18 @@ def _train_config(args):
 
 def _add_board(p, *, array=True):
     from boards import DEFAULT_BOARD
-    from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS
+    from rtl_gen.top import DEFAULT_LUT_FRACTION
 
     p.add_argument("--board", default=DEFAULT_BOARD,
                    help=f"board name (see `hwq boards`) or a board .yaml file (default: {DEFAULT_BOARD})")
     if not array:
         return
-    p.add_argument("--array", type=_array, default=(DEFAULT_ROWS, DEFAULT_COLS), metavar="RxC",
-                   help=f"systolic array rows x cols per layer, clipped to the layer "
-                        f"(default: {DEFAULT_ROWS}x{DEFAULT_COLS})")
+    p.add_argument("--fold", type=_fold, action="append", metavar="LAYER=RxC",
+                   help="fix a conv2d/linear layer's folding: RxC = output channels x input channels per cycle "
+                        "(repeatable; the others are chosen automatically; a layer's cols must equal the "
+                        "previous layer's rows)")
+    p.add_argument("--lut-budget", type=_positive, metavar="N",
+                   help=f"LUTs the automatic folding may use (default: {round(DEFAULT_LUT_FRACTION * 100)}%% of the board's)")
 
 
 def cmd_boards(args):
@@ -205,10 +214,12 @@ def cmd_rtl(args):
 
     board = load_board(args.board)
     ir = load_ir(args.ir)
-    info = generate_rtl(ir, board, args.out, rows=args.array[0], cols=args.array[1])
-    arrays = ", ".join(f"{la['name']} {la['array'][0]}x{la['array'][1]}" for la in info["layers"])
+    info = generate_rtl(ir, board, args.out, **_folding(args))
+    arrays = ", ".join(f"{la['name']} {la['engine']} {la['array'][0]}x{la['array'][1]}"
+                       for la in info["layers"] if la["stage"] is not None)
     print(f"wrote {Path(args.out) / 'top.v'} and rtl.json for {board.name}: latency {info['latency_cycles']} cycles, "
-          f"arrays {arrays}")
+          f"initiation interval {info['initiation_interval_cycles']} cycles "
+          f"({info['throughput_per_s']:,.0f} inferences/s at {board.clock_mhz:g} MHz); {arrays}")
 
 
 def cmd_estimate(args):
@@ -219,7 +230,7 @@ def cmd_estimate(args):
     from .ir import load_ir
 
     board = load_board(args.board)
-    est = estimate(load_ir(args.ir), board, rows=args.array[0], cols=args.array[1])
+    est = estimate(load_ir(args.ir), board, **_folding(args))
     for la in est["layers"]:
         e = la["estimate"]
         print(f"{la['name']:<8} LUT {e['lut']:>6}  FF {e['ff']:>6}  cycles {e['cycles']:>6}")
@@ -288,8 +299,8 @@ def cmd_flow(args):
 
     board = load_board(args.board)
     cfg = _train_config(args)
-    report = run_flow(args.out, board=board, train_cfg=cfg, samples=args.samples, rows=args.array[0],
-                      cols=args.array[1], synth=args.synth, log=lambda msg: print(msg, file=sys.stderr))
+    report = run_flow(args.out, board=board, train_cfg=cfg, samples=args.samples, **_folding(args),
+                      synth=args.synth, log=lambda msg: print(msg, file=sys.stderr))
     _print_summary(report)
     print(f"wrote {Path(args.out) / 'report.json'} and report.html")
     ok = report["bit_exact"]["rtl_vs_golden"] and report["bit_exact"]["golden_vs_torch_integer"]
@@ -300,13 +311,15 @@ def _print_summary(report):
     from rich.console import Console
     from rich.table import Table
 
+    from .flow import _array_text
+
     table = Table(title=f"hwq: {report['model']} on {report['dataset']} -> {report['board']}")
     for col in ("layer", "W/A/out", "acc", "array", "LUT est", "FF est", "cycles est", "cycles sim"):
         table.add_column(col, justify="right")
     for la in report["layers"]:
         e = la["estimate"]
         table.add_row(la["name"], f"{la['w_bits']}/{la['a_bits']}/{la['out_bits']}", str(la["acc_bits"]),
-                      f"{la['array'][0]}x{la['array'][1]}", str(e["lut"]), str(e["ff"]), str(e["cycles"]),
+                      _array_text(la["array"]), str(e["lut"]), str(e["ff"]), str(e["cycles"]),
                       str(la["sim"]["cycles"]))
     t = report["totals"]
     top = report["top"]["estimate"]

@@ -1,38 +1,54 @@
 """Resource and latency estimates per layer and in total, from the components' own plans.
 
-Cycle counts are exact (the engine's analytic latency, checked against simulation). Resources come
+Cycle counts are exact (the engines' analytic latencies, checked against simulation). Resources come
 from the calibrated model in ``boards/model.py``: per-component features times coefficients fitted to
-yosys results for the board's family (see docs/results/estimator.md for its measured error).
+yosys results for the board's family (see docs/results/estimator.md for its measured error). Block
+RAMs are counted from the memories the generator marks for block RAM (``rtl_gen.engine.ram_style``).
 """
 
 from boards import RESOURCES
-from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS, TopPlan, plans_from_ir, top_latency
+from rtl_gen.top import choose_folding, network_plan
 
 __all__ = ["estimate"]
 
 
-def estimate(ir, board, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
-    """Return {"layers": [...], "totals": {...}} for the IR mapped on arrays of rows x cols."""
-    plans = plans_from_ir(ir, rows=rows, cols=cols)
+def estimate(ir, board, *, fold=None, lut_budget=None, widths=None):
+    """Return {"layers": [...], "buffers": [...], "top": {...}, "totals": {...}} for the IR on ``board``,
+    with the folding ``hwq rtl`` would choose (or ``widths``)."""
+    widths = widths or choose_folding(ir, board, lut_budget=lut_budget, fold=fold)
+    plan = network_plan(ir, widths)
+    by_name = {s.layer.name: s for s in plan.stages}
     layers, totals = [], dict.fromkeys(RESOURCES, 0)
-    for layer, plan in zip(ir.layers, plans, strict=True):
-        res = plan.resources(board.family)
+
+    def add(res):
         for k in RESOURCES:
             totals[k] += res[k]
-        layers.append({"name": layer.name, "estimate": {**res, "cycles": plan.latency}})
-    top = TopPlan(n_layers=len(plans), in_features=ir.in_features, input_bits=ir.input_bits).resources(board.family)
-    for k in RESOURCES:
-        totals[k] += top[k]
-    latency = top_latency(plans)
-    totals["cycles"] = latency
+        return res
+
+    for layer in ir.layers:
+        stage = by_name.get(layer.name)
+        res = add(stage.plan.resources(board.family, board.bram_bits)) if stage else dict.fromkeys(RESOURCES, 0)
+        layers.append({"name": layer.name, "estimate": {**res, "cycles": stage.plan.latency if stage else 0}})
+    buffers = [{"name": f"buffer{k}", "estimate": add(b.resources(board.family, board.bram_bits))}
+               for k, b in enumerate(plan.buffers)]
+    # the top module holds the buffers: "top" is its own logic plus the buffers, as yosys counts it
+    top = add(plan.top.resources(board.family))
+    for b in buffers:
+        for k in RESOURCES:
+            top[k] += b["estimate"][k]
+    totals["cycles"] = plan.latency
     over = board.over(totals)
     return {
         "board": board.name,
+        "folding": list(widths),
         "layers": layers,
+        "buffers": buffers,
         "top": top,
         "totals": totals,
         "fits": not over,
         "over": over,
-        "latency_cycles": latency,
-        "latency_us": latency / board.clock_mhz,
+        "latency_cycles": plan.latency,
+        "latency_us": plan.latency / board.clock_mhz,
+        "initiation_interval_cycles": plan.initiation_interval,
+        "throughput_per_s": board.clock_mhz * 1e6 / plan.initiation_interval,
     }

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from boards import RESOURCES
-from rtl_gen.top import DEFAULT_COLS, DEFAULT_ROWS
 
 from . import golden
 from .data import load_dataset
@@ -68,7 +67,7 @@ def _report_layers(ir, rtl_info, est, sim, syn):
         rows.append({
             "name": layer.name, "op": layer.op, "engine": rl["engine"],
             "w_bits": layer.w_bits, "a_bits": layer.a_bits, "out_bits": layer.out_bits,
-            "acc_bits": layer.acc_bits, "array": rl["array"],
+            "acc_bits": layer.acc_bits, "array": rl.get("array"),
             "estimate": el["estimate"],
             "synth": {k: yl[k] for k in RESOURCES} if yl else None,
             "sim": {"cycles": sl["cycles"]},
@@ -76,7 +75,7 @@ def _report_layers(ir, rtl_info, est, sim, syn):
     return rows
 
 
-def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAULT_ROWS, cols=DEFAULT_COLS,
+def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None, lut_budget=None,
              synth=False, log=print, show_progress=True):
     """Run every stage into ``out_dir``; return the report dict (also written to report.json)."""
     from rtl_gen.emit import generate_rtl
@@ -103,11 +102,11 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAU
         f"{check['fake_quant_mismatches']} ({_explained(check)})")
 
     t = time.perf_counter()
-    rtl_info = generate_rtl(ir, board, out / "rtl", rows=rows, cols=cols)
+    rtl_info = generate_rtl(ir, board, out / "rtl", fold=fold, lut_budget=lut_budget)
     timings["rtl"] = round(time.perf_counter() - t, 3)
     log(f"generated Verilog -> {out / 'rtl' / 'top.v'}")
 
-    est = estimate(ir, board, rows=rows, cols=cols)
+    est = estimate(ir, board, widths=rtl_info["folding"])
     write_json(out / "estimate.json", est)
 
     n = len(data.x_test) if samples is None else min(samples, len(data.x_test))
@@ -179,6 +178,10 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, rows=DEFAU
     return report
 
 
+def _array_text(array):
+    return f"{array[0]}x{array[1]}" if array else "-"
+
+
 def render_html(report):
     """A self-contained HTML page with the report's figures."""
     e = html.escape
@@ -186,7 +189,7 @@ def render_html(report):
     syn = lambda la, k: la["synth"][k] if la["synth"] else "-"  # noqa: E731
     rows = "".join(
         f"<tr><td>{e(la['name'])}</td><td>{e(la['engine'])}</td><td>{la['w_bits']}/{la['a_bits']}/{la['out_bits']}</td>"
-        f"<td>{la['acc_bits']}</td><td>{la['array'][0]}x{la['array'][1]}</td><td>{la['estimate']['lut']}</td>"
+        f"<td>{la['acc_bits']}</td><td>{_array_text(la['array'])}</td><td>{la['estimate']['lut']}</td>"
         f"<td>{syn(la, 'lut')}</td><td>{la['estimate']['ff']}</td><td>{syn(la, 'ff')}</td>"
         f"<td>{la['estimate']['cycles']}</td><td>{la['sim']['cycles']}</td></tr>"
         for la in report["layers"])

@@ -25,10 +25,12 @@ def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
     rtl_dir = Path(rtl_dir)
     info = load_rtl(rtl_dir)
     top = info["top"]
-    names = [la["name"] for la in info["layers"]]
+    names = [la["name"] for la in info["layers"] if la.get("stage") is not None]
     with status(f"yosys {board.yosys_synth} on {rtl_dir / 'top.v'}", enabled=show_progress):
         syn = synthesize(rtl_dir / "top.v", top, board, keep=[f"{top}.{n}" for n in names])
-    layers = [{"name": n, **{k: syn["modules"][f"{top}.{n}"][k] for k in RESOURCES}} for n in names]
+    # one entry per IR layer; a layer without hardware (flatten) costs nothing
+    layers = [{"name": la["name"], **{k: (syn["modules"][f"{top}.{la['name']}"][k] if la["name"] in names else 0)
+                                      for k in RESOURCES}} for la in info["layers"]]
     total = {k: syn["total"][k] for k in RESOURCES}
     result = {
         "format": SYNTH_FORMAT,

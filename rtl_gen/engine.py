@@ -1,10 +1,11 @@
-"""A layer engine: weight ROMs, a systolic array, accumulators and requantization for one linear layer."""
+"""A layer engine: a conv2d or linear layer on a systolic array (multi-bit) or an XNOR-popcount core
+(binary), reading its input feature map from a buffer and writing its output codes to the next one."""
 
 import math
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth import Array, Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -13,11 +14,21 @@ from hwq.intrange import range_bits, signed_width, weight_range
 from ._check import check_int
 from .requant import ThresholdRequantizer
 from .systolic import SystolicArray
+from .xnor import XnorPopcount
 
-__all__ = ["EnginePlan", "LinearEngine", "param_bits"]
+__all__ = ["BLOCK_RAM_MIN_BITS", "ENGINES", "EnginePlan", "LayerEngine", "pack", "param_bits", "ram_style"]
+
+ENGINES = ("systolic", "xnor")
+# A memory (feature-map buffer or weight ROM) of at least this many bits goes to block RAM; smaller
+# ones stay in logic. The Verilog carries the choice as a ``ram_style`` attribute, which yosys follows.
+BLOCK_RAM_MIN_BITS = 2048
 
 
-def _pack(values, bits):
+def ram_style(bits):
+    return "block" if bits >= BLOCK_RAM_MIN_BITS else "logic"
+
+
+def pack(values, bits):
     """Pack integers (two's complement, ``bits`` each, element 0 in the low bits) into one int."""
     word, mask = 0, (1 << bits) - 1
     for i, v in enumerate(values):
@@ -25,55 +36,112 @@ def _pack(values, bits):
     return word
 
 
+def clog2(n):
+    return max(0, (int(n) - 1).bit_length())
+
+
 def param_bits(acc_bits, table, kind):
-    """Width of one threshold (compared with the accumulator) or one bias word."""
+    """Width of one threshold (compared with the sign-corrected accumulator) or one bias word."""
     table = np.asarray(table, dtype=np.int64)
     if kind == "thresholds":
-        return max(acc_bits, signed_width(table.min(), table.max()))
+        return max(acc_bits + 1, signed_width(table.min(), table.max()))
     return range_bits(table.min(), table.max())
 
 
 @dataclass(frozen=True)
 class EnginePlan:
-    """Geometry, timing and cost of a :class:`LinearEngine`, without building hardware.
+    """Geometry, timing and cost of a :class:`LayerEngine`, without building hardware.
 
-    The estimator and the tests read these; the engine itself uses the same object, so the cycle
-    formula lives only here. Cost: :attr:`cost_features` and :attr:`register_bits` name what the
-    engine's LUTs and flip-flops scale with; :meth:`resources` applies the coefficients fitted to
-    yosys for an FPGA family (boards/model.py, docs/results/estimator.md).
+    A linear layer is a 1x1 convolution of a 1x1 image with ``in_channels = in_features``. The
+    estimator, the folding search and the tests read these; the engine uses the same object, so the
+    cycle formula lives only here. ``rows`` output channels and ``cols`` input channels are processed
+    per cycle (the folding); ``cols`` is the word width of the input buffer and ``rows`` that of the
+    output buffer, so ``cols`` divides ``in_channels`` and, for a hidden layer, ``rows`` divides
+    ``out_channels``.
     """
 
-    in_features: int
-    out_features: int
+    engine: str          # "systolic" or "xnor"
+    in_channels: int
+    in_h: int
+    in_w: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
     w_bits: int
     a_bits: int
     acc_bits: int
     out_bits: int
-    kind: str  # "thresholds" or "bias"
+    kind: str            # "thresholds" or "bias"
     rows: int
     cols: int
-    param_bits: int  # width of one threshold / bias word
+    param_bits: int      # width of one threshold / bias word
+
+    @property
+    def out_h(self):
+        return (self.in_h + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def out_w(self):
+        return (self.in_w + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def positions(self):
+        return self.out_h * self.out_w
+
+    @property
+    def in_groups(self):
+        """Words per input pixel (``in_channels / cols``)."""
+        return self.in_channels // self.cols
 
     @property
     def n_in_tiles(self):
-        return math.ceil(self.in_features / self.cols)
+        return self.kernel * self.kernel * self.in_groups
 
     @property
     def n_out_tiles(self):
-        return math.ceil(self.out_features / self.rows)
+        return math.ceil(self.out_channels / self.rows)
 
     @property
     def n_tiles(self):
-        return self.n_in_tiles * self.n_out_tiles
+        return self.positions * self.n_out_tiles * self.n_in_tiles
+
+    @property
+    def datapath_latency(self):
+        """Cycles from a tile's operands to its partial sums: the array's row chain, or one register."""
+        return self.cols if self.engine == "systolic" else XnorPopcount.latency
 
     @property
     def latency(self):
-        """Cycles from ``start`` to ``done``: issue every tile, then ROM (1) + array (cols) + acc (1) + write (1)."""
-        return self.n_tiles + self.cols + 3
+        """Cycles from ``start`` to ``done``: issue every tile (cycles 1..n_tiles), then buffer read (1) +
+        datapath + accumulate (1) + requantize and write (1)."""
+        return self.n_tiles + self.datapath_latency + 3
 
     @property
     def macs(self):
-        return self.in_features * self.out_features
+        return self.positions * self.out_channels * self.kernel * self.kernel * self.in_channels
+
+    @property
+    def lanes(self):
+        return self.rows * self.cols
+
+    @property
+    def in_words(self):
+        return self.in_h * self.in_w * self.in_groups
+
+    @property
+    def rom_bits_per_column(self):
+        return self.rows * self.w_bits * self.n_out_tiles * self.n_in_tiles
+
+    @property
+    def rom_style(self):
+        return ram_style(self.rom_bits_per_column)
+
+    def bram_blocks(self, block_bits):
+        """Block RAMs of the weight ROMs (one or more per column when they are block-styled)."""
+        if self.rom_style != "block":
+            return 0
+        return self.cols * math.ceil(self.rom_bits_per_column / block_bits)
 
     @property
     def n_levels(self):
@@ -81,13 +149,14 @@ class EnginePlan:
 
     @property
     def tag_bits(self):
-        clog2 = lambda n: (n - 1).bit_length()  # noqa: E731
-        return 3 + clog2(self.n_tiles) + clog2(self.n_in_tiles) + clog2(self.n_out_tiles)
+        return 3 + clog2(self.n_out_tiles * self.n_in_tiles) + clog2(self.n_out_tiles) + clog2(self.positions)
 
     @property
     def psum_bits(self):
         """Bits of the partial-sum registers that can differ: column c holds a sum of c+1 products, so
         its upper bits copy the sign (synthesis merges such copies). Summed over the array."""
+        if self.engine == "xnor":
+            return self.rows * (self.cols.bit_length() + 1)
         prod = self.a_bits + 1 if self.w_bits == 1 else self.w_bits + self.a_bits
         return self.rows * sum(min(self.acc_bits, prod + c.bit_length()) for c in range(self.cols))
 
@@ -96,253 +165,298 @@ class EnginePlan:
         """Quantities the resource model is linear in, named; coefficients are fitted per FPGA family
         from yosys runs (boards/calibrate.py). Each counts bits of one kind of hardware in this engine."""
         rows, cols = self.rows, self.cols
-        mult = self.a_bits if self.w_bits == 1 else self.w_bits * self.a_bits
+        xnor = self.engine == "xnor"
+        mult = 0 if xnor else (self.a_bits if self.w_bits == 1 else self.w_bits * self.a_bits)
+        w_tiles = self.n_out_tiles * self.n_in_tiles
         rom_out = cols * rows * self.w_bits
         thresholds = self.kind == "thresholds"
-        few = self.n_tiles <= 2  # weights from a 1-2 word ROM: multiplier folds into constant logic
+        few = w_tiles <= 2  # weights from a 1-2 word ROM: multiplier folds into constant logic
         return {
             "const": 1,
             "pe_mult": 0 if few else rows * cols * mult,          # partial-product bits of the multipliers
             "pe_mult_few": rows * cols * mult if few else 0,
             "pe_mult_sq": 0 if few else rows * cols * mult * mult / 16,   # adder depth grows with both widths
-            "pe_add": self.psum_bits,                             # adder bits along the rows
-            "rom_out": rom_out if self.n_tiles > 1 else 0,        # weight ROM output bits (constant if 1 tile)
-            "rom_bits": rom_out * self.n_tiles,                   # weight ROM contents
-            "xmux": cols * self.a_bits * (self.n_in_tiles - 1),   # input select muxes
+            "pe_add": 0 if xnor else self.psum_bits,              # adder bits along the rows
+            "xnor": rows * cols if xnor else 0,                   # XNOR + popcount tree inputs
+            "rom_out": rom_out if w_tiles > 1 and self.rom_style == "logic" else 0,  # weight ROM output bits
+            "rom_bits": rom_out * w_tiles if self.rom_style == "logic" else 0,      # weight ROM contents in LUTs
+            "skew": 0 if xnor else self.a_bits * cols * (cols - 1) // 2,   # input skew registers
+            "addr": clog2(self.in_words) * (1 + (self.kernel > 1 or self.padding > 0)),  # window address
             "acc": rows * self.acc_bits,                          # tile accumulators
             "cmp": rows * self.n_levels * self.param_bits if thresholds else 0,   # threshold comparators
             "bias_add": 0 if thresholds else rows * self.acc_bits,
             "param_rom": rows * self.n_levels * self.param_bits * (self.n_out_tiles > 1),
-            "out_write": self.out_features * self.out_bits * (self.n_out_tiles > 1),
-            "ctrl": (cols + 2) * self.tag_bits,
+            "ctrl": (self.datapath_latency + 2) * self.tag_bits,
         }
 
     @property
     def register_bits(self):
         """Flip-flops by purpose, counted from the structure (the FF model is fitted on these)."""
         rows, cols = self.rows, self.cols
+        w_tiles = self.n_out_tiles * self.n_in_tiles
         return {
             "const": 1,
             "ff_pe": self.psum_bits,
             # ROM read registers; a one-word ROM is a constant and its register disappears
-            "ff_wrom": cols * rows * self.w_bits * (self.n_tiles > 1),
-            "ff_prom": rows * self.n_levels * self.param_bits * (self.n_out_tiles > 1),
-            "ff_x": cols * self.a_bits,
+            "ff_wrom": cols * rows * self.w_bits * (w_tiles > 1 and self.rom_style == "logic"),
+            "ff_prom": rows * (self.n_levels * self.param_bits + 1) * (self.n_out_tiles > 1),
+            "ff_x": cols * self.a_bits * (1 + (0 if self.engine == "xnor" else (cols - 1) / 2)),
             "ff_acc": rows * self.acc_bits,
-            "ff_out": self.out_features * self.out_bits,
-            "ff_ctrl": (cols + 2) * self.tag_bits,
+            "ff_out": rows * self.out_bits,
+            "ff_ctrl": (self.datapath_latency + 2) * self.tag_bits + 6 * clog2(max(self.in_words, 2)),
         }
 
-    def resources(self, family):
+    def resources(self, family, block_bits=4096):
         """Estimated {"lut", "ff", "bram", "dsp"} on an FPGA family, from the calibrated model."""
         from boards.model import plan_resources
 
-        return plan_resources(family, self)
+        return {**plan_resources(family, self), "bram": self.bram_blocks(block_bits)}
 
 
-class LinearEngine(wiring.Component):
-    """Computes one linear layer ``y = requant(W @ x)`` on a rows x cols systolic array.
+class LayerEngine(wiring.Component):
+    """Computes one conv2d or linear layer, ``y = requant(W * x)``, tile by tile.
 
-    The weight matrix (out_features x in_features) is cut into tiles of ``rows`` outputs by ``cols``
-    inputs; tile (ot, it) is one word per array column in that column's ROM, so one tile enters the
-    array per cycle. Output tile ``ot`` accumulates its ``n_in_tiles`` partial sums, then is requantized
-    (thresholds) or biased (logits) and written to the output register ``y``.
+    Input feature map: a buffer of words of ``cols`` codes, pixel-major (word ``(iy * W + ix) *
+    in_groups + g`` holds channels ``g * cols .. g * cols + cols - 1`` of pixel (iy, ix)). The engine
+    reads it through ``rd_addr`` / ``rd_data`` (synchronous: data one cycle after the address).
+
+    Loops, innermost first: input group, kernel column, kernel row (the input tile ``it``), output
+    tile ``ot`` (``rows`` channels), output column, output row. Each cycle one tile enters the
+    datapath: the window address generator computes the input pixel ``(oy*stride + ky - padding,
+    ox*stride + kx - padding)``; outside the image the word is zero padding (masked on the XNOR path).
+    Weights: one ROM per array column, one word (``rows`` weights) per (ot, it).
+
+    Datapath: ``systolic``, a rows x cols :class:`SystolicArray` (column c's operands are delayed c
+    cycles: the skew), or ``xnor``, an :class:`XnorPopcount` with ``lanes = rows`` and ``simd = cols``.
+    A per-row accumulator adds the ``n_in_tiles`` partial sums of an output tile; the row's
+    thresholds (or bias) from a small ROM turn the sum into the output code, and the ``rows`` codes
+    are written as one word to the output buffer at ``pos * n_out_tiles + ot`` (``wr_*``), or, for
+    the logits layer (``to_register``), into the register ``y``.
 
     Timing: ``start`` is sampled in cycle 0; tiles are issued in cycles 1..n_tiles; ``done`` is high
-    for one cycle, ``latency = n_tiles + cols + 3`` cycles after ``start``, when ``y`` is complete.
-    ``x`` must stay stable from ``start`` to ``done``. Stages after issue: column ROM read and input
-    select (1, plus the column's skew), the array (``cols``), accumulate (1), requantize and write (1).
+    for one cycle at ``latency = n_tiles + datapath_latency + 3``, after the last write has landed.
+    ``busy`` is high from the cycle after ``start`` through the cycle of ``done``.
 
     Parameters
     ----------
-    weights : array (out_features, in_features) of integers in the ``w_bits`` range
-    w_bits, a_bits, acc_bits : int
-    rows, cols : int
-        Array size; clipped to out_features and in_features.
-    thresholds : array (out_features, 2**out_bits - 1), or None
-        Integer thresholds (hidden layers): ``y[o] = #{k : acc[o] >= thresholds[o, k]}``.
-    bias : array (out_features,), or None
-        Integer bias (the logits layer): ``y[o] = acc[o] + bias[o]``.
-    out_bits : int
-        Output width (unsigned codes with thresholds, signed logits with bias).
-
-    Members
-    -------
-    start : In(1)
-    done : Out(1)
-    busy : Out(1), from the cycle after ``start`` through the cycle of ``done``
-    x : In(ArrayLayout(unsigned(a_bits), in_features))
-    y : Out(ArrayLayout(unsigned(out_bits) or signed(out_bits), out_features)), registered
+    plan : EnginePlan
+    weights : array (out_channels, kernel * kernel * in_channels), columns in buffer order
+        ``(ky * kernel + kx) * in_channels + c``; integers in the ``w_bits`` range (1 bit: -1/+1).
+    thresholds : array (out_channels, 2**out_bits - 1) in the sign domain, with ``signs`` (+1/-1 per
+        channel): ``y[o] = #{k : signs[o] * acc[o] >= thresholds[o, k]}``; or None
+    bias : array (out_channels,): ``y[o] = acc[o] + bias[o]`` (the logits layer); or None
+    to_register : bool
+        Write the results into ``y`` (the network's output) instead of the output buffer.
     """
 
-    def __init__(self, *, weights, w_bits, a_bits, acc_bits, rows, cols, out_bits,
-                 thresholds=None, bias=None, a_signed=False):
+    def __init__(self, plan, *, weights, thresholds=None, signs=None, bias=None, to_register=False):
+        self.plan = p = plan
+        if p.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {p.engine!r}")
+        for name, lo, hi in (("rows", 1, 256), ("cols", 1, 256), ("kernel", 1, 64), ("stride", 1, 64),
+                             ("in_channels", 1, 1 << 16), ("out_channels", 1, 1 << 16)):
+            check_int(name, getattr(p, name), lo, hi)
+        check_int("w_bits", p.w_bits, 1, 8)
+        check_int("a_bits", p.a_bits, 1, 8)
+        check_int("acc_bits", p.acc_bits, 2, 64)
+        if p.in_channels % p.cols:
+            raise ValueError(f"cols ({p.cols}) must divide in_channels ({p.in_channels})")
+        if not to_register and p.out_channels % p.rows:
+            raise ValueError(f"rows ({p.rows}) must divide out_channels ({p.out_channels}) of a hidden layer")
+        if p.engine == "xnor" and (p.w_bits != 1 or p.a_bits != 1):
+            raise ValueError("the XNOR engine needs 1-bit weights and 1-bit (bipolar) inputs")
         weights = np.asarray(weights)
-        if weights.ndim != 2 or weights.dtype.kind not in "iu":
-            raise TypeError(f"weights must be a 2-D integer array, not {weights.dtype} with shape {weights.shape}")
+        k_total = p.kernel * p.kernel * p.in_channels
+        if weights.shape != (p.out_channels, k_total) or weights.dtype.kind not in "iu":
+            raise ValueError(f"weights must be integers of shape ({p.out_channels}, {k_total}), "
+                             f"not {weights.dtype} {weights.shape}")
+        lo, hi = weight_range(p.w_bits)
+        if weights.min() < lo or weights.max() > hi or (p.w_bits == 1 and (weights == 0).any()):
+            raise ValueError(f"weights must be {p.w_bits}-bit weights in {lo}..{hi}")
         if (thresholds is None) == (bias is None):
             raise ValueError("give exactly one of thresholds (hidden layer) or bias (logits layer)")
-        self.out_features, self.in_features = weights.shape
-        self.w_bits = check_int("w_bits", w_bits, 1, 8)
-        lo, hi = weight_range(self.w_bits)
-        if weights.min() < lo or weights.max() > hi or (self.w_bits == 1 and (weights == 0).any()):
-            raise ValueError(f"weights must be {self.w_bits}-bit weights in {lo}..{hi}")
-        self.a_bits = check_int("a_bits", a_bits, 1, 8)
-        self.a_signed = bool(a_signed)
-        self.acc_bits = check_int("acc_bits", acc_bits, 2, 64)
-        self.rows = min(check_int("rows", rows, 1, 256), self.out_features)
-        self.cols = min(check_int("cols", cols, 1, 256), self.in_features)
         self.weights = weights.astype(np.int64)
+        self.to_register = bool(to_register)
         if thresholds is not None:
-            self.kind = "thresholds"
-            self.out_bits = check_int("out_bits", out_bits, 1, 8)
-            self.thresholds = np.asarray(thresholds, dtype=np.int64)
-            if self.thresholds.shape != (self.out_features, (1 << self.out_bits) - 1):
-                raise ValueError(f"thresholds must have shape ({self.out_features}, {(1 << self.out_bits) - 1}), "
-                                 f"not {self.thresholds.shape}")
-            out_shape = unsigned(self.out_bits)
+            self.table = np.asarray(thresholds, dtype=np.int64)
+            if self.table.shape != (p.out_channels, p.n_levels):
+                raise ValueError(f"thresholds must have shape ({p.out_channels}, {p.n_levels}), not {self.table.shape}")
+            self.signs = np.ones(p.out_channels, np.int64) if signs is None else np.asarray(signs, dtype=np.int64)
+            out_shape = unsigned(p.out_bits)
         else:
-            self.kind = "bias"
-            self.out_bits = check_int("out_bits", out_bits, 2, 64)
-            self.bias = np.asarray(bias, dtype=np.int64)
-            if self.bias.shape != (self.out_features,):
-                raise ValueError(f"bias must have shape ({self.out_features},), not {self.bias.shape}")
-            out_shape = signed(self.out_bits)
-        self.param_bits = param_bits(self.acc_bits, self.thresholds if self.kind == "thresholds" else self.bias,
-                                     self.kind)
-        self.plan = EnginePlan(
-            in_features=self.in_features, out_features=self.out_features, w_bits=self.w_bits,
-            a_bits=self.a_bits, acc_bits=self.acc_bits, out_bits=self.out_bits, kind=self.kind,
-            rows=self.rows, cols=self.cols, param_bits=self.param_bits)
-        a_shape = signed(self.a_bits) if self.a_signed else unsigned(self.a_bits)
-        super().__init__({
-            "start": In(1),
-            "done": Out(1),
-            "busy": Out(1),
-            "x": In(data.ArrayLayout(a_shape, self.in_features)),
-            "y": Out(data.ArrayLayout(out_shape, self.out_features)),
-        })
-
-    # -- derived once (in the plan), read by the estimator and the tests ----------------------------
-    @property
-    def n_in_tiles(self):
-        return self.plan.n_in_tiles
-
-    @property
-    def n_out_tiles(self):
-        return self.plan.n_out_tiles
-
-    @property
-    def n_tiles(self):
-        return self.plan.n_tiles
+            self.table = np.asarray(bias, dtype=np.int64).reshape(-1, 1)
+            if self.table.shape != (p.out_channels, 1):
+                raise ValueError(f"bias must have shape ({p.out_channels},), not {np.shape(bias)}")
+            self.signs = np.ones(p.out_channels, np.int64)
+            out_shape = signed(p.out_bits)
+        if p.param_bits < param_bits(p.acc_bits, self.table, p.kind):
+            raise ValueError(f"param_bits {p.param_bits} cannot hold this table")
+        a_shape = unsigned(p.a_bits)
+        ports = {
+            "start": In(1), "done": Out(1), "busy": Out(1),
+            "rd_addr": Out(range(max(p.in_words, 2))),
+            "rd_data": In(data.ArrayLayout(a_shape, p.cols)),
+        }
+        if self.to_register:
+            ports["y"] = Out(data.ArrayLayout(out_shape, p.positions * p.out_channels))
+        else:
+            ports.update({
+                "wr_en": Out(1),
+                "wr_addr": Out(range(max(p.positions * p.n_out_tiles, 2))),
+                "wr_data": Out(data.ArrayLayout(out_shape, p.rows)),
+            })
+        super().__init__(ports)
+        # high in the cycles a tile enters the datapath (not a port; benchmarks and tests probe it)
+        self.issue = Signal(name="issue")
 
     @property
     def latency(self):
-        """Cycles from ``start`` to ``done`` (see :attr:`EnginePlan.latency`)."""
         return self.plan.latency
 
-    def _weight(self, o, i):
-        if o < self.out_features and i < self.in_features:
-            return int(self.weights[o, i])
-        return 1 if self.w_bits == 1 else 0  # padding: multiplied by an input of 0 or never written
+    def _weight(self, o, j):
+        p = self.plan
+        if o < p.out_channels:
+            return int(self.weights[o, j])
+        return 1 if p.w_bits == 1 else 0  # padding rows: never written
 
     def column_rom(self, c):
-        """ROM words of array column c: address ot * n_in_tiles + it holds W[ot*rows + r, it*cols + c]."""
-        code = (lambda w: 1 if w > 0 else 0) if self.w_bits == 1 else (lambda w: w)
-        return [
-            _pack([code(self._weight(ot * self.rows + r, it * self.cols + c)) for r in range(self.rows)], self.w_bits)
-            for ot in range(self.n_out_tiles) for it in range(self.n_in_tiles)
-        ]
+        """ROM words of column c: address ot * n_in_tiles + it holds W[ot*rows + r, it*cols + c]."""
+        p = self.plan
+        code = (lambda w: 1 if w > 0 else 0) if p.w_bits == 1 else (lambda w: w)
+        return [pack([code(self._weight(ot * p.rows + r, it * p.cols + c)) for r in range(p.rows)], p.w_bits)
+                for ot in range(p.n_out_tiles) for it in range(p.n_in_tiles)]
 
-    def _row_rom(self, table, width, pad):
-        """One word per output tile, holding ``table`` rows ot*rows .. ot*rows+rows-1 (flattened)."""
+    def param_rom(self):
+        """One word per output tile: per row, the sign bit (1 = decreasing) then the thresholds or bias."""
+        p = self.plan
         words = []
-        for ot in range(self.n_out_tiles):
+        for ot in range(p.n_out_tiles):
             vals = []
-            for r in range(self.rows):
-                o = ot * self.rows + r
-                row = table[o] if o < self.out_features else np.full_like(table[0], pad)
-                vals.extend(np.atleast_1d(row).tolist())
-            words.append(_pack(vals, width))
+            for r in range(p.rows):
+                o = ot * p.rows + r
+                row = self.table[o] if o < p.out_channels else self.table[0]
+                neg = int(self.signs[o] < 0) if o < p.out_channels else 0
+                vals.append(neg | (pack(row, p.param_bits) << 1))
+            words.append(pack(vals, 1 + p.n_levels * p.param_bits))
         return words
 
     def elaborate(self, platform):
         m = Module()
-        rows, cols, n_it, n_ot = self.rows, self.cols, self.n_in_tiles, self.n_out_tiles
+        p = self.plan
+        rows, cols, n_it, n_ot, k = p.rows, p.cols, p.n_in_tiles, p.n_out_tiles, p.kernel
+        d = p.datapath_latency
 
-        # Issue counter: one tile per cycle while running.
+        # ---- issue counters (innermost first: g, kx, ky | ot | ox, oy) --------------------------
         running = Signal()
-        ot = Signal(range(n_ot))
-        it = Signal(range(n_it))
-        tag_layout = data.StructLayout({
-            "valid": 1, "first": 1, "last": 1,
-            "addr": range(self.n_tiles), "it": range(n_it), "ot": range(n_ot),
-        })
-        tags = [Signal(tag_layout, name=f"tag{k}") for k in range(cols + 3)]
-        m.d.comb += [
-            tags[0].valid.eq(running), tags[0].first.eq(it == 0), tags[0].last.eq(it == n_it - 1),
-            tags[0].addr.eq(ot * n_it + it), tags[0].it.eq(it), tags[0].ot.eq(ot),
-        ]
-        m.d.sync += [tags[k].eq(tags[k - 1]) for k in range(1, len(tags))]
+        g, kx, ky = Signal(range(p.in_groups)), Signal(range(k)), Signal(range(k))
+        it, ot = Signal(range(n_it)), Signal(range(n_ot))
+        ox, oy = Signal(range(p.out_w)), Signal(range(p.out_h))
+        pos = Signal(range(p.positions))
+        last_it = it == n_it - 1
+        last_ot = ot == n_ot - 1
         with m.If(self.start):
-            m.d.sync += [running.eq(1), ot.eq(0), it.eq(0), self.busy.eq(1)]
+            m.d.sync += [running.eq(1), self.busy.eq(1), g.eq(0), kx.eq(0), ky.eq(0), it.eq(0), ot.eq(0),
+                         ox.eq(0), oy.eq(0), pos.eq(0)]
         with m.Elif(running):
-            with m.If(it == n_it - 1):
-                m.d.sync += it.eq(0)
-                with m.If(ot == n_ot - 1):
-                    m.d.sync += running.eq(0)
-                with m.Else():
-                    m.d.sync += ot.eq(ot + 1)
-            with m.Else():
-                m.d.sync += it.eq(it + 1)
+            m.d.sync += [it.eq(Mux(last_it, 0, it + 1)), g.eq(Mux(g == p.in_groups - 1, 0, g + 1))]
+            with m.If(g == p.in_groups - 1):
+                m.d.sync += kx.eq(Mux(kx == k - 1, 0, kx + 1))
+                with m.If(kx == k - 1):
+                    m.d.sync += ky.eq(Mux(ky == k - 1, 0, ky + 1))
+            with m.If(last_it):
+                m.d.sync += ot.eq(Mux(last_ot, 0, ot + 1))
+                with m.If(last_ot):
+                    m.d.sync += [ox.eq(Mux(ox == p.out_w - 1, 0, ox + 1)), pos.eq(pos + 1)]
+                    with m.If(ox == p.out_w - 1):
+                        m.d.sync += oy.eq(oy + 1)
+                        with m.If(oy == p.out_h - 1):
+                            m.d.sync += running.eq(0)
 
-        # Array fed by per-column ROMs, each read ``c`` cycles later than column 0 (the skew).
-        m.submodules.array = array = SystolicArray(
-            rows=rows, cols=cols, w_bits=self.w_bits, a_bits=self.a_bits, acc_bits=self.acc_bits,
-            a_signed=self.a_signed)
+        # ---- sliding window: input pixel, padding, buffer address -------------------------------
+        iy = Signal(signed(clog2(p.in_h + 2 * p.padding + p.stride * p.out_h) + 2))
+        ix = Signal(signed(clog2(p.in_w + 2 * p.padding + p.stride * p.out_w) + 2))
+        m.d.comb += [iy.eq(oy * p.stride + ky - p.padding), ix.eq(ox * p.stride + kx - p.padding)]
+        inside = (iy >= 0) & (iy < p.in_h) & (ix >= 0) & (ix < p.in_w)
+        m.d.comb += self.rd_addr.eq(Mux(inside, (iy.as_unsigned() * p.in_w + ix.as_unsigned()) * p.in_groups + g, 0))
+
+        tag_layout = data.StructLayout({
+            "valid": 1, "pad": 1, "first": 1, "last": 1,
+            "waddr": range(max(n_ot * n_it, 2)), "ot": range(n_ot), "pos": range(p.positions),
+        })
+        tags = [Signal(tag_layout, name=f"tag{i}") for i in range(d + 3)]
+        m.d.comb += [
+            tags[0].valid.eq(running), tags[0].pad.eq(~inside), tags[0].first.eq(it == 0), tags[0].last.eq(last_it),
+            tags[0].waddr.eq(ot * n_it + it), tags[0].ot.eq(ot), tags[0].pos.eq(pos),
+        ]
+        m.d.sync += [tags[i].eq(tags[i - 1]) for i in range(1, len(tags))]
+        m.d.comb += self.issue.eq(running)
+
+        # Input word (arrives with tags[1]); zero padding outside the image.
+        word = Signal.like(self.rd_data, name="x_word")
+        m.d.comb += word.eq(Mux(tags[1].pad, 0, self.rd_data))
+
+        # ---- datapath ----------------------------------------------------------------------------
+        w_shape = unsigned(rows * p.w_bits)
+        roms = []
         for c in range(cols):
-            rom = memory.Memory(shape=unsigned(rows * self.w_bits), depth=self.n_tiles, init=self.column_rom(c))
+            rom = memory.Memory(shape=w_shape, depth=n_ot * n_it, init=self.column_rom(c),
+                                attrs={"ram_style": ram_style(p.rom_bits_per_column)})
             m.submodules[f"wrom{c}"] = rom
-            port = rom.read_port()
-            m.d.comb += [port.addr.eq(tags[c].addr), array.w[c].eq(port.data)]
-            choices = Array(self.x[i * cols + c] if i * cols + c < self.in_features else 0 for i in range(n_it))
-            x_reg = Signal.like(array.x[c], name=f"x_col{c}")
-            m.d.sync += x_reg.eq(choices[tags[c].it])
-            m.d.comb += array.x[c].eq(x_reg)
-
-        # Accumulate the partial sums of an output tile (the array's sums align with tags[cols + 1]).
-        acc_tag, out_tag = tags[cols + 1], tags[cols + 2]
-        acc = [Signal(signed(self.acc_bits), name=f"acc{r}") for r in range(rows)]
-        with m.If(acc_tag.valid):
-            m.d.sync += [acc[r].eq(Mux(acc_tag.first, 0, acc[r]) + array.sums[r]) for r in range(rows)]
-
-        # Requantize (or add the bias) and write the finished tile into y.
-        results = []
-        if self.kind == "thresholds":
-            width, n_levels = self.param_bits, (1 << self.out_bits) - 1
-            table, pad = self.thresholds, int(self.thresholds.max())
+            roms.append(rom.read_port())
+        if p.engine == "systolic":
+            m.submodules.array = core = SystolicArray(rows=rows, cols=cols, w_bits=p.w_bits, a_bits=p.a_bits,
+                                                      acc_bits=p.acc_bits)
+            for c in range(cols):
+                # column c is fed c cycles after column 0: its ROM reads with tags[c], its input is delayed c cycles
+                m.d.comb += [roms[c].addr.eq(tags[c].waddr), core.w[c].eq(roms[c].data)]
+                x = word[c]
+                for i in range(c):
+                    reg = Signal.like(word[c], name=f"skew{c}_{i}")
+                    m.d.sync += reg.eq(x)
+                    x = reg
+                m.d.comb += core.x[c].eq(x)
+            sums = [core.sums[r] for r in range(rows)]
         else:
-            width, n_levels = self.param_bits, 1
-            table, pad = self.bias, 0
-        rom = memory.Memory(shape=unsigned(rows * n_levels * width), depth=n_ot,
-                            init=self._row_rom(table, width, pad))
-        m.submodules.rrom = rom
-        port = rom.read_port()
-        m.d.comb += port.addr.eq(acc_tag.ot)
-        row_params = data.View(data.ArrayLayout(data.ArrayLayout(signed(width), n_levels), rows), port.data)
+            m.submodules.xnor = core = XnorPopcount(lanes=rows, simd=cols)
+            for c in range(cols):
+                m.d.comb += [roms[c].addr.eq(tags[0].waddr), core.x[c].eq(word[c]), core.mask[c].eq(~tags[1].pad)]
+                for r in range(rows):
+                    m.d.comb += core.w[r][c].eq(roms[c].data[r])
+            sums = [core.acc[r] for r in range(rows)]
+
+        # ---- accumulate the partial sums of an output tile ---------------------------------------
+        acc_tag, out_tag = tags[d + 1], tags[d + 2]
+        acc = [Signal(signed(p.acc_bits), name=f"acc{r}") for r in range(rows)]
+        with m.If(acc_tag.valid):
+            m.d.sync += [acc[r].eq(Mux(acc_tag.first, 0, acc[r]) + sums[r]) for r in range(rows)]
+
+        # ---- requantize (or add the bias) and write the finished tile ------------------------------
+        row_layout = data.StructLayout({"neg": 1, "table": data.ArrayLayout(signed(p.param_bits), p.n_levels)})
+        prom = memory.Memory(shape=unsigned(rows * row_layout.size), depth=n_ot, init=self.param_rom(),
+                             attrs={"ram_style": "logic"})
+        m.submodules.prom = prom
+        pport = prom.read_port()
+        m.d.comb += pport.addr.eq(acc_tag.ot)
+        params = data.View(data.ArrayLayout(row_layout, rows), pport.data)
+        results = []
         for r in range(rows):
-            if self.kind == "thresholds":
-                rq = ThresholdRequantizer(acc_bits=self.acc_bits, thr_bits=width, out_bits=self.out_bits)
+            if p.kind == "thresholds":
+                rq = ThresholdRequantizer(acc_bits=p.acc_bits + 1, thr_bits=p.param_bits, out_bits=p.out_bits)
                 m.submodules[f"requant{r}"] = rq
-                m.d.comb += [rq.acc.eq(acc[r]), rq.thresholds.eq(row_params[r])]
+                m.d.comb += [rq.acc.eq(Mux(params[r].neg, -acc[r], acc[r])), rq.thresholds.eq(params[r].table)]
                 results.append(rq.q)
             else:
-                results.append(acc[r] + row_params[r][0])
+                results.append(acc[r] + params[r].table[0])
         write = out_tag.valid & out_tag.last
-        for o in range(self.out_features):
-            with m.If(write & (out_tag.ot == o // rows)):
-                m.d.sync += self.y[o].eq(results[o % rows])
-        m.d.sync += self.done.eq(write & (out_tag.ot == n_ot - 1))
+        if self.to_register:
+            for o in range(p.positions * p.out_channels):
+                q, ch = divmod(o, p.out_channels)
+                with m.If(write & (out_tag.pos == q) & (out_tag.ot == ch // rows)):
+                    m.d.sync += self.y[o].eq(results[ch % rows])
+        else:
+            m.d.comb += [self.wr_en.eq(write), self.wr_addr.eq(out_tag.pos * n_ot + out_tag.ot)]
+            m.d.comb += [self.wr_data[r].eq(results[r]) for r in range(rows)]
+        m.d.sync += self.done.eq(write & (out_tag.ot == n_ot - 1) & (out_tag.pos == p.positions - 1))
         with m.If(self.done):
             m.d.sync += self.busy.eq(0)
         return m

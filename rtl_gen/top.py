@@ -1,185 +1,491 @@
-"""The network top: one engine per layer, run in sequence on one sample at a time."""
+"""The network top: one engine per layer, chained through double-buffered feature maps (layer-pipelined).
 
+How an IR becomes hardware (:func:`network_plan`): every conv2d/linear layer gets a :class:`LayerEngine`
+(systolic for multi-bit layers, XNOR-popcount for binary ones), every maxpool a :class:`MaxPoolEngine`;
+flatten is free (the next layer's weights are permuted to the buffer's order). Between two stages sits
+a buffer of words of ``g`` codes (g channels of one pixel), with two banks: the producer fills one
+while the consumer reads the other, so all stages work at once on successive samples.
+
+Folding: the word width ``g`` of a buffer is the ``rows`` (output channels per cycle) of the engine
+before it and the ``cols`` (input channels per cycle) of the engine after it. :func:`choose_folding`
+searches the divisors of each buffer's channel count for the fastest pipeline (smallest initiation
+interval, then fewest estimated LUTs) that fits a LUT budget; ``fold={layer: (rows, cols)}``
+overrides it layer by layer.
+"""
+
+import itertools
+import math
 from dataclasses import dataclass
-from itertools import pairwise
 
+import numpy as np
 from amaranth import Module, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hwq.errors import UserError
 from hwq.ir import requant_thresholds
 
-from ._check import check_int
-from .engine import EnginePlan, LinearEngine, param_bits
+from .engine import BLOCK_RAM_MIN_BITS, EnginePlan, LayerEngine, clog2, param_bits, ram_style
+from .pool import MaxPoolEngine, PoolPlan
 
-__all__ = ["COUNTER_BITS", "DEFAULT_COLS", "DEFAULT_ROWS", "NetworkTop", "TopPlan", "engine_for_layer",
-           "engines_from_ir", "plans_from_ir", "top_latency"]
+__all__ = ["BLOCK_RAM_MIN_BITS", "COUNTER_BITS", "DEFAULT_LUT_FRACTION", "MAX_LANES", "BufferPlan", "NetworkPlan",
+           "NetworkTop", "TopPlan", "choose_folding", "network_plan"]
 
 COUNTER_BITS = 32
-# Array size per layer (rows x cols, clipped to the layer) unless the user says otherwise. 4x8 keeps
-# the demo network inside an iCE40 UP5K after packing (8x8 needs 5,321 of its 5,280 logic cells).
-DEFAULT_ROWS, DEFAULT_COLS = 4, 8
+# The automatic folding keeps the estimated LUTs of the design within this fraction of the board's.
+DEFAULT_LUT_FRACTION = 0.8
+MAX_LANES = 64  # largest rows x cols array the folding search considers for one layer
 
 
-def _check_ops(ir):
-    for layer in ir.layers:
-        if layer.op != "linear":
-            raise UserError(f"layer '{layer.name}': op {layer.op!r} has no RTL engine yet (only linear)")
-        if layer.a_signed:
-            raise UserError(f"layer '{layer.name}': signed or bipolar input codes have no RTL engine yet")
-        if layer.requant_kind != "bias" and (requant_thresholds(ir, layer)[1] < 0).any():
-            raise UserError(f"layer '{layer.name}': decreasing requantization (a channel whose batch-norm "
-                            "multiplier is negative) has no RTL engine yet")
+@dataclass(frozen=True)
+class BufferPlan:
+    """A double-buffered feature map between two stages: ``2 * words`` words of ``lanes`` codes."""
 
+    words: int
+    lanes: int
+    bits: int
 
-def _kind(layer):
-    """The engine's requantization: multiply-shift layers are built with their (identical) thresholds."""
-    return "bias" if layer.requant_kind == "bias" else "thresholds"
+    @property
+    def width(self):
+        return self.lanes * self.bits
 
+    @property
+    def total_bits(self):
+        return 2 * self.words * self.width
 
-def _table(ir, layer):
-    return ir.tensors[layer.bias] if layer.requant_kind == "bias" else requant_thresholds(ir, layer)[0]
+    @property
+    def style(self):
+        return ram_style(self.total_bits)
 
+    def bram_blocks(self, block_bits):
+        return math.ceil(self.total_bits / block_bits) if self.style == "block" else 0
 
-def plans_from_ir(ir, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
-    """The :class:`EnginePlan` of every layer: geometry, latency and cost, without building hardware."""
-    _check_ops(ir)
-    return [
-        EnginePlan(in_features=layer.in_features, out_features=layer.out_features, w_bits=layer.w_storage_bits,
-                   a_bits=layer.a_bits, acc_bits=layer.acc_bits, out_bits=layer.out_bits,
-                   kind=_kind(layer), rows=min(rows, layer.out_features), cols=min(cols, layer.in_features),
-                   param_bits=param_bits(layer.acc_bits, _table(ir, layer), _kind(layer)))
-        for layer in ir.layers
-    ]
+    @property
+    def cost_features(self):
+        logic = self.style == "logic"
+        return {"buf_logic_bits": self.total_bits if logic else 0, "buf_width": self.width,
+                "buf_addr": clog2(2 * self.words)}
 
+    @property
+    def register_bits(self):
+        return {"ff_buf": self.total_bits if self.style == "logic" else 0, "ff_bufctl": 3}
 
-def engine_for_layer(ir, layer, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
-    """The :class:`LinearEngine` of one IR layer."""
-    _check_ops(ir)
-    return LinearEngine(
-        weights=ir.tensors[layer.weights], w_bits=layer.w_storage_bits, a_bits=layer.a_bits, a_signed=layer.a_signed,
-        acc_bits=layer.acc_bits, rows=rows, cols=cols, out_bits=layer.out_bits,
-        thresholds=_table(ir, layer) if _kind(layer) == "thresholds" else None,
-        bias=_table(ir, layer) if _kind(layer) == "bias" else None,
-    )
+    def resources(self, family, block_bits=4096):
+        from boards.model import plan_resources
 
-
-def engines_from_ir(ir, *, rows=DEFAULT_ROWS, cols=DEFAULT_COLS):
-    """One :class:`LinearEngine` per IR layer."""
-    return [engine_for_layer(ir, layer, rows=rows, cols=cols) for layer in ir.layers]
-
-
-def top_latency(plans):
-    """The network top's latency for these engine plans (see :class:`NetworkTop`)."""
-    return 2 + sum(p.latency for p in plans)
+        res = plan_resources(family, self)
+        res["bram"] = self.bram_blocks(block_bits)
+        return res
 
 
 @dataclass(frozen=True)
 class TopPlan:
-    """Cost of the network top's own logic (input register, handshakes, cycle counters)."""
+    """Cost of the network top's own logic (input loader, handshakes, cycle counters)."""
 
-    n_layers: int
-    in_features: int
-    input_bits: int
+    n_stages: int
+    in_words: int
+    in_width: int
 
     @property
     def cost_features(self):
-        return {"top_const": 1, "top_counters": COUNTER_BITS * (self.n_layers + 1)}
+        return {"top_const": 1, "top_counters": COUNTER_BITS * self.n_stages,
+                "top_loader": self.in_words * self.in_width}
 
     @property
     def register_bits(self):
-        return {"top_const": 1, "top_in": self.in_features * self.input_bits,
-                "top_counters": COUNTER_BITS * (self.n_layers + 1)}
+        return {"top_const": 1, "top_counters": COUNTER_BITS * self.n_stages, "top_ctrl": 2 * clog2(self.in_words)}
 
-    def resources(self, family):
+    def resources(self, family, block_bits=4096):
         from boards.model import plan_resources
 
         return plan_resources(family, self)
 
 
+@dataclass
+class Stage:
+    """One hardware stage: the IR layer it computes, its plan and the tensors it is built from."""
+
+    layer: object
+    plan: object
+    weights: np.ndarray | None = None
+    table: np.ndarray | None = None
+    signs: np.ndarray | None = None
+
+    @property
+    def kind(self):
+        return "maxpool" if isinstance(self.plan, PoolPlan) else self.plan.engine
+
+    @property
+    def period(self):
+        """Cycles between two samples' starts when the stage never waits: run, then one cycle to hand over."""
+        return self.plan.latency + 1
+
+
+@dataclass
+class NetworkPlan:
+    """Every stage and buffer of a network, the input loader, timing and cost; no hardware built."""
+
+    stages: list
+    buffers: list  # buffers[k] is read by stages[k]; buffers[0] is the input buffer
+    input_bits: int
+    input_shape: tuple
+    out_features: int
+    out_bits: int
+
+    @property
+    def top(self):
+        b = self.buffers[0]
+        return TopPlan(n_stages=len(self.stages), in_words=b.words, in_width=b.width)
+
+    @property
+    def load_cycles(self):
+        """The loader writes one input word per cycle; the input is accepted with the last one."""
+        return self.buffers[0].words
+
+    @property
+    def latency(self):
+        """Cycles from the input's accept cycle to the first cycle of ``o.valid`` (nothing else in flight)."""
+        return 1 + sum(s.plan.latency + 1 for s in self.stages)
+
+    @property
+    def initiation_interval(self):
+        """Cycles between accepted inputs in steady state (inputs always offered, outputs always taken)."""
+        return max(self.load_cycles, *(s.period for s in self.stages))
+
+    def components(self):
+        """(name, plan) of everything that costs logic: stages, buffers, the top."""
+        out = [(s.layer.name, s.plan) for s in self.stages]
+        out += [(f"buffer{k}", b) for k, b in enumerate(self.buffers)]
+        return [*out, ("top", self.top)]
+
+    def resources(self, family, block_bits=4096):
+        total = dict.fromkeys(("lut", "ff", "bram", "dsp"), 0)
+        for _, plan in self.components():
+            res = plan.resources(family, block_bits)
+            for key in total:
+                total[key] += res[key]
+        return total
+
+
+# ---- from the IR to a plan ----------------------------------------------------------------------------
+
+def _check_layer(ir, layer):
+    where = f"layer '{layer.name}'"
+    if layer.op == "add":
+        raise UserError(f"{where}: residual add has no RTL engine yet (models 'mlp' and 'cnn' are supported)")
+    if layer.op in ("linear", "conv2d") and layer.a_signed and not layer.binary:
+        raise UserError(f"{where}: signed multi-bit input codes have no RTL engine yet")
+    if ir.input_signed:
+        raise UserError("signed network inputs have no RTL engine yet")
+
+
+def _divisors(n, limit=MAX_LANES):
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
+
+
+def _layout_steps(ir):
+    """Walk the IR: [(layer, input (C, H, W) in buffer order, flattened?)] for every layer."""
+    shape = tuple(ir.input_shape) if len(ir.input_shape) == 3 else (ir.input_shape[0], 1, 1)
+    steps, flat_from = [], None
+    for layer, _names in ir.wired():
+        _check_layer(ir, layer)
+        steps.append((layer, shape, flat_from))
+        if layer.op == "flatten":
+            flat_from = shape
+        elif layer.op in ("conv2d", "maxpool"):
+            shape, flat_from = tuple(layer.out_shape), None
+        elif layer.op == "linear":
+            shape, flat_from = (layer.out_shape[0], 1, 1), None
+    return steps
+
+
+def _weights_in_buffer_order(ir, layer, shape, flat_from):
+    """(out, k*k*C) weights with columns in buffer order: (ky, kx, c), or for a linear layer after a
+    flatten of (C, H, W), (y, x, c) instead of PyTorch's (c, y, x)."""
+    w = ir.tensors[layer.weights].astype(np.int64)
+    if layer.op == "conv2d":
+        return w.transpose(0, 2, 3, 1).reshape(len(w), -1)
+    if flat_from is not None:
+        c, h, wd = flat_from
+        return w.reshape(len(w), c, h, wd).transpose(0, 2, 3, 1).reshape(len(w), -1)
+    return w
+
+
+def _stage_tables(ir, layer):
+    if layer.requant_kind == "bias":
+        return "bias", ir.tensors[layer.bias].astype(np.int64), None
+    thresholds, signs = requant_thresholds(ir, layer)
+    return "thresholds", thresholds, signs
+
+
+def _prepare(ir):
+    """The IR walk and every weight layer's tensors in buffer order (shared by all foldings)."""
+    steps = _layout_steps(ir)
+    tensors = {la.name: (_weights_in_buffer_order(ir, la, shape, flat), *_stage_tables(ir, la))
+               for la, shape, flat in steps if la.op in ("linear", "conv2d")}
+    return steps, tensors
+
+
+def network_plan(ir, widths, prepared=None):
+    """The :class:`NetworkPlan` for buffer word widths ``widths`` (the input buffer's, then each
+    conv2d/linear layer's rows), see :func:`buffer_channels` for what they must divide.
+    ``prepared``: :func:`_prepare`'s result, to reuse across calls."""
+    steps, tensors = prepared or _prepare(ir)
+    stages, buffers = [], []
+    wi = 0
+    bits = ir.input_bits
+    first_shape = steps[0][1]
+    buffers.append(BufferPlan(words=math.prod(first_shape[1:]) * first_shape[0] // widths[0], lanes=widths[0],
+                              bits=bits))
+    for layer, shape, flat_from in steps:
+        c, h, w = shape
+        if layer.op == "flatten":
+            continue
+        g_in = widths[wi]
+        if layer.op == "maxpool":
+            plan = PoolPlan(channels=c, in_h=h, in_w=w, kernel=layer.kernel, stride=layer.stride, bits=bits, lanes=g_in)
+            stages.append(Stage(layer, plan))
+            buffers.append(BufferPlan(words=plan.out_words, lanes=g_in, bits=bits))
+            continue
+        wi += 1
+        g_out = widths[wi]
+        weights, kind, table, signs = tensors[layer.name]
+        conv = layer.op == "conv2d"
+        if flat_from is not None:
+            c, h, w = c * h * w, 1, 1
+        plan = EnginePlan(
+            engine="xnor" if layer.binary else "systolic", in_channels=c, in_h=h, in_w=w,
+            out_channels=layer.out_shape[0], kernel=layer.kernel if conv else 1, stride=layer.stride if conv else 1,
+            padding=layer.padding if conv else 0, w_bits=layer.w_storage_bits, a_bits=layer.a_bits,
+            acc_bits=layer.acc_bits, out_bits=layer.out_bits, kind=kind, rows=g_out, cols=g_in,
+            param_bits=param_bits(layer.acc_bits, table, kind))
+        stages.append(Stage(layer, plan, weights, table, signs))
+        if layer is not ir.layers[-1]:
+            buffers.append(BufferPlan(words=plan.positions * plan.n_out_tiles, lanes=g_out, bits=layer.out_bits))
+        bits = layer.out_bits
+    last = stages[-1]
+    if not isinstance(last.plan, EnginePlan) or last.plan.kind != "bias" or last.plan.positions != 1:
+        raise UserError(f"layer '{last.layer.name}': the network must end with a linear logits layer")
+    return NetworkPlan(stages=stages, buffers=buffers, input_bits=ir.input_bits, input_shape=first_shape,
+                       out_features=last.plan.out_channels, out_bits=last.plan.out_bits)
+
+
+def buffer_channels(ir):
+    """What each word width must divide: the input's channels, then every conv2d/linear layer's output
+    channels (the last layer's rows need not divide its outputs; they must not exceed them)."""
+    steps = _layout_steps(ir)
+    return [steps[0][1][0], *(la.out_shape[0] for la, _, _ in steps if la.op in ("linear", "conv2d"))]
+
+
+def _engine_names(ir):
+    return [la.name for la in ir.layers if la.op in ("linear", "conv2d")]
+
+
+def choose_folding(ir, board, *, lut_budget=None, fold=None):
+    """Word widths for :func:`network_plan`: the smallest initiation interval whose estimated LUTs fit
+    ``lut_budget`` (default: ``DEFAULT_LUT_FRACTION`` of the board's), fewest LUTs among equals.
+
+    ``fold``: {layer name: (rows, cols)} fixes those layers (checked against the chain: a layer's
+    cols is the previous engine's rows). Raises UserError when an override is invalid or nothing fits
+    (unless the user fixed every layer: then their folding is returned, and the estimate says it does
+    not fit).
+    """
+    counts = buffer_channels(ir)
+    names = _engine_names(ir)
+    fold = dict(fold or {})
+    unknown = set(fold) - set(names)
+    if unknown:
+        raise UserError(f"--fold: no conv2d/linear layer named {sorted(unknown)[0]!r} (layers: {', '.join(names)})")
+    options = []
+    for k, n in enumerate(counts):
+        opts = _divisors(n) if k < len(counts) - 1 else list(range(1, min(n, MAX_LANES) + 1))
+        for name, (rows, cols) in fold.items():
+            i = names.index(name)
+            if k == i + 1:
+                opts = [g for g in opts if g == rows]
+                if not opts:
+                    raise UserError(f"--fold {name}={rows}x{cols}: rows must divide the layer's {n} outputs"
+                                    if k < len(counts) - 1 else f"--fold {name}: rows must be 1..{n}")
+            if k == i:
+                opts = [g for g in opts if g == cols]
+                if not opts:
+                    raise UserError(f"--fold {name}={rows}x{cols}: cols must divide the layer's {n} input channels")
+        options.append(opts)
+    budget = lut_budget if lut_budget is not None else DEFAULT_LUT_FRACTION * board.lut
+    best, smallest, prepared = None, None, _prepare(ir)
+    for widths in itertools.product(*options):
+        plan = network_plan(ir, widths, prepared)
+        if any(s.plan.lanes > MAX_LANES for s in plan.stages if isinstance(s.plan, EnginePlan)) and not fold:
+            continue
+        res = plan.resources(board.family, board.bram_bits)
+        if smallest is None or res["lut"] < smallest[0]:
+            smallest = (res["lut"], widths)
+        if res["lut"] > budget or res["bram"] > board.bram:
+            continue
+        key = (plan.initiation_interval, res["lut"])
+        if best is None or key < best[0]:
+            best = (key, widths)
+    if best is None and fold and all(name in fold for name in names):
+        return smallest[1]  # every layer fixed by the user: theirs, even over budget (estimate says so)
+    if best is None:
+        raise UserError(f"no folding of this network fits {board.name} within {budget:.0f} LUTs and "
+                        f"{board.bram} block RAMs; raise --lut-budget or choose a larger board")
+    return best[1]
+
+
+# ---- hardware ----------------------------------------------------------------------------------------
+
+def build_stage(stage, *, to_register=False):
+    if isinstance(stage.plan, PoolPlan):
+        return MaxPoolEngine(stage.plan)
+    thresholds = stage.table if stage.plan.kind == "thresholds" else None
+    bias = stage.table if stage.plan.kind == "bias" else None
+    return LayerEngine(stage.plan, weights=stage.weights, thresholds=thresholds, signs=stage.signs, bias=bias,
+                       to_register=to_register)
+
+
 class NetworkTop(wiring.Component):
-    """Accepts one input vector, runs the layer engines one after another, presents the logits.
+    """Accepts input vectors, runs them through the stages (all at once, on successive samples),
+    presents the logits.
 
-    Timing: the input is accepted in cycle 0 (``i.valid & i.ready``); engine 0 starts in cycle 1;
-    engine k+1 starts in the cycle engine k is done; ``o.valid`` rises ``latency = 2 + sum(engine
-    latencies)`` cycles after the accept cycle and stays high until ``o.ready``. ``i.ready`` is high
-    only when idle (nothing in flight, no output waiting).
+    Input loader: while ``i.valid`` and the input buffer's next bank is free, one word per cycle is
+    copied from ``i.payload`` (channels-first codes, as the IR's input) into the buffer in pixel
+    order; ``i.ready`` is high in the cycle of the last word (the accept cycle). Stage k starts when
+    bank ``b`` of its input buffer is full and bank ``b`` of its output buffer is free, where ``b``
+    alternates per sample; when it is done it frees the input bank and fills the output bank. The last
+    stage writes the logits register; ``o.valid`` rises the cycle after it is done and stays high
+    until ``o.ready``. Timing: :attr:`NetworkPlan.latency` and :attr:`NetworkPlan.initiation_interval`.
 
-    The top also measures itself: ``cycles[k]`` is the number of cycles engine k was occupied
-    (start to done) for the last sample, and ``cycles_total`` the cycles from the accept cycle to the
-    cycle before ``o.valid``. The testbench reads them to check the analytic latencies.
+    ``cycles[k]``: the cycles from start to done of stage k's last completed run, measured in
+    hardware; the testbench reads them to check the analytic latencies.
 
     Members
     -------
     i : In(stream.Signature(ArrayLayout(unsigned(input_bits), in_features)))
     o : Out(stream.Signature(ArrayLayout(signed(logit_bits), n_outputs)))
-    cycles : Out(ArrayLayout(unsigned(32), n_layers))
-    cycles_total : Out(unsigned(32))
+    cycles : Out(ArrayLayout(unsigned(32), n_stages))
     """
 
-    def __init__(self, engines, *, input_bits, names=None):
-        if not engines:
-            raise ValueError("a network needs at least one engine")
-        self.engines = list(engines)
-        self.names = list(names) if names is not None else [f"layer{k}" for k in range(len(engines))]
-        self.input_bits = check_int("input_bits", input_bits, 1, 8)
-        for a, b in pairwise(self.engines):
-            if (a.out_features, a.out_bits) != (b.in_features, b.a_bits):
-                raise ValueError(f"engine outputs {a.out_features} x {a.out_bits} bits do not match the next "
-                                 f"engine's inputs {b.in_features} x {b.a_bits} bits")
-        first, last = self.engines[0], self.engines[-1]
+    def __init__(self, plan):
+        self.plan = plan
+        self.stages = [build_stage(s, to_register=k == len(plan.stages) - 1) for k, s in enumerate(plan.stages)]
+        self.names = [s.layer.name for s in plan.stages]
+        in_features = math.prod(plan.input_shape)
         super().__init__({
-            "i": In(stream.Signature(data.ArrayLayout(unsigned(self.input_bits), first.in_features))),
-            "o": Out(stream.Signature(data.ArrayLayout(signed(last.out_bits), last.out_features))),
-            "cycles": Out(data.ArrayLayout(unsigned(COUNTER_BITS), len(self.engines))),
-            "cycles_total": Out(unsigned(COUNTER_BITS)),
+            "i": In(stream.Signature(data.ArrayLayout(unsigned(plan.input_bits), in_features))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(plan.out_bits), plan.out_features))),
+            "cycles": Out(data.ArrayLayout(unsigned(COUNTER_BITS), len(self.stages))),
         })
 
     @property
     def latency(self):
-        """Cycles from the input's accept cycle to the first cycle of ``o.valid``."""
-        return top_latency(e.plan for e in self.engines)
+        return self.plan.latency
 
     @property
     def initiation_interval(self):
-        """Cycles between accepted inputs when inputs are always offered and outputs always taken."""
-        return self.latency + 1
+        return self.plan.initiation_interval
+
+    def _input_words(self):
+        """For each input-buffer word, the payload indices of its lanes (channels-first -> pixel order)."""
+        c, h, w = self.plan.input_shape
+        g = self.plan.buffers[0].lanes
+        words = []
+        for y in range(h):
+            for x in range(w):
+                for grp in range(c // g):
+                    words.append([(grp * g + j) * h * w + y * w + x for j in range(g)])
+        return words
 
     def elaborate(self, platform):
         m = Module()
-        for name, engine in zip(self.names, self.engines, strict=True):
+        plan = self.plan
+        n = len(self.stages)
+        for name, engine in zip(self.names, self.stages, strict=True):
             m.submodules[name] = engine
 
-        in_flight = Signal()
-        x_in = Signal.like(self.i.payload, name="x_in")
-        start0 = Signal()
-        accept = self.i.valid & self.i.ready
-        m.d.comb += self.i.ready.eq(~in_flight & ~self.o.valid)
-        m.d.sync += start0.eq(accept)
-        with m.If(accept):
-            m.d.sync += [x_in.eq(self.i.payload), in_flight.eq(1)]
+        # Buffers: bank b of buffer k holds words b * words .. b * words + words - 1.
+        full = [Signal(2, name=f"full{k}") for k in range(n)]
+        sets = [Signal(2, name=f"set{k}") for k in range(n)]
+        clears = [Signal(2, name=f"clear{k}") for k in range(n)]
+        for k in range(n):
+            m.d.sync += full[k].eq((full[k] | sets[k]) & ~clears[k])
+        rd_ports, wr_ports = [], []
+        for k, b in enumerate(plan.buffers):
+            mem = memory.Memory(shape=unsigned(b.width), depth=2 * b.words, init=[], attrs={"ram_style": b.style})
+            m.submodules[f"buffer{k}"] = mem
+            rd_ports.append(mem.read_port())
+            wr_ports.append(mem.write_port())
 
-        starts = [start0] + [e.done for e in self.engines[:-1]]
-        source = x_in
-        for engine, start in zip(self.engines, starts, strict=True):
-            m.d.comb += [engine.x.eq(source), engine.start.eq(start)]
-            source = engine.y
-        last = self.engines[-1]
-        m.d.comb += self.o.payload.eq(last.y)
-        with m.If(last.done):
-            m.d.sync += [self.o.valid.eq(1), in_flight.eq(0)]
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
+        # Input loader: one word per cycle into bank `lbank` of buffer 0.
+        words = self._input_words()
+        lword = Signal(range(max(len(words), 2)))
+        lbank = Signal()
+        loading = self.i.valid & ~full[0].bit_select(lbank, 1)
+        last_word = lword == len(words) - 1
+        word_mux = data.View(data.ArrayLayout(unsigned(plan.buffers[0].width), len(words)), Signal(
+            plan.buffers[0].width * len(words), name="input_words"))
+        m.d.comb += word_mux.as_value().eq(
+            _concat_words(self.i.payload, words, plan.input_bits))
+        wp0 = wr_ports[0]
+        m.d.comb += [wp0.en.eq(loading), wp0.addr.eq(lbank * plan.buffers[0].words + lword),
+                     wp0.data.eq(word_mux[lword]), self.i.ready.eq(loading & last_word)]
+        with m.If(loading):
+            m.d.sync += lword.eq(_wrap(lword, len(words)))
+            with m.If(last_word):
+                m.d.sync += lbank.eq(~lbank)
+        m.d.comb += sets[0].eq((loading & last_word) << lbank)
 
-        # Self-measurement: occupancy of each engine and the whole latency, in cycles.
-        for k, (engine, start) in enumerate(zip(self.engines, starts, strict=True)):
-            with m.If(start):
-                m.d.sync += self.cycles[k].eq(1)
+        # Stages.
+        for k, engine in enumerate(self.stages):
+            bank, busy = Signal(name=f"bank{k}"), Signal(name=f"busy{k}")
+            last = k == n - 1
+            in_ready = full[k].bit_select(bank, 1)
+            out_free = (~self.o.valid | self.o.ready) if last else ~full[k + 1].bit_select(bank, 1)
+            go = ~busy & in_ready & out_free
+            m.d.comb += engine.start.eq(go)
+            with m.If(go):
+                m.d.sync += busy.eq(1)
+            with m.If(engine.done):
+                m.d.sync += [busy.eq(0), bank.eq(~bank)]
+            m.d.comb += clears[k].eq(engine.done << bank)
+            b_in = plan.buffers[k]
+            rp = rd_ports[k]
+            m.d.comb += [rp.addr.eq(bank * b_in.words + engine.rd_addr), engine.rd_data.eq(rp.data)]
+            if last:
+                m.d.comb += self.o.payload.eq(engine.y)
+                with m.If(engine.done):
+                    m.d.sync += self.o.valid.eq(1)
+                with m.Elif(self.o.valid & self.o.ready):
+                    m.d.sync += self.o.valid.eq(0)
+            else:
+                b_out, wp = plan.buffers[k + 1], wr_ports[k + 1]
+                m.d.comb += [wp.en.eq(engine.wr_en), wp.addr.eq(bank * b_out.words + engine.wr_addr),
+                             wp.data.eq(engine.wr_data.as_value()), sets[k + 1].eq(engine.done << bank)]
+            # Self-measurement: cycles from start to done, latched when the run is done.
+            running = Signal(COUNTER_BITS, name=f"run_cycles{k}")
+            with m.If(go):
+                m.d.sync += running.eq(1)
             with m.Elif(engine.busy & ~engine.done):
-                m.d.sync += self.cycles[k].eq(self.cycles[k] + 1)
-        with m.If(accept):
-            m.d.sync += self.cycles_total.eq(1)
-        with m.Elif(in_flight):
-            m.d.sync += self.cycles_total.eq(self.cycles_total + 1)
+                m.d.sync += running.eq(running + 1)
+            with m.If(engine.done):
+                m.d.sync += self.cycles[k].eq(running)
         return m
+
+
+def _wrap(counter, n):
+    from amaranth import Mux
+
+    return Mux(counter == n - 1, 0, counter + 1)
+
+
+def _concat_words(payload, words, bits):
+    from amaranth import Cat
+
+    return Cat(*(payload[i] for word in words for i in word))
+
+
+def plan_for(ir, board, *, lut_budget=None, fold=None):
+    """The network plan with the folding chosen for ``board`` (see :func:`choose_folding`)."""
+    return network_plan(ir, choose_folding(ir, board, lut_budget=lut_budget, fold=fold))
+
+

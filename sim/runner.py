@@ -140,7 +140,7 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=No
     with tempfile.TemporaryDirectory(prefix="hwq-sim-") as work:
         stim, result = Path(work, "stimulus.npz"), Path(work, "result.json")
         np.savez(stim, inputs=inputs, input_bits=info["input"]["bits"], output_bits=info["output"]["bits"],
-                 n_outputs=info["output"]["features"], n_layers=len(info["layers"]))
+                 n_outputs=info["output"]["features"], n_stages=len(info["stages"]))
         runner = _runner()
         t1 = time.perf_counter()
         xml = runner.test(test_module=TB_MODULE, hdl_toplevel=info["top"], hdl_toplevel_lang="verilog",
@@ -164,8 +164,22 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=No
     equal, first = compare(expected, rec["outputs"])
     layer_cycles = np.asarray(rec["layer_cycles"], dtype=np.int64)
     accept = np.asarray(rec["accept_ns"], dtype=np.int64)
-    ii = int(np.diff(accept).max() // rec["period_ns"]) if len(accept) > 1 else None
+    valid = np.asarray(rec["valid_ns"], dtype=np.int64)
+    period = rec["period_ns"]
+    # accept edge ends the accept cycle; o.valid is high from the edge that starts its first cycle
+    latencies = (valid - accept) // period + 1
+    # steady state: the largest gap between consecutive outputs (the slowest stage sets the pace)
+    ii = int(np.diff(valid).max() // period) if len(valid) > 1 else None
     outputs = np.asarray(rec["outputs"], dtype=np.int64)
+
+    def layer_entry(lay):
+        k = lay.get("stage")
+        if k is None:  # no hardware (flatten)
+            return {"name": lay["name"], "cycles": 0, "cycles_constant": True, "estimate_cycles": 0}
+        return {"name": lay["name"], "cycles": int(layer_cycles[:, k].max()),
+                "cycles_constant": bool((layer_cycles[:, k] == layer_cycles[0, k]).all()),
+                "estimate_cycles": lay["latency_cycles"]}
+
     result = {
         "format": SIM_FORMAT,
         "samples": len(inputs),
@@ -174,14 +188,10 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=No
         "bit_exact": bool(equal.all()),
         "mismatched_samples": int((~equal).sum()),
         "first_mismatch": first,
-        "layers": [
-            {"name": lay["name"], "cycles": int(layer_cycles[:, k].max()),
-             "cycles_constant": bool((layer_cycles[:, k] == layer_cycles[0, k]).all()),
-             "estimate_cycles": lay["latency_cycles"]}
-            for k, lay in enumerate(info["layers"])
-        ],
-        "latency_cycles": int(max(rec["tb_latency_cycles"])),
-        "latency_cycles_hw": int(max(rec["total_cycles"])),
+        "layers": [layer_entry(lay) for lay in info["layers"]],
+        # the first sample meets an empty pipeline: its latency is the design's latency
+        "latency_cycles": int(latencies[0]),
+        "latency_cycles_max": int(latencies.max()),
         "initiation_interval_cycles": ii,
         "simulated_cycles": rec["simulated_cycles"],
         "timings_s": {"build": round(t_build, 3), "build_cached": cached, "run": round(t_run, 3)},

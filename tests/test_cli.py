@@ -75,11 +75,11 @@ def test_local_mnist_files_are_read(tmp_path, monkeypatch):
 
 
 def test_rtl_names_an_op_it_cannot_build_yet(tmp_path, capsys):
-    assert main(["train", "--model", "cnn", "--epochs-float", "1", "--epochs-qat", "1", "--out", str(tmp_path / "r")]) == 0
+    assert main(["train", "--model", "resnet", "--epochs-float", "1", "--epochs-qat", "1", "--out", str(tmp_path / "r")]) == 0
     assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "ir")]) == 0
     capsys.readouterr()
     assert main(["rtl", str(tmp_path / "ir"), "--out", str(tmp_path / "rtl")]) == 2
-    assert "layer 'conv1': op 'conv2d' has no RTL engine yet" in capsys.readouterr().err
+    assert "layer 'add1': residual add has no RTL engine yet" in capsys.readouterr().err
     assert not (tmp_path / "rtl").exists()
 
 
@@ -136,7 +136,7 @@ def test_estimate_names_the_overrun_and_the_largest_layer(tmp_path, capsys):
 
     ir = random_ir(np.random.default_rng(1), [48, 24, 24], [8, 8], [8, 4], input_bits=8)
     save_ir(ir, tmp_path / "ir")
-    assert main(["estimate", str(tmp_path / "ir"), "--board", "ice40-up5k", "--array", "16x16"]) == 0
+    assert main(["estimate", str(tmp_path / "ir"), "--board", "ice40-up5k", "--fold", "l0=12x16", "--fold", "l1=16x12"]) == 0
     out = capsys.readouterr().out
     assert "does NOT fit (over by" in out and "LUT" in out and "largest layer l0" in out
 

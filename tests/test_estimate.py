@@ -31,16 +31,17 @@ def test_unknown_family_is_a_clear_error():
 @pytest.mark.parametrize("board", ["ice40-up5k", "ecp5-25f", "xc7a35t"])
 def test_estimate_totals_are_layers_plus_top(board):
     ir = random_ir(np.random.default_rng(1), [16, 8, 4], [2, 3], [4, 2])
-    est = estimate(ir, load_board(board), rows=4, cols=4)
-    for k in ("lut", "ff", "bram", "dsp"):
+    est = estimate(ir, load_board(board), widths=[4, 4, 4])
+    for k in ("lut", "ff", "bram", "dsp"):  # the top module's estimate includes the buffers it holds
         assert est["totals"][k] == sum(la["estimate"][k] for la in est["layers"]) + est["top"][k]
+        assert est["top"][k] >= sum(b["estimate"][k] for b in est["buffers"])
     assert est["totals"]["lut"] > 0 and est["fits"]
-    assert est["latency_cycles"] == 2 + sum(la["estimate"]["cycles"] for la in est["layers"])
+    assert est["latency_cycles"] == 1 + sum(la["estimate"]["cycles"] + 1 for la in est["layers"])
 
 
 def test_estimate_says_by_how_much_it_does_not_fit():
     ir = random_ir(np.random.default_rng(1), [48, 24, 24], [8, 8], [8, 4], input_bits=8)
     small = load_board("ice40-up5k")
-    est = estimate(ir, small, rows=16, cols=16)
+    est = estimate(ir, small, widths=[16, 12, 16])
     assert not est["fits"]
     assert est["over"]["lut"] == est["totals"]["lut"] - small.lut > 0
