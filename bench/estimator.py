@@ -102,15 +102,17 @@ def main():
     plot(results, png)
     made_by = (f"Made by `python bench/estimator.py --designs {args.designs} --seed {args.seed} --families "
                f"{' '.join(args.families)}`; raw numbers in `bench/results/estimator.json`.")
-    about = ("Each design is a random 2-3 layer network (bits 1..8, arrays up to 8x8, up to 48 inputs) from a "
+    about = ("Each design is a random network from `boards.calibrate.random_network` (an MLP or a small CNN, "
+             "multi-bit or binary, bits 1..8, a random valid folding with up to 16 channels per cycle) from a "
              "seed the calibration sweep did not use. Errors are (estimate - yosys) / yosys on the whole design.")
     header = ("| family | board | designs | mean abs LUT err | max LUT err | mean abs FF err | max FF err | "
               "BRAM exact | DSP exact | estimate time |")
-    method = ("The model: each component's cost features (`rtl_gen/engine.py` `EnginePlan.cost_features` and "
-              "`register_bits`, `rtl_gen/top.py` `TopPlan`) times coefficients per family, fitted by non-negative "
-              "least squares (`boards/model.py`) on the calibration sweeps in `boards/calibration/` (seed 1; "
-              "`python -m boards.calibrate sweep --family F`, then `fit`). BRAM and DSP are exact because the boards "
-              "synthesize with `-nobram`/`-nodsp`: weights stay in LUT ROMs, multipliers in LUTs.")
+    method = ("The model: each component's cost features (`rtl_gen/engine.py` `EnginePlan`, `rtl_gen/pool.py` "
+              "`PoolPlan`, `rtl_gen/top.py` `BufferPlan` and `TopPlan`: `cost_features` and `register_bits`) times "
+              "coefficients per family, fitted by non-negative least squares (`boards/model.py`) on the calibration "
+              "sweeps in `boards/calibration/` (14 designs per family, seed 1; `python -m boards.calibrate sweep "
+              "--family F`, then `fit`). Block RAMs: memories of 2 kbit or more are marked for block RAM and counted "
+              "as ceil(bits / block bits); DSPs are 0 (`-nodsp`, multipliers in LUTs).")
     lines = ["# Estimator vs synthesis (held-out designs)", "", made_by, "", about, "", method, "", header,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for fam, r in results.items():
