@@ -15,7 +15,7 @@ from rtl_gen.engine import EnginePlan, LayerEngine
 from rtl_gen.pe import ProcessingElement
 from rtl_gen.requant import ThresholdRequantizer
 from rtl_gen.systolic import SystolicArray
-from rtl_gen.top import NetworkTop, choose_folding, network_plan
+from rtl_gen.top import DEFAULT_LUT_FRACTION, NetworkTop, choose_folding, network_plan
 
 from .conftest import random_ir
 
@@ -281,7 +281,7 @@ def test_folding_fits_the_budget_and_honours_overrides():
     board = load_board("ice40-up5k")
     widths = choose_folding(ir, board)
     plan = network_plan(ir, widths)
-    assert plan.resources(board.family, board.bram_bits)["lut"] <= 0.8 * board.lut
+    assert plan.resources(board.family, board.bram_bits)["lut"] <= DEFAULT_LUT_FRACTION * board.lut
     minimal = network_plan(ir, [1] * len(widths)).resources(board.family)["lut"]  # one channel per cycle
     small = choose_folding(ir, board, lut_budget=minimal + 1)
     assert network_plan(ir, small).resources(board.family)["lut"] <= minimal + 1
