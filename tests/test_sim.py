@@ -116,7 +116,7 @@ def test_cnn_verilog_lints_and_is_bit_exact_in_verilator(binary, tmp_path):
 
     rng = np.random.default_rng(21 + binary)
     ir = random_cnn(rng, binary)
-    info = generate_rtl(ir, load_board("ice40-up5k"), tmp_path / "rtl")
+    info = generate_rtl(ir, load_board("xc7a35t"), tmp_path / "rtl")
     assert {la["engine"] for la in info["layers"]} >= ({"xnor", "maxpool"} if binary else {"systolic", "maxpool"})
     setup_verilator()
     proc = subprocess.run(["verilator", "--lint-only", *WARNING_FLAGS, "--top-module", "hwq_top",
