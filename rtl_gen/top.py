@@ -18,17 +18,17 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth import Module, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hwq.errors import UserError
-from hwq.ir import requant_thresholds
+from hwq.ir import WEIGHT_OPS, requant_thresholds
 
-from .engine import BLOCK_RAM_MIN_BITS, EnginePlan, LayerEngine, clog2, param_bits, ram_style
+from .engine import EnginePlan, LayerEngine, clog2, param_bits, ram_style
 from .pool import MaxPoolEngine, PoolPlan
 
-__all__ = ["BLOCK_RAM_MIN_BITS", "COUNTER_BITS", "DEFAULT_LUT_FRACTION", "MAX_LANES", "BufferPlan", "NetworkPlan",
+__all__ = ["COUNTER_BITS", "DEFAULT_LUT_FRACTION", "MAX_LANES", "BufferPlan", "NetworkPlan",
            "NetworkTop", "TopPlan", "choose_folding", "network_plan"]
 
 COUNTER_BITS = 32
@@ -171,14 +171,12 @@ class NetworkPlan:
 
 # ---- from the IR to a plan ----------------------------------------------------------------------------
 
-def _check_layer(ir, layer):
+def _check_layer(layer):
     where = f"layer '{layer.name}'"
     if layer.op == "add":
         raise UserError(f"{where}: residual add has no RTL engine yet (models 'mlp' and 'cnn' are supported)")
-    if layer.op in ("linear", "conv2d") and layer.a_signed and not layer.binary:
+    if layer.op in WEIGHT_OPS and layer.a_signed and not layer.binary:
         raise UserError(f"{where}: signed multi-bit input codes have no RTL engine yet")
-    if ir.input_signed:
-        raise UserError("signed network inputs have no RTL engine yet")
 
 
 def _divisors(n, limit=MAX_LANES):
@@ -187,10 +185,12 @@ def _divisors(n, limit=MAX_LANES):
 
 def _layout_steps(ir):
     """Walk the IR: [(layer, input (C, H, W) in buffer order, flattened?)] for every layer."""
+    if ir.input_signed:
+        raise UserError("signed network inputs have no RTL engine yet")
     shape = tuple(ir.input_shape) if len(ir.input_shape) == 3 else (ir.input_shape[0], 1, 1)
     steps, flat_from = [], None
     for layer, _names in ir.wired():
-        _check_layer(ir, layer)
+        _check_layer(layer)
         steps.append((layer, shape, flat_from))
         if layer.op == "flatten":
             flat_from = shape
@@ -205,12 +205,11 @@ def _weights_in_buffer_order(ir, layer, shape, flat_from):
     """(out, k*k*C) weights with columns in buffer order: (ky, kx, c), or for a linear layer after a
     flatten of (C, H, W), (y, x, c) instead of PyTorch's (c, y, x)."""
     w = ir.tensors[layer.weights].astype(np.int64)
-    if layer.op == "conv2d":
-        return w.transpose(0, 2, 3, 1).reshape(len(w), -1)
-    if flat_from is not None:
-        c, h, wd = flat_from
-        return w.reshape(len(w), c, h, wd).transpose(0, 2, 3, 1).reshape(len(w), -1)
-    return w
+    if layer.op == "linear":
+        if flat_from is None:
+            return w
+        w = w.reshape(len(w), *flat_from)
+    return w.transpose(0, 2, 3, 1).reshape(len(w), -1)  # (out, c, y, x) -> (out, y, x, c)
 
 
 def _stage_tables(ir, layer):
@@ -224,7 +223,7 @@ def _prepare(ir):
     """The IR walk and every weight layer's tensors in buffer order (shared by all foldings)."""
     steps = _layout_steps(ir)
     tensors = {la.name: (_weights_in_buffer_order(ir, la, shape, flat), *_stage_tables(ir, la))
-               for la, shape, flat in steps if la.op in ("linear", "conv2d")}
+               for la, shape, flat in steps if la.op in WEIGHT_OPS}
     return steps, tensors
 
 
@@ -276,11 +275,7 @@ def buffer_channels(ir):
     """What each word width must divide: the input's channels, then every conv2d/linear layer's output
     channels (the last layer's rows need not divide its outputs; they must not exceed them)."""
     steps = _layout_steps(ir)
-    return [steps[0][1][0], *(la.out_shape[0] for la, _, _ in steps if la.op in ("linear", "conv2d"))]
-
-
-def _engine_names(ir):
-    return [la.name for la in ir.layers if la.op in ("linear", "conv2d")]
+    return [steps[0][1][0], *(la.out_shape[0] for la, _, _ in steps if la.op in WEIGHT_OPS)]
 
 
 def choose_folding(ir, board, *, lut_budget=None, fold=None):
@@ -293,7 +288,7 @@ def choose_folding(ir, board, *, lut_budget=None, fold=None):
     not fit).
     """
     counts = buffer_channels(ir)
-    names = _engine_names(ir)
+    names = [la.name for la in ir.layers if la.op in WEIGHT_OPS]
     fold = dict(fold or {})
     unknown = set(fold) - set(names)
     if unknown:
@@ -424,15 +419,12 @@ class NetworkTop(wiring.Component):
         lbank = Signal()
         loading = self.i.valid & ~full[0].bit_select(lbank, 1)
         last_word = lword == len(words) - 1
-        word_mux = data.View(data.ArrayLayout(unsigned(plan.buffers[0].width), len(words)), Signal(
-            plan.buffers[0].width * len(words), name="input_words"))
-        m.d.comb += word_mux.as_value().eq(
-            _concat_words(self.i.payload, words, plan.input_bits))
+        word_mux = Array(Cat(*(self.i.payload[i] for i in word)) for word in words)
         wp0 = wr_ports[0]
         m.d.comb += [wp0.en.eq(loading), wp0.addr.eq(lbank * plan.buffers[0].words + lword),
                      wp0.data.eq(word_mux[lword]), self.i.ready.eq(loading & last_word)]
         with m.If(loading):
-            m.d.sync += lword.eq(_wrap(lword, len(words)))
+            m.d.sync += lword.eq(Mux(last_word, 0, lword + 1))
             with m.If(last_word):
                 m.d.sync += lbank.eq(~lbank)
         m.d.comb += sets[0].eq((loading & last_word) << lbank)
@@ -472,22 +464,3 @@ class NetworkTop(wiring.Component):
             with m.If(engine.done):
                 m.d.sync += self.cycles[k].eq(running)
         return m
-
-
-def _wrap(counter, n):
-    from amaranth import Mux
-
-    return Mux(counter == n - 1, 0, counter + 1)
-
-
-def _concat_words(payload, words, bits):
-    from amaranth import Cat
-
-    return Cat(*(payload[i] for word in words for i in word))
-
-
-def plan_for(ir, board, *, lut_budget=None, fold=None):
-    """The network plan with the folding chosen for ``board`` (see :func:`choose_folding`)."""
-    return network_plan(ir, choose_folding(ir, board, lut_budget=lut_budget, fold=fold))
-
-
