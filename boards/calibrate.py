@@ -24,9 +24,9 @@ import numpy as np
 from boards import RESOURCES
 from hwq.golden import accumulator_range
 from hwq.intrange import code_range, range_bits, signed_width, weight_range
-from hwq.ir import IR, Layer
+from hwq.ir import IR, Layer, conv_out_side
 
-__all__ = ["FAMILY_BOARDS", "network_ir", "random_layer", "random_network", "sweep", "sweep_cases",
+__all__ = ["FAMILY_BOARDS", "cnn_ir", "network_ir", "random_cnn", "random_layer", "random_network", "sweep", "sweep_cases",
            "synthesize_network"]
 
 HERE = Path(__file__).resolve().parent / "calibration"
@@ -44,11 +44,11 @@ def component_plan(point):
 
 
 def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extreme=False, op="linear",
-                 in_shape=None, kernel=3, padding=1, in_signed=False, out_signed=False):
+                 in_shape=None, kernel=3, padding=1, stride=1, in_signed=False, out_signed=False):
     """One random valid layer: integer weights, then monotone thresholds or, for ``out_bits=None``
     (the logits layer), a bias. ``out_bits`` may be a function, called after the weights are drawn.
     ``extreme`` uses the most negative weight everywhere (worst-case accumulation). ``op="conv2d"``
-    takes ``in_shape`` (C, H, W) (stride 1). ``in_signed`` with 1-bit inputs: bipolar inputs (with
+    takes ``in_shape`` (C, H, W), ``kernel``, ``padding`` and ``stride``. ``in_signed`` with 1-bit inputs: bipolar inputs (with
     1-bit weights, an XNOR layer). Returns (Layer, tensors)."""
     lo, hi = weight_range(w_bits)
     conv = op == "conv2d"
@@ -62,9 +62,8 @@ def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extr
     acc_bits = range_bits(min(acc_lo.min(), 0), max(acc_hi.max(), 0))
     tensors = {f"{name}.weight": w.astype(np.int8)}
     if conv:
-        side = in_shape[1] + 2 * padding - kernel + 1
-        geometry = dict(in_shape=list(in_shape), out_shape=[n_out, side, in_shape[2] + 2 * padding - kernel + 1],
-                        kernel=kernel, stride=1, padding=padding)
+        geometry = dict(in_shape=list(in_shape), kernel=kernel, stride=stride, padding=padding,
+                        out_shape=[n_out, *(conv_out_side(s, kernel, stride, padding) for s in in_shape[1:])])
     else:
         geometry = dict(in_shape=[n_in], out_shape=[n_out])
     common = dict(name=name, op=op, **geometry, w_bits=w_bits, a_bits=in_bits, a_signed=in_signed,
@@ -105,34 +104,45 @@ def _random_mlp(rng, binary):
     return network_ir(layers, tensors, input_bits=first_bits)
 
 
-def random_cnn(rng, binary):
-    """conv, maxpool, conv (binary: XNOR), maxpool, flatten, linear on a small random image."""
-    c0, side = int(rng.integers(1, 4)), int(rng.choice([4, 6, 8]))
-    c1, c2 = int(rng.choice([2, 4, 6, 8])), int(rng.choice([2, 4, 8]))
-    in_bits = first_bits = int(rng.integers(1, 9))
+def cnn_ir(rng, *, c0, side, channels, bits, n_out, binary=False, kernel=3, padding=1, extreme=False):
+    """conv1 (``kernel``, ``padding``), maxpool 2, conv2 (3x3, padding 1), maxpool 2, flatten, linear, with
+    random integers. ``bits`` = (input, conv1 weights, conv1 outputs, conv2 weights, conv2 outputs, fc
+    weights); ``binary`` makes conv1's outputs bipolar and conv2 and fc XNOR layers."""
+    in_bits, w1, b1, w2, b2, w3 = bits
+    if binary:
+        b1, w2, b2, w3 = 1, 1, 1, 1
+    c1, c2 = channels
     layers, tensors = [], {}
 
     def add(layer, t=None):
         layers.append(layer)
         tensors.update(t or {})
 
-    b1 = 1 if binary else int(rng.integers(1, 5))
-    add(*random_layer(rng, "conv1", c0, c1, int(rng.integers(1, 9)), in_bits, b1, op="conv2d",
-                      in_shape=[c0, side, side], out_signed=binary))
-    pool = dict(op="maxpool", kernel=2, stride=2, a_bits=b1, a_signed=binary, out_bits=b1, out_signed=binary)
-    add(Layer(name="pool1", in_shape=[c1, side, side], out_shape=[c1, side // 2, side // 2], **pool))
-    s2 = side // 2
-    b2 = 1 if binary else int(rng.integers(1, 5))
-    add(*random_layer(rng, "conv2", c1, c2, 1 if binary else int(rng.integers(1, 9)), b1, b2, op="conv2d",
-                      in_shape=[c1, s2, s2], in_signed=binary, out_signed=binary))
-    pool.update(a_bits=b2, out_bits=b2)
-    add(Layer(name="pool2", in_shape=[c2, s2, s2], out_shape=[c2, s2 // 2, s2 // 2], **pool))
-    flat = c2 * (s2 // 2) ** 2
-    add(Layer(name="flatten", op="flatten", in_shape=[c2, s2 // 2, s2 // 2], out_shape=[flat], a_bits=b2,
-              a_signed=binary, out_bits=b2, out_signed=binary))
-    add(*random_layer(rng, "fc", flat, int(rng.integers(2, 11)), 1 if binary else int(rng.integers(1, 9)), b2,
-                      None, in_signed=binary))
-    return network_ir(layers, tensors, input_bits=first_bits, input_shape=[c0, side, side])
+    def pool(name, c, s, b):
+        add(Layer(name=name, op="maxpool", kernel=2, stride=2, in_shape=[c, s, s], out_shape=[c, s // 2, s // 2],
+                  a_bits=b, a_signed=binary, out_bits=b, out_signed=binary))
+        return s // 2
+
+    add(*random_layer(rng, "conv1", c0, c1, w1, in_bits, b1, op="conv2d", in_shape=[c0, side, side], kernel=kernel,
+                      padding=padding, out_signed=binary, extreme=extreme))
+    s2 = pool("pool1", c1, layers[-1].out_shape[1], b1)
+    add(*random_layer(rng, "conv2", c1, c2, w2, b1, b2, op="conv2d", in_shape=[c1, s2, s2], in_signed=binary,
+                      out_signed=binary, extreme=extreme))
+    s3 = pool("pool2", c2, s2, b2)
+    flat = c2 * s3 * s3
+    add(Layer(name="flatten", op="flatten", in_shape=[c2, s3, s3], out_shape=[flat], a_bits=b2, a_signed=binary,
+              out_bits=b2, out_signed=binary))
+    add(*random_layer(rng, "fc", flat, n_out, w3, b2, None, in_signed=binary, extreme=extreme))
+    return network_ir(layers, tensors, input_bits=in_bits, input_shape=[c0, side, side])
+
+
+def random_cnn(rng, binary):
+    """:func:`cnn_ir` with random sizes and bits on a small image."""
+    c0, side = int(rng.integers(1, 4)), int(rng.choice([4, 6, 8]))
+    channels = int(rng.choice([2, 4, 6, 8])), int(rng.choice([2, 4, 8]))
+    bits = (int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.integers(1, 9)),
+            int(rng.integers(1, 5)), int(rng.integers(1, 9)))
+    return cnn_ir(rng, c0=c0, side=side, channels=channels, bits=bits, n_out=int(rng.integers(2, 11)), binary=binary)
 
 
 def random_network(rng):

@@ -10,6 +10,7 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from hwq.intrange import range_bits, signed_width, weight_range
+from hwq.ir import conv_out_side
 
 from ._check import check_int
 from .requant import ThresholdRequantizer
@@ -79,11 +80,11 @@ class EnginePlan:
 
     @property
     def out_h(self):
-        return (self.in_h + 2 * self.padding - self.kernel) // self.stride + 1
+        return conv_out_side(self.in_h, self.kernel, self.stride, self.padding)
 
     @property
     def out_w(self):
-        return (self.in_w + 2 * self.padding - self.kernel) // self.stride + 1
+        return conv_out_side(self.in_w, self.kernel, self.stride, self.padding)
 
     @property
     def positions(self):

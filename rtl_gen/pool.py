@@ -6,6 +6,8 @@ from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from hwq.ir import conv_out_side
+
 from ._check import check_int
 from .engine import clog2
 
@@ -26,11 +28,11 @@ class PoolPlan:
 
     @property
     def out_h(self):
-        return (self.in_h - self.kernel) // self.stride + 1
+        return conv_out_side(self.in_h, self.kernel, self.stride, 0)
 
     @property
     def out_w(self):
-        return (self.in_w - self.kernel) // self.stride + 1
+        return conv_out_side(self.in_w, self.kernel, self.stride, 0)
 
     @property
     def groups(self):

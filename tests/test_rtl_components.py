@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from boards.calibrate import cnn_ir
 from hwq import golden
 from hwq.errors import UserError
 from hwq.intrange import max_int, min_int, weight_range
@@ -153,33 +154,10 @@ def _check_network(ir, widths, X):
 
 
 def _cnn_ir(rng, *, c0=1, side=6, c=(4, 4), bits=(3, 4, 2, 2, 5), binary=False, padding=1, kernel=3, extreme=False):
-    """conv, maxpool, conv, maxpool, flatten, linear (multi-bit or binary) with random integers."""
-    from boards.calibrate import network_ir, random_layer
-    from hwq.ir import Layer
-
-    in_bits, w1, b1, w2, b2 = bits
-    if binary:
-        w2, b1, b2 = 1, 1, 1
-    layers, tensors = [], {}
-
-    def add(layer, t=None):
-        layers.append(layer)
-        tensors.update(t or {})
-
-    add(*random_layer(rng, "conv1", c0, c[0], w1, in_bits, b1, op="conv2d", in_shape=[c0, side, side],
-                      kernel=kernel, padding=padding, out_signed=binary, extreme=extreme))
-    s1 = layers[-1].out_shape[1]
-    pool = dict(op="maxpool", kernel=2, stride=2, a_signed=binary, out_signed=binary)
-    add(Layer(name="pool1", in_shape=[c[0], s1, s1], out_shape=[c[0], s1 // 2, s1 // 2], a_bits=b1, out_bits=b1, **pool))
-    s2 = s1 // 2
-    add(*random_layer(rng, "conv2", c[0], c[1], w2, b1, b2, op="conv2d", in_shape=[c[0], s2, s2], in_signed=binary,
-                      out_signed=binary, extreme=extreme))
-    add(Layer(name="pool2", in_shape=[c[1], s2, s2], out_shape=[c[1], s2 // 2, s2 // 2], a_bits=b2, out_bits=b2, **pool))
-    flat = c[1] * (s2 // 2) ** 2
-    add(Layer(name="flatten", op="flatten", in_shape=[c[1], s2 // 2, s2 // 2], out_shape=[flat], a_bits=b2,
-              a_signed=binary, out_bits=b2, out_signed=binary))
-    add(*random_layer(rng, "fc", flat, 5, 1 if binary else 4, b2, None, in_signed=binary, extreme=extreme))
-    return network_ir(layers, tensors, input_bits=in_bits, input_shape=[c0, side, side])
+    """conv, maxpool, conv, maxpool, flatten, linear (multi-bit or binary) with random integers;
+    ``bits`` = (input, conv1 weights, conv1 outputs, conv2 weights, conv2 outputs), fc weights 4 bits."""
+    return cnn_ir(rng, c0=c0, side=side, channels=c, bits=(*bits, 4), n_out=5, binary=binary, kernel=kernel,
+                  padding=padding, extreme=extreme)
 
 
 def _inputs(rng, ir, n):
@@ -202,13 +180,12 @@ def test_cnn_top_matches_golden_with_any_folding(widths, binary):
 @pytest.mark.parametrize("stride,padding,kernel", [(2, 1, 3), (1, 0, 2), (2, 2, 3)])
 def test_conv_window_stride_and_padding(stride, padding, kernel):
     from boards.calibrate import network_ir, random_layer
-
-    rng = np.random.default_rng(stride * 10 + padding)
-    conv, t1 = random_layer(rng, "conv", 2, 4, 3, 4, 2, op="conv2d", in_shape=[2, 7, 7], kernel=kernel, padding=padding)
-    side = (7 + 2 * padding - kernel) // stride + 1
-    conv.stride, conv.out_shape = stride, [4, side, side]
     from hwq.ir import Layer
 
+    rng = np.random.default_rng(stride * 10 + padding)
+    conv, t1 = random_layer(rng, "conv", 2, 4, 3, 4, 2, op="conv2d", in_shape=[2, 7, 7], kernel=kernel, padding=padding,
+                            stride=stride)
+    side = conv.out_shape[1]
     flat = Layer(name="flatten", op="flatten", in_shape=conv.out_shape, out_shape=[4 * side * side], a_bits=2,
                  a_signed=False, out_bits=2, out_signed=False)
     fc, t2 = random_layer(rng, "fc", 4 * side * side, 3, 2, 2, None)
