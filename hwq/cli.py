@@ -95,13 +95,13 @@ def _train_config(args):
                        nbn_variant=args.nbn_variant, sinareq_learn_bits=args.learn_bits)
 
 
-def _add_board(p, *, array=True):
+def _add_board(p, *, folding=True):
     from boards import DEFAULT_BOARD
     from rtl_gen.top import DEFAULT_LUT_FRACTION
 
     p.add_argument("--board", default=DEFAULT_BOARD,
                    help=f"board name (see `hwq boards`) or a board .yaml file (default: {DEFAULT_BOARD})")
-    if not array:
+    if not folding:
         return
     p.add_argument("--fold", type=_fold, action="append", metavar="LAYER=RxC",
                    help="fix a conv2d/linear layer's folding: RxC = output channels x input channels per cycle "
@@ -395,7 +395,7 @@ def build_parser():
 
     p = sub.add_parser("synth", help="synthesize the RTL with yosys: resources per layer and in total")
     p.add_argument("rtl", help="RTL directory from `hwq rtl`")
-    _add_board(p, array=False)
+    _add_board(p, folding=False)
     p.add_argument("--pnr", action="store_true", help="also place and route with nextpnr for Fmax (iCE40, ECP5)")
     p.set_defaults(func=cmd_synth)
 
