@@ -36,8 +36,8 @@ def predict(family, resource, features):
 def plan_resources(family, plan):
     """{"lut", "ff", "bram", "dsp"} of a component plan (its ``cost_features`` and ``register_bits``).
 
-    Weight ROMs are kept in logic (boards synthesize with ``-nobram``) and multipliers in LUTs
-    (``-nodsp`` where the family has DSPs), so BRAM and DSP are exactly 0 for now.
+    BRAM is 0 here: components with block-RAM memories (engines' weight ROMs, buffers) add their own
+    count in their ``resources``. DSP is 0: multipliers stay in LUTs (``-nodsp`` where the family has DSPs).
     """
     return {"lut": predict(family, "lut", plan.cost_features), "ff": predict(family, "ff", plan.register_bits),
             "bram": 0, "dsp": 0}
