@@ -110,9 +110,10 @@ def main():
     method = ("The model: each component's cost features (`rtl_gen/engine.py` `EnginePlan`, `rtl_gen/pool.py` "
               "`PoolPlan`, `rtl_gen/top.py` `BufferPlan` and `TopPlan`: `cost_features` and `register_bits`) times "
               "coefficients per family, fitted by non-negative least squares (`boards/model.py`) on the calibration "
-              "sweeps in `boards/calibration/` (14 designs per family, seed 1; `python -m boards.calibrate sweep "
-              "--family F`, then `fit`). Block RAMs: memories of 2 kbit or more are marked for block RAM and counted "
-              "as ceil(bits / block bits); DSPs are 0 (`-nodsp`, multipliers in LUTs).")
+              "sweeps in `boards/calibration/` (40 designs per family, seed 1; `python -m boards.calibrate sweep "
+              "--family F --designs 40`, then `fit`). Block RAMs: memories of 2 kbit or more are marked for block "
+              "RAM; each is counted as its words tiled over the family's block-RAM shapes (`boards.model.BRAM_SHAPES`, "
+              "the cheapest tiling); DSPs are 0 (`-nodsp`, multipliers in LUTs).")
     lines = ["# Estimator vs synthesis (held-out designs)", "", made_by, "", about, "", method, "", header,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for fam, r in results.items():

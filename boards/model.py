@@ -6,14 +6,25 @@ and stored in ``boards/calibration/coefficients.json``; the features are defined
 """
 
 import json
+import math
 from functools import cache
 from importlib import resources
 
 from hwq.errors import UserError
 
-__all__ = ["coefficients", "fit", "plan_resources", "predict"]
+__all__ = ["BRAM_SHAPES", "bram_blocks", "coefficients", "fit", "plan_resources", "predict"]
 
 COEFFICIENTS = "calibration/coefficients.json"
+
+# Block-RAM aspect ratios per family: (cost in blocks, [(depth, width), ...]) for each primitive that yosys
+# maps a memory with one read and one write port to. Xilinx has two primitives (RAMB18E1 counts as half a
+# RAMB36E1, as boards/synth.py counts it). Checked against yosys on 24 memory geometries per family.
+BRAM_SHAPES = {
+    "ice40": [(1, [(256, 16), (512, 8), (1024, 4), (2048, 2)])],                       # SB_RAM40_4K
+    "ecp5": [(1, [(512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)])],  # DP16KD
+    "xilinx7": [(0.5, [(512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)]),  # RAMB18E1
+                (1, [(512, 72), (1024, 36), (2048, 18), (4096, 9), (8192, 4), (16384, 2), (32768, 1)])],
+}
 
 
 @cache
@@ -31,6 +42,17 @@ def predict(family, resource, features):
     if model is None:
         raise UserError(f"no calibrated {resource} model for FPGA family {family!r} in boards/{COEFFICIENTS}")
     return round(sum(model.get(name, 0.0) * value for name, value in features.items()))
+
+
+def bram_blocks(family, depth, width):
+    """Block RAMs for a ``depth`` x ``width`` memory: its words tiled over the cheapest primitive shape.
+
+    Known to over-count by one block some deep memories of odd width (yosys packs a 4096 x 9 memory into
+    9 iCE40 blocks, this says 10)."""
+    shapes = BRAM_SHAPES.get(family)
+    if shapes is None:
+        raise UserError(f"no block-RAM shapes for FPGA family {family!r} (known: {', '.join(BRAM_SHAPES)})")
+    return min(cost * math.ceil(depth / d) * math.ceil(width / w) for cost, options in shapes for d, w in options)
 
 
 def plan_resources(family, plan):

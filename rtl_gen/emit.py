@@ -45,7 +45,7 @@ def describe(plan, ir, board, widths):
             entry.update({"stage": None, "engine": "none", "latency_cycles": 0, "period_cycles": 0})
         layers.append(entry)
     buffers = [{"name": f"buffer{k}", **asdict(b), "total_bits": b.total_bits, "memory": b.style,
-                "bram_blocks": b.bram_blocks(board.bram_bits)} for k, b in enumerate(plan.buffers)]
+                "bram_blocks": b.bram_blocks(board.family)} for k, b in enumerate(plan.buffers)]
     return {
         "format": RTL_FORMAT,
         "top": TOP_NAME,

@@ -138,11 +138,14 @@ class EnginePlan:
     def rom_style(self):
         return ram_style(self.rom_bits_per_column)
 
-    def bram_blocks(self, block_bits):
-        """Block RAMs of the weight ROMs (one or more per column when they are block-styled)."""
+    def bram_blocks(self, family):
+        """Block RAMs of the weight ROMs (one or more per column when they are block-styled): each column's
+        ROM is ``n_out_tiles * n_in_tiles`` words of ``rows * w_bits``."""
+        from boards.model import bram_blocks
+
         if self.rom_style != "block":
             return 0
-        return self.cols * math.ceil(self.rom_bits_per_column / block_bits)
+        return self.cols * bram_blocks(family, self.n_out_tiles * self.n_in_tiles, self.rows * self.w_bits)
 
     @property
     def n_levels(self):
@@ -181,13 +184,13 @@ class EnginePlan:
             "xnor": rows * cols if xnor else 0,                   # XNOR + popcount tree inputs
             "rom_out": rom_out if w_tiles > 1 and self.rom_style == "logic" else 0,  # weight ROM output bits
             "rom_bits": rom_out * w_tiles if self.rom_style == "logic" else 0,      # weight ROM contents in LUTs
-            "skew": 0 if xnor else self.a_bits * cols * (cols - 1) // 2,   # input skew registers
+            "shift": (0 if xnor else self.a_bits * max(cols - 2, 0)) + self.tag_bits,   # delay lines (SRLs on Xilinx)
             "addr": clog2(self.in_words) * (1 + (self.kernel > 1 or self.padding > 0)),  # window address
             "acc": rows * self.acc_bits,                          # tile accumulators
             "cmp": rows * self.n_levels * self.param_bits if thresholds else 0,   # threshold comparators
             "bias_add": 0 if thresholds else rows * self.acc_bits,
             "param_rom": rows * self.n_levels * self.param_bits * (self.n_out_tiles > 1),
-            "ctrl": (self.datapath_latency + 2) * self.tag_bits,
+            "ctrl": self.tag_bits,
         }
 
     @property
@@ -207,11 +210,11 @@ class EnginePlan:
             "ff_ctrl": (self.datapath_latency + 2) * self.tag_bits + 6 * clog2(max(self.in_words, 2)),
         }
 
-    def resources(self, family, block_bits=4096):
+    def resources(self, family):
         """Estimated {"lut", "ff", "bram", "dsp"} on an FPGA family, from the calibrated model."""
         from boards.model import plan_resources
 
-        return {**plan_resources(family, self), "bram": self.bram_blocks(block_bits)}
+        return {**plan_resources(family, self), "bram": self.bram_blocks(family)}
 
 
 class LayerEngine(wiring.Component):

@@ -65,7 +65,7 @@ class PoolPlan:
         return {"const": 1, "ff_pool": self.lanes * self.bits,
                 "ff_ctrl": 2 * (3 + clog2(self.out_words)) + 5 * clog2(max(self.in_words, 2))}
 
-    def resources(self, family, block_bits=4096):
+    def resources(self, family):
         from boards.model import plan_resources
 
         return plan_resources(family, self)

@@ -59,25 +59,25 @@ class BufferPlan:
     def style(self):
         return ram_style(self.total_bits)
 
-    def bram_blocks(self, block_bits):
-        return math.ceil(self.total_bits / block_bits) if self.style == "block" else 0
+    def bram_blocks(self, family):
+        from boards.model import bram_blocks
+
+        return bram_blocks(family, 2 * self.words, self.width) if self.style == "block" else 0
 
     @property
     def cost_features(self):
         logic = self.style == "logic"
         return {"buf_logic_bits": self.total_bits if logic else 0, "buf_width": self.width,
-                "buf_addr": clog2(2 * self.words)}
+                "buf_addr": clog2(2 * self.words), "buf_words": 2 * self.words if logic else 0}
 
     @property
     def register_bits(self):
         return {"ff_buf": self.total_bits if self.style == "logic" else 0, "ff_bufctl": 3}
 
-    def resources(self, family, block_bits=4096):
+    def resources(self, family):
         from boards.model import plan_resources
 
-        res = plan_resources(family, self)
-        res["bram"] = self.bram_blocks(block_bits)
-        return res
+        return {**plan_resources(family, self), "bram": self.bram_blocks(family)}
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class TopPlan:
     def register_bits(self):
         return {"top_const": 1, "top_counters": COUNTER_BITS * self.n_stages, "top_ctrl": 2 * clog2(self.in_words)}
 
-    def resources(self, family, block_bits=4096):
+    def resources(self, family):
         from boards.model import plan_resources
 
         return plan_resources(family, self)
@@ -160,10 +160,10 @@ class NetworkPlan:
         out += [(f"buffer{k}", b) for k, b in enumerate(self.buffers)]
         return [*out, ("top", self.top)]
 
-    def resources(self, family, block_bits=4096):
+    def resources(self, family):
         total = dict.fromkeys(("lut", "ff", "bram", "dsp"), 0)
         for _, plan in self.components():
-            res = plan.resources(family, block_bits)
+            res = plan.resources(family)
             for key in total:
                 total[key] += res[key]
         return total
@@ -314,7 +314,7 @@ def choose_folding(ir, board, *, lut_budget=None, fold=None):
         plan = network_plan(ir, widths, prepared)
         if any(s.plan.lanes > MAX_LANES for s in plan.stages if isinstance(s.plan, EnginePlan)) and not fold:
             continue
-        res = plan.resources(board.family, board.bram_bits)
+        res = plan.resources(board.family)
         if smallest is None or res["lut"] < smallest[0]:
             smallest = (res["lut"], widths)
         if res["lut"] > budget or res["bram"] > board.bram:

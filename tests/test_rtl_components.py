@@ -258,12 +258,11 @@ def test_folding_fits_the_budget_and_honours_overrides():
     board = load_board("ice40-up5k")
     widths = choose_folding(ir, board)
     plan = network_plan(ir, widths)
-    assert plan.resources(board.family, board.bram_bits)["lut"] <= DEFAULT_LUT_FRACTION * board.lut
-    minimal = network_plan(ir, [1] * len(widths)).resources(board.family)["lut"]  # one channel per cycle
-    small = choose_folding(ir, board, lut_budget=minimal + 1)
-    assert network_plan(ir, small).resources(board.family)["lut"] <= minimal + 1
-    assert network_plan(ir, small).initiation_interval >= plan.initiation_interval
-    assert choose_folding(ir, board, fold={"conv2": (2, 4)})[1:3] == (4, 2)
+    assert plan.resources(board.family)["lut"] <= DEFAULT_LUT_FRACTION * board.lut
+    big = network_plan(ir, choose_folding(ir, board, lut_budget=board.lut))  # more budget: not slower
+    assert plan.resources(board.family)["lut"] <= big.resources(board.family)["lut"] <= board.lut
+    assert big.initiation_interval <= plan.initiation_interval
+    assert choose_folding(ir, board, fold={"conv2": (2, 4)}, lut_budget=board.lut)[1:3] == (4, 2)
     with pytest.raises(UserError, match="rows must divide the layer's 8 outputs"):
         choose_folding(ir, board, fold={"conv2": (3, 4)})
     with pytest.raises(UserError, match="no conv2d/linear layer named 'nope'"):
