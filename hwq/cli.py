@@ -4,6 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sim import DATA_SPLITS, TESTBENCHES
+
 from . import __version__
 from .errors import UserError
 from .requant import REQUANT_POLICIES
@@ -248,6 +250,13 @@ def cmd_estimate(args):
         print(f"wrote {args.out}")
 
 
+def _mismatch_text(first):
+    pos = first["position"]
+    at = f"channel {pos[0]}, y {pos[1]}, x {pos[2]}" if len(pos) == 3 else f"output {pos[0]}"
+    return (f"MISMATCH at layer {first['layer']}, sample {first['sample']}, {at}: expected {first['expected']} "
+            f"(golden model), got {first['got']} (RTL)")
+
+
 def cmd_sim(args):
     from sim.runner import simulate
 
@@ -255,14 +264,22 @@ def cmd_sim(args):
     from .ir import load_ir
 
     ir = load_ir(args.ir)
-    res = simulate(ir, args.rtl, samples=args.samples, backpressure=args.backpressure, seed=args.seed,
-                   waves=args.waves)
-    out = args.out or Path(args.rtl) / "sim.json"
+    what = f"layer {args.layer}" if args.layer else "the network"
+    print(f"simulating {args.samples} samples through {what} with Verilator (a design's first build takes "
+          f"10-20 s, then it is cached) ...", flush=True)
+    res = simulate(ir, args.rtl, samples=args.samples, data=args.data, layer=args.layer,
+                   backpressure=args.backpressure, seed=args.seed, waves=args.waves, testbench=args.testbench)
+    out = args.out or Path(args.rtl) / ("sim.json" if args.layer is None else f"sim-{args.layer}.json")
     write_json(out, res)
     cyc = ", ".join(f"{la['name']} {la['cycles']}" for la in res["layers"])
-    verdict = "bit-exact" if res["bit_exact"] else f"MISMATCH in {res['mismatched_samples']} samples, first {res['first_mismatch']}"
+    if res["bit_exact"]:
+        verdict = f"bit-exact ({res['samples']} of {res['samples']} samples)"
+    else:
+        verdict = f"{_mismatch_text(res['first_mismatch'])} ({res['mismatched_samples']} samples differ)"
     waves = f" and {args.waves}" if args.waves else ""
-    print(f"simulated {res['samples']} samples: {verdict}; cycles {cyc}; latency {res['latency_cycles']} cycles; "
+    print(f"{verdict}\ncycles per layer: {cyc}; latency {res['latency_cycles']} (estimate "
+          f"{res['latency_cycles_estimate']}), initiation interval {res['initiation_interval_cycles']} (estimate "
+          f"{res['initiation_interval_cycles_estimate']}); {res['cycles_per_s'] or 0:,} simulated cycles/s\n"
           f"wrote {out}{waves}")
     return 0 if res["bit_exact"] else 1
 
@@ -384,7 +401,16 @@ def build_parser():
     p = sub.add_parser("sim", help="simulate the RTL with Verilator and check it against the golden model")
     p.add_argument("ir", help="IR directory from `hwq export`")
     p.add_argument("rtl", help="RTL directory from `hwq rtl`")
-    p.add_argument("--samples", type=_positive, default=100, help="test samples to simulate (default: 100)")
+    p.add_argument("--samples", type=_positive, default=100, help="samples to simulate (default: 100)")
+    p.add_argument("--data", choices=DATA_SPLITS, default="test",
+                   help="dataset split the samples come from; 'all' is the test split, then the training split "
+                        "(default: test)")
+    p.add_argument("--layer", metavar="NAME",
+                   help="simulate this layer alone (its Verilog generated with its folding in RTL), on the input "
+                        "codes the golden model computes for it")
+    p.add_argument("--testbench", choices=TESTBENCHES, default="harness",
+                   help="harness: free-running Verilog testbench, no Python while it runs (default); cocotb: "
+                        "Python on every handshake (slower, an independent check)")
     p.add_argument("--backpressure", type=float, default=0.0, metavar="P",
                    help="test the handshakes: the output is stalled with probability P each cycle and inputs "
                         "arrive after random gaps (default: 0, free-running)")

@@ -185,8 +185,8 @@ def _divisors(n, limit=MAX_LANES):
 
 def _layout_steps(ir):
     """Walk the IR: [(layer, input (C, H, W) in buffer order, flattened?)] for every layer."""
-    if ir.input_signed:
-        raise UserError("signed network inputs have no RTL engine yet")
+    if ir.input_signed and ir.input_bits > 1:
+        raise UserError("signed multi-bit network inputs have no RTL engine yet")
     shape = tuple(ir.input_shape) if len(ir.input_shape) == 3 else (ir.input_shape[0], 1, 1)
     steps, flat_from = [], None
     for layer, _names in ir.wired():
@@ -265,10 +265,31 @@ def network_plan(ir, widths, prepared=None):
             buffers.append(BufferPlan(words=plan.positions * plan.n_out_tiles, lanes=g_out, bits=layer.out_bits))
         bits = layer.out_bits
     last = stages[-1]
+    if len(stages) == 1:  # one layer on its own (`hwq sim --layer`): its whole output feature map
+        p = last.plan
+        out_features, out_bits = (p.positions * p.out_channels, p.out_bits) if isinstance(p, EnginePlan) else \
+            (p.out_words * p.lanes, p.bits)
+        return NetworkPlan(stages=stages, buffers=buffers, input_bits=ir.input_bits, input_shape=first_shape,
+                           out_features=out_features, out_bits=out_bits)
     if not isinstance(last.plan, EnginePlan) or last.plan.kind != "bias" or last.plan.positions != 1:
         raise UserError(f"layer '{last.layer.name}': the network must end with a linear logits layer")
     return NetworkPlan(stages=stages, buffers=buffers, input_bits=ir.input_bits, input_shape=first_shape,
                        out_features=last.plan.out_channels, out_bits=last.plan.out_bits)
+
+
+def layer_ir(ir, name):
+    """The IR of layer ``name`` alone: its input is the network's activation before it (level indices on
+    the wire, see :class:`NetworkTop`), its output the layer's whole feature map."""
+    from dataclasses import replace
+
+    layer = next((la for la in ir.layers if la.name == name), None)
+    if layer is None:
+        raise UserError(f"--layer {name}: no such layer; the layers are {', '.join(la.name for la in ir.layers)}")
+    if layer.op not in (*WEIGHT_OPS, "maxpool"):
+        raise UserError(f"--layer {name}: a {layer.op} layer has no hardware of its own")
+    keys = (layer.weights, layer.thresholds, layer.signs, layer.mult, layer.offset, layer.bias)
+    return replace(ir, input_shape=list(layer.in_shape), input_bits=layer.a_bits, input_signed=layer.a_signed,
+                   layers=[replace(layer, inputs=None)], tensors={k: ir.tensors[k] for k in keys if k is not None})
 
 
 def buffer_channels(ir):
@@ -445,8 +466,14 @@ class NetworkTop(wiring.Component):
             b_in = plan.buffers[k]
             rp = rd_ports[k]
             m.d.comb += [rp.addr.eq(bank * b_in.words + engine.rd_addr), engine.rd_data.eq(rp.data)]
-            if last:
+            if last and isinstance(engine, MaxPoolEngine):  # a pool on its own: collect its output words
+                lanes = engine.plan.lanes
+                for a in range(engine.plan.out_words):
+                    with m.If(engine.wr_en & (engine.wr_addr == a)):
+                        m.d.sync += [self.o.payload[a * lanes + j].eq(engine.wr_data[j]) for j in range(lanes)]
+            elif last:
                 m.d.comb += self.o.payload.eq(engine.y)
+            if last:
                 with m.If(engine.done):
                     m.d.sync += self.o.valid.eq(1)
                 with m.Elif(self.o.valid & self.o.ready):

@@ -1,8 +1,14 @@
-"""Build the generated Verilog with Verilator (cached), run the cocotb testbench, compare with golden.
+"""Simulate the generated Verilog with Verilator (builds cached) and compare with the golden model.
 
-``simulate(ir, rtl_dir, samples=N)`` returns the ``sim.json`` dict: per-sample verdict, the first
-mismatch (sample, output index, expected, got), cycle counts per layer measured in hardware and
-the total latency measured by the testbench's own timestamps.
+``simulate(ir, rtl_dir, samples=N)`` returns the ``sim.json`` dict: the verdict, the first mismatch
+(layer, sample, position, expected, got), the cycles of every layer measured in hardware, and the
+latency and initiation interval measured by the testbench. ``layer=NAME`` simulates one layer on its
+own (its Verilog generated here, with the folding it has in the network) on the input codes the golden
+model computes for it.
+
+Two testbenches see the same design: the free-running Verilog harness (:mod:`sim.harness`, the
+default: no Python while it runs) and the cocotb testbench (:mod:`sim.tb_network`: Python on every
+handshake, an independent check of the harness).
 """
 
 import hashlib
@@ -18,10 +24,13 @@ from hwq import golden
 from hwq.data import load_dataset
 from hwq.errors import UserError
 from hwq.fileio import cache_dir
+from hwq.intrange import act_levels
 
+from . import DATA_SPLITS, TESTBENCHES
+from .harness import build_harness, run_harness
 from .verilator import WARNING_FLAGS, setup_verilator
 
-__all__ = ["SIM_FORMAT", "build", "compare", "load_rtl", "simulate"]
+__all__ = ["SIM_FORMAT", "build", "compare", "load_rtl", "select_inputs", "simulate"]
 
 SIM_FORMAT = "hwq-sim/1"
 TB_MODULE = "sim.tb_network"
@@ -70,7 +79,8 @@ def load_rtl(rtl_dir):
 
 
 def build(rtl_dir, top, *, waves=False):
-    """Verilate ``top.v`` into a cached build directory named by a hash of the source and options.
+    """Verilate ``top.v`` for the cocotb testbench into a cached build directory named by a hash of the
+    source and options.
 
     ``waves`` builds with VCD tracing (a separate, slower build; FST would need the lz4 headers)."""
     setup_verilator()
@@ -111,45 +121,73 @@ def compare(expected, got):
     return equal, first
 
 
-def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=None, backpressure=0.0, seed=0,
-             waves=None):
-    """Simulate ``samples`` test inputs through the RTL in ``rtl_dir``; return the sim.json dict.
+def select_inputs(ir, samples, data="test"):
+    """The first ``samples`` input codes (and labels) of the IR's dataset split ``data``."""
+    if data not in DATA_SPLITS:
+        raise UserError(f"--data must be one of {', '.join(DATA_SPLITS)}, not {data!r}")
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, not {samples}")
+    ds = load_dataset(ir.dataset, input_bits=ir.input_bits)
+    x = {"test": ds.x_test, "train": ds.x_train, "all": np.concatenate([ds.x_test, ds.x_train])}[data]
+    y = {"test": ds.y_test, "train": ds.y_train, "all": np.concatenate([ds.y_test, ds.y_train])}[data]
+    if samples > len(x):
+        more = "" if data == "all" else f"; --data all has {len(ds.x_test) + len(ds.x_train)}"
+        raise UserError(f"--samples {samples}: the {ir.dataset} {data} split has {len(x)} samples{more}")
+    return x[:samples], y[:samples]
 
-    ``golden_ir`` (default ``ir``) is the model the outputs are checked against; tests pass a
-    different one to prove a corrupted design is caught. ``backpressure`` (0..1) is the probability
-    that the output is not taken on a cycle, with random idle cycles between inputs (``seed``).
-    ``waves`` is the path of a VCD waveform file to write (None: no waveforms).
-    """
-    if not 0 <= backpressure < 1:
-        raise UserError(f"--backpressure must be in [0, 1), not {backpressure}")
-    info = load_rtl(rtl_dir)
-    if inputs is None:
-        data = load_dataset(ir.dataset, input_bits=ir.input_bits)
-        if samples < 1:
-            raise UserError(f"--samples must be at least 1, not {samples}")
-        inputs, labels = data.x_test[:samples], data.y_test[:samples]
-    inputs = np.asarray(inputs, dtype=np.int64)
-    if inputs.shape[1] != info["input"]["features"]:
-        raise UserError(f"inputs have {inputs.shape[1]} features; the design takes {info['input']['features']}")
 
-    t0 = time.perf_counter()
-    build_dir, cached = build(rtl_dir, info["top"], waves=waves is not None)
-    t_build = time.perf_counter() - t0
+def _pack(codes, bits, signed):
+    """Input vectors (N, features) of codes -> one int per vector: level indices, ``bits`` each, first
+    feature in the low bits (the top's ``i.payload``)."""
+    lo, step, _ = act_levels(bits, signed)
+    index = (np.asarray(codes, dtype=np.int64).reshape(len(codes), -1) - lo) // step
+    weights = [1 << (k * bits) for k in range(index.shape[1])]
+    return [sum(int(v) * w for v, w in zip(row, weights, strict=True)) for row in index]
+
+
+def _unpack(words, count, bits, kind):
+    """Packed words -> (N, count) integers: unsigned (``kind`` "raw"), two's complement logits ("logits")
+    or the codes of level indices (``kind`` = (bits, signed) of the codes)."""
+    mask = (1 << bits) - 1
+    raw = np.array([[(w >> (k * bits)) & mask for k in range(count)] for w in words], dtype=np.int64)
+    if kind == "raw":
+        return raw
+    if kind == "logits":
+        return np.where(raw >> (bits - 1), raw - (1 << bits), raw)
+    lo, step, _ = act_levels(*kind)
+    return lo + step * raw
+
+
+def _layer_design(ir, rtl_dir, info, name, work):
+    """Generate the Verilog of layer ``name`` alone into ``work``, folded as in the network's ``rtl.json``;
+    return (the layer's IR, its rtl.json)."""
+    from boards import load_board
+    from rtl_gen.emit import generate_rtl
+    from rtl_gen.top import layer_ir
+
+    sub = layer_ir(ir, name)
+    entry = next((la for la in info["layers"] if la["name"] == name), None)
+    if entry is None or entry.get("stage") is None:
+        raise UserError(f"--layer {name}: {Path(rtl_dir) / 'rtl.json'} has no hardware for this layer")
+    rows, cols = entry["array"]
+    widths = [rows] if entry["engine"] == "maxpool" else [cols, rows]
+    return sub, generate_rtl(sub, load_board(info["board"]), Path(work, "rtl"), widths=widths)
+
+
+def _run_cocotb(rtl_dir, info, words, *, backpressure, seed, waves):
+    """The cocotb testbench on packed input words; results as :func:`sim.harness.run_harness` gives them."""
     from cocotb_tools.check_results import get_results
 
+    build_dir, cached = build(rtl_dir, info["top"], waves=waves is not None)
     with tempfile.TemporaryDirectory(prefix="hwq-sim-") as work:
-        stim, result = Path(work, "stimulus.npz"), Path(work, "result.json")
-        np.savez(stim, inputs=inputs, input_bits=info["input"]["bits"], output_bits=info["output"]["bits"],
-                 n_outputs=info["output"]["features"], n_stages=len(info["stages"]))
-        runner = _runner()
-        t1 = time.perf_counter()
-        xml = runner.test(test_module=TB_MODULE, hdl_toplevel=info["top"], hdl_toplevel_lang="verilog",
-                          build_dir=build_dir, test_dir=work,
-                          extra_env={"HWQ_SIM_STIMULUS": str(stim), "HWQ_SIM_RESULT": str(result),
-                                     "HWQ_SIM_BACKPRESSURE": str(backpressure), "HWQ_SIM_SEED": str(seed)},
-                          log_file=Path(work, "sim.log"), waves=waves is not None,
-                          test_args=["--trace-file", str(Path(waves).resolve())] if waves else [])
-        t_run = time.perf_counter() - t1
+        stim, result = Path(work, "stimulus.json"), Path(work, "result.json")
+        stim.write_text(json.dumps({"words": [f"{w:x}" for w in words]}))
+        xml = _runner().test(test_module=TB_MODULE, hdl_toplevel=info["top"], hdl_toplevel_lang="verilog",
+                             build_dir=build_dir, test_dir=work,
+                             extra_env={"HWQ_SIM_STIMULUS": str(stim), "HWQ_SIM_RESULT": str(result),
+                                        "HWQ_SIM_BACKPRESSURE": str(backpressure), "HWQ_SIM_SEED": str(seed)},
+                             log_file=Path(work, "sim.log"), waves=waves is not None,
+                             test_args=["--trace-file", str(Path(waves).resolve())] if waves else [])
         try:
             n_tests, n_failed = get_results(xml)
         except RuntimeError:  # no results file: the simulator died
@@ -159,18 +197,98 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=No
             log = log_path.read_text()[-3000:] if log_path.is_file() else "(no log)"
             raise RuntimeError(f"the cocotb testbench failed ({n_failed} of {n_tests} tests):\n{log}")
         rec = json.loads(result.read_text())
-
-    expected = golden.run(golden_ir or ir, inputs)
-    equal, first = compare(expected, rec["outputs"])
-    layer_cycles = np.asarray(rec["layer_cycles"], dtype=np.int64)
-    accept = np.asarray(rec["accept_ns"], dtype=np.int64)
-    valid = np.asarray(rec["valid_ns"], dtype=np.int64)
     period = rec["period_ns"]
-    # accept edge ends the accept cycle; o.valid is high from the edge that starts its first cycle
-    latencies = (valid - accept) // period + 1
+    # an accept at the edge ending cycle k is at time (k + 1) * period; valid from the edge starting cycle k
+    return {"accept": [t // period - 1 for t in rec["accept_ns"]], "valid": [t // period for t in rec["valid_ns"]],
+            "payload": [int(w, 16) for w in rec["payload"]], "counters": [int(w, 16) for w in rec["counters"]],
+            "simulated_cycles": rec["simulated_cycles"]}, cached
+
+
+def _mismatch(first, layer, shape):
+    """The first mismatch with the layer and the position in the layer's output (C, H, W) or (F,)."""
+    if first is None:
+        return None
+    j = first["index"]
+    if len(shape) == 3:  # outputs are compared in buffer order: (y, x, c)
+        c, _, w = shape
+        y, rest = divmod(j, w * c)
+        x, ch = divmod(rest, c)
+        position = [ch, y, x]
+    else:
+        position = [j]
+    return {"layer": layer.name, "sample": first["sample"], "position": position, "index": j,
+            "expected": first["expected"], "got": first["got"]}
+
+
+def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test", golden_ir=None, layer=None,
+             backpressure=0.0, seed=0, waves=None, testbench="harness"):
+    """Simulate input samples through the RTL in ``rtl_dir`` (or through one ``layer`` of it); return the
+    sim.json dict.
+
+    Inputs: ``inputs`` (network input codes) or else the first ``samples`` of the dataset split ``data``.
+    ``golden_ir`` (default ``ir``) is the model the outputs are checked against; tests pass a different
+    one to prove a corrupted design is caught. ``backpressure`` (0..1) is the probability that the
+    output is not taken on a cycle, with random gaps between inputs (``seed``). ``waves`` is the path of
+    a VCD waveform file to write (None: no waveforms). ``testbench``: "harness" or "cocotb".
+    """
+    if not 0 <= backpressure < 1:
+        raise UserError(f"--backpressure must be in [0, 1), not {backpressure}")
+    if testbench not in TESTBENCHES:
+        raise UserError(f"testbench must be one of {', '.join(TESTBENCHES)}, not {testbench!r}")
+    info = load_rtl(rtl_dir)
+    split = None  # the dataset split, when the inputs come from the dataset
+    if inputs is None:
+        inputs, labels = select_inputs(ir, samples, data)
+        split = data
+    inputs = np.asarray(inputs, dtype=np.int64).reshape(len(inputs), -1)
+    if inputs.shape[1] != info["input"]["features"]:
+        raise UserError(f"inputs have {inputs.shape[1]} features; the design takes {info['input']['features']}")
+    golden_ir = golden_ir or ir
+
+    with tempfile.TemporaryDirectory(prefix="hwq-layer-") as work:
+        t0 = time.perf_counter()
+        if layer is None:
+            target, design, stim, sim_dir = ir.layers[-1], info, inputs, rtl_dir
+            expected = golden.run(golden_ir, inputs)
+            kind = "logits"
+        else:
+            sub, design = _layer_design(ir, rtl_dir, info, layer, work)
+            target, sim_dir = sub.layers[0], Path(work, "rtl")
+            produced = dict(zip((la.name for la in ir.layers), golden.run_layers(golden_ir, inputs), strict=True))
+            source = next(names for la, names in ir.wired() if la.name == layer)[0]
+            stim = inputs if source == "input" else produced[source]
+            expected = produced[layer]
+            kind = "logits" if target.requant_kind == "bias" else (target.out_bits, target.out_signed)
+        if expected.ndim == 4:  # (N, C, H, W) -> the hardware's order (N, H * W * C)
+            expected = expected.transpose(0, 2, 3, 1)
+        expected = expected.reshape(len(expected), -1)
+        words = _pack(stim, design["input"]["bits"], bool(layer and target.a_signed))
+        t_gen = time.perf_counter() - t0
+        stall = 0 if backpressure == 0 else min(255, max(1, round(backpressure * 256)))
+        t0 = time.perf_counter()
+        if testbench == "harness":
+            exe, cached = build_harness(sim_dir, design, waves=waves is not None)
+            t_build = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            # a generous watchdog: no progress for this many cycles is a hang
+            rec = run_harness(exe, words, stall=stall, seed=seed + 1, waves=waves,
+                              timeout=10 * (design["latency_cycles"] + design["input"]["load_cycles"]) + 1000)
+        else:
+            t1 = time.perf_counter()
+            rec, cached = _run_cocotb(sim_dir, design, words, backpressure=backpressure, seed=seed, waves=waves)
+            t_build = 0.0
+        t_run = time.perf_counter() - t1
+
+    n_out, out_bits = design["output"]["features"], design["output"]["bits"]
+    got = _unpack(rec["payload"], n_out, out_bits, kind)
+    equal, first = compare(expected, got)
+    n_stages = len(design["stages"])
+    layer_cycles = _unpack(rec["counters"], n_stages, design.get("counter_bits", 32), "raw") \
+        if n_stages else np.zeros((len(words), 0), dtype=np.int64)
+    accept, valid = np.asarray(rec["accept"], dtype=np.int64), np.asarray(rec["valid"], dtype=np.int64)
+    latencies = valid - accept
     # steady state: the largest gap between consecutive outputs (the slowest stage sets the pace)
-    ii = int(np.diff(valid).max() // period) if len(valid) > 1 else None
-    outputs = np.asarray(rec["outputs"], dtype=np.int64)
+    ii = int(np.diff(valid).max()) if len(valid) > 1 else None
 
     def layer_entry(lay):
         k = lay.get("stage")
@@ -182,23 +300,30 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, golden_ir=No
 
     result = {
         "format": SIM_FORMAT,
-        "samples": len(inputs),
+        "layer": layer,
+        "testbench": testbench,
+        "data": split,
+        "samples": len(words),
         "backpressure": backpressure,
         "seed": seed,
         "bit_exact": bool(equal.all()),
         "mismatched_samples": int((~equal).sum()),
-        "first_mismatch": first,
-        "layers": [layer_entry(lay) for lay in info["layers"]],
+        "first_mismatch": _mismatch(first, target, target.out_shape if len(target.out_shape) == 3 else [n_out]),
+        "layers": [layer_entry(lay) for lay in design["layers"]],
         # the first sample meets an empty pipeline: its latency is the design's latency
         "latency_cycles": int(latencies[0]),
         "latency_cycles_max": int(latencies.max()),
+        "latency_cycles_estimate": design["latency_cycles"],
         "initiation_interval_cycles": ii,
+        "initiation_interval_cycles_estimate": design["initiation_interval_cycles"],
+        "throughput_per_s": round(info["clock_mhz"] * 1e6 / ii, 1) if ii else None,
         "simulated_cycles": rec["simulated_cycles"],
-        "timings_s": {"build": round(t_build, 3), "build_cached": cached, "run": round(t_run, 3)},
+        "timings_s": {"generate": round(t_gen, 3), "build": round(t_build, 3), "build_cached": cached,
+                      "run": round(t_run, 3)},
         "cycles_per_s": round(rec["simulated_cycles"] / t_run) if t_run > 0 else None,
     }
-    if labels is not None:
+    if labels is not None and layer is None:
         labels = np.asarray(labels)
-        result["accuracy"] = float((outputs.argmax(1) == labels).mean())
+        result["accuracy"] = float((got.argmax(1) == labels).mean())
         result["accuracy_golden"] = float((expected.argmax(1) == labels).mean())
     return result

@@ -1,5 +1,8 @@
 """cocotb testbench for the network top (runs inside the simulator; never imported by pytest).
 
+The independent, Python-driven counterpart of the Verilog harness (:mod:`sim.harness`), which is what
+``hwq sim`` runs: tests check that both see the same outputs and cycles.
+
 Parts: a driver (offers the input vectors one after another on the ``i`` stream, without waiting for
 outputs, so the layer-pipelined top holds several samples at once), a monitor running concurrently
 (waits for ``o.valid`` without Python on every clock edge, then captures the logits and the hardware
@@ -10,7 +13,8 @@ Backpressure mode (``HWQ_SIM_BACKPRESSURE`` = p > 0): ``o.ready`` is low with pr
 cycle and inputs are offered after 0-3 random idle cycles (``HWQ_SIM_SEED``), so the handshakes are
 exercised; the outputs must still equal the golden model, in order. Python then runs every cycle.
 
-Environment: ``HWQ_SIM_STIMULUS`` (npz with ``inputs``), ``HWQ_SIM_RESULT`` (JSON written here).
+Environment: ``HWQ_SIM_STIMULUS`` (JSON: packed input words as hex, ``n_stages``), ``HWQ_SIM_RESULT``
+(JSON written here: raw output payloads and counters as hex, times in ns).
 """
 
 import json
@@ -18,7 +22,6 @@ import os
 import random
 
 import cocotb
-import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
@@ -26,32 +29,15 @@ from cocotb.utils import get_sim_time
 PERIOD_NS = 10
 
 
-def pack(values, bits):
-    word = 0
-    for k, v in enumerate(values):
-        word |= (int(v) & ((1 << bits) - 1)) << (k * bits)
-    return word
-
-
-def unpack(word, count, bits, signed):
-    out = []
-    for k in range(count):
-        v = (word >> (k * bits)) & ((1 << bits) - 1)
-        if signed and v >> (bits - 1):
-            v -= 1 << bits
-        out.append(v)
-    return out
-
-
 class Driver:
     """Offers input vectors on the ``i`` stream; returns the sim time of each accepting edge."""
 
-    def __init__(self, dut, bits):
-        self.dut, self.bits = dut, bits
+    def __init__(self, dut):
+        self.dut = dut
 
-    async def send(self, vector):
+    async def send(self, word):
         dut = self.dut
-        dut.i__payload.value = pack(vector, self.bits)
+        dut.i__payload.value = word
         dut.i__valid.value = 1
         while True:
             await ReadOnly()
@@ -67,8 +53,8 @@ class Driver:
 class Monitor:
     """Waits for ``o.valid`` and captures the output and the cycle counters when it is taken."""
 
-    def __init__(self, dut, n_out, out_bits, n_stages):
-        self.dut, self.n_out, self.out_bits, self.n_stages = dut, n_out, out_bits, n_stages
+    def __init__(self, dut):
+        self.dut = dut
 
     async def receive(self):
         dut = self.dut
@@ -82,10 +68,9 @@ class Monitor:
             if valid_at is None:
                 valid_at = get_sim_time("ns")
             if int(dut.o__ready.value):  # valid and ready both high: the output is taken at the next edge
-                logits = unpack(dut.o__payload.value.to_unsigned(), self.n_out, self.out_bits, signed=True)
-                cycles = unpack(dut.cycles.value.to_unsigned(), self.n_stages, 32, signed=False)
+                payload, cycles = dut.o__payload.value.to_unsigned(), dut.cycles.value.to_unsigned()
                 await RisingEdge(dut.clk)
-                return valid_at, logits, cycles
+                return valid_at, payload, cycles
             await RisingEdge(dut.clk)
 
 
@@ -99,10 +84,8 @@ async def stall_output(dut, rng, p_stall):
 @cocotb.test()
 async def run_network(dut):
     """Run every stimulus vector through the network and record outputs and cycle counts."""
-    stim = np.load(os.environ["HWQ_SIM_STIMULUS"])
-    inputs = stim["inputs"]
-    in_bits, out_bits = int(stim["input_bits"]), int(stim["output_bits"])
-    n_out, n_stages = int(stim["n_outputs"]), int(stim["n_stages"])
+    with open(os.environ["HWQ_SIM_STIMULUS"]) as f:
+        inputs = [int(w, 16) for w in json.load(f)["words"]]
     cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
     dut.rst.value = 1
     dut.i__valid.value = 0
@@ -111,7 +94,7 @@ async def run_network(dut):
     dut.rst.value = 0
     await RisingEdge(dut.clk)
 
-    driver, monitor = Driver(dut, in_bits), Monitor(dut, n_out, out_bits, n_stages)
+    driver, monitor = Driver(dut), Monitor(dut)
     p_stall = float(os.environ.get("HWQ_SIM_BACKPRESSURE", "0"))
     rng = random.Random(int(os.environ.get("HWQ_SIM_SEED", "0")))
     if p_stall > 0:
@@ -120,17 +103,17 @@ async def run_network(dut):
     accepts = []
 
     async def drive():
-        for vector in inputs:
+        for word in inputs:
             if p_stall > 0:
                 await ClockCycles(dut.clk, rng.randint(0, 3))
-            accepts.append(await driver.send(vector))
+            accepts.append(await driver.send(word))
 
     driving = cocotb.start_soon(drive())
-    records = {"outputs": [], "layer_cycles": [], "valid_ns": []}
+    records = {"payload": [], "counters": [], "valid_ns": []}
     for _ in range(len(inputs)):
-        valid_at, logits, cycles = await monitor.receive()
-        records["outputs"].append(logits)
-        records["layer_cycles"].append(cycles)
+        valid_at, payload, cycles = await monitor.receive()
+        records["payload"].append(f"{payload:x}")
+        records["counters"].append(f"{cycles:x}")
         records["valid_ns"].append(valid_at)
     await driving
     records["simulated_cycles"] = round((get_sim_time("ns") - t_start) / PERIOD_NS)

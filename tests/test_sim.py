@@ -1,4 +1,5 @@
-"""Verilator + cocotb: the generated Verilog, simulated cycle by cycle, against the golden model."""
+"""Verilator: the generated Verilog, simulated cycle by cycle (free-running harness and cocotb), against the
+golden model; whole networks and single layers."""
 
 import numpy as np
 import pytest
@@ -47,7 +48,10 @@ def test_corrupted_weight_is_caught(small_design, tmp_path):
     assert not res["bit_exact"]
     assert res["mismatched_samples"] > 0
     first = res["first_mismatch"]
-    assert first["index"] == 0 and first["expected"] != first["got"]
+    assert first["layer"] == "l2" and first["index"] == 0 and first["position"] == [0]
+    assert first["expected"] != first["got"]
+    assert first["expected"] == golden.run(ir, x)[first["sample"], 0]
+    assert first["sample"] == int(np.argmax((golden.run(ir, x) != golden.run(bad, x)).any(1)))
 
 
 def test_compare_reports_first_mismatch():
@@ -84,21 +88,31 @@ def test_yosys_synthesizes_the_verilog(small_design, tmp_path):
     assert "SB_LUT4" in stat.read_text()
 
 
-@pytest.mark.parametrize("p_stall, seed", [(0.5, 1), (0.9, 2)])
-def test_random_backpressure_keeps_outputs_exact_and_in_order(small_design, p_stall, seed):
+@pytest.mark.parametrize("testbench, p_stall, seed", [("harness", 0.5, 1), ("harness", 0.9, 2), ("cocotb", 0.5, 3)])
+def test_random_backpressure_keeps_outputs_exact_and_in_order(small_design, testbench, p_stall, seed):
     ir, rtl, x = small_design
-    res = simulate(ir, rtl, inputs=x[:15], backpressure=p_stall, seed=seed)
+    res = simulate(ir, rtl, inputs=x[:15], backpressure=p_stall, seed=seed, testbench=testbench)
     assert res["bit_exact"], res["first_mismatch"]
-    assert res["backpressure"] == p_stall
+    assert res["backpressure"] == p_stall and res["testbench"] == testbench
     for layer in res["layers"]:  # stalls at the output do not change the engines' own timing
         assert layer["cycles"] == layer["estimate_cycles"] and layer["cycles_constant"]
-    free = simulate(ir, rtl, inputs=x[:15])
+    free = simulate(ir, rtl, inputs=x[:15], testbench=testbench)
     assert res["simulated_cycles"] > free["simulated_cycles"]  # the stalls did happen
 
 
-def test_waveforms_are_written(small_design, tmp_path):
+def test_cocotb_testbench_sees_what_the_harness_sees(small_design):
+    """Two independent testbenches (Verilog harness, Python cocotb) measure the same outputs and cycles."""
     ir, rtl, x = small_design
-    res = simulate(ir, rtl, inputs=x[:3], waves=tmp_path / "run.vcd")
+    fast, slow = simulate(ir, rtl, inputs=x), simulate(ir, rtl, inputs=x, testbench="cocotb")
+    assert fast["bit_exact"] and slow["bit_exact"]
+    for key in ("layers", "latency_cycles", "latency_cycles_max", "initiation_interval_cycles"):
+        assert fast[key] == slow[key], key
+
+
+@pytest.mark.parametrize("testbench", ["harness", "cocotb"])
+def test_waveforms_are_written(small_design, tmp_path, testbench):
+    ir, rtl, x = small_design
+    res = simulate(ir, rtl, inputs=x[:3], waves=tmp_path / "run.vcd", testbench=testbench)
     assert res["bit_exact"]
     text = (tmp_path / "run.vcd").read_text()
     assert "$enddefinitions" in text and "o__valid" in text
@@ -127,3 +141,85 @@ def test_cnn_verilog_lints_and_is_bit_exact_in_verilator(binary, tmp_path):
     assert res["bit_exact"], res["first_mismatch"]
     assert all(la["cycles"] == la["estimate_cycles"] for la in res["layers"])
     assert res["latency_cycles"] == info["latency_cycles"]
+
+
+def test_a_second_run_reuses_the_build(small_design):
+    ir, rtl, x = small_design
+    simulate(ir, rtl, inputs=x[:2])
+    res = simulate(ir, rtl, inputs=x[:2])
+    assert res["timings_s"]["build_cached"]
+
+
+# ---- one layer on its own (hwq sim --layer) ------------------------------------------------------------
+
+LAYER_CASES = {  # cnn_ir arguments: conv1 (kernel, padding), maxpool, conv2, maxpool, flatten, linear
+    "multibit": dict(c0=2, side=6, channels=(4, 4), bits=(4, 3, 2, 5, 3, 4), kernel=3, padding=1),
+    "binary": dict(c0=1, side=6, channels=(4, 4), bits=(3, 2, 1, 1, 1, 1), binary=True),
+    "k2-extreme": dict(c0=2, side=5, channels=(2, 4), bits=(8, 8, 4, 8, 2, 8), kernel=2, padding=0, extreme=True),
+}
+
+
+@pytest.fixture(scope="module")
+def layer_designs(tmp_path_factory):
+    """The networks of LAYER_CASES with their Verilog (default folding for the board) and inputs."""
+    from boards.calibrate import cnn_ir
+
+    out = {}
+    for k, (name, args) in enumerate(LAYER_CASES.items()):
+        rng = np.random.default_rng(40 + k)
+        ir = cnn_ir(rng, n_out=5, **args)
+        rtl = tmp_path_factory.mktemp(f"rtl-{name}")
+        generate_rtl(ir, load_board("xc7a35t"), rtl)
+        out[name] = ir, rtl, rng.integers(0, 2**ir.input_bits, size=(12, ir.in_features))
+    return out
+
+
+@pytest.mark.parametrize("case, layer", [
+    *(("multibit", la) for la in ("conv1", "pool1", "conv2", "pool2", "fc")),
+    *(("binary", la) for la in ("conv2", "pool2", "fc")),  # XNOR engines on bipolar inputs, pool on bipolar
+    *(pytest.param("k2-extreme", la, marks=pytest.mark.slow) for la in ("conv1", "conv2", "fc")),
+])
+def test_one_layer_alone_is_bit_exact_with_its_estimated_cycles(layer_designs, case, layer):
+    ir, rtl, x = layer_designs[case]
+    res = simulate(ir, rtl, inputs=x, layer=layer)
+    assert res["layer"] == layer and res["bit_exact"], res["first_mismatch"]
+    (entry,) = res["layers"]
+    assert entry["name"] == layer and entry["cycles"] == entry["estimate_cycles"]
+    net = next(la for la in load_rtl(rtl)["layers"] if la["name"] == layer)
+    assert entry["cycles"] == net["latency_cycles"]  # same folding, same timing as inside the network
+    assert res["latency_cycles"] == res["latency_cycles_estimate"]
+
+
+def test_a_corrupted_layer_is_caught_at_its_position(layer_designs):
+    """conv2's golden model with one weight changed: the mismatch names the layer, the sample, the output
+    (channel, y, x) and both values, and they are the first differing output of the two golden models."""
+    import copy
+
+    ir, rtl, x = layer_designs["multibit"]
+    bad = copy.deepcopy(ir)
+    conv2 = next(la for la in bad.layers if la.name == "conv2")
+    bad.tensors[conv2.weights][1] = -bad.tensors[conv2.weights][1]  # output channel 1 changes
+    res = simulate(ir, rtl, inputs=x, layer="conv2", golden_ir=bad)
+    assert not res["bit_exact"]
+    first = res["first_mismatch"]
+    want = golden.run_layers(bad, x)[2].transpose(0, 2, 3, 1).reshape(len(x), -1)
+    have = golden.run_layers(ir, x)[2].transpose(0, 2, 3, 1).reshape(len(x), -1)
+    s, j = first["sample"], first["index"]
+    assert first["layer"] == "conv2" and (want[:s] == have[:s]).all() and (want[s, :j] == have[s, :j]).all()
+    assert (first["expected"], first["got"]) == (want[s, j], have[s, j])
+    c, y, xx = first["position"]
+    assert golden.run_layers(bad, x)[2][s, c, y, xx] == first["expected"] and c == 1
+
+
+def test_inputs_from_the_dataset_splits():
+    from types import SimpleNamespace
+
+    from hwq.errors import UserError
+    from sim.runner import select_inputs
+
+    ir = SimpleNamespace(dataset="digits", input_bits=4)
+    x_all, _ = select_inputs(ir, 1000, "all")
+    x_test, _ = select_inputs(ir, 360, "test")
+    assert len(x_all) == 1000 and (x_all[:360] == x_test).all()
+    with pytest.raises(UserError, match="--data all has 1797"):
+        select_inputs(ir, 1000, "test")
