@@ -110,7 +110,7 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     write_json(out / "estimate.json", est)
 
     n = len(data.x_test) if samples is None else min(samples, len(data.x_test))
-    log(f"simulating {n} samples with Verilator (a design's first build takes about 20 s) ...")
+    log(f"simulating {n} samples with Verilator (a design's first build takes 10-20 s) ...")
     t = time.perf_counter()
     sim = simulate(ir, out / "rtl", inputs=data.x_test[:n], labels=data.y_test[:n])
     timings["sim"] = round(time.perf_counter() - t, 3)
