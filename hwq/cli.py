@@ -416,7 +416,7 @@ def build_parser():
                         "arrive after random gaps (default: 0, free-running)")
     p.add_argument("--seed", type=_non_negative, default=0, metavar="N", help="seed of the random stalls (default: 0)")
     p.add_argument("--waves", metavar="FILE.vcd", help="also write the waveforms of every signal (VCD, for GTKWave)")
-    p.add_argument("--out", help="sim.json to write (default: RTL/sim.json)")
+    p.add_argument("--out", help="sim.json to write (default: RTL/sim.json; with --layer, RTL/sim-LAYER.json)")
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("synth", help="synthesize the RTL with yosys: resources per layer and in total")

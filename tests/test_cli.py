@@ -181,3 +181,18 @@ def test_golden_rejects_bad_inputs(trained_ir, tmp_path, monkeypatch, capsys, in
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_sim_one_layer_and_the_whole_network_from_the_command_line(trained_ir, tmp_path, capsys):
+    """`hwq sim --layer` writes RTL/sim-LAYER.json; too many test samples is a one-line error naming --data."""
+    import json
+
+    ir_dir, _ = trained_ir
+    assert main(["rtl", str(ir_dir), "--out", str(tmp_path / "rtl")]) == 0
+    assert main(["sim", str(ir_dir), str(tmp_path / "rtl"), "--layer", "fc2", "--samples", "20"]) == 0
+    res = json.loads((tmp_path / "rtl" / "sim-fc2.json").read_text())
+    assert res["layer"] == "fc2" and res["bit_exact"] and res["samples"] == 20 and res["data"] == "test"
+    assert res["layers"][0]["cycles"] == res["layers"][0]["estimate_cycles"]
+    assert "bit-exact (20 of 20 samples)" in capsys.readouterr().out
+    assert main(["sim", str(ir_dir), str(tmp_path / "rtl"), "--samples", "400"]) == 2
+    assert "the digits test split has 360 samples; --data all has 1797" in capsys.readouterr().err
