@@ -367,12 +367,16 @@ class NetworkTop(wiring.Component):
     presents the logits.
 
     Input loader: while ``i.valid`` and the input buffer's next bank is free, one word per cycle is
-    copied from ``i.payload`` (channels-first codes, as the IR's input) into the buffer in pixel
+    copied from ``i.payload`` (channels-first level indices of the IR's input codes: the codes themselves
+    when unsigned, 0/1 for bipolar -1/+1) into the buffer in pixel
     order; ``i.ready`` is high in the cycle of the last word (the accept cycle). Stage k starts when
     bank ``b`` of its input buffer is full and bank ``b`` of its output buffer is free, where ``b``
     alternates per sample; when it is done it frees the input bank and fills the output bank. The last
     stage writes the logits register; ``o.valid`` rises the cycle after it is done and stays high
     until ``o.ready``. Timing: :attr:`NetworkPlan.latency` and :attr:`NetworkPlan.initiation_interval`.
+
+    A top of a single stage (one layer on its own, see :func:`layer_ir`) presents the stage's whole
+    output map on ``o`` in pixel order (y, x, channel): level indices, or raw sums for a bias layer.
 
     ``cycles[k]``: the cycles from start to done of stage k's last completed run, measured in
     hardware; the testbench reads them to check the analytic latencies.

@@ -248,12 +248,12 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
     with tempfile.TemporaryDirectory(prefix="hwq-layer-") as work:
         t0 = time.perf_counter()
         if layer is None:
-            target, design, stim, sim_dir = ir.layers[-1], info, inputs, rtl_dir
+            target, design, stim, sim_dir, design_ir = ir.layers[-1], info, inputs, rtl_dir, ir
             expected = golden.run(golden_ir, inputs)
             kind = "logits"
         else:
-            sub, design = _layer_design(ir, rtl_dir, info, layer, work)
-            target, sim_dir = sub.layers[0], Path(work, "rtl")
+            design_ir, design = _layer_design(ir, rtl_dir, info, layer, work)
+            target, sim_dir = design_ir.layers[0], Path(work, "rtl")
             produced = dict(zip((la.name for la in ir.layers), golden.run_layers(golden_ir, inputs), strict=True))
             source = next(names for la, names in ir.wired() if la.name == layer)[0]
             stim = inputs if source == "input" else produced[source]
@@ -262,7 +262,7 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
         if expected.ndim == 4:  # (N, C, H, W) -> the hardware's order (N, H * W * C)
             expected = expected.transpose(0, 2, 3, 1)
         expected = expected.reshape(len(expected), -1)
-        words = _pack(stim, design["input"]["bits"], bool(layer and target.a_signed))
+        words = _pack(stim, design_ir.input_bits, design_ir.input_signed)
         t_gen = time.perf_counter() - t0
         stall = 0 if backpressure == 0 else min(255, max(1, round(backpressure * 256)))
         t0 = time.perf_counter()
