@@ -189,6 +189,7 @@ class EnginePlan:
             "acc": rows * self.acc_bits,                          # tile accumulators
             "cmp": rows * self.n_levels * self.param_bits if thresholds else 0,   # threshold comparators
             "bias_add": 0 if thresholds else rows * self.acc_bits,
+            "out_reg": 0 if thresholds else self.positions * self.out_channels * self.out_bits,  # logits register
             "param_rom": rows * self.n_levels * self.param_bits * (self.n_out_tiles > 1),
             "ctrl": self.tag_bits,
         }
@@ -206,7 +207,8 @@ class EnginePlan:
             "ff_prom": rows * (self.n_levels * self.param_bits + 1) * (self.n_out_tiles > 1),
             "ff_x": cols * self.a_bits * (1 + (0 if self.engine == "xnor" else (cols - 1) / 2)),
             "ff_acc": rows * self.acc_bits,
-            "ff_out": rows * self.out_bits,
+            # the logits layer keeps every output in a register (the top's output); others pass a word on
+            "ff_out": self.positions * self.out_channels * self.out_bits if self.kind == "bias" else rows * self.out_bits,
             "ff_ctrl": (self.datapath_latency + 2) * self.tag_bits + 6 * clog2(max(self.in_words, 2)),
         }
 
