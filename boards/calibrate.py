@@ -163,7 +163,7 @@ def random_network(rng):
 def synthesize_network(ir, widths, board, work):
     """Verilog for the IR, synthesized for the board; return the data points (top, stages, buffers)."""
     from boards.synth import synthesize
-    from rtl_gen.emit import TOP_NAME, generate_rtl
+    from rtl_gen.emit import TOP_NAME, generate_rtl, verilog_sources
     from rtl_gen.engine import EnginePlan
     from rtl_gen.top import network_plan
 
@@ -171,7 +171,7 @@ def synthesize_network(ir, widths, board, work):
     plan = network_plan(ir, widths)
     generate_rtl(ir, board, rtl, widths=widths)
     names = [f"{TOP_NAME}.{s.layer.name}" for s in plan.stages]
-    syn = synthesize(rtl / "top.v", TOP_NAME, board, keep=names)
+    syn = synthesize(verilog_sources(rtl), TOP_NAME, board, keep=names)
     # the top module holds the buffers: its counts are fitted by the top's and the buffers' features together
     top_features = [("top", asdict(plan.top))] + [("buffer", asdict(b)) for b in plan.buffers]
     points = [{"component": "top", "plan": asdict(plan.top), "parts": top_features,

@@ -69,7 +69,12 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
     if yosys is None:
         raise UserError("yosys not found; install it with `sudo apt-get install -y yosys`")
     nextpnr = _tool(board.pnr["tool"])
-    key = hashlib.sha256(Path(rtl_dir, "top.v").read_bytes() + harness_verilog(info).encode()
+    from rtl_gen.emit import verilog_sources
+
+    from .synth import verilog_inputs
+
+    sources, data = verilog_inputs(verilog_sources(rtl_dir, info))
+    key = hashlib.sha256(data + harness_verilog(info).encode()
                          + repr((board.yosys_synth, board.pnr, board.clock_mhz, seed)).encode()).hexdigest()[:20]
     cached = cache_dir("pnr") / f"{key}.json"
     if cache and cached.is_file():
@@ -78,10 +83,13 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
         work = Path(work)
         (work / "harness.v").write_text(harness_verilog(info))
         netlist, report = work / "net.json", work / "report.json"
-        script = (f'read_verilog "{Path(rtl_dir, "top.v").resolve()}" "{work / "harness.v"}"; '
+        files = " ".join(f'"{p.resolve()}"' for p in sources)
+        script = (f'read_verilog {files} "{work / "harness.v"}"; '
                   f"{board.yosys_synth} -top {HARNESS_TOP} -json {netlist}")
         t0 = time.perf_counter()
-        proc = subprocess.run([yosys, "-q", "-p", script], capture_output=True, text=True, timeout=timeout)
+        # in the RTL folder: the memories' $readmemh paths are relative to it
+        proc = subprocess.run([yosys, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
+                              cwd=sources[0].parent)
         if proc.returncode != 0:
             raise RuntimeError(f"yosys failed:\n{proc.stderr[-2000:]}")
         t_synth = time.perf_counter() - t0

@@ -19,7 +19,7 @@ from hwq.fileio import cache_dir, write_json
 
 from . import RESOURCES
 
-__all__ = ["CELL_KINDS", "count_resources", "synthesize", "yosys_version"]
+__all__ = ["CELL_KINDS", "count_resources", "synthesize", "verilog_inputs", "yosys_version"]
 
 # cell type -> (resource kind, how many of it one cell is)
 CELL_KINDS = {
@@ -81,8 +81,23 @@ def _flat_cells(cells, name):
     return total
 
 
+def verilog_inputs(verilog):
+    """(source paths, bytes that determine them): ``verilog`` is one path or a list (read in order); the
+    memory files they load (``mem/*.hex`` beside the first) count too. Tools run in the first file's
+    folder, where the ``$readmemh`` paths are relative to."""
+    sources = [Path(v) for v in ([verilog] if isinstance(verilog, (str, Path)) else verilog)]
+    for path in sources:
+        if not path.is_file():
+            raise UserError(f"{path}: Verilog file not found")
+    data = b"".join(p.read_bytes() for p in sources)
+    for hex_file in sorted(sources[0].parent.glob("mem/*.hex")):
+        data += hex_file.name.encode() + hex_file.read_bytes()
+    return sources, data
+
+
 def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
-    """Synthesize ``verilog`` (a path) for ``board``; return resources per kept module and in total.
+    """Synthesize ``verilog`` (a path, or a list of paths) for ``board``; return resources per kept module
+    and in total.
 
     ``keep`` names modules (e.g. ``hwq_top.fc1``) whose hierarchy is kept, so each gets its own count;
     everything else is flattened into its parent. The board's ``yosys_synth`` command is used.
@@ -90,12 +105,10 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
     exe = shutil.which("yosys")
     if exe is None:
         raise UserError("yosys not found; install it with `sudo apt-get install -y yosys` (or run `make install` as root)")
-    verilog = Path(verilog)
-    if not verilog.is_file():
-        raise UserError(f"{verilog}: Verilog file not found")
+    sources, data = verilog_inputs(verilog)
     keep_cmd = f"setattr -mod -set keep_hierarchy 1 {' '.join(keep)}; " if keep else ""
     script_tail = f"{board.yosys_synth} -top {top}"
-    key = hashlib.sha256(verilog.read_bytes() + repr((top, keep_cmd, script_tail, yosys_version())).encode())
+    key = hashlib.sha256(data + repr((top, keep_cmd, script_tail, yosys_version())).encode())
     cached = cache_dir("synth") / f"{key.hexdigest()[:20]}.json"
     if cache and cached.is_file():
         result = json.loads(cached.read_text())
@@ -103,16 +116,17 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
         return result
     with tempfile.TemporaryDirectory(prefix="hwq-synth-") as work:
         stat = Path(work, "stat.json")
-        script = f'read_verilog "{verilog}"; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o {stat} stat -json'
+        files = " ".join(f'"{p.resolve()}"' for p in sources)
+        script = f"read_verilog {files}; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o {stat} stat -json"
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
-                                  check=False)
+                                  check=False, cwd=sources[0].parent)
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"yosys took longer than {timeout} s on {verilog}") from None
+            raise RuntimeError(f"yosys took longer than {timeout} s on {sources[0]}") from None
         seconds = time.perf_counter() - t0
         if proc.returncode != 0 or not stat.is_file():
-            raise RuntimeError(f"yosys failed on {verilog}:\n{(proc.stderr or proc.stdout)[-2000:]}")
+            raise RuntimeError(f"yosys failed on {sources[0]}:\n{(proc.stderr or proc.stdout)[-2000:]}")
         data = _parse_stat(stat.read_text())
     cells = {name.lstrip("\\"): mod["num_cells_by_type"] for name, mod in data["modules"].items()}
     modules = {}

@@ -219,7 +219,9 @@ def cmd_rtl(args):
     info = generate_rtl(ir, board, args.out, **_folding(args))
     arrays = ", ".join(f"{la['name']} {la['engine']} {la['array'][0]}x{la['array'][1]}"
                        for la in info["layers"] if la["stage"] is not None)
-    print(f"wrote {Path(args.out) / 'top.v'} and rtl.json for {board.name}: latency {info['latency_cycles']} cycles, "
+    n_layers, n_mem = len(info["files"]) - 1, len(info["memory_files"])
+    print(f"wrote {args.out}/: top.v, {n_layers} layer files, {n_mem} memory files and rtl.json for {board.name}: "
+          f"latency {info['latency_cycles']} cycles, "
           f"initiation interval {info['initiation_interval_cycles']} cycles "
           f"({info['throughput_per_s']:,.0f} inferences/s at {board.clock_mhz:g} MHz); {arrays}")
 
@@ -386,7 +388,7 @@ def build_parser():
     p.add_argument("--layer", help="write this layer's output codes instead of the logits")
     p.set_defaults(func=cmd_golden)
 
-    p = sub.add_parser("rtl", help="IR -> Verilog (top.v, rtl.json) for a board")
+    p = sub.add_parser("rtl", help="IR -> Verilog (top.v, a file per layer, memory files, rtl.json) for a board")
     p.add_argument("ir", help="IR directory from `hwq export`")
     _add_board(p)
     p.add_argument("--out", required=True, help="RTL directory to write")

@@ -104,7 +104,7 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     t = time.perf_counter()
     rtl_info = generate_rtl(ir, board, out / "rtl", fold=fold, lut_budget=lut_budget)
     timings["rtl"] = round(time.perf_counter() - t, 3)
-    log(f"generated Verilog -> {out / 'rtl' / 'top.v'}")
+    log(f"generated Verilog -> {out / 'rtl'}/ (top.v, a file per layer, memory files in mem/)")
 
     est = estimate(ir, board, widths=rtl_info["folding"])
     write_json(out / "estimate.json", est)

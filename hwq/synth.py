@@ -10,7 +10,7 @@ SYNTH_FORMAT = "hwq-synth/1"
 
 
 def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
-    """Synthesize ``rtl_dir/top.v`` for ``board``; write and return ``rtl_dir/synth.json``.
+    """Synthesize the Verilog of ``rtl_dir`` for ``board``; write and return ``rtl_dir/synth.json``.
 
     With ``pnr``, also place and route with nextpnr (when the board's family has an open tool) and
     record Fmax and the placer's utilization under ``"pnr"``; otherwise ``"pnr"`` is null.
@@ -18,6 +18,7 @@ def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
     from pathlib import Path
 
     from boards.synth import synthesize
+    from rtl_gen.emit import verilog_sources
     from sim.runner import load_rtl
 
     from .progress import status
@@ -26,8 +27,8 @@ def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
     info = load_rtl(rtl_dir)
     top = info["top"]
     names = [la["name"] for la in info["layers"] if la.get("stage") is not None]
-    with status(f"yosys {board.yosys_synth} on {rtl_dir / 'top.v'}", enabled=show_progress):
-        syn = synthesize(rtl_dir / "top.v", top, board, keep=[f"{top}.{n}" for n in names])
+    with status(f"yosys {board.yosys_synth} on {rtl_dir}", enabled=show_progress):
+        syn = synthesize(verilog_sources(rtl_dir, info), top, board, keep=[f"{top}.{n}" for n in names])
     # one entry per IR layer; a layer without hardware (flatten) costs nothing
     layers = [{"name": la["name"], **{k: (syn["modules"][f"{top}.{la['name']}"][k] if la["name"] in names else 0)
                                       for k in RESOURCES}} for la in info["layers"]]

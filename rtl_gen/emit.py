@@ -1,5 +1,13 @@
-"""Emit the Verilog of a network for a board: ``top.v`` and ``rtl.json`` (every engine's parameters)."""
+"""Emit the Verilog of a network for a board: ``top.v`` (the network top), one file per layer (its engine
+module and the modules inside it), memory init files (``mem/*.hex``, the weight and parameter ROMs,
+loaded with ``$readmemh``) and ``rtl.json`` (every engine's parameters, the file list).
 
+``$readmemh`` paths are relative to the RTL directory: yosys finds them next to the Verilog; a simulator
+runs there (``hwq sim`` does). :func:`verilog_sources` lists the Verilog files in reading order.
+"""
+
+import json
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,10 +20,66 @@ from hwq.ir import atomic_dir
 from .engine import EnginePlan
 from .top import NetworkTop, choose_folding, network_plan
 
-__all__ = ["RTL_FORMAT", "TOP_NAME", "describe", "generate_rtl"]
+__all__ = ["MEM_DIR", "RTL_FORMAT", "TOP_NAME", "describe", "generate_rtl", "split_verilog", "verilog_sources"]
 
 RTL_FORMAT = "hwq-rtl/2"
 TOP_NAME = "hwq_top"
+MEM_DIR = "mem"
+
+# A module with the attribute lines before it; a memory with its initial contents (Amaranth's output).
+_MODULE = re.compile(r"((?:\(\*[^\n]*\*\)\n)*)module ([^\s(]+) ?\(.*?^endmodule\n", re.S | re.M)
+_MEMORY = re.compile(r"^  reg \[(\d+):0\] (\S+) \[(\d+):0\];\n  initial begin\n((?:    .*\n)*?)  end\n", re.M)
+_WORD = re.compile(r"^    \S+\[(\d+)\] = \d+'([hd])([0-9a-fA-F]+);$")
+
+
+def _externalize_memories(module_text, prefix):
+    """Replace each memory's inline contents with ``$readmemh``; return (text, {path: hex text})."""
+    files = {}
+
+    def replace(match):
+        msb, name, depth_msb, body = match.group(1), match.group(2), int(match.group(3)), match.group(4)
+        words = [0] * (depth_msb + 1)
+        for line in body.splitlines():
+            k, base, digits = _WORD.match(line).groups()
+            words[int(k)] = int(digits, 16 if base == "h" else 10)
+        path = f"{MEM_DIR}/{prefix}.{name.lstrip(chr(92)).replace('$', '_')}.hex"
+        digits = (int(msb) + 4) // 4
+        files[path] = "".join(f"{w:0{digits}x}\n" for w in words)
+        return f"  reg [{msb}:0] {name} [{depth_msb}:0];\n  initial $readmemh(\"{path}\", {name});\n"
+
+    return _MEMORY.sub(replace, module_text), files
+
+
+def split_verilog(text, stage_names):
+    """Amaranth's single Verilog text -> {relative path: contents}: ``top.v`` with the top module, and per
+    stage ``<name>.v`` with the stage's module and every module inside it, whose memories are loaded from
+    ``mem/<module path>.<memory>.hex``."""
+    header = text[: text.index("\n") + 1] if text.startswith("/*") else ""
+    files = {"top.v": [header]}
+    for name in stage_names:
+        files[f"{name}.v"] = [header]
+    data = {}
+    for match in _MODULE.finditer(text):
+        module, body = match.group(2).lstrip("\\"), match.group(0)
+        parts = module.split(".")
+        if len(parts) > 1 and parts[0] == TOP_NAME and parts[1] in stage_names:
+            body, mems = _externalize_memories(body, ".".join(parts[1:]))
+            data.update(mems)
+            files[f"{parts[1]}.v"].append("\n" + body)
+        else:
+            files["top.v"].append("\n" + body)
+    out = {path: "".join(chunks) for path, chunks in files.items()}
+    out.update(data)
+    return out
+
+
+def verilog_sources(rtl_dir, info=None):
+    """The Verilog files of an RTL directory, in reading order (``rtl.json``'s list; ``top.v`` alone for
+    directories written before there were per-layer files)."""
+    rtl_dir = Path(rtl_dir)
+    if info is None:
+        info = json.loads((rtl_dir / "rtl.json").read_text())
+    return [rtl_dir / f for f in info.get("files", ["top.v"]) if f.endswith(".v")]
 
 
 def _stage_info(stage, index):
@@ -61,21 +125,25 @@ def describe(plan, ir, board, widths):
         "stages": [s.layer.name for s in plan.stages],
         "layers": layers,
         "buffers": buffers,
-        "files": ["top.v"],
+        "files": ["top.v", *(f"{s.layer.name}.v" for s in plan.stages)],
     }
 
 
 def generate_rtl(ir, board, out_dir, *, fold=None, lut_budget=None, widths=None):
-    """Choose the folding (or take ``widths``, see :func:`rtl_gen.top.network_plan`), write
-    ``out_dir/top.v`` and ``out_dir/rtl.json``; return the rtl.json dict."""
+    """Choose the folding (or take ``widths``, see :func:`rtl_gen.top.network_plan`), write the Verilog,
+    memory files and ``rtl.json`` into ``out_dir`` (replacing it whole); return the rtl.json dict."""
     t0 = time.perf_counter()
     widths = widths or choose_folding(ir, board, lut_budget=lut_budget, fold=fold)
     plan = network_plan(ir, widths)
     top = NetworkTop(plan)
     text = verilog.convert(top, name=TOP_NAME, emit_src=False)
     info = describe(plan, ir, board, widths)
+    files = split_verilog(text, [s.layer.name for s in plan.stages])
+    info["memory_files"] = sorted(f for f in files if f.startswith(f"{MEM_DIR}/"))
     info["seconds"] = round(time.perf_counter() - t0, 3)
     with atomic_dir(out_dir) as tmp:
-        Path(tmp, "top.v").write_text(text)
+        Path(tmp, MEM_DIR).mkdir()
+        for path, content in files.items():
+            Path(tmp, path).write_text(content)
         write_json(Path(tmp, "rtl.json"), info)
     return info

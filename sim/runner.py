@@ -67,26 +67,35 @@ def _public_ports_vlt(path, top):
 
 
 def load_rtl(rtl_dir):
-    """Read ``rtl.json`` and check that ``top.v`` is there."""
+    """Read ``rtl.json`` and check that the files it lists (Verilog, memory contents) are there."""
     rtl_dir = Path(rtl_dir)
     info_path = rtl_dir / "rtl.json"
     if not info_path.is_file() or not (rtl_dir / "top.v").is_file():
         raise UserError(f"{rtl_dir}: no top.v/rtl.json here; make them with `hwq rtl IR --out {rtl_dir}`")
     try:
-        return json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{info_path}: not valid JSON (line {exc.lineno})") from None
+    missing = [f for f in (*info.get("files", ()), *info.get("memory_files", ())) if not (rtl_dir / f).is_file()]
+    if missing:
+        raise UserError(f"{info_path}: field 'files': {', '.join(missing)} missing from {rtl_dir}; "
+                        f"regenerate it with `hwq rtl IR --out {rtl_dir}`")
+    return info
 
 
-def build(rtl_dir, top, *, waves=False):
-    """Verilate ``top.v`` for the cocotb testbench into a cached build directory named by a hash of the
-    source and options.
+def build(rtl_dir, info, *, waves=False):
+    """Verilate the design's Verilog for the cocotb testbench into a cached build directory named by a
+    hash of the sources and options.
 
     ``waves`` builds with VCD tracing (a separate, slower build; FST would need the lz4 headers)."""
+    from rtl_gen.emit import verilog_sources
+
     setup_verilator()
-    source = Path(rtl_dir, "top.v").resolve()
+    top = info["top"]
+    sources = [p.resolve() for p in verilog_sources(rtl_dir, info)]
     args = [*BUILD_ARGS, "--trace"] if waves else BUILD_ARGS
-    key = hashlib.sha256(source.read_bytes() + repr((top, args, BUILD_RECIPE)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + repr((top, args, BUILD_RECIPE)).encode())
+    key = key.hexdigest()[:16]
     build_dir = cache_dir("verilator") / key
     marker = build_dir / ".hwq-built"
     if marker.is_file():
@@ -98,11 +107,11 @@ def build(rtl_dir, top, *, waves=False):
 
     vlt = VerilatorControlFile(_public_ports_vlt(build_dir / "public.vlt", top))
     try:
-        runner.build(sources=[vlt, source], hdl_toplevel=top, build_dir=build_dir, build_args=args,
+        runner.build(sources=[vlt, *sources], hdl_toplevel=top, build_dir=build_dir, build_args=args,
                      waves=waves, log_file=build_dir / "build.log")
     except (SystemExit, Exception) as exc:
         raise RuntimeError(f"Verilator build failed; see {build_dir / 'build.log'} ({exc})") from None
-    marker.write_text(str(source) + "\n")
+    marker.write_text(str(sources[0]) + "\n")
     return build_dir, False
 
 
@@ -178,8 +187,12 @@ def _run_cocotb(rtl_dir, info, words, *, backpressure, seed, waves):
     """The cocotb testbench on packed input words; results as :func:`sim.harness.run_harness` gives them."""
     from cocotb_tools.check_results import get_results
 
-    build_dir, cached = build(rtl_dir, info["top"], waves=waves is not None)
+    from rtl_gen.emit import MEM_DIR
+
+    build_dir, cached = build(rtl_dir, info, waves=waves is not None)
     with tempfile.TemporaryDirectory(prefix="hwq-sim-") as work:
+        if Path(rtl_dir, MEM_DIR).is_dir():  # the simulator runs in `work`: the $readmemh paths must hold there
+            shutil.copytree(Path(rtl_dir, MEM_DIR), Path(work, MEM_DIR))
         stim, result = Path(work, "stimulus.json"), Path(work, "result.json")
         stim.write_text(json.dumps({"words": [f"{w:x}" for w in words]}))
         xml = _runner().test(test_module=TB_MODULE, hdl_toplevel=info["top"], hdl_toplevel_lang="verilog",
@@ -271,7 +284,7 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
             t_build = time.perf_counter() - t0
             t1 = time.perf_counter()
             # a generous watchdog: no progress for this many cycles is a hang
-            rec = run_harness(exe, words, stall=stall, seed=seed + 1, waves=waves,
+            rec = run_harness(exe, sim_dir, words, stall=stall, seed=seed + 1, waves=waves,
                               timeout=10 * (design["latency_cycles"] + design["input"]["load_cycles"]) + 1000)
         else:
             t1 = time.perf_counter()

@@ -104,13 +104,15 @@ def test_pnr_harness_lints(tmp_path):
     import subprocess
 
     from boards.pnr import HARNESS_TOP, harness_verilog
+    from rtl_gen.emit import verilog_sources
     from sim.verilator import WARNING_FLAGS, setup_verilator
 
     rtl, info = _small_rtl(tmp_path)
     (tmp_path / "harness.v").write_text(harness_verilog(info))
     setup_verilator()
     proc = subprocess.run(["verilator", "--lint-only", *WARNING_FLAGS, "--top-module", HARNESS_TOP,
-                           str(rtl / "top.v"), str(tmp_path / "harness.v")], capture_output=True, text=True)
+                           *map(str, verilog_sources(rtl)), str(tmp_path / "harness.v")], capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr
 
 

@@ -379,3 +379,45 @@ def test_network_top_builds_multiply_shift_layers_from_their_thresholds(trained_
     assert [la.requant_kind for la in ir.layers] == ["multiply_shift", "multiply_shift", "bias"]
     X = load_dataset().x_test[:3]
     _check_network(ir, [8, 4, 4, 5], X)
+
+
+def test_verilog_is_split_per_layer_with_memory_files(tmp_path):
+    """`hwq rtl`'s files hold exactly Amaranth's modules: top.v the top, LAYER.v each layer's modules, and
+    the memory files the words the inline initialisation had (put back, every module text is the same)."""
+    import json
+    import re
+
+    from amaranth.back import verilog
+
+    from boards import load_board
+    from rtl_gen.emit import generate_rtl, verilog_sources
+
+    rng = np.random.default_rng(3)
+    ir = _cnn_ir(rng, c=(4, 8))
+    info = generate_rtl(ir, load_board("xc7a35t"), tmp_path / "rtl", widths=[1, 4, 4, 2])
+    assert info["files"] == ["top.v", "conv1.v", "pool1.v", "conv2.v", "pool2.v", "fc.v"]
+    assert verilog_sources(tmp_path / "rtl") == [tmp_path / "rtl" / f for f in info["files"]]
+    assert "mem/conv2.wrom0.hex" in info["memory_files"] and "mem/fc.prom.hex" in info["memory_files"]
+    original = verilog.convert(NetworkTop(network_plan(ir, [1, 4, 4, 2])), name="hwq_top", emit_src=False)
+    module = re.compile(r"((?:\(\*[^\n]*\*\)\n)*)module ([^\s(]+) ?\(.*?^endmodule\n", re.S | re.M)
+    want = {m.group(2): m.group(0) for m in module.finditer(original)}
+    got = {}
+    for name in info["files"]:
+        text = (tmp_path / "rtl" / name).read_text()
+        for m in module.finditer(text):
+            mod = m.group(2).lstrip("\\")
+            assert name == "top.v" if mod == "hwq_top" else name == f"{mod.split('.')[1]}.v"
+            body = m.group(0)
+            for reg, msb, mem, path in re.findall(r"(  reg \[(\d+):0\] (\S+) \[\d+:0\];\n)  initial \$readmemh\(\"([^\"]+)\", \S+\);\n", body):
+                words = (tmp_path / "rtl" / path).read_text().split()
+                inline = "".join(f"    {mem}[{k}] = {int(msb) + 1}'h{w.lstrip('0') or '0'};\n" for k, w in enumerate(words))
+                body = body.replace(f"{reg}  initial $readmemh(\"{path}\", {mem});\n", f"{reg}  initial begin\n{inline}  end\n")
+            got[m.group(2)] = body
+    assert json.loads((tmp_path / "rtl" / "rtl.json").read_text())["memory_files"] == info["memory_files"]
+    assert got.keys() == want.keys()
+    def canonical(text):  # constants by value: Amaranth writes words in decimal or zero-padded hex
+        return re.sub(r"(\d+)'([dh])([0-9a-fA-F]+)",
+                      lambda m: f"{m.group(1)}'h{int(m.group(3), 16 if m.group(2) == 'h' else 10):x}", text)
+
+    for name in want:
+        assert canonical(got[name]) == canonical(want[name]), name

