@@ -150,7 +150,6 @@ def harness_verilog(top, in_width, out_width, cycles_width, *, waves=False):
 def build_harness(rtl_dir, info, *, waves=False):
     """Verilate the harness and the design's Verilog into an executable, cached by a hash of the Verilog,
     the harness, the main and the build options; return (executable, cached?)."""
-
     from rtl_gen.emit import verilog_sources
 
     setup_verilator()
@@ -187,7 +186,6 @@ def run_harness(exe, rtl_dir, words, *, stall=0, seed=1, timeout=1_000_000, wave
     """Run the harness on packed input words (ints), in ``rtl_dir`` (where the memories' ``$readmemh``
     paths point); return the parsed results file:
     {"accept": [cycle], "valid": [cycle], "payload": [int], "counters": [int], "simulated_cycles": n}."""
-
     with tempfile.TemporaryDirectory(prefix="hwq-sim-") as work:
         inputs, results = Path(work, "inputs.hex"), Path(work, "results.txt")
         inputs.write_text("".join(f"{w:x}\n" for w in words))

@@ -148,8 +148,14 @@ def select_inputs(ir, samples, data="test"):
 def _pack(codes, bits, signed):
     """Input vectors (N, features) of codes -> one int per vector: level indices, ``bits`` each, first
     feature in the low bits (the top's ``i.payload``)."""
-    lo, step, _ = act_levels(bits, signed)
-    index = (np.asarray(codes, dtype=np.int64).reshape(len(codes), -1) - lo) // step
+    lo, step, n = act_levels(bits, signed)
+    codes = np.asarray(codes, dtype=np.int64).reshape(len(codes), -1)
+    index = (codes - lo) // step
+    bad = (index < 0) | (index >= n) | ((codes - lo) % step != 0)
+    if bad.any():
+        s, j = np.argwhere(bad)[0]
+        raise UserError(f"input sample {s}, feature {j}: {codes[s, j]} is not a {bits}-bit "
+                        f"{'signed' if signed else 'unsigned'} code (levels {lo}, {lo + step}, ..., {lo + step * (n - 1)})")
     weights = [1 << (k * bits) for k in range(index.shape[1])]
     return [sum(int(v) * w for v, w in zip(row, weights, strict=True)) for row in index]
 

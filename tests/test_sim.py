@@ -224,3 +224,13 @@ def test_inputs_from_the_dataset_splits():
     assert len(x_all) == 1000 and (x_all[:360] == x_test).all()
     with pytest.raises(UserError, match="--data all has 1797"):
         select_inputs(ir, 1000, "test")
+
+
+def test_inputs_out_of_range_are_a_clear_error(small_design):
+    from hwq.errors import UserError
+
+    ir, rtl, x = small_design
+    bad = x[:2].copy()
+    bad[1, 3] = 2**ir.input_bits
+    with pytest.raises(UserError, match=f"input sample 1, feature 3: {2**ir.input_bits} is not a 4-bit unsigned code"):
+        simulate(ir, rtl, inputs=bad)
