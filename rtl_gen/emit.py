@@ -40,12 +40,16 @@ def _externalize_memories(module_text, prefix):
         msb, name, depth_msb, body = match.group(1), match.group(2), int(match.group(3)), match.group(4)
         words = [0] * (depth_msb + 1)
         for line in body.splitlines():
-            k, base, digits = _WORD.match(line).groups()
+            word = _WORD.match(line)
+            if word is None:
+                raise RuntimeError(f"unexpected memory initialisation in Amaranth's Verilog: {line.strip()!r}")
+            k, base, digits = word.groups()
             words[int(k)] = int(digits, 16 if base == "h" else 10)
         path = f"{MEM_DIR}/{prefix}.{name.lstrip(chr(92)).replace('$', '_')}.hex"
         digits = (int(msb) + 4) // 4
         files[path] = "".join(f"{w:0{digits}x}\n" for w in words)
-        return f"  reg [{msb}:0] {name} [{depth_msb}:0];\n  initial $readmemh(\"{path}\", {name});\n"
+        ref = f"{name} " if name.startswith("\\") else name  # an escaped identifier ends at a space
+        return f"  reg [{msb}:0] {name} [{depth_msb}:0];\n  initial $readmemh(\"{path}\", {ref});\n"
 
     return _MEMORY.sub(replace, module_text), files
 
@@ -58,8 +62,9 @@ def split_verilog(text, stage_names):
     files = {"top.v": [header]}
     for name in stage_names:
         files[f"{name}.v"] = [header]
-    data = {}
+    data, covered = {}, len(header)
     for match in _MODULE.finditer(text):
+        covered += len(match.group(0))
         module, body = match.group(2).lstrip("\\"), match.group(0)
         parts = module.split(".")
         if len(parts) > 1 and parts[0] == TOP_NAME and parts[1] in stage_names:
@@ -68,6 +73,8 @@ def split_verilog(text, stage_names):
             files[f"{parts[1]}.v"].append("\n" + body)
         else:
             files["top.v"].append("\n" + body)
+    if covered != len(text) - text.count("\n\n"):  # modules are separated by one blank line
+        raise RuntimeError("Amaranth's Verilog has text outside its modules; the per-layer split would lose it")
     out = {path: "".join(chunks) for path, chunks in files.items()}
     out.update(data)
     return out
