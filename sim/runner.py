@@ -189,13 +189,13 @@ def _layer_design(ir, rtl_dir, info, name, work):
     return sub, generate_rtl(sub, load_board(info["board"]), Path(work, "rtl"), widths=widths)
 
 
-def _run_cocotb(rtl_dir, info, words, *, backpressure, seed, waves):
-    """The cocotb testbench on packed input words; results as :func:`sim.harness.run_harness` gives them."""
+def _run_cocotb(build_dir, rtl_dir, info, words, *, backpressure, seed, waves):
+    """The cocotb testbench (built in ``build_dir``) on packed input words; results as
+    :func:`sim.harness.run_harness` gives them."""
     from cocotb_tools.check_results import get_results
 
     from rtl_gen.emit import MEM_DIR
 
-    build_dir, cached = build(rtl_dir, info, waves=waves is not None)
     with tempfile.TemporaryDirectory(prefix="hwq-sim-") as work:
         if Path(rtl_dir, MEM_DIR).is_dir():  # the simulator runs in `work`: the $readmemh paths must hold there
             shutil.copytree(Path(rtl_dir, MEM_DIR), Path(work, MEM_DIR))
@@ -220,7 +220,7 @@ def _run_cocotb(rtl_dir, info, words, *, backpressure, seed, waves):
     # an accept at the edge ending cycle k is at time (k + 1) * period; valid from the edge starting cycle k
     return {"accept": [t // period - 1 for t in rec["accept_ns"]], "valid": [t // period for t in rec["valid_ns"]],
             "payload": [int(w, 16) for w in rec["payload"]], "counters": [int(w, 16) for w in rec["counters"]],
-            "simulated_cycles": rec["simulated_cycles"]}, cached
+            "simulated_cycles": rec["simulated_cycles"]}
 
 
 def _mismatch(first, layer, shape):
@@ -293,9 +293,10 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
             rec = run_harness(exe, sim_dir, words, stall=stall, seed=seed + 1, waves=waves,
                               timeout=10 * (design["latency_cycles"] + design["input"]["load_cycles"]) + 1000)
         else:
+            build_dir, cached = build(sim_dir, design, waves=waves is not None)
+            t_build = time.perf_counter() - t0
             t1 = time.perf_counter()
-            rec, cached = _run_cocotb(sim_dir, design, words, backpressure=backpressure, seed=seed, waves=waves)
-            t_build = 0.0
+            rec = _run_cocotb(build_dir, sim_dir, design, words, backpressure=backpressure, seed=seed, waves=waves)
         t_run = time.perf_counter() - t1
 
     n_out, out_bits = design["output"]["features"], design["output"]["bits"]
