@@ -71,7 +71,7 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
     nextpnr = _tool(board.pnr["tool"])
     from rtl_gen.emit import verilog_sources
 
-    from .synth import verilog_inputs
+    from .synth import read_verilog, verilog_inputs
 
     sources, data = verilog_inputs(verilog_sources(rtl_dir, info))
     key = hashlib.sha256(data + harness_verilog(info).encode()
@@ -83,9 +83,7 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
         work = Path(work)
         (work / "harness.v").write_text(harness_verilog(info))
         netlist, report = work / "net.json", work / "report.json"
-        files = " ".join(f'"{p.resolve()}"' for p in sources)
-        script = (f'read_verilog {files} "{work / "harness.v"}"; '
-                  f"{board.yosys_synth} -top {HARNESS_TOP} -json {netlist}")
+        script = f"{read_verilog([*sources, work / 'harness.v'])}; {board.yosys_synth} -top {HARNESS_TOP} -json {netlist}"
         t0 = time.perf_counter()
         # in the RTL folder: the memories' $readmemh paths are relative to it
         proc = subprocess.run([yosys, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,

@@ -19,7 +19,7 @@ from hwq.fileio import cache_dir, write_json
 
 from . import RESOURCES
 
-__all__ = ["CELL_KINDS", "count_resources", "synthesize", "verilog_inputs", "yosys_version"]
+__all__ = ["CELL_KINDS", "count_resources", "read_verilog", "synthesize", "verilog_inputs", "yosys_version"]
 
 # cell type -> (resource kind, how many of it one cell is)
 CELL_KINDS = {
@@ -95,6 +95,11 @@ def verilog_inputs(verilog):
     return sources, data
 
 
+def read_verilog(sources):
+    """The yosys command that reads these Verilog files (absolute paths: yosys may run elsewhere)."""
+    return "read_verilog " + " ".join(f'"{Path(p).resolve()}"' for p in sources)
+
+
 def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
     """Synthesize ``verilog`` (a path, or a list of paths) for ``board``; return resources per kept module
     and in total.
@@ -116,8 +121,7 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
         return result
     with tempfile.TemporaryDirectory(prefix="hwq-synth-") as work:
         stat = Path(work, "stat.json")
-        files = " ".join(f'"{p.resolve()}"' for p in sources)
-        script = f"read_verilog {files}; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o {stat} stat -json"
+        script = f"{read_verilog(sources)}; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o {stat} stat -json"
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,

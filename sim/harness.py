@@ -26,7 +26,7 @@ from hwq.fileio import cache_dir
 
 from .verilator import WARNING_FLAGS, setup_verilator
 
-__all__ = ["HARNESS_TOP", "MAIN_CPP", "build_harness", "harness_verilog", "run_harness"]
+__all__ = ["HARNESS_TOP", "MAIN_CPP", "build_harness", "design_sources", "harness_verilog", "run_harness"]
 
 HARNESS_TOP = "hwq_tb"
 
@@ -147,21 +147,26 @@ def harness_verilog(top, in_width, out_width, cycles_width, *, waves=False):
     return _TEMPLATE.format(top=top, in_w=in_width, out_w=out_width, cyc_w=cycles_width, waves=_WAVES if waves else "")
 
 
+def design_sources(rtl_dir, info):
+    """(the design's Verilog files, resolved; their contents): what a simulator build is keyed by. The
+    memory files are left out: a simulation reads them when it starts."""
+    from rtl_gen.emit import verilog_sources
+
+    sources = [p.resolve() for p in verilog_sources(rtl_dir, info)]
+    return sources, b"".join(p.read_bytes() for p in sources)
+
+
 def build_harness(rtl_dir, info, *, waves=False):
     """Verilate the harness and the design's Verilog into an executable, cached by a hash of the Verilog,
     the harness, the main and the build options; return (executable, cached?)."""
-    from rtl_gen.emit import verilog_sources
-
     setup_verilator()
-    sources = [p.resolve() for p in verilog_sources(rtl_dir, info)]
+    sources, data = design_sources(rtl_dir, info)
     n_stages = len(info["stages"])
     harness = harness_verilog(info["top"], info["input"]["features"] * info["input"]["bits"],
                               info["output"]["features"] * info["output"]["bits"],
                               info.get("counter_bits", 32) * n_stages, waves=waves)
     args = [*WARNING_FLAGS, "-Wno-BLKSEQ", "-Wno-MULTIDRIVEN", *(["--trace"] if waves else [])]
-    # memory files are read when the simulation starts, so they are not part of the build
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + harness.encode() + MAIN_CPP.encode()
-                         + repr(args).encode())
+    key = hashlib.sha256(data + harness.encode() + MAIN_CPP.encode() + repr(args).encode())
     build_dir = cache_dir("verilator") / f"tb-{key.hexdigest()[:16]}"
     exe = build_dir / "obj" / "hwq_sim"
     if exe.is_file():

@@ -27,7 +27,7 @@ from hwq.fileio import cache_dir
 from hwq.intrange import act_levels
 
 from . import DATA_SPLITS, TESTBENCHES
-from .harness import build_harness, run_harness
+from .harness import build_harness, design_sources, run_harness
 from .verilator import WARNING_FLAGS, setup_verilator
 
 __all__ = ["SIM_FORMAT", "build", "compare", "load_rtl", "select_inputs", "simulate"]
@@ -88,14 +88,11 @@ def build(rtl_dir, info, *, waves=False):
     hash of the sources and options.
 
     ``waves`` builds with VCD tracing (a separate, slower build; FST would need the lz4 headers)."""
-    from rtl_gen.emit import verilog_sources
-
     setup_verilator()
     top = info["top"]
-    sources = [p.resolve() for p in verilog_sources(rtl_dir, info)]
+    sources, data = design_sources(rtl_dir, info)
     args = [*BUILD_ARGS, "--trace"] if waves else BUILD_ARGS
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + repr((top, args, BUILD_RECIPE)).encode())
-    key = key.hexdigest()[:16]
+    key = hashlib.sha256(data + repr((top, args, BUILD_RECIPE)).encode()).hexdigest()[:16]
     build_dir = cache_dir("verilator") / key
     marker = build_dir / ".hwq-built"
     if marker.is_file():
@@ -137,8 +134,9 @@ def select_inputs(ir, samples, data="test"):
     if samples < 1:
         raise UserError(f"--samples must be at least 1, not {samples}")
     ds = load_dataset(ir.dataset, input_bits=ir.input_bits)
-    x = {"test": ds.x_test, "train": ds.x_train, "all": np.concatenate([ds.x_test, ds.x_train])}[data]
-    y = {"test": ds.y_test, "train": ds.y_train, "all": np.concatenate([ds.y_test, ds.y_train])}[data]
+    parts = {"test": [(ds.x_test, ds.y_test)], "train": [(ds.x_train, ds.y_train)],
+             "all": [(ds.x_test, ds.y_test), (ds.x_train, ds.y_train)]}[data]
+    x, y = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     if samples > len(x):
         more = "" if data == "all" else f"; --data all has {len(ds.x_test) + len(ds.x_train)}"
         raise UserError(f"--samples {samples}: the {ir.dataset} {data} split has {len(x)} samples{more}")
@@ -156,8 +154,9 @@ def _pack(codes, bits, signed):
         s, j = np.argwhere(bad)[0]
         raise UserError(f"input sample {s}, feature {j}: {codes[s, j]} is not a {bits}-bit "
                         f"{'signed' if signed else 'unsigned'} code (levels {lo}, {lo + step}, ..., {lo + step * (n - 1)})")
-    weights = [1 << (k * bits) for k in range(index.shape[1])]
-    return [sum(int(v) * w for v, w in zip(row, weights, strict=True)) for row in index]
+    from rtl_gen.engine import pack
+
+    return [pack(row, bits) for row in index]
 
 
 def _unpack(words, count, bits, kind):

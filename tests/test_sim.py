@@ -78,12 +78,13 @@ def test_yosys_synthesizes_the_verilog(small_design, tmp_path):
     import shutil
     import subprocess
 
+    from boards.synth import read_verilog
+
     if shutil.which("yosys") is None:
         pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
     _, rtl, _ = small_design
     stat = tmp_path / "stat.txt"
-    files = " ".join(str(p) for p in verilog_sources(rtl))
-    script = f"read_verilog {files}; synth_ice40 -top hwq_top; tee -q -o {stat} stat"
+    script = f"{read_verilog(verilog_sources(rtl))}; synth_ice40 -top hwq_top; tee -q -o {stat} stat"
     proc = subprocess.run(["yosys", "-q", "-p", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "SB_LUT4" in stat.read_text()
