@@ -26,8 +26,8 @@ from hwq.golden import accumulator_range
 from hwq.intrange import code_range, range_bits, signed_width, weight_range
 from hwq.ir import IR, Layer, conv_out_side
 
-__all__ = ["FAMILY_BOARDS", "cnn_ir", "network_ir", "random_cnn", "random_layer", "random_network", "sweep", "sweep_cases",
-           "synthesize_network"]
+__all__ = ["FAMILY_BOARDS", "cnn_ir", "network_ir", "random_cnn", "random_layer", "random_network", "resnet_ir", "sweep",
+           "sweep_cases", "synthesize_network"]
 
 HERE = Path(__file__).resolve().parent / "calibration"
 FAMILY_BOARDS = {"ice40": "ice40-up5k", "ecp5": "ecp5-25f", "xilinx7": "xc7a35t"}
@@ -35,11 +35,12 @@ FAMILY_BOARDS = {"ice40": "ice40-up5k", "ecp5": "ecp5-25f", "xilinx7": "xc7a35t"
 
 def component_plan(point):
     """The plan object a sweep data point describes (features are recomputed from it when fitting)."""
+    from rtl_gen.add import AddPlan
     from rtl_gen.engine import EnginePlan
     from rtl_gen.pool import PoolPlan
     from rtl_gen.top import BufferPlan, TopPlan
 
-    kinds = {"top": TopPlan, "engine": EnginePlan, "pool": PoolPlan, "buffer": BufferPlan}
+    kinds = {"top": TopPlan, "engine": EnginePlan, "pool": PoolPlan, "add": AddPlan, "buffer": BufferPlan}
     return kinds[point["component"]](**point["plan"])
 
 
@@ -136,6 +137,51 @@ def cnn_ir(rng, *, c0, side, channels, bits, n_out, binary=False, kernel=3, padd
     return network_ir(layers, tensors, input_bits=in_bits, input_shape=[c0, side, side])
 
 
+def resnet_ir(rng, *, c0, side, c1, bits, n_out, binary=False, signs=False, skip_from="conv1"):
+    """conv1, res1a, res1b, add1 (res1b + the output of ``skip_from``), maxpool 2, flatten, linear: the
+    resnet model's shape with random integers. ``bits`` = (input, weights, conv1 and add outputs, res1a
+    outputs, res1b outputs); res1b's outputs are signed, like the trained model's. ``binary``: bipolar
+    activations and XNOR res1a/res1b. ``signs``: some add channels decrease (negative sign)."""
+    in_bits, w_bits, b1, ba, bb = (bits[0], 1, 1, 1, 1) if binary else bits
+    layers, tensors = [], {}
+
+    def conv(name, n_in, n_out_, a_bits, out_bits, **kw):
+        layer, t = random_layer(rng, name, n_in, n_out_, w_bits, a_bits, out_bits, op="conv2d",
+                                in_shape=[n_in, side, side], **kw)
+        layers.append(layer)
+        tensors.update(t)
+
+    conv("conv1", c0, c1, in_bits, b1, out_signed=binary)
+    conv("res1a", c1, c1, b1, ba, in_signed=binary, out_signed=binary)
+    conv("res1b", c1, c1, ba, bb, in_signed=binary, out_signed=True)
+    skip = next(la for la in layers if la.name == skip_from)
+    (lo0, hi0), (lo1, hi1) = code_range(bb, True), code_range(skip.out_bits, skip.out_signed)
+    lo, hi = lo0 + lo1, hi0 + hi1
+    sign = np.where(rng.random(c1) < 0.5, -1, 1) if signs else np.ones(c1, np.int64)
+    n_levels = 2 ** b1 - 1
+    thr = np.sort(rng.integers(lo, hi + 2, size=(c1, n_levels)), axis=1)
+    flipped = np.sort(rng.integers(-hi, -lo + 2, size=(c1, n_levels)), axis=1)
+    tensors["add1.thresholds"] = np.where(sign[:, None] < 0, flipped, thr)
+    extra = {}
+    if signs:
+        tensors["add1.signs"] = sign
+        extra["signs"] = "add1.signs"
+    shape = [c1, side, side]
+    layers.append(Layer(name="add1", op="add", in_shape=shape, out_shape=shape, inputs=["res1b", skip_from],
+                        a_bits=bb, a_signed=True, out_bits=b1, out_signed=binary, acc_bits=range_bits(lo, hi),
+                        requant_kind="thresholds", thresholds="add1.thresholds", **extra))
+    s2 = side // 2
+    layers.append(Layer(name="pool1", op="maxpool", kernel=2, stride=2, in_shape=shape, out_shape=[c1, s2, s2],
+                        a_bits=b1, a_signed=binary, out_bits=b1, out_signed=binary))
+    flat = c1 * s2 * s2
+    layers.append(Layer(name="flatten", op="flatten", in_shape=[c1, s2, s2], out_shape=[flat], a_bits=b1,
+                        a_signed=binary, out_bits=b1, out_signed=binary))
+    fc, t = random_layer(rng, "fc", flat, n_out, w_bits, b1, None, in_signed=binary)
+    layers.append(fc)
+    tensors.update(t)
+    return network_ir(layers, tensors, input_bits=in_bits, input_shape=[c0, side, side])
+
+
 def random_cnn(rng, binary):
     """:func:`cnn_ir` with random sizes and bits on a small image."""
     c0, side = int(rng.integers(1, 4)), int(rng.choice([4, 6, 8]))
@@ -164,7 +210,6 @@ def synthesize_network(ir, widths, board, work):
     """Verilog for the IR, synthesized for the board; return the data points (top, stages, buffers)."""
     from boards.synth import synthesize
     from rtl_gen.emit import TOP_NAME, generate_rtl, verilog_sources
-    from rtl_gen.engine import EnginePlan
     from rtl_gen.top import network_plan
 
     rtl = Path(work) / "rtl"
@@ -173,11 +218,11 @@ def synthesize_network(ir, widths, board, work):
     names = [f"{TOP_NAME}.{s.layer.name}" for s in plan.stages]
     syn = synthesize(verilog_sources(rtl), TOP_NAME, board, keep=names)
     # the top module holds the buffers: its counts are fitted by the top's and the buffers' features together
-    top_features = [("top", asdict(plan.top))] + [("buffer", asdict(b)) for b in plan.buffers]
+    top_features = [("top", asdict(plan.top))] + [("buffer", asdict(b)) for _, b in plan.memories]
     points = [{"component": "top", "plan": asdict(plan.top), "parts": top_features,
                **{k: syn["modules"][TOP_NAME][k] for k in RESOURCES}}]
     for name, stage in zip(names, plan.stages, strict=True):
-        kind = "engine" if isinstance(stage.plan, EnginePlan) else "pool"
+        kind = {"maxpool": "pool", "add": "add"}.get(stage.kind, "engine")
         points.append({"component": kind, "plan": asdict(stage.plan), **{k: syn["modules"][name][k] for k in RESOURCES}})
     total = {k: syn["total"][k] for k in RESOURCES}
     return {"points": points, "total": total, "seconds": syn["seconds"], "widths": list(widths)}

@@ -108,7 +108,7 @@ def _add_board(p, *, folding=True):
     p.add_argument("--fold", type=_fold, action="append", metavar="LAYER=RxC",
                    help="fix a conv2d/linear layer's folding: RxC = output channels x input channels per cycle "
                         "(repeatable; the others are chosen automatically; a layer's cols must equal the "
-                        "previous layer's rows)")
+                        "previous layer's rows, and a residual add's two inputs need equal rows)")
     p.add_argument("--lut-budget", type=_positive, metavar="N",
                    help=f"LUTs the automatic folding may use (default: {round(DEFAULT_LUT_FRACTION * 100)}%% of the board's)")
 
@@ -223,7 +223,8 @@ def cmd_rtl(args):
     print(f"wrote {args.out}/: top.v, {n_layers} layer files, {n_mem} memory files and rtl.json for {board.name}: "
           f"latency {info['latency_cycles']} cycles, "
           f"initiation interval {info['initiation_interval_cycles']} cycles "
-          f"({info['throughput_per_s']:,.0f} inferences/s at {board.clock_mhz:g} MHz); {arrays}")
+          f"({info['throughput_per_s']:,.0f} inferences/s at {board.clock_mhz:g} MHz); {arrays}"
+          + "".join(f"; skip {s['from']} -> {s['to']} in a ring of {s['banks']} banks" for s in info.get("skips", [])))
 
 
 def cmd_estimate(args):
@@ -330,14 +331,14 @@ def _print_summary(report):
     from rich.console import Console
     from rich.table import Table
 
-    from .flow import _array_text
+    from .flow import _array_text, _bits_text, _or_dash
 
     table = Table(title=f"hwq: {report['model']} on {report['dataset']} -> {report['board']}")
     for col in ("layer", "W/A/out", "acc", "array", "LUT est", "FF est", "cycles est", "cycles sim"):
         table.add_column(col, justify="right")
     for la in report["layers"]:
         e = la["estimate"]
-        table.add_row(la["name"], f"{la['w_bits']}/{la['a_bits']}/{la['out_bits']}", str(la["acc_bits"]),
+        table.add_row(la["name"], _bits_text(la), _or_dash(la["acc_bits"]),
                       _array_text(la["array"]), str(e["lut"]), str(e["ff"]), str(e["cycles"]),
                       str(la["sim"]["cycles"]))
     t = report["totals"]

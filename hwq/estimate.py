@@ -29,9 +29,8 @@ def estimate(ir, board, *, fold=None, lut_budget=None, widths=None):
         stage = by_name.get(layer.name)
         res = add(stage.plan.resources(board.family)) if stage else dict.fromkeys(RESOURCES, 0)
         layers.append({"name": layer.name, "estimate": {**res, "cycles": stage.plan.latency if stage else 0}})
-    buffers = [{"name": f"buffer{k}", "estimate": add(b.resources(board.family))}
-               for k, b in enumerate(plan.buffers)]
-    # the top module holds the buffers: "top" is its own logic plus the buffers, as yosys counts it
+    buffers = [{"name": name, "estimate": add(b.resources(board.family))} for name, b in plan.memories]
+    # the top module holds the buffers and skip rings: "top" is its own logic plus them, as yosys counts it
     top = add(plan.top.resources(board.family))
     for b in buffers:
         for k in RESOURCES:

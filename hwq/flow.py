@@ -182,14 +182,23 @@ def _array_text(array):
     return f"{array[0]}x{array[1]}" if array else "-"
 
 
+def _or_dash(value):
+    return "-" if value is None else str(value)
+
+
+def _bits_text(layer):
+    """W/A/out bits of a report layer; "-" where a layer has none (no weights: maxpool, add, flatten)."""
+    return "/".join(_or_dash(layer[k]) for k in ("w_bits", "a_bits", "out_bits"))
+
+
 def render_html(report):
     """A self-contained HTML page with the report's figures."""
     e = html.escape
     acc, be, tot = report["accuracy"], report["bit_exact"], report["totals"]
     syn = lambda la, k: la["synth"][k] if la["synth"] else "-"  # noqa: E731
     rows = "".join(
-        f"<tr><td>{e(la['name'])}</td><td>{e(la['engine'])}</td><td>{la['w_bits']}/{la['a_bits']}/{la['out_bits']}</td>"
-        f"<td>{la['acc_bits']}</td><td>{_array_text(la['array'])}</td><td>{la['estimate']['lut']}</td>"
+        f"<tr><td>{e(la['name'])}</td><td>{e(la['engine'])}</td><td>{_bits_text(la)}</td>"
+        f"<td>{_or_dash(la['acc_bits'])}</td><td>{_array_text(la['array'])}</td><td>{la['estimate']['lut']}</td>"
         f"<td>{syn(la, 'lut')}</td><td>{la['estimate']['ff']}</td><td>{syn(la, 'ff')}</td>"
         f"<td>{la['estimate']['cycles']}</td><td>{la['sim']['cycles']}</td></tr>"
         for la in report["layers"])

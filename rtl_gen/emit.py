@@ -17,6 +17,7 @@ from amaranth.back import verilog
 from hwq.fileio import write_json
 from hwq.ir import atomic_dir
 
+from .add import AddPlan
 from .engine import EnginePlan
 from .top import NetworkTop, choose_folding, network_plan
 
@@ -89,7 +90,7 @@ def verilog_sources(rtl_dir, info=None):
     return [rtl_dir / f for f in info.get("files", ["top.v"]) if f.endswith(".v")]
 
 
-def _stage_info(stage, index):
+def _stage_info(stage, index, skips):
     p = stage.plan
     info = {"stage": index, "engine": stage.kind, "latency_cycles": p.latency, "period_cycles": stage.period}
     if isinstance(p, EnginePlan):
@@ -99,24 +100,35 @@ def _stage_info(stage, index):
             "tiles": [p.positions, p.n_out_tiles, p.n_in_tiles], "macs": p.macs,
             "macs_per_cycle": round(p.macs / p.latency, 3),
         })
+    elif isinstance(p, AddPlan):
+        skip = next(s for s in skips if s["to"] == stage.layer.name)
+        info.update({"array": [p.lanes, 1], "lanes": p.lanes, "bits": p.out_bits, "reads": p.words,
+                     "inputs": [[p.a_bits, p.a_signed], [p.b_bits, p.b_signed]], "param_bits": p.param_bits,
+                     "skip": skip["name"]})
     else:
         info.update({"array": [p.lanes, 1], "lanes": p.lanes, "bits": p.bits, "reads": p.n_reads})
     return info
 
 
+def _memory_info(name, b, family):
+    return {"name": name, **asdict(b), "total_bits": b.total_bits, "memory": b.style,
+            "bram_blocks": b.bram_blocks(family)}
+
+
 def describe(plan, ir, board, widths):
     """The rtl.json dict: one entry per IR layer (flatten has no hardware: ``stage`` null)."""
     by_name = {s.layer.name: (k, s) for k, s in enumerate(plan.stages)}
+    skips = [{**_memory_info(f"skip{j}", s.buffer, board.family), "from": plan.stages[s.producer].layer.name,
+              "to": plan.stages[s.consumer].layer.name} for j, s in enumerate(plan.skips)]
     layers = []
     for layer in ir.layers:
         entry = {"name": layer.name, "op": layer.op}
         if layer.name in by_name:
-            entry.update(_stage_info(by_name[layer.name][1], by_name[layer.name][0]))
+            entry.update(_stage_info(by_name[layer.name][1], by_name[layer.name][0], skips))
         else:
             entry.update({"stage": None, "engine": "none", "latency_cycles": 0, "period_cycles": 0})
         layers.append(entry)
-    buffers = [{"name": f"buffer{k}", **asdict(b), "total_bits": b.total_bits, "memory": b.style,
-                "bram_blocks": b.bram_blocks(board.family)} for k, b in enumerate(plan.buffers)]
+    buffers = [_memory_info(f"buffer{k}", b, board.family) for k, b in enumerate(plan.buffers)]
     return {
         "format": RTL_FORMAT,
         "top": TOP_NAME,
@@ -132,6 +144,7 @@ def describe(plan, ir, board, widths):
         "stages": [s.layer.name for s in plan.stages],
         "layers": layers,
         "buffers": buffers,
+        "skips": skips,
         "files": ["top.v", *(f"{s.layer.name}.v" for s in plan.stages)],
     }
 

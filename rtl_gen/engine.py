@@ -17,7 +17,8 @@ from .requant import ThresholdRequantizer
 from .systolic import SystolicArray
 from .xnor import XnorPopcount
 
-__all__ = ["BLOCK_RAM_MIN_BITS", "ENGINES", "EnginePlan", "LayerEngine", "pack", "param_bits", "ram_style"]
+__all__ = ["BLOCK_RAM_MIN_BITS", "ENGINES", "EnginePlan", "LayerEngine", "pack", "param_bits", "param_memory",
+           "param_rom_words", "ram_style", "requantize"]
 
 ENGINES = ("systolic", "xnor")
 # A memory (feature-map buffer or weight ROM) of at least this many bits goes to block RAM; smaller
@@ -47,6 +48,41 @@ def param_bits(acc_bits, table, kind):
     if kind == "thresholds":
         return max(acc_bits + 1, signed_width(table.min(), table.max()))
     return range_bits(table.min(), table.max())
+
+
+def param_rom_words(table, signs, rows, n_tiles, param_bits):
+    """Words of a per-channel parameter ROM, one per tile of ``rows`` channels: per row, the sign bit
+    (1 = decreasing channel) then its thresholds or bias (``table[channel]``). Rows past the last
+    channel repeat channel 0's table (never written)."""
+    words = []
+    for t in range(n_tiles):
+        vals = []
+        for r in range(rows):
+            o = t * rows + r
+            row = table[o] if o < len(table) else table[0]
+            neg = int(signs[o] < 0) if o < len(table) else 0
+            vals.append(neg | (pack(row, param_bits) << 1))
+        words.append(pack(vals, 1 + table.shape[1] * param_bits))
+    return words
+
+
+def param_memory(m, words, rows, n_levels, param_bits):
+    """Add :func:`param_rom_words` as a small ROM in logic (``prom``) to module ``m``; return its read
+    port (synchronous: set ``addr`` one cycle ahead) and a view of its data as ``rows`` x {neg, table}."""
+    row = data.StructLayout({"neg": 1, "table": data.ArrayLayout(signed(param_bits), n_levels)})
+    prom = memory.Memory(shape=unsigned(rows * row.size), depth=len(words), init=words, attrs={"ram_style": "logic"})
+    m.submodules.prom = prom
+    pport = prom.read_port()  # (the name Verilog signals are given)
+    return pport, data.View(data.ArrayLayout(row, rows), pport.data)
+
+
+def requantize(m, name, acc, acc_bits, params, param_bits, out_bits):
+    """The level index of ``acc`` (``acc_bits`` wide, room for its negation included): a
+    :class:`ThresholdRequantizer` comparing ``sign * acc`` with a row ``params`` of :func:`param_memory`."""
+    rq = ThresholdRequantizer(acc_bits=acc_bits, thr_bits=param_bits, out_bits=out_bits)
+    m.submodules[name] = rq
+    m.d.comb += [rq.acc.eq(Mux(params.neg, -acc, acc)), rq.thresholds.eq(params.table)]
+    return rq.q
 
 
 @dataclass(frozen=True)
@@ -333,18 +369,7 @@ class LayerEngine(wiring.Component):
                 for ot in range(p.n_out_tiles) for it in range(p.n_in_tiles)]
 
     def param_rom(self):
-        """One word per output tile: per row, the sign bit (1 = decreasing) then the thresholds or bias."""
-        p = self.plan
-        words = []
-        for ot in range(p.n_out_tiles):
-            vals = []
-            for r in range(p.rows):
-                o = ot * p.rows + r
-                row = self.table[o] if o < p.out_channels else self.table[0]
-                neg = int(self.signs[o] < 0) if o < p.out_channels else 0
-                vals.append(neg | (pack(row, p.param_bits) << 1))
-            words.append(pack(vals, 1 + p.n_levels * p.param_bits))
-        return words
+        return param_rom_words(self.table, self.signs, self.plan.rows, self.plan.n_out_tiles, self.plan.param_bits)
 
     def elaborate(self, platform):
         m = Module()
@@ -437,22 +462,13 @@ class LayerEngine(wiring.Component):
             m.d.sync += [acc[r].eq(Mux(acc_tag.first, 0, acc[r]) + sums[r]) for r in range(rows)]
 
         # ---- requantize (or add the bias) and write the finished tile ------------------------------
-        row_layout = data.StructLayout({"neg": 1, "table": data.ArrayLayout(signed(p.param_bits), p.n_levels)})
-        prom = memory.Memory(shape=unsigned(rows * row_layout.size), depth=n_ot, init=self.param_rom(),
-                             attrs={"ram_style": "logic"})
-        m.submodules.prom = prom
-        pport = prom.read_port()
+        pport, params = param_memory(m, self.param_rom(), rows, p.n_levels, p.param_bits)
         m.d.comb += pport.addr.eq(acc_tag.ot)
-        params = data.View(data.ArrayLayout(row_layout, rows), pport.data)
-        results = []
-        for r in range(rows):
-            if p.kind == "thresholds":
-                rq = ThresholdRequantizer(acc_bits=p.acc_bits + 1, thr_bits=p.param_bits, out_bits=p.out_bits)
-                m.submodules[f"requant{r}"] = rq
-                m.d.comb += [rq.acc.eq(Mux(params[r].neg, -acc[r], acc[r])), rq.thresholds.eq(params[r].table)]
-                results.append(rq.q)
-            else:
-                results.append(acc[r] + params[r].table[0])
+        if p.kind == "thresholds":
+            results = [requantize(m, f"requant{r}", acc[r], p.acc_bits + 1, params[r], p.param_bits, p.out_bits)
+                       for r in range(rows)]
+        else:
+            results = [acc[r] + params[r].table[0] for r in range(rows)]
         write = out_tag.valid & out_tag.last
         if self.to_register:
             for o in range(p.positions * p.out_channels):

@@ -34,8 +34,16 @@ class ThresholdRequantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         reached = [self.acc >= self.thresholds[k] for k in range(self.n_levels)]
-        m.d.comb += self.q.eq(sum(reached))
+        m.d.comb += self.q.eq(sum(reached) if self.n_levels <= 15 else _tree_sum(reached))
         return m
+
+
+def _tree_sum(terms):
+    """A balanced adder tree: a chain of 255 adds (8-bit outputs) nests too deep for Amaranth's simulator.
+    (Up to 4-bit outputs keep the chain, whose Verilog the resource model was calibrated on.)"""
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 class MultiplyShiftRequantizer(wiring.Component):

@@ -86,6 +86,29 @@ def test_synth_counts_layers_and_total(tmp_path):
     assert (tmp_path / "rtl" / "synth.json").is_file()
 
 
+@pytest.mark.synth
+def test_a_resnet_synthesizes_with_its_add_and_skip_ring_counted(tmp_path):
+    """A small resnet through the calibration's synthesis path: the add is a data point of its own, the
+    skip ring is one of the top's parts, and the block RAMs equal the estimate's."""
+    if shutil.which("yosys") is None:
+        pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
+    import numpy as np
+
+    from boards.calibrate import _features, resnet_ir, synthesize_network
+    from rtl_gen.top import network_plan
+
+    ir = resnet_ir(np.random.default_rng(3), c0=1, side=8, c1=8, bits=(4, 2, 2, 2, 4), n_out=4)
+    widths = [1, 8, 8, 8, 4]
+    board = load_board("ice40-up5k")
+    rec = synthesize_network(ir, widths, board, tmp_path)
+    (add,) = [p for p in rec["points"] if p["component"] == "add"]
+    assert add["lut"] > 0 and _features(add, "cost_features")["cmp"] > 0
+    top = rec["points"][0]
+    rings = [plan for kind, plan in top["parts"] if kind == "buffer" and plan["banks"] > 2]
+    assert rings == [{"words": 64, "lanes": 8, "bits": 2, "banks": 6}]
+    assert rec["total"]["bram"] == network_plan(ir, widths).resources(board.family)["bram"] > 0
+
+
 def _small_rtl(tmp_path):
     import json
 

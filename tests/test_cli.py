@@ -1,5 +1,6 @@
 """The command line: bad input gets one line and exit status 2, never a traceback."""
 
+import json
 import subprocess
 import sys
 
@@ -74,13 +75,22 @@ def test_local_mnist_files_are_read(tmp_path, monkeypatch):
     assert d.x_train.shape == (20, 784) and d.image_shape == (1, 28, 28) and d.input_bits == 8
 
 
-def test_rtl_names_an_op_it_cannot_build_yet(tmp_path, capsys):
+def test_resnet_runs_through_rtl_and_sim_and_its_add_is_not_a_layer_alone(tmp_path, capsys):
+    """The resnet model (a residual add) through export, rtl and Verilator, bit-exact; `--layer add1` is a
+    one-line error (the add has two inputs)."""
     assert main(["train", "--model", "resnet", "--epochs-float", "1", "--epochs-qat", "1", "--out", str(tmp_path / "r")]) == 0
     assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "ir")]) == 0
+    assert main(["rtl", str(tmp_path / "ir"), "--board", "xc7a35t", "--out", str(tmp_path / "rtl")]) == 0
+    info = json.loads((tmp_path / "rtl" / "rtl.json").read_text())
+    assert [s["from"] + ">" + s["to"] for s in info["skips"]] == ["conv1>add1"]
     capsys.readouterr()
-    assert main(["rtl", str(tmp_path / "ir"), "--out", str(tmp_path / "rtl")]) == 2
-    assert "layer 'add1': residual add has no RTL engine yet" in capsys.readouterr().err
-    assert not (tmp_path / "rtl").exists()
+    assert main(["sim", str(tmp_path / "ir"), str(tmp_path / "rtl"), "--samples", "30"]) == 0
+    res = json.loads((tmp_path / "rtl" / "sim.json").read_text())
+    assert res["bit_exact"] and res["samples"] == 30
+    assert res["latency_cycles"] == res["latency_cycles_estimate"]
+    assert main(["sim", str(tmp_path / "ir"), str(tmp_path / "rtl"), "--layer", "add1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--layer add1: a residual add reads two layers' outputs" in err and len(err.splitlines()) == 1
 
 
 def test_corrupt_run_directory(tmp_path, capsys):

@@ -421,3 +421,135 @@ def test_verilog_is_split_per_layer_with_memory_files(tmp_path):
 
     for name in want:
         assert canonical(got[name]) == canonical(want[name]), name
+
+
+# ---- residual add ------------------------------------------------------------------------------------
+
+def _add_case(rng, a, b, out_bits, channels, lanes, side=3, signs=True):
+    """An AddPlan, thresholds in the sign domain of the code sum (random, plus both ends of the sum's range),
+    signs, and two maps of level indices (words, lanes) whose first word is all minimum and second all
+    maximum codes."""
+    from hwq.intrange import act_levels, code_range, signed_width
+    from rtl_gen.add import AddPlan, add_thresholds
+
+    (lo_a, hi_a), (lo_b, hi_b) = code_range(*a), code_range(*b)
+    lo, hi = lo_a + lo_b, hi_a + hi_b
+    n_levels = 2**out_bits - 1
+    sign = np.where(rng.random(channels) < 0.5, -1, 1) if signs else np.ones(channels, np.int64)
+    t = np.sort(rng.integers(lo, hi + 2, size=(channels, n_levels)), axis=1)
+    t[:, 0], t[:, -1] = lo, hi + 1  # one threshold every sum reaches, one no sum reaches
+    t = np.where(sign[:, None] < 0, -t[:, ::-1], t)
+    folded = add_thresholds(t, sign, a, b)
+    plan = AddPlan(channels=channels, in_h=side, in_w=side, lanes=lanes, a_bits=a[0], a_signed=a[1], b_bits=b[0],
+                   b_signed=b[1], out_bits=out_bits, param_bits=max(2, signed_width(folded.min(), folded.max())))
+    n_a, n_b = act_levels(*a)[2], act_levels(*b)[2]
+    xa = rng.integers(0, n_a, size=(plan.words, lanes))
+    xb = rng.integers(0, n_b, size=(plan.words, lanes))
+    xa[0], xb[0], xa[1], xb[1] = 0, 0, n_a - 1, n_b - 1
+    return plan, t, sign, xa, xb
+
+
+@pytest.mark.parametrize("a, b, out_bits, lanes", [
+    ((8, True), (8, False), 3, 2),    # the signed minimum -128 plus 0; 127 + 255
+    ((8, True), (8, True), 4, 4),     # both signed: -256 .. 254
+    ((1, True), (1, True), 1, 2),     # bipolar + bipolar: -2, 0, 2 (level steps of 2)
+    ((4, True), (2, False), 2, 8),    # the trained resnet's add
+    ((1, False), (5, True), 8, 1),    # 255 thresholds
+])
+def test_add_engine_against_numpy(a, b, out_bits, lanes):
+    from hwq.intrange import act_levels
+    from rtl_gen.add import AddEngine
+
+    rng = np.random.default_rng(a[0] * 10 + b[0] + out_bits)
+    channels = 2 * lanes
+    plan, t, sign, xa, xb = _add_case(rng, a, b, out_bits, channels, lanes)
+    dut = AddEngine(plan, thresholds=t, signs=sign)
+    (lo_a, step_a, _), (lo_b, step_b, _) = act_levels(*a), act_levels(*b)
+    total = (lo_a + step_a * xa) + (lo_b + step_b * xb)            # (words, lanes) code sums
+    ch = (np.arange(plan.words) % plan.groups)[:, None] * lanes + np.arange(lanes)  # channel of each lane
+    want = ((sign[ch] * total)[..., None] >= t[ch]).sum(axis=-1)  # naive: count the thresholds reached
+    got, done = {}, []
+
+    async def tb(ctx):
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        addr = None
+        for cycle in range(1, plan.latency + 3):
+            if addr is not None:  # the buffers' synchronous read: last cycle's address
+                ctx.set(dut.rd_data, [int(v) for v in xa[addr]])
+                ctx.set(dut.skip_data, [int(v) for v in xb[addr]])
+            if ctx.get(dut.wr_en):
+                got[ctx.get(dut.wr_addr)] = [int(v) for v in ctx.get(dut.wr_data)]
+            if ctx.get(dut.done):
+                done.append(cycle)
+            addr = ctx.get(dut.rd_addr) if ctx.get(dut.busy) else None
+            await ctx.tick()
+
+    _run(dut, tb)
+    assert done == [plan.latency]
+    np.testing.assert_array_equal(np.array([got[k] for k in range(plan.words)]), want)
+    assert sorted(got) == list(range(plan.words))
+
+
+def _resnet(seed, **kw):
+    from boards.calibrate import resnet_ir
+
+    rng = np.random.default_rng(seed)
+    ir = resnet_ir(rng, **{"c0": 1, "side": 4, "c1": 4, "bits": (3, 3, 2, 2, 3), "n_out": 3, **kw})
+    validate(ir, "test")
+    return rng, ir
+
+
+@pytest.mark.parametrize("kw, widths", [
+    ({}, [1, 2, 2, 2, 3]),
+    ({"signs": True, "skip_from": "res1a"}, [1, 4, 4, 4, 1]),    # skip from the layer before the branch's last
+    ({"binary": True, "signs": True}, [1, 1, 2, 1, 3]),           # XNOR branch, bipolar add
+    ({"bits": (8, 2, 8, 3, 8), "side": 2, "c1": 2}, [1, 2, 1, 2, 2]),  # 8-bit skip + 8-bit signed branch
+])
+def test_resnet_top_matches_golden(kw, widths):
+    """conv1 -> res1a -> res1b -> add1(res1b, skip) -> pool -> fc: the skip's words travel in a ring, the
+    add stage reads both inputs word by word; equal integers, analytic latency, and the initiation interval
+    of the slowest stage (the ring never makes the producer wait)."""
+    rng, ir = _resnet(sum(widths), **kw)
+    plan, valids = _check_network(ir, widths, _inputs(rng, ir, 6))
+    (skip,) = plan.skips
+    assert skip.buffer.banks == 2 * (skip.consumer - skip.producer)
+    assert np.diff(valids).max() == plan.initiation_interval == max(s.period for s in plan.stages)
+
+
+def test_resnet_output_backpressure():
+    rng, ir = _resnet(3, signs=True)
+    X = _inputs(rng, ir, 6)
+    _, got, *_ = run_top(ir, [1, 2, 1, 2, 3], X, stall=0.8)
+    np.testing.assert_array_equal(got, golden.run(ir, X))
+
+
+def test_resnet_folding_ties_the_add_inputs():
+    from boards import load_board
+    from rtl_gen.top import width_ties
+
+    _, ir = _resnet(4, c1=8)
+    assert width_ties(ir) == [(1, 3, "add1")]  # conv1's rows = res1b's rows
+    widths = choose_folding(ir, load_board("xc7a35t"))
+    assert widths[1] == widths[3]
+    assert choose_folding(ir, load_board("xc7a35t"), fold={"conv1": (4, 1)})[3] == 4
+    with pytest.raises(UserError, match="the residual add 'add1' reads its two inputs word by word"):
+        choose_folding(ir, load_board("xc7a35t"), fold={"conv1": (4, 1), "res1b": (2, 2)})
+    with pytest.raises(UserError, match="'res1b' and 'conv1' must be folded to the same rows"):
+        network_plan(ir, [1, 4, 2, 2, 3])
+
+
+def test_rtl_rejects_what_the_chain_cannot_build():
+    from rtl_gen.top import layer_ir
+
+    _, ir = _resnet(5)
+    with pytest.raises(UserError, match="a residual add reads two layers' outputs"):
+        layer_ir(ir, "add1")
+    add = next(la for la in ir.layers if la.op == "add")
+    with pytest.raises(UserError, match="a residual add of the network input has no RTL engine yet"):
+        network_plan(replace(ir, layers=[replace(la, inputs=["res1b", "input"]) if la is add else la
+                                         for la in ir.layers]), [1, 2, 2, 2, 3])
+    with pytest.raises(UserError, match=r"layer 'res1b' reads \['conv1'\], not the layer before it"):
+        network_plan(replace(ir, layers=[replace(la, inputs=["conv1"]) if la.name == "res1b" else la
+                                         for la in ir.layers]), [1, 2, 2, 2, 3])
