@@ -43,6 +43,7 @@ test-all: install
 
 bench: install
 	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(PY) $$b || exit 1; done || echo "no benchmarks yet"
+	$(PY) bench/sim.py --model resnet --synth
 
 lint: install
 	$(VENV)/bin/ruff check hwq rtl_gen sim boards tests bench

@@ -1,12 +1,13 @@
-"""Simulation benchmark: the digits CNN through Verilator, every sample checked against the golden model.
+"""Simulation benchmark: a digits network through Verilator, every sample checked against the golden model.
 
-    python bench/sim.py [--samples 1797] [--epochs 3]
+    python bench/sim.py [--model cnn] [--samples 1797] [--epochs 3] [--synth]
 
-Writes bench/results/sim.json and docs/results/sim.md.
+Writes bench/results/sim.json and docs/results/sim.md (``--model resnet``: sim-resnet.json and
+sim-resnet.md).
 
-The CNN is trained here (``hwq train --model cnn``, W2/A2, a few epochs: the speed and the exactness of
-the simulation do not depend on the accuracy), exported and turned into Verilog for the default board
-with the default folding. Then:
+The network is trained here (``hwq train --model cnn`` or ``resnet``, W2/A2, a few epochs: the speed and
+the exactness of the simulation do not depend on the accuracy), exported and turned into Verilog for
+``--board`` with the automatic folding. Then:
 
 - ``samples`` / ``mismatches``: the whole network on ``--samples`` digits images (``--data all``: the
   360 test images first, then training images; the test split alone has 360), every output integer
@@ -16,7 +17,10 @@ with the default folding. Then:
 - ``rebuild_speedup``: the Verilator build of the network in an empty cache, against the same build
   again (found in the cache by the hash of the Verilog and the options).
 - per layer: the cycles the hardware counters measured in the network, the estimate, and the layer
-  simulated on its own (``hwq sim --layer``) on the first 200 samples.
+  simulated on its own (``hwq sim --layer``) on the first 200 samples (not a residual add: it has two
+  inputs, so it is checked within the network only).
+- with ``--synth``: yosys' LUTs, flip-flops and block RAMs per layer, for the top and in total, next to
+  the estimate's (``hwq synth``; needs yosys).
 """
 
 import argparse
@@ -38,6 +42,8 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=1797, help="samples through the network (default: all 1797)")
     parser.add_argument("--epochs", type=int, default=3, help="float and QAT epochs each (default: 3)")
     parser.add_argument("--board", default="xc7a35t", help="board the folding is chosen for (default: xc7a35t)")
+    parser.add_argument("--model", choices=["cnn", "resnet"], default="cnn", help="network (default: cnn)")
+    parser.add_argument("--synth", action="store_true", help="also synthesize with yosys and compare with the estimate")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="hwq-bench-sim-") as work:
@@ -49,8 +55,9 @@ def main(argv=None):
         from sim.runner import simulate
 
         work = Path(work)
-        cfg = TrainConfig(model="cnn", epochs_float=args.epochs, epochs_qat=args.epochs, seed=1, w_bits=2, a_bits=2)
-        print("training the digits CNN ...", flush=True)
+        cfg = TrainConfig(model=args.model, epochs_float=args.epochs, epochs_qat=args.epochs, seed=1, w_bits=2,
+                          a_bits=2)
+        print(f"training the digits {args.model} ...", flush=True)
         train(cfg, work / "run", show_progress=False)
         export_run(work / "run", work / "ir")
         ir = load_ir(work / "ir")
@@ -61,17 +68,19 @@ def main(argv=None):
         cached = simulate(ir, work / "rtl", samples=args.samples, data="all")
         assert not fresh["timings_s"]["build_cached"] and cached["timings_s"]["build_cached"]
         layers = []
+        ops = {la["name"]: la["op"] for la in info["layers"]}
         for entry in cached["layers"]:
             row = {"name": entry["name"], "cycles_sim": entry["cycles"], "cycles_estimate": entry["estimate_cycles"]}
-            if entry["estimate_cycles"]:  # a layer with hardware: also on its own
+            if entry["estimate_cycles"] and ops[entry["name"]] != "add":  # a layer with hardware: also on its own
                 alone = simulate(ir, work / "rtl", samples=200, data="all", layer=entry["name"])
                 row.update(alone_samples=alone["samples"], alone_mismatched=alone["mismatched_samples"],
                            alone_cycles=alone["layers"][0]["cycles"])
             layers.append(row)
+        synth = _synth(ir, work / "rtl", board, info) if args.synth else None
 
     result = {
-        "design": {"model": "cnn", "bits": "W2/A2", "board": board.name, "folding": info["folding"],
-                   "stages": info["stages"]},
+        "design": {"model": args.model, "bits": "W2/A2", "board": board.name, "folding": info["folding"],
+                   "stages": info["stages"], "skips": info["skips"]},
         "samples": cached["samples"],
         "data": cached["data"],
         "mismatches": cached["mismatched_samples"],
@@ -87,13 +96,32 @@ def main(argv=None):
                                        "estimate": cached["initiation_interval_cycles_estimate"]},
         "layers": layers,
         "layer_cycles_equal_estimate": all(la["cycles_sim"] == la["cycles_estimate"] for la in layers),
+        "synth": synth,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "command": " ".join(["python bench/sim.py", *(argv if argv is not None else sys.argv[1:])]),
     }
-    write_json(ROOT / "bench" / "results" / "sim.json", result)
-    write_text(ROOT / "docs" / "results" / "sim.md", markdown(result))
+    name = "sim" if args.model == "cnn" else f"sim-{args.model}"
+    write_json(ROOT / "bench" / "results" / f"{name}.json", result)
+    write_text(ROOT / "docs" / "results" / f"{name}.md", markdown(result))
     print(markdown(result))
     return 0 if result["bit_exact"] and result["layer_cycles_equal_estimate"] else 1
+
+
+def _synth(ir, rtl, board, info):
+    """yosys' counts next to the estimate's, per layer, for the top (its logic and memories) and in total."""
+    from boards import RESOURCES
+    from hwq.estimate import estimate
+    from hwq.synth import synth_rtl
+
+    print(f"synthesizing with yosys for {board.name} ...", flush=True)
+    syn = synth_rtl(rtl, board, show_progress=False)
+    est = estimate(ir, board, widths=info["folding"])
+    pick = lambda d: {k: d[k] for k in RESOURCES if k != "dsp"}  # noqa: E731
+    rows = [{"name": y["name"], "yosys": pick(y), "estimate": pick(e["estimate"])}
+            for y, e in zip(syn["layers"], est["layers"], strict=True) if y["name"] in info["stages"]]
+    rows.append({"name": "(top)", "yosys": pick(syn["top"]), "estimate": pick(est["top"])})
+    rows.append({"name": "total", "yosys": pick(syn["total"]), "estimate": pick(est["totals"])})
+    return {"command": syn["command"], "rows": rows}
 
 
 def markdown(r):
@@ -102,7 +130,10 @@ def markdown(r):
         "",
         f"`{r['command']}` (written by the script; numbers measured on this run).",
         "",
-        f"Digits CNN ({r['design']['bits']}) on {r['design']['board']}, folding {r['design']['folding']}.",
+        f"Digits {r['design']['model']} ({r['design']['bits']}) on {r['design']['board']}, folding "
+        f"{r['design']['folding']}"
+        + "".join(f"; skip {s['from']} -> {s['to']} in a ring of {s['banks']} banks" for s in r["design"]["skips"])
+        + ".",
         "",
         "| measure | value |",
         "|---|---|",
@@ -121,8 +152,15 @@ def markdown(r):
     ]
     for la in r["layers"]:
         alone = (f"{la['alone_cycles']} | {la['alone_mismatched']} / {la['alone_samples']}" if "alone_samples" in la
-                 else "no hardware | ")
+                 else "two inputs: checked in the network | " if la["cycles_estimate"] else "no hardware | ")
         lines.append(f"| {la['name']} | {la['cycles_sim']} | {la['cycles_estimate']} | {alone} |")
+    if r.get("synth"):
+        lines += ["", f"yosys (`{r['synth']['command']}`) against the estimate:", "",
+                  "| component | LUT yosys | LUT estimate | FF yosys | FF estimate | BRAM yosys | BRAM estimate |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in r["synth"]["rows"]:
+            y, e = row["yosys"], row["estimate"]
+            lines.append(f"| {row['name']} | {y['lut']} | {e['lut']} | {y['ff']} | {e['ff']} | {y['bram']} | {e['bram']} |")
     return "\n".join(lines) + "\n"
 
 
