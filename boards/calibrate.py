@@ -105,6 +105,17 @@ def _random_mlp(rng, binary):
     return network_ir(layers, tensors, input_bits=first_bits)
 
 
+def _pool2(name, c, side, bits, signed):
+    """A 2x2 max-pool of stride 2 of a (c, side, side) map of ``bits``-bit codes."""
+    return Layer(name=name, op="maxpool", kernel=2, stride=2, in_shape=[c, side, side],
+                 out_shape=[c, side // 2, side // 2], a_bits=bits, a_signed=signed, out_bits=bits, out_signed=signed)
+
+
+def _flatten(c, side, bits, signed):
+    return Layer(name="flatten", op="flatten", in_shape=[c, side, side], out_shape=[c * side * side], a_bits=bits,
+                 a_signed=signed, out_bits=bits, out_signed=signed)
+
+
 def cnn_ir(rng, *, c0, side, channels, bits, n_out, binary=False, kernel=3, padding=1, extreme=False):
     """conv1 (``kernel``, ``padding``), maxpool 2, conv2 (3x3, padding 1), maxpool 2, flatten, linear, with
     random integers. ``bits`` = (input, conv1 weights, conv1 outputs, conv2 weights, conv2 outputs, fc
@@ -120,8 +131,7 @@ def cnn_ir(rng, *, c0, side, channels, bits, n_out, binary=False, kernel=3, padd
         tensors.update(t or {})
 
     def pool(name, c, s, b):
-        add(Layer(name=name, op="maxpool", kernel=2, stride=2, in_shape=[c, s, s], out_shape=[c, s // 2, s // 2],
-                  a_bits=b, a_signed=binary, out_bits=b, out_signed=binary))
+        add(_pool2(name, c, s, b, binary))
         return s // 2
 
     add(*random_layer(rng, "conv1", c0, c1, w1, in_bits, b1, op="conv2d", in_shape=[c0, side, side], kernel=kernel,
@@ -131,8 +141,7 @@ def cnn_ir(rng, *, c0, side, channels, bits, n_out, binary=False, kernel=3, padd
                       out_signed=binary, extreme=extreme))
     s3 = pool("pool2", c2, s2, b2)
     flat = c2 * s3 * s3
-    add(Layer(name="flatten", op="flatten", in_shape=[c2, s3, s3], out_shape=[flat], a_bits=b2, a_signed=binary,
-              out_bits=b2, out_signed=binary))
+    add(_flatten(c2, s3, b2, binary))
     add(*random_layer(rng, "fc", flat, n_out, w3, b2, None, in_signed=binary, extreme=extreme))
     return network_ir(layers, tensors, input_bits=in_bits, input_shape=[c0, side, side])
 
@@ -171,12 +180,8 @@ def resnet_ir(rng, *, c0, side, c1, bits, n_out, binary=False, signs=False, skip
                         a_bits=bb, a_signed=True, out_bits=b1, out_signed=binary, acc_bits=range_bits(lo, hi),
                         requant_kind="thresholds", thresholds="add1.thresholds", **extra))
     s2 = side // 2
-    layers.append(Layer(name="pool1", op="maxpool", kernel=2, stride=2, in_shape=shape, out_shape=[c1, s2, s2],
-                        a_bits=b1, a_signed=binary, out_bits=b1, out_signed=binary))
-    flat = c1 * s2 * s2
-    layers.append(Layer(name="flatten", op="flatten", in_shape=[c1, s2, s2], out_shape=[flat], a_bits=b1,
-                        a_signed=binary, out_bits=b1, out_signed=binary))
-    fc, t = random_layer(rng, "fc", flat, n_out, w_bits, b1, None, in_signed=binary)
+    layers += [_pool2("pool1", c1, side, b1, binary), _flatten(c1, s2, b1, binary)]
+    fc, t = random_layer(rng, "fc", c1 * s2 * s2, n_out, w_bits, b1, None, in_signed=binary)
     layers.append(fc)
     tensors.update(t)
     return network_ir(layers, tensors, input_bits=in_bits, input_shape=[c0, side, side])

@@ -224,7 +224,7 @@ def cmd_rtl(args):
           f"latency {info['latency_cycles']} cycles, "
           f"initiation interval {info['initiation_interval_cycles']} cycles "
           f"({info['throughput_per_s']:,.0f} inferences/s at {board.clock_mhz:g} MHz); {arrays}"
-          + "".join(f"; skip {s['from']} -> {s['to']} in a ring of {s['banks']} banks" for s in info.get("skips", [])))
+          + "".join(f"; skip {s['from']} -> {s['to']} in a ring of {s['banks']} banks" for s in info["skips"]))
 
 
 def cmd_estimate(args):
