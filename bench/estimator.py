@@ -108,7 +108,7 @@ def main():
     header = ("| family | board | designs | mean abs LUT err | max LUT err | mean abs FF err | max FF err | "
               "BRAM exact | DSP exact | estimate time |")
     method = ("The model: each component's cost features (`rtl_gen/engine.py` `EnginePlan`, `rtl_gen/pool.py` "
-              "`PoolPlan`, `rtl_gen/top.py` `BufferPlan` and `TopPlan`: `cost_features` and `register_bits`) times "
+              "`PoolPlan`, `rtl_gen/plan.py` `BufferPlan` and `TopPlan`: `cost_features` and `register_bits`) times "
               "coefficients per family, fitted by non-negative least squares (`boards/model.py`) on the calibration "
               "sweeps in `boards/calibration/` (40 designs per family, seed 1; `python -m boards.calibrate sweep "
               "--family F --designs 40`, then `fit`). Block RAMs: memories of 2 kbit or more are marked for block "

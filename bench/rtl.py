@@ -55,7 +55,8 @@ def conv_layer_ir(seed=0):
 def measure_array_efficiency(samples=2):
     from amaranth.sim import Simulator
 
-    from rtl_gen.top import NetworkTop, network_plan
+    from rtl_gen.plan import network_plan
+    from rtl_gen.top import NetworkTop
 
     rows, cols = ARRAY
     ir = conv_layer_ir()

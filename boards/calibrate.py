@@ -37,8 +37,8 @@ def component_plan(point):
     """The plan object a sweep data point describes (features are recomputed from it when fitting)."""
     from rtl_gen.add import AddPlan
     from rtl_gen.engine import EnginePlan
+    from rtl_gen.plan import BufferPlan, TopPlan
     from rtl_gen.pool import PoolPlan
-    from rtl_gen.top import BufferPlan, TopPlan
 
     kinds = {"top": TopPlan, "engine": EnginePlan, "pool": PoolPlan, "add": AddPlan, "buffer": BufferPlan}
     return kinds[point["component"]](**point["plan"])
@@ -199,7 +199,7 @@ def random_cnn(rng, binary):
 def random_network(rng):
     """A random valid IR (an MLP or a small CNN, multi-bit or binary, bits 1..8) and a random valid
     folding (word widths) for it."""
-    from rtl_gen.top import buffer_channels
+    from rtl_gen.plan import buffer_channels
 
     kind = rng.choice(["mlp", "mlp", "cnn", "bnn", "bcnn"])
     ir = random_cnn(rng, kind == "bcnn") if "cnn" in kind else _random_mlp(rng, kind == "bnn")
@@ -215,7 +215,7 @@ def synthesize_network(ir, widths, board, work):
     """Verilog for the IR, synthesized for the board; return the data points (top, stages, buffers)."""
     from boards.synth import synthesize
     from rtl_gen.emit import TOP_NAME, generate_rtl, verilog_sources
-    from rtl_gen.top import network_plan
+    from rtl_gen.plan import network_plan
 
     rtl = Path(work) / "rtl"
     plan = network_plan(ir, widths)

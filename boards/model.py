@@ -2,7 +2,7 @@
 
 Coefficients are fitted (non-negative least squares) from yosys runs by ``python -m boards.calibrate``
 and stored in ``boards/calibration/coefficients.json``; the features are defined by the components
-(``rtl_gen.engine.EnginePlan.cost_features`` / ``register_bits``, ``rtl_gen.top.TopPlan``).
+(``rtl_gen.engine.EnginePlan.cost_features`` / ``register_bits``, ``rtl_gen.plan.TopPlan``).
 """
 
 import json

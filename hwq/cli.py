@@ -99,7 +99,7 @@ def _train_config(args):
 
 def _add_board(p, *, folding=True):
     from boards import DEFAULT_BOARD
-    from rtl_gen.top import DEFAULT_LUT_FRACTION
+    from rtl_gen.folding import DEFAULT_LUT_FRACTION
 
     p.add_argument("--board", default=DEFAULT_BOARD,
                    help=f"board name (see `hwq boards`) or a board .yaml file (default: {DEFAULT_BOARD})")

@@ -7,7 +7,8 @@ RAMs are counted from the memories the generator marks for block RAM (``rtl_gen.
 """
 
 from boards import RESOURCES
-from rtl_gen.top import choose_folding, network_plan
+from rtl_gen.folding import choose_folding
+from rtl_gen.plan import network_plan
 
 __all__ = ["estimate"]
 

@@ -19,7 +19,9 @@ from hwq.ir import atomic_dir
 
 from .add import AddPlan
 from .engine import EnginePlan
-from .top import NetworkTop, choose_folding, network_plan
+from .folding import choose_folding
+from .plan import network_plan
+from .top import NetworkTop
 
 __all__ = ["MEM_DIR", "RTL_FORMAT", "TOP_NAME", "describe", "generate_rtl", "split_verilog", "verilog_sources"]
 
@@ -150,7 +152,7 @@ def describe(plan, ir, board, widths):
 
 
 def generate_rtl(ir, board, out_dir, *, fold=None, lut_budget=None, widths=None):
-    """Choose the folding (or take ``widths``, see :func:`rtl_gen.top.network_plan`), write the Verilog,
+    """Choose the folding (or take ``widths``, see :func:`rtl_gen.plan.network_plan`), write the Verilog,
     memory files and ``rtl.json`` into ``out_dir`` (replacing it whole); return the rtl.json dict."""
     t0 = time.perf_counter()
     widths = widths or choose_folding(ir, board, lut_budget=lut_budget, fold=fold)

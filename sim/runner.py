@@ -177,7 +177,7 @@ def _layer_design(ir, rtl_dir, info, name, work):
     return (the layer's IR, its rtl.json)."""
     from boards import load_board
     from rtl_gen.emit import generate_rtl
-    from rtl_gen.top import layer_ir
+    from rtl_gen.plan import layer_ir
 
     sub = layer_ir(ir, name)
     entry = next((la for la in info["layers"] if la["name"] == name), None)

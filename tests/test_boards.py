@@ -95,7 +95,7 @@ def test_a_resnet_synthesizes_with_its_add_and_skip_ring_counted(tmp_path):
     import numpy as np
 
     from boards.calibrate import _features, resnet_ir, synthesize_network
-    from rtl_gen.top import network_plan
+    from rtl_gen.plan import network_plan
 
     ir = resnet_ir(np.random.default_rng(3), c0=1, side=8, c1=8, bits=(4, 2, 2, 2, 4), n_out=4)
     widths = [1, 8, 8, 8, 4]

@@ -13,10 +13,12 @@ from hwq.errors import UserError
 from hwq.intrange import max_int, min_int, weight_range
 from hwq.ir import accumulator_bounds, validate
 from rtl_gen.engine import EnginePlan, LayerEngine
+from rtl_gen.folding import DEFAULT_LUT_FRACTION, choose_folding
 from rtl_gen.pe import ProcessingElement
+from rtl_gen.plan import network_plan
 from rtl_gen.requant import ThresholdRequantizer
 from rtl_gen.systolic import SystolicArray
-from rtl_gen.top import DEFAULT_LUT_FRACTION, NetworkTop, choose_folding, network_plan
+from rtl_gen.top import NetworkTop
 
 from .conftest import random_ir
 
@@ -527,7 +529,7 @@ def test_resnet_output_backpressure():
 
 def test_resnet_folding_ties_the_add_inputs():
     from boards import load_board
-    from rtl_gen.top import width_ties
+    from rtl_gen.plan import width_ties
 
     _, ir = _resnet(4, c1=8)
     assert width_ties(ir) == [(1, 3, "add1")]  # conv1's rows = res1b's rows
@@ -541,7 +543,7 @@ def test_resnet_folding_ties_the_add_inputs():
 
 
 def test_rtl_rejects_what_the_chain_cannot_build():
-    from rtl_gen.top import layer_ir
+    from rtl_gen.plan import layer_ir
 
     _, ir = _resnet(5)
     with pytest.raises(UserError, match="a residual add reads two layers' outputs"):
