@@ -30,7 +30,7 @@ def measure(family, designs, seed, jobs):
     rows = []
     for (ir, widths), rec in results:
         t0 = time.perf_counter()
-        est = estimate(ir, board, widths=widths)
+        est = estimate(ir, board, folding=widths)
         ms = (time.perf_counter() - t0) * 1e3
         rows.append({"estimate": {k: est["totals"][k] for k in RESOURCES}, "synth": rec["total"], "estimate_ms": ms})
     return board, rows

@@ -115,7 +115,7 @@ def _synth(ir, rtl, board, info):
 
     print(f"synthesizing with yosys for {board.name} ...", flush=True)
     syn = synth_rtl(rtl, board, show_progress=False)
-    est = estimate(ir, board, widths=info["folding"])
+    est = estimate(ir, board, folding=info["folding"])
     pick = lambda d: {k: d[k] for k in RESOURCES if k != "dsp"}  # noqa: E731
     rows = [{"name": y["name"], "yosys": pick(y), "estimate": pick(e["estimate"])}
             for y, e in zip(syn["layers"], est["layers"], strict=True) if y["name"] in info["stages"]]

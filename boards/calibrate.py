@@ -26,11 +26,12 @@ from hwq.golden import accumulator_range
 from hwq.intrange import code_range, range_bits, signed_width, weight_range
 from hwq.ir import IR, Layer, conv_out_side
 
-__all__ = ["FAMILY_BOARDS", "cnn_ir", "network_ir", "random_cnn", "random_layer", "random_network", "resnet_ir", "sweep",
-           "sweep_cases", "synthesize_network"]
+__all__ = ["CELL_FAMILIES", "FAMILY_BOARDS", "cnn_ir", "network_ir", "random_cnn", "random_folding", "random_layer",
+           "random_network", "random_resnet", "resnet_ir", "sweep", "sweep_cases", "synthesize_network"]
 
 HERE = Path(__file__).resolve().parent / "calibration"
 FAMILY_BOARDS = {"ice40": "ice40-up5k", "ecp5": "ecp5-25f", "xilinx7": "xc7a35t"}
+CELL_FAMILIES = ("ice40",)  # families whose packed logic cells the estimate models (nextpnr's packer)
 
 
 def component_plan(point):
@@ -196,30 +197,69 @@ def random_cnn(rng, binary):
     return cnn_ir(rng, c0=c0, side=side, channels=channels, bits=bits, n_out=int(rng.integers(2, 11)), binary=binary)
 
 
-def random_network(rng):
-    """A random valid IR (an MLP or a small CNN, multi-bit or binary, bits 1..8) and a random valid
-    folding (word widths) for it."""
-    from rtl_gen.plan import buffer_channels
+def random_resnet(rng, binary):
+    """:func:`resnet_ir` with random sizes and bits on a small image."""
+    c0, side, c1 = int(rng.integers(1, 4)), int(rng.choice([4, 6, 8])), int(rng.choice([2, 4, 6, 8]))
+    bits = (int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.integers(1, 5)),
+            int(rng.integers(1, 5)))
+    return resnet_ir(rng, c0=c0, side=side, c1=c1, bits=bits, n_out=int(rng.integers(2, 11)), binary=binary,
+                     signs=bool(rng.random() < 0.5))
 
-    kind = rng.choice(["mlp", "mlp", "cnn", "bnn", "bcnn"])
-    ir = random_cnn(rng, kind == "bcnn") if "cnn" in kind else _random_mlp(rng, kind == "bnn")
+
+def random_folding(rng, ir, board):
+    """A random valid folding of ``ir`` for ``board``: word widths up to 16, DSP multipliers on some layers
+    that can have them (within the board's DSPs), some memories in block RAM (within its block RAMs)."""
+    from boards.model import dsp_eligible
+    from rtl_gen.engine import EnginePlan
+    from rtl_gen.plan import Folding, buffer_channels, network_plan, width_ties
+
     counts = buffer_channels(ir)
     widths = []
     for k, n in enumerate(counts):
         options = [d for d in range(1, min(n, 16) + 1) if n % d == 0 or k == len(counts) - 1]
         widths.append(int(rng.choice(options)))
-    return ir, widths
+    for i, j, _ in width_ties(ir):
+        widths[j] = widths[i]
+    plan = network_plan(ir, widths)
+    dsp, used = set(), 0
+    for s in plan.stages:
+        p = s.plan
+        if (isinstance(p, EnginePlan) and p.engine == "systolic" and dsp_eligible(board.family, p.w_bits, p.a_bits)
+                and used + p.lanes <= board.dsp and rng.random() < 0.5):
+            dsp.add(s.layer.name)
+            used += p.lanes
+    block = {name for name in plan.memory_names if rng.random() < 0.6}
+    folding = Folding(widths, dsp, block)
+    while network_plan(ir, folding).resources(board.family)["bram"] > board.bram:
+        folding = Folding(widths, dsp, set(sorted(folding.block)[1:]))
+    return folding
 
 
-def synthesize_network(ir, widths, board, work):
-    """Verilog for the IR, synthesized for the board; return the data points (top, stages, buffers)."""
+def random_network(rng, board):
+    """A random valid IR (an MLP, a small CNN or a small resnet, multi-bit or binary, bits 1..8) and a random
+    valid folding (:func:`random_folding`) of it for ``board``."""
+    kind = rng.choice(["mlp", "mlp", "cnn", "bnn", "bcnn", "resnet", "bresnet"])
+    if "resnet" in kind:
+        ir = random_resnet(rng, kind == "bresnet")
+    elif "cnn" in kind:
+        ir = random_cnn(rng, kind == "bcnn")
+    else:
+        ir = _random_mlp(rng, kind == "bnn")
+    return ir, random_folding(rng, ir, board)
+
+
+def synthesize_network(ir, folding, board, work, *, cells=False):
+    """Verilog for the IR, synthesized for the board; return the data points (top, stages, buffers) and the
+    totals; with ``cells``, also the packed logic cells (nextpnr's packer, iCE40)."""
+    from boards.pnr import pack_cells
     from boards.synth import synthesize
     from rtl_gen.emit import TOP_NAME, generate_rtl, verilog_sources
-    from rtl_gen.plan import network_plan
+    from rtl_gen.plan import as_folding, network_plan
 
+    folding = as_folding(folding)
     rtl = Path(work) / "rtl"
-    plan = network_plan(ir, widths)
-    generate_rtl(ir, board, rtl, widths=widths)
+    plan = network_plan(ir, folding)
+    info = generate_rtl(ir, board, rtl, folding=folding)
     names = [f"{TOP_NAME}.{s.layer.name}" for s in plan.stages]
     syn = synthesize(verilog_sources(rtl), TOP_NAME, board, keep=names)
     # the top module holds the buffers: its counts are fitted by the top's and the buffers' features together
@@ -230,7 +270,9 @@ def synthesize_network(ir, widths, board, work):
         kind = {"maxpool": "pool", "add": "add"}.get(stage.kind, "engine")
         points.append({"component": kind, "plan": asdict(stage.plan), **{k: syn["modules"][name][k] for k in RESOURCES}})
     total = {k: syn["total"][k] for k in RESOURCES}
-    return {"points": points, "total": total, "seconds": syn["seconds"], "widths": list(widths)}
+    if cells:
+        total["cells"] = pack_cells(rtl, info, board)
+    return {"points": points, "total": total, "seconds": syn["seconds"], "folding": folding.to_json()}
 
 
 def sweep_cases(family, designs, seed, *, jobs=2, progress=True):
@@ -240,12 +282,13 @@ def sweep_cases(family, designs, seed, *, jobs=2, progress=True):
 
     board = load_board(FAMILY_BOARDS[family])
     rng = np.random.default_rng(seed)
-    cases = [random_network(rng) for _ in range(designs)]
+    cases = [random_network(rng, board) for _ in range(designs)]
+    cells = board.family in CELL_FAMILIES
 
     def one(case):
-        ir, widths = case
+        ir, folding = case
         with tempfile.TemporaryDirectory(prefix="hwq-cal-") as work:
-            return synthesize_network(ir, widths, board, work)
+            return synthesize_network(ir, folding, board, work, cells=cells)
 
     records = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -286,6 +329,9 @@ def fit_all(sweep_files):
         fam = out.setdefault(data["family"], {"sweep": Path(path).name, "points": len(pts)})
         fam["lut"] = fit([_features(p, "cost_features") for p in pts], [p["lut"] for p in pts])
         fam["ff"] = fit([_features(p, "register_bits") for p in pts], [p["ff"] for p in pts])
+        packed = [d["total"] for d in data["designs"] if d["total"].get("cells") is not None]
+        if packed:  # packed logic cells as a function of the design's LUTs and flip-flops
+            fam["cells"] = fit([{"const": 1, "lut": t["lut"], "ff": t["ff"]} for t in packed], [t["cells"] for t in packed])
     return out
 
 

@@ -12,7 +12,8 @@ from importlib import resources
 
 from hwq.errors import UserError
 
-__all__ = ["BRAM_SHAPES", "bram_blocks", "coefficients", "fit", "plan_resources", "predict"]
+__all__ = ["BRAM_SHAPES", "DSP_MIN_PRODUCT_BITS", "bram_blocks", "cells", "coefficients", "dsp_eligible", "fit",
+           "plan_resources", "predict"]
 
 COEFFICIENTS = "calibration/coefficients.json"
 
@@ -25,6 +26,19 @@ BRAM_SHAPES = {
     "xilinx7": [(0.5, [(512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)]),  # RAMB18E1
                 (1, [(512, 72), (1024, 36), (2048, 18), (4096, 9), (8192, 4), (16384, 2), (32768, 1)])],
 }
+
+
+# The narrowest product (w_bits + a_bits) that yosys maps to a DSP block, per family: its mul2dsp rule
+# (DSP_Y_MINWIDTH: 11 bits for iCE40's SB_MAC16, 9 for 7-series' DSP48E1; ECP5's MULT18X18D takes any
+# product of two operands of at least 2 bits). A lane we mark for a DSP multiplies with ``*`` and gets one
+# DSP; every other product is shift-and-add logic (rtl_gen.arith), so the count is exact. Checked against
+# yosys for every pair of bits in tests/test_boards.py (synth).
+DSP_MIN_PRODUCT_BITS = {"ice40": 11, "ecp5": 4, "xilinx7": 9}
+
+
+def dsp_eligible(family, w_bits, a_bits):
+    """Whether a ``w_bits`` x ``a_bits`` multiplier maps to one DSP block of ``family``."""
+    return w_bits >= 2 and a_bits >= 2 and w_bits + a_bits >= DSP_MIN_PRODUCT_BITS.get(family, 10**9)
 
 
 @cache
@@ -44,6 +58,16 @@ def predict(family, resource, features):
     return round(sum(model.get(name, 0.0) * value for name, value in features.items()))
 
 
+def cells(family, lut, ff):
+    """Packed logic cells for a design of ``lut`` LUTs and ``ff`` flip-flops, where the family packs them
+    together (iCE40: a logic cell holds one LUT4, one flip-flop and carry logic); None elsewhere. The model
+    (linear in LUTs and flip-flops) is fitted to nextpnr's packer on the calibration sweep."""
+    model = coefficients().get(family, {}).get("cells")
+    if model is None:
+        return None
+    return round(model.get("const", 0.0) + model.get("lut", 0.0) * lut + model.get("ff", 0.0) * ff)
+
+
 def bram_blocks(family, depth, width):
     """Block RAMs for a ``depth`` x ``width`` memory: its words tiled over the cheapest primitive shape.
 
@@ -58,8 +82,8 @@ def bram_blocks(family, depth, width):
 def plan_resources(family, plan):
     """{"lut", "ff", "bram", "dsp"} of a component plan (its ``cost_features`` and ``register_bits``).
 
-    BRAM is 0 here: components with block-RAM memories (engines' weight ROMs, buffers) add their own
-    count in their ``resources``. DSP is 0: multipliers stay in LUTs (``-nodsp`` where the family has DSPs).
+    BRAM and DSP are 0 here: components with block-RAM memories or DSP multipliers add their own counts in
+    their ``resources``.
     """
     return {"lut": predict(family, "lut", plan.cost_features), "ff": predict(family, "ff", plan.register_bits),
             "bram": 0, "dsp": 0}

@@ -18,7 +18,7 @@ from pathlib import Path
 from hwq.errors import UserError
 from hwq.fileio import cache_dir, write_json
 
-__all__ = ["HARNESS_TOP", "PnrError", "harness_verilog", "place_and_route"]
+__all__ = ["HARNESS_TOP", "PnrError", "harness_verilog", "pack_cells", "place_and_route"]
 
 
 class PnrError(RuntimeError):
@@ -29,7 +29,7 @@ HARNESS_TOP = "hwq_pnr"
 
 def harness_verilog(info):
     """Verilog text of the two-pin harness around the top described by ``rtl.json``."""
-    in_w = info["input"]["features"] * info["input"]["bits"]
+    in_w = info["input"]["word_lanes"] * info["input"]["bits"]
     out_w = info["output"]["features"] * info["output"]["bits"]
     cyc_w = len(info["stages"]) * info["counter_bits"]
     shift = f"{{shreg[{in_w - 2}:0], sin}}" if in_w > 1 else "sin"
@@ -57,6 +57,69 @@ def _tool(name):
     return exe
 
 
+def _netlist(rtl_dir, info, board, work, timeout):
+    """Synthesize the harnessed design flat into ``work/net.json``; return (its path, seconds)."""
+    yosys = shutil.which("yosys")
+    if yosys is None:
+        raise UserError("yosys not found; install it with `sudo apt-get install -y yosys`")
+    from rtl_gen.emit import verilog_sources
+
+    from .synth import read_verilog, verilog_inputs
+
+    sources, _ = verilog_inputs(verilog_sources(rtl_dir, info))
+    (work / "harness.v").write_text(harness_verilog(info))
+    netlist = work / "net.json"
+    script = f"{read_verilog([*sources, work / 'harness.v'])}; {board.yosys_synth} -top {HARNESS_TOP} -json {netlist}"
+    t0 = time.perf_counter()
+    # in the RTL folder: the memories' $readmemh paths are relative to it
+    proc = subprocess.run([yosys, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
+                          cwd=sources[0].parent)
+    if proc.returncode != 0:
+        raise RuntimeError(f"yosys failed:\n{proc.stderr[-2000:]}")
+    return netlist, time.perf_counter() - t0
+
+
+def _key(rtl_dir, info, board, *extra):
+    from rtl_gen.emit import verilog_sources
+
+    from .synth import verilog_inputs
+
+    _, data = verilog_inputs(verilog_sources(rtl_dir, info))
+    return hashlib.sha256(data + harness_verilog(info).encode()
+                          + repr((board.yosys_synth, board.pnr, board.clock_mhz, *extra)).encode()).hexdigest()[:20]
+
+
+def _unconstrained(board):
+    return ["--pcf-allow-unconstrained"] if board.family == "ice40" else ["--lpf-allow-unconstrained"]
+
+
+def pack_cells(rtl_dir, info, board, *, timeout=3600, cache=True):
+    """Logic cells of the design after nextpnr's packer (iCE40: ICESTORM_LC), without placing it: what
+    placement needs, measured in seconds. Cached like :func:`place_and_route`."""
+    if board.pnr is None:
+        raise UserError(f"board {board.name}: no open place-and-route tool for family {board.family}")
+    nextpnr = _tool(board.pnr["tool"])
+    key = _key(rtl_dir, info, board, "pack")
+    cached = cache_dir("pnr") / f"{key}-pack.json"
+    if cache and cached.is_file():
+        return json.loads(cached.read_text())["cells"]
+    with tempfile.TemporaryDirectory(prefix="hwq-pack-") as work:
+        work = Path(work)
+        netlist, _ = _netlist(rtl_dir, info, board, work, timeout)
+        cmd = [nextpnr, *board.pnr["args"], "--json", netlist.name, "--pack-only", "--report", "report.json", "--quiet",
+               *_unconstrained(board)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work)
+        report = work / "report.json"
+        if proc.returncode != 0 or not report.is_file():
+            raise PnrError(f"{board.pnr['tool']} --pack-only: {(proc.stderr + proc.stdout).strip()[-300:]}")
+        util = json.loads(report.read_text()).get("utilization", {})
+    key_name = {"ice40": "ICESTORM_LC", "ecp5": "TRELLIS_COMB"}[board.family]
+    cells = util[key_name]["used"]
+    if cache:
+        write_json(cached, {"cells": cells})
+    return cells
+
+
 def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
     """Synthesize the harnessed design and place and route it; return Fmax and utilization.
 
@@ -65,39 +128,17 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
     """
     if board.pnr is None:
         raise UserError(f"board {board.name}: no open place-and-route tool for family {board.family}")
-    yosys = shutil.which("yosys")
-    if yosys is None:
-        raise UserError("yosys not found; install it with `sudo apt-get install -y yosys`")
     nextpnr = _tool(board.pnr["tool"])
-    from rtl_gen.emit import verilog_sources
-
-    from .synth import read_verilog, verilog_inputs
-
-    sources, data = verilog_inputs(verilog_sources(rtl_dir, info))
-    key = hashlib.sha256(data + harness_verilog(info).encode()
-                         + repr((board.yosys_synth, board.pnr, board.clock_mhz, seed)).encode()).hexdigest()[:20]
-    cached = cache_dir("pnr") / f"{key}.json"
+    cached = cache_dir("pnr") / f"{_key(rtl_dir, info, board, seed)}.json"
     if cache and cached.is_file():
         return {**json.loads(cached.read_text()), "cached": True}
     with tempfile.TemporaryDirectory(prefix="hwq-pnr-") as work:
         work = Path(work)
-        (work / "harness.v").write_text(harness_verilog(info))
-        netlist, report = work / "net.json", work / "report.json"
-        script = f"{read_verilog([*sources, work / 'harness.v'])}; {board.yosys_synth} -top {HARNESS_TOP} -json {netlist}"
-        t0 = time.perf_counter()
-        # in the RTL folder: the memories' $readmemh paths are relative to it
-        proc = subprocess.run([yosys, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
-                              cwd=sources[0].parent)
-        if proc.returncode != 0:
-            raise RuntimeError(f"yosys failed:\n{proc.stderr[-2000:]}")
-        t_synth = time.perf_counter() - t0
+        netlist, t_synth = _netlist(rtl_dir, info, board, work, timeout)
+        report = work / "report.json"
         # relative paths, run in the work folder: the WebAssembly builds see only the working directory
         cmd = [nextpnr, *board.pnr["args"], "--json", netlist.name, "--freq", f"{board.clock_mhz:g}",
-               "--report", report.name, "--timing-allow-fail", "--seed", str(seed), "--quiet"]
-        if board.family == "ice40":
-            cmd.append("--pcf-allow-unconstrained")
-        else:
-            cmd += ["--lpf-allow-unconstrained"]
+               "--report", report.name, "--timing-allow-fail", "--seed", str(seed), "--quiet", *_unconstrained(board)]
         t1 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work)
         if proc.returncode != 0 or not report.is_file():
@@ -115,9 +156,25 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
         "meets_target": bool(achieved) and min(achieved) >= board.clock_mhz,
         "utilization": {k: {"used": v["used"], "available": v["available"]} for k, v in data.get("utilization", {}).items()
                         if v.get("used")},
+        "critical_path": _critical_path(data),
         "seconds": {"synth": round(t_synth, 1), "pnr": round(time.perf_counter() - t1, 1)},
         "cached": False,
     }
     if cache:
         write_json(cached, result)
     return result
+
+
+def _critical_path(report):
+    """The clock's critical path from nextpnr's report (register to register): its delay, where it starts
+    and ends, and the nets it crosses (the design's own signal names say which hardware limits Fmax)."""
+    best = None
+    for path in report.get("critical_paths", []):
+        if not (str(path.get("from", "")).startswith("posedge") and str(path.get("to", "")).startswith("posedge")):
+            continue
+        steps = path.get("path", [])
+        delay = sum(float(st.get("delay", 0)) for st in steps)
+        if steps and (best is None or delay > best["delay_ns"]):
+            best = {"delay_ns": round(delay, 2), "from": steps[0]["from"]["cell"], "to": steps[-1]["to"]["cell"],
+                    "nets": [st["net"] for st in steps if st.get("type") == "routing" and st.get("net")][:16]}
+    return best

@@ -3,21 +3,26 @@
 Cycle counts are exact (the engines' analytic latencies, checked against simulation). Resources come
 from the calibrated model in ``boards/model.py``: per-component features times coefficients fitted to
 yosys results for the board's family (see docs/results/estimator.md for its measured error). Block
-RAMs are counted from the memories the generator marks for block RAM (``rtl_gen.engine.ram_style``).
+RAMs and DSPs are counted from the folding's choices (``rtl_gen.plan.Folding``: the memories in block RAM,
+tiled over the family's block shapes, and one DSP per multiplier of a DSP layer). On iCE40 the packed
+logic cells are estimated too (``boards.model.cells``), and ``fits`` compares them with the board's cells,
+since that is what placement needs.
 """
 
 from boards import RESOURCES
 from rtl_gen.folding import choose_folding
-from rtl_gen.plan import network_plan
+from rtl_gen.plan import as_folding, network_plan
 
 __all__ = ["estimate"]
 
 
-def estimate(ir, board, *, fold=None, lut_budget=None, widths=None):
+def estimate(ir, board, *, fold=None, lut_budget=None, folding=None):
     """Return {"layers": [...], "buffers": [...], "top": {...}, "totals": {...}} for the IR on ``board``,
-    with the folding ``hwq rtl`` would choose (or ``widths``)."""
-    widths = widths or choose_folding(ir, board, lut_budget=lut_budget, fold=fold)
-    plan = network_plan(ir, widths)
+    with the folding ``hwq rtl`` would choose (or ``folding``: a Folding, rtl.json's ``folding`` or widths)."""
+    from boards.model import cells
+
+    folding = as_folding(folding) if folding else choose_folding(ir, board, lut_budget=lut_budget, fold=fold)
+    plan = network_plan(ir, folding)
     by_name = {s.layer.name: s for s in plan.stages}
     layers, totals = [], dict.fromkeys(RESOURCES, 0)
 
@@ -37,10 +42,15 @@ def estimate(ir, board, *, fold=None, lut_budget=None, widths=None):
         for k in RESOURCES:
             top[k] += b["estimate"][k]
     totals["cycles"] = plan.latency
+    packed = cells(board.family, totals["lut"], totals["ff"])
     over = board.over(totals)
+    if packed is not None:
+        totals["cells"] = packed
+        if packed > board.lut:  # an iCE40 logic cell holds one LUT4: the board's LUT count is its cells
+            over["cells"] = packed - board.lut
     return {
         "board": board.name,
-        "folding": list(widths),
+        "folding": folding.to_json(),
         "layers": layers,
         "buffers": buffers,
         "top": top,

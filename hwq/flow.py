@@ -106,7 +106,7 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     timings["rtl"] = round(time.perf_counter() - t, 3)
     log(f"generated Verilog -> {out / 'rtl'}/ (top.v, a file per layer, memory files in mem/)")
 
-    est = estimate(ir, board, widths=rtl_info["folding"])
+    est = estimate(ir, board, folding=rtl_info["folding"])
     write_json(out / "estimate.json", est)
 
     n = len(data.x_test) if samples is None else min(samples, len(data.x_test))

@@ -11,6 +11,7 @@ from amaranth.lib.wiring import In, Out
 from hwq.intrange import act_levels, signed_width
 
 from ._check import check_int
+from .arith import const_mul
 from .engine import clog2, param_memory, param_rom_words, requantize
 
 __all__ = ["AddEngine", "AddPlan", "add_thresholds"]
@@ -45,6 +46,7 @@ class AddPlan:
     b_signed: bool
     out_bits: int
     param_bits: int  # width of one threshold
+    prom_style: str = "logic"  # where the threshold ROM lives (one word per channel group)
 
     @property
     def groups(self):
@@ -70,21 +72,37 @@ class AddPlan:
         return self.words + 2
 
     @property
+    def prom_width(self):
+        return self.lanes * (1 + self.n_levels * self.param_bits)
+
+    @property
+    def memories(self):
+        """(name, depth, width, style) of the memories that may go to block RAM: the threshold ROM, when it
+        has more than one word."""
+        return [("prom", self.groups, self.prom_width, self.prom_style)] if self.groups > 1 else []
+
+    def bram_blocks(self, family):
+        from boards.model import bram_blocks
+
+        return sum(bram_blocks(family, depth, width) for _, depth, width, style in self.memories if style == "block")
+
+    @property
     def cost_features(self):
         """Named like the layer engine's features (the same hardware: adders, comparators, parameter ROM)."""
         table = self.lanes * self.n_levels * self.param_bits
-        return {"const": 1, "bias_add": self.lanes * self.sum_bits, "cmp": table, "param_rom": table * (self.groups > 1),
+        prom_logic = self.groups > 1 and self.prom_style == "logic"
+        return {"const": 1, "bias_add": self.lanes * self.sum_bits, "cmp": table, "param_rom": table * prom_logic,
                 "addr": clog2(self.words), "ctrl": 2 + clog2(self.words)}
 
     @property
     def register_bits(self):
-        return {"const": 1, "ff_prom": self.lanes * (self.n_levels * self.param_bits + 1) * (self.groups > 1),
+        return {"const": 1, "ff_prom": self.prom_width * (self.groups > 1 and self.prom_style == "logic"),
                 "ff_ctrl": 3 + 2 * clog2(max(self.words, 2)) + clog2(self.groups)}
 
     def resources(self, family):
         from boards.model import plan_resources
 
-        return plan_resources(family, self)
+        return {**plan_resources(family, self), "bram": self.bram_blocks(family)}
 
 
 class AddEngine(wiring.Component):
@@ -152,7 +170,7 @@ class AddEngine(wiring.Component):
             m.d.sync += [addr.eq(Mux(addr == p.words - 1, 0, addr + 1)), group.eq(Mux(group == p.groups - 1, 0, group + 1))]
             with m.If(addr == p.words - 1):
                 m.d.sync += running.eq(0)
-        pport, params = param_memory(m, self.param_rom(), p.lanes, p.n_levels, p.param_bits)
+        pport, params = param_memory(m, self.param_rom(), p.lanes, p.n_levels, p.param_bits, p.prom_style)
         m.d.comb += [self.rd_addr.eq(addr), pport.addr.eq(group)]
 
         # One cycle later both words and the group's thresholds arrive: add, requantize, write.
@@ -160,7 +178,7 @@ class AddEngine(wiring.Component):
         m.d.sync += [valid.eq(running), waddr.eq(addr)]
         for lane in range(p.lanes):
             total = Signal(signed(p.sum_bits), name=f"sum{lane}")
-            m.d.comb += total.eq(step_a * self.rd_data[lane] + step_b * self.skip_data[lane])
+            m.d.comb += total.eq(const_mul(self.rd_data[lane], step_a) + const_mul(self.skip_data[lane], step_b))
             q = requantize(m, f"requant{lane}", total, p.sum_bits, params[lane], p.param_bits, p.out_bits)
             m.d.comb += self.wr_data[lane].eq(q)
         m.d.comb += [self.wr_en.eq(valid), self.wr_addr.eq(waddr)]

@@ -19,13 +19,13 @@ from hwq.ir import atomic_dir
 
 from .add import AddPlan
 from .engine import EnginePlan
-from .folding import choose_folding
-from .plan import network_plan
+from .folding import check_folding, choose_folding
+from .plan import as_folding, network_plan
 from .top import NetworkTop
 
 __all__ = ["MEM_DIR", "RTL_FORMAT", "TOP_NAME", "describe", "generate_rtl", "split_verilog", "verilog_sources"]
 
-RTL_FORMAT = "hwq-rtl/2"
+RTL_FORMAT = "hwq-rtl/3"
 TOP_NAME = "hwq_top"
 MEM_DIR = "mem"
 
@@ -92,7 +92,7 @@ def verilog_sources(rtl_dir, info=None):
     return [rtl_dir / f for f in info.get("files", ["top.v"]) if f.endswith(".v")]
 
 
-def _stage_info(stage, index, skips):
+def _stage_info(stage, index, skips, family):
     p = stage.plan
     info = {"stage": index, "engine": stage.kind, "latency_cycles": p.latency, "period_cycles": stage.period}
     if isinstance(p, EnginePlan):
@@ -100,7 +100,7 @@ def _stage_info(stage, index, skips):
             "array": [p.rows, p.cols], "lanes": p.lanes, "w_bits": p.w_bits, "a_bits": p.a_bits, "out_bits": p.out_bits,
             "acc_bits": p.acc_bits, "requant": p.kind, "param_bits": p.param_bits, "positions": p.positions,
             "tiles": [p.positions, p.n_out_tiles, p.n_in_tiles], "macs": p.macs,
-            "macs_per_cycle": round(p.macs / p.latency, 3),
+            "macs_per_cycle": round(p.macs / p.latency, 3), "dsp": p.dsp, "dsp_blocks": p.dsp_blocks,
         })
     elif isinstance(p, AddPlan):
         skip = next(s for s in skips if s["to"] == stage.layer.name)
@@ -109,6 +109,12 @@ def _stage_info(stage, index, skips):
                      "skip": skip["name"]})
     else:
         info.update({"array": [p.lanes, 1], "lanes": p.lanes, "bits": p.bits, "reads": p.n_reads})
+    if getattr(p, "memories", None):
+        from boards.model import bram_blocks
+
+        info["memories"] = [{"name": f"{stage.layer.name}.{name}", "depth": depth, "width": width, "memory": style,
+                             "bram_blocks": bram_blocks(family, depth, width) if style == "block" else 0}
+                            for name, depth, width, style in p.memories]
     return info
 
 
@@ -117,7 +123,7 @@ def _memory_info(name, b, family):
             "bram_blocks": b.bram_blocks(family)}
 
 
-def describe(plan, ir, board, widths):
+def describe(plan, ir, board, folding):
     """The rtl.json dict: one entry per IR layer (flatten has no hardware: ``stage`` null)."""
     by_name = {s.layer.name: (k, s) for k, s in enumerate(plan.stages)}
     skips = [{**_memory_info(f"skip{j}", s.buffer, board.family), "from": plan.stages[s.producer].layer.name,
@@ -126,7 +132,7 @@ def describe(plan, ir, board, widths):
     for layer in ir.layers:
         entry = {"name": layer.name, "op": layer.op}
         if layer.name in by_name:
-            entry.update(_stage_info(by_name[layer.name][1], by_name[layer.name][0], skips))
+            entry.update(_stage_info(by_name[layer.name][1], by_name[layer.name][0], skips, board.family))
         else:
             entry.update({"stage": None, "engine": "none", "latency_cycles": 0, "period_cycles": 0})
         layers.append(entry)
@@ -136,13 +142,15 @@ def describe(plan, ir, board, widths):
         "top": TOP_NAME,
         "board": board.name,
         "clock_mhz": board.clock_mhz,
-        "folding": list(widths),
-        "input": {"features": ir.in_features, "bits": ir.input_bits, "load_cycles": plan.load_cycles},
+        "folding": as_folding(folding).to_json(),
+        "input": {"features": ir.in_features, "bits": ir.input_bits, "shape": list(plan.input_shape),
+                  "word_lanes": plan.buffers[0].lanes, "load_cycles": plan.load_cycles},
         "output": {"features": plan.out_features, "bits": plan.out_bits, "signed": True},
         "latency_cycles": plan.latency,
         "initiation_interval_cycles": plan.initiation_interval,
         "throughput_per_s": round(board.clock_mhz * 1e6 / plan.initiation_interval, 1),
-        "counter_bits": 32,
+        "counter_bits": plan.counter_bits,
+        "dsp_blocks": plan.dsp_blocks,
         "stages": [s.layer.name for s in plan.stages],
         "layers": layers,
         "buffers": buffers,
@@ -151,15 +159,17 @@ def describe(plan, ir, board, widths):
     }
 
 
-def generate_rtl(ir, board, out_dir, *, fold=None, lut_budget=None, widths=None):
-    """Choose the folding (or take ``widths``, see :func:`rtl_gen.plan.network_plan`), write the Verilog,
-    memory files and ``rtl.json`` into ``out_dir`` (replacing it whole); return the rtl.json dict."""
+def generate_rtl(ir, board, out_dir, *, fold=None, lut_budget=None, folding=None):
+    """Choose the folding (or take ``folding``: a :class:`rtl_gen.plan.Folding` or just the word widths),
+    write the Verilog, memory files and ``rtl.json`` into ``out_dir`` (replacing it whole); return the
+    rtl.json dict."""
     t0 = time.perf_counter()
-    widths = widths or choose_folding(ir, board, lut_budget=lut_budget, fold=fold)
-    plan = network_plan(ir, widths)
+    folding = as_folding(folding) if folding else choose_folding(ir, board, lut_budget=lut_budget, fold=fold)
+    plan = network_plan(ir, folding)
+    check_folding(plan, board)
     top = NetworkTop(plan)
     text = verilog.convert(top, name=TOP_NAME, emit_src=False)
-    info = describe(plan, ir, board, widths)
+    info = describe(plan, ir, board, folding)
     files = split_verilog(text, [s.layer.name for s in plan.stages])
     info["memory_files"] = sorted(f for f in files if f.startswith(f"{MEM_DIR}/"))
     info["seconds"] = round(time.perf_counter() - t0, 3)

@@ -13,21 +13,28 @@ from hwq.intrange import range_bits, signed_width, weight_range
 from hwq.ir import conv_out_side
 
 from ._check import check_int
+from .arith import const_mul
 from .requant import ThresholdRequantizer
 from .systolic import SystolicArray
 from .xnor import XnorPopcount
 
-__all__ = ["BLOCK_RAM_MIN_BITS", "ENGINES", "EnginePlan", "LayerEngine", "pack", "param_bits", "param_memory",
-           "param_rom_words", "ram_style", "requantize"]
+__all__ = ["ENGINES", "MEMORY_STYLES", "EnginePlan", "LayerEngine", "memory_attrs", "pack", "param_bits",
+           "param_memory", "param_rom_words", "requantize"]
 
 ENGINES = ("systolic", "xnor")
-# A memory (feature-map buffer or weight ROM) of at least this many bits goes to block RAM; smaller
-# ones stay in logic. The Verilog carries the choice as a ``ram_style`` attribute, which yosys follows.
-BLOCK_RAM_MIN_BITS = 2048
+# Where a memory lives: "logic" (LUTs, and flip-flops for a RAM) or "block" (block RAM). The folding search
+# chooses (rtl_gen.folding); the Verilog carries the choice as a ``ram_style`` attribute, which yosys follows.
+MEMORY_STYLES = ("logic", "block")
 
 
-def ram_style(bits):
-    return "block" if bits >= BLOCK_RAM_MIN_BITS else "logic"
+def memory_attrs(style):
+    """Verilog attributes of a memory: its style, and ``no_rw_check``: the hardware never reads a word in the
+    cycle it is written (a stage reads one bank while its producer writes another; an idle reader's data is
+    never used), so synthesis need not add bypass logic for that case (on iCE40 and ECP5 it otherwise adds
+    flip-flops for every data bit)."""
+    if style not in MEMORY_STYLES:
+        raise ValueError(f"memory style must be one of {MEMORY_STYLES}, not {style!r}")
+    return {"ram_style": style, "no_rw_check": 1}
 
 
 def pack(values, bits):
@@ -66,11 +73,11 @@ def param_rom_words(table, signs, rows, n_tiles, param_bits):
     return words
 
 
-def param_memory(m, words, rows, n_levels, param_bits):
-    """Add :func:`param_rom_words` as a small ROM in logic (``prom``) to module ``m``; return its read
-    port (synchronous: set ``addr`` one cycle ahead) and a view of its data as ``rows`` x {neg, table}."""
+def param_memory(m, words, rows, n_levels, param_bits, style="logic"):
+    """Add :func:`param_rom_words` as a ROM (``prom``, in ``style``) to module ``m``; return its read port
+    (synchronous: set ``addr`` one cycle ahead) and a view of its data as ``rows`` x {neg, table}."""
     row = data.StructLayout({"neg": 1, "table": data.ArrayLayout(signed(param_bits), n_levels)})
-    prom = memory.Memory(shape=unsigned(rows * row.size), depth=len(words), init=words, attrs={"ram_style": "logic"})
+    prom = memory.Memory(shape=unsigned(rows * row.size), depth=len(words), init=words, attrs=memory_attrs(style))
     m.submodules.prom = prom
     pport = prom.read_port()  # (the name Verilog signals are given)
     return pport, data.View(data.ArrayLayout(row, rows), pport.data)
@@ -94,7 +101,8 @@ class EnginePlan:
     cycle formula lives only here. ``rows`` output channels and ``cols`` input channels are processed
     per cycle (the folding); ``cols`` is the word width of the input buffer and ``rows`` that of the
     output buffer, so ``cols`` divides ``in_channels`` and, for a hidden layer, ``rows`` divides
-    ``out_channels``.
+    ``out_channels``. ``dsp``: the systolic array's multipliers are DSP blocks (one per lane).
+    ``rom_style`` / ``prom_style``: where the weight ROM and the parameter (threshold or bias) ROM live.
     """
 
     engine: str          # "systolic" or "xnor"
@@ -113,6 +121,9 @@ class EnginePlan:
     rows: int
     cols: int
     param_bits: int      # width of one threshold / bias word
+    dsp: bool = False
+    rom_style: str = "logic"
+    prom_style: str = "logic"
 
     @property
     def out_h(self):
@@ -167,25 +178,44 @@ class EnginePlan:
         return self.in_h * self.in_w * self.in_groups
 
     @property
-    def rom_bits_per_column(self):
-        return self.rows * self.w_bits * self.n_out_tiles * self.n_in_tiles
+    def rom_words(self):
+        """Words of the weight ROM: one per (output tile, input tile)."""
+        return self.n_out_tiles * self.n_in_tiles
 
     @property
-    def rom_style(self):
-        return ram_style(self.rom_bits_per_column)
-
-    def bram_blocks(self, family):
-        """Block RAMs of the weight ROMs (one or more per column when they are block-styled): each column's
-        ROM is ``n_out_tiles * n_in_tiles`` words of ``rows * w_bits``."""
-        from boards.model import bram_blocks
-
-        if self.rom_style != "block":
-            return 0
-        return self.cols * bram_blocks(family, self.n_out_tiles * self.n_in_tiles, self.rows * self.w_bits)
+    def rom_width(self):
+        """Bits of a weight ROM word: every column's ``rows`` weights."""
+        return self.cols * self.rows * self.w_bits
 
     @property
     def n_levels(self):
         return (1 << self.out_bits) - 1 if self.kind == "thresholds" else 1
+
+    @property
+    def prom_width(self):
+        """Bits of a parameter ROM word: per row, a sign bit and the thresholds (or the bias)."""
+        return self.rows * (1 + self.n_levels * self.param_bits)
+
+    @property
+    def memories(self):
+        """(name, depth, width, style) of the engine's memories that may go to block RAM. A one-word ROM is a
+        constant (no memory), so it is not listed."""
+        out = []
+        if self.rom_words > 1:
+            out.append(("wrom", self.rom_words, self.rom_width, self.rom_style))
+        if self.n_out_tiles > 1:
+            out.append(("prom", self.n_out_tiles, self.prom_width, self.prom_style))
+        return out
+
+    def bram_blocks(self, family):
+        """Block RAMs of the ROMs in block RAM (each tiled over the family's block shapes)."""
+        from boards.model import bram_blocks
+
+        return sum(bram_blocks(family, depth, width) for _, depth, width, style in self.memories if style == "block")
+
+    @property
+    def dsp_blocks(self):
+        return self.lanes if self.dsp else 0
 
     @property
     def tag_bits(self):
@@ -206,27 +236,29 @@ class EnginePlan:
         from yosys runs (boards/calibrate.py). Each counts bits of one kind of hardware in this engine."""
         rows, cols = self.rows, self.cols
         xnor = self.engine == "xnor"
-        mult = 0 if xnor else (self.a_bits if self.w_bits == 1 else self.w_bits * self.a_bits)
-        w_tiles = self.n_out_tiles * self.n_in_tiles
-        rom_out = cols * rows * self.w_bits
+        mult = 0 if xnor or self.dsp else (self.a_bits if self.w_bits == 1 else self.w_bits * self.a_bits)
+        w_tiles = self.rom_words
+        rom_logic = w_tiles > 1 and self.rom_style == "logic"
         thresholds = self.kind == "thresholds"
+        prom_logic = self.n_out_tiles > 1 and self.prom_style == "logic"
         few = w_tiles <= 2  # weights from a 1-2 word ROM: multiplier folds into constant logic
         return {
             "const": 1,
-            "pe_mult": 0 if few else rows * cols * mult,          # partial-product bits of the multipliers
+            "pe_mult": 0 if few else rows * cols * mult,          # partial-product bits of the multipliers in logic
             "pe_mult_few": rows * cols * mult if few else 0,
             "pe_mult_sq": 0 if few else rows * cols * mult * mult / 16,   # adder depth grows with both widths
-            "pe_add": 0 if xnor else self.psum_bits,              # adder bits along the rows
+            "pe_add": 0 if xnor or self.dsp else self.psum_bits,  # adder bits along the rows
+            "dsp_add": self.psum_bits if self.dsp else 0,         # the same next to DSP multipliers (absorbed on 7-series)
             "xnor": rows * cols if xnor else 0,                   # XNOR + popcount tree inputs
-            "rom_out": rom_out if w_tiles > 1 and self.rom_style == "logic" else 0,  # weight ROM output bits
-            "rom_bits": rom_out * w_tiles if self.rom_style == "logic" else 0,      # weight ROM contents in LUTs
+            "rom_out": self.rom_width if rom_logic else 0,        # weight ROM output bits
+            "rom_bits": self.rom_width * w_tiles if rom_logic else 0,      # weight ROM contents in LUTs
             "shift": (0 if xnor else self.a_bits * max(cols - 2, 0)) + self.tag_bits,   # delay lines (SRLs on Xilinx)
             "addr": clog2(self.in_words) * (1 + (self.kernel > 1 or self.padding > 0)),  # window address
             "acc": rows * self.acc_bits,                          # tile accumulators
             "cmp": rows * self.n_levels * self.param_bits if thresholds else 0,   # threshold comparators
             "bias_add": 0 if thresholds else rows * self.acc_bits,
             "out_reg": 0 if thresholds else self.positions * self.out_channels * self.out_bits,  # logits register
-            "param_rom": rows * self.n_levels * self.param_bits * (self.n_out_tiles > 1),
+            "param_rom": rows * self.n_levels * self.param_bits * prom_logic,
             "ctrl": self.tag_bits,
         }
 
@@ -234,13 +266,14 @@ class EnginePlan:
     def register_bits(self):
         """Flip-flops by purpose, counted from the structure (the FF model is fitted on these)."""
         rows, cols = self.rows, self.cols
-        w_tiles = self.n_out_tiles * self.n_in_tiles
+        w_tiles = self.rom_words
         return {
             "const": 1,
-            "ff_pe": self.psum_bits,
-            # ROM read registers; a one-word ROM is a constant and its register disappears
-            "ff_wrom": cols * rows * self.w_bits * (w_tiles > 1 and self.rom_style == "logic"),
-            "ff_prom": rows * (self.n_levels * self.param_bits + 1) * (self.n_out_tiles > 1),
+            "ff_pe": 0 if self.dsp else self.psum_bits,
+            "ff_pe_dsp": self.psum_bits if self.dsp else 0,
+            # ROM read registers (inside the block RAM when there); a one-word ROM is a constant and its register disappears
+            "ff_wrom": self.rom_width * (w_tiles > 1 and self.rom_style == "logic"),
+            "ff_prom": self.prom_width * (self.n_out_tiles > 1 and self.prom_style == "logic"),
             "ff_x": cols * self.a_bits * (1 + (0 if self.engine == "xnor" else (cols - 1) / 2)),
             "ff_acc": rows * self.acc_bits,
             # the logits layer keeps every output in a register (the top's output); others pass a word on
@@ -252,7 +285,7 @@ class EnginePlan:
         """Estimated {"lut", "ff", "bram", "dsp"} on an FPGA family, from the calibrated model."""
         from boards.model import plan_resources
 
-        return {**plan_resources(family, self), "bram": self.bram_blocks(family)}
+        return {**plan_resources(family, self), "bram": self.bram_blocks(family), "dsp": self.dsp_blocks}
 
 
 class LayerEngine(wiring.Component):
@@ -266,7 +299,11 @@ class LayerEngine(wiring.Component):
     tile ``ot`` (``rows`` channels), output column, output row. Each cycle one tile enters the
     datapath: the window address generator computes the input pixel ``(oy*stride + ky - padding,
     ox*stride + kx - padding)``; outside the image the word is zero padding (masked on the XNOR path).
-    Weights: one ROM per array column, one word (``rows`` weights) per (ot, it).
+    Weights: one ROM, one word per (ot, it) tile holding every column's ``rows`` weights. The tiles are
+    issued back to back in a fixed order, so the ROM address ``ot * n_in_tiles + it`` counts up modulo the
+    ROM's depth; column c needs the weights of the tile issued ``skew = c`` cycles earlier (the systolic
+    skew; 0 on the XNOR path), so its part of word ``a`` holds the weights of tile ``(a - skew) mod depth``
+    and every column reads the same address (one memory, however many columns; no delay lines).
 
     Datapath: ``systolic``, a rows x cols :class:`SystolicArray` (column c's operands are delayed c
     cycles: the skew), or ``xnor``, an :class:`XnorPopcount` with ``lanes = rows`` and ``simd = cols``.
@@ -361,12 +398,24 @@ class LayerEngine(wiring.Component):
             return int(self.weights[o, j])
         return 1 if p.w_bits == 1 else 0  # padding rows: never written
 
-    def column_rom(self, c):
-        """ROM words of column c: address ot * n_in_tiles + it holds W[ot*rows + r, it*cols + c]."""
+    def weight_rom(self):
+        """The weight ROM's words: word ``a``, bits ``(c * rows + r) * w_bits`` up, holds
+        ``W[ot*rows + r, it*cols + c]`` of tile ``(ot, it) = divmod((a - skew_c) mod depth, n_in_tiles)``,
+        with ``skew_c = c`` on the systolic array (column c works c cycles behind column 0) and 0 on the
+        XNOR core."""
         p = self.plan
         code = (lambda w: 1 if w > 0 else 0) if p.w_bits == 1 else (lambda w: w)
-        return [pack([code(self._weight(ot * p.rows + r, it * p.cols + c)) for r in range(p.rows)], p.w_bits)
-                for ot in range(p.n_out_tiles) for it in range(p.n_in_tiles)]
+        depth = p.rom_words
+        words = []
+        for a in range(depth):
+            column_words = []
+            for c in range(p.cols):
+                skew = c if p.engine == "systolic" else 0
+                ot, it = divmod((a - skew) % depth, p.n_in_tiles)
+                column_words.append(pack([code(self._weight(ot * p.rows + r, it * p.cols + c))
+                                          for r in range(p.rows)], p.w_bits))
+            words.append(pack(column_words, p.rows * p.w_bits))
+        return words
 
     def param_rom(self):
         return param_rom_words(self.table, self.signs, self.plan.rows, self.plan.n_out_tiles, self.plan.param_bits)
@@ -383,8 +432,12 @@ class LayerEngine(wiring.Component):
         it, ot = Signal(range(n_it)), Signal(range(n_ot))
         ox, oy = Signal(range(p.out_w)), Signal(range(p.out_h))
         pos = Signal(range(p.positions))
+        # the weight ROM's address, ot * n_it + it while issuing; it keeps counting (modulo the ROM's depth)
+        # after the last tile, so that the columns still behind (the skew) read their tiles' weights
+        waddr = Signal(range(max(p.rom_words, 2)))
         last_it = it == n_it - 1
         last_ot = ot == n_ot - 1
+        m.d.sync += waddr.eq(Mux(self.start | (waddr == p.rom_words - 1), 0, waddr + 1))
         with m.If(self.start):
             m.d.sync += [running.eq(1), self.busy.eq(1), g.eq(0), kx.eq(0), ky.eq(0), it.eq(0), ot.eq(0),
                          ox.eq(0), oy.eq(0), pos.eq(0)]
@@ -406,9 +459,10 @@ class LayerEngine(wiring.Component):
         # ---- sliding window: input pixel, padding, buffer address -------------------------------
         iy = Signal(signed(clog2(p.in_h + 2 * p.padding + p.stride * p.out_h) + 2))
         ix = Signal(signed(clog2(p.in_w + 2 * p.padding + p.stride * p.out_w) + 2))
-        m.d.comb += [iy.eq(oy * p.stride + ky - p.padding), ix.eq(ox * p.stride + kx - p.padding)]
+        m.d.comb += [iy.eq(const_mul(oy, p.stride) + ky - p.padding), ix.eq(const_mul(ox, p.stride) + kx - p.padding)]
         inside = (iy >= 0) & (iy < p.in_h) & (ix >= 0) & (ix < p.in_w)
-        m.d.comb += self.rd_addr.eq(Mux(inside, (iy.as_unsigned() * p.in_w + ix.as_unsigned()) * p.in_groups + g, 0))
+        pixel = const_mul(iy.as_unsigned(), p.in_w) + ix.as_unsigned()
+        m.d.comb += self.rd_addr.eq(Mux(inside, const_mul(pixel, p.in_groups) + g, 0))
 
         tag_layout = data.StructLayout({
             "valid": 1, "pad": 1, "first": 1, "last": 1,
@@ -417,7 +471,7 @@ class LayerEngine(wiring.Component):
         tags = [Signal(tag_layout, name=f"tag{i}") for i in range(d + 3)]
         m.d.comb += [
             tags[0].valid.eq(running), tags[0].pad.eq(~inside), tags[0].first.eq(it == 0), tags[0].last.eq(last_it),
-            tags[0].waddr.eq(ot * n_it + it), tags[0].ot.eq(ot), tags[0].pos.eq(pos),
+            tags[0].waddr.eq(waddr), tags[0].ot.eq(ot), tags[0].pos.eq(pos),
         ]
         m.d.sync += [tags[i].eq(tags[i - 1]) for i in range(1, len(tags))]
         m.d.comb += self.issue.eq(running)
@@ -427,32 +481,33 @@ class LayerEngine(wiring.Component):
         m.d.comb += word.eq(Mux(tags[1].pad, 0, self.rd_data))
 
         # ---- datapath ----------------------------------------------------------------------------
-        w_shape = unsigned(rows * p.w_bits)
-        roms = []
-        for c in range(cols):
-            rom = memory.Memory(shape=w_shape, depth=n_ot * n_it, init=self.column_rom(c),
-                                attrs={"ram_style": ram_style(p.rom_bits_per_column)})
-            m.submodules[f"wrom{c}"] = rom
-            roms.append(rom.read_port())
+        # One weight ROM read with the issue tag's address; its data arrives with the input word (tags[1]).
+        wrom = memory.Memory(shape=unsigned(p.rom_width), depth=p.rom_words, init=self.weight_rom(),
+                             attrs=memory_attrs(p.rom_style))
+        m.submodules.wrom = wrom
+        wport = wrom.read_port()
+        m.d.comb += wport.addr.eq(tags[0].waddr)
+        col_bits = rows * p.w_bits
+        col_w = [wport.data[c * col_bits:(c + 1) * col_bits] for c in range(cols)]
         if p.engine == "systolic":
             m.submodules.array = core = SystolicArray(rows=rows, cols=cols, w_bits=p.w_bits, a_bits=p.a_bits,
-                                                      acc_bits=p.acc_bits)
+                                                      acc_bits=p.acc_bits, dsp=p.dsp)
             for c in range(cols):
-                # column c is fed c cycles after column 0: its ROM reads with tags[c], its input is delayed c cycles
-                m.d.comb += [roms[c].addr.eq(tags[c].waddr), core.w[c].eq(roms[c].data)]
+                # column c works c cycles behind column 0: its weights come skewed in the ROM, its input
+                # word is delayed c cycles here
                 x = word[c]
                 for i in range(c):
                     reg = Signal.like(word[c], name=f"skew{c}_{i}")
                     m.d.sync += reg.eq(x)
                     x = reg
-                m.d.comb += core.x[c].eq(x)
+                m.d.comb += [core.x[c].eq(x), core.w[c].eq(col_w[c])]
             sums = [core.sums[r] for r in range(rows)]
         else:
             m.submodules.xnor = core = XnorPopcount(lanes=rows, simd=cols)
             for c in range(cols):
-                m.d.comb += [roms[c].addr.eq(tags[0].waddr), core.x[c].eq(word[c]), core.mask[c].eq(~tags[1].pad)]
+                m.d.comb += [core.x[c].eq(word[c]), core.mask[c].eq(~tags[1].pad)]
                 for r in range(rows):
-                    m.d.comb += core.w[r][c].eq(roms[c].data[r])
+                    m.d.comb += core.w[r][c].eq(col_w[c][r])
             sums = [core.acc[r] for r in range(rows)]
 
         # ---- accumulate the partial sums of an output tile ---------------------------------------
@@ -462,7 +517,7 @@ class LayerEngine(wiring.Component):
             m.d.sync += [acc[r].eq(Mux(acc_tag.first, 0, acc[r]) + sums[r]) for r in range(rows)]
 
         # ---- requantize (or add the bias) and write the finished tile ------------------------------
-        pport, params = param_memory(m, self.param_rom(), rows, p.n_levels, p.param_bits)
+        pport, params = param_memory(m, self.param_rom(), rows, p.n_levels, p.param_bits, p.prom_style)
         m.d.comb += pport.addr.eq(acc_tag.ot)
         if p.kind == "thresholds":
             results = [requantize(m, f"requant{r}", acc[r], p.acc_bits + 1, params[r], p.param_bits, p.out_bits)
@@ -476,7 +531,7 @@ class LayerEngine(wiring.Component):
                 with m.If(write & (out_tag.pos == q) & (out_tag.ot == ch // rows)):
                     m.d.sync += self.y[o].eq(results[ch % rows])
         else:
-            m.d.comb += [self.wr_en.eq(write), self.wr_addr.eq(out_tag.pos * n_ot + out_tag.ot)]
+            m.d.comb += [self.wr_en.eq(write), self.wr_addr.eq(const_mul(out_tag.pos, n_ot) + out_tag.ot)]
             m.d.comb += [self.wr_data[r].eq(results[r]) for r in range(rows)]
         m.d.sync += self.done.eq(write & (out_tag.ot == n_ot - 1) & (out_tag.pos == p.positions - 1))
         with m.If(self.done):

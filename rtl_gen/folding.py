@@ -1,40 +1,295 @@
-"""The folding search: how many output and input channels each engine processes per cycle.
+"""The folding search: how each layer is laid out on the chip, chosen jointly for the whole network.
 
-The word width ``g`` of a buffer is the ``rows`` of the engine before it and the ``cols`` of the engine
-after it. :func:`choose_folding` searches the divisors of each buffer's channel count for the fastest
-pipeline (smallest initiation interval, then fewest estimated LUTs) that fits a LUT budget;
-``fold={layer: (rows, cols)}`` overrides it layer by layer.
+A :class:`rtl_gen.plan.Folding` says, for every buffer, its word width (the ``rows`` of the engine before
+it and the ``cols`` of the engine after it), which weight layers multiply on DSP blocks, and which memories
+(buffers, skip rings, weight and parameter ROMs) are block RAMs. :func:`choose_folding` finds the fastest
+pipeline (smallest initiation interval), then the fewest estimated LUTs, within the budgets: LUTs, the
+board's flip-flops, block RAMs and DSPs, and on iCE40 the estimated packed logic cells.
+
+The search is exact: an integer linear program (``scipy.optimize.milp``, HiGHS) over one binary variable
+per way of building each component, priced by the calibrated resource model (every component's cost is
+linear in its own features, so the design's cost is the sum over the chosen options). Word widths tie the
+neighbours together (an engine's ``cols`` is the previous engine's ``rows``; a residual add's two producers
+have equal ``rows``). For a given interval T, options slower than T are excluded and the program minimises
+LUTs; the smallest feasible T is found by bisection over the options' periods.
 """
 
-import itertools
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from hwq.errors import UserError
-from hwq.ir import WEIGHT_OPS
 
 from .engine import EnginePlan
-from .plan import _prepare, buffer_channels, network_plan, width_ties
+from .plan import BufferPlan, Folding, TopPlan, _prepare, buffer_channels, stage_specs, width_ties
 
-__all__ = ["DEFAULT_LUT_FRACTION", "MAX_LANES", "choose_folding"]
+__all__ = ["CELL_FRACTION", "DEFAULT_LUT_FRACTION", "MAX_LANES", "FoldingSearch", "check_folding", "choose_folding"]
 
-# Not more: on iCE40 a logic cell holds one LUT4 and one flip-flop, and packing needed 1.4-1.6x as many
-# cells as LUT4s; the demo MLP folded at 80% (4,199 LUTs estimated) needed 5,613 of 5,280 cells.
-DEFAULT_LUT_FRACTION = 0.6
+# The automatic folding keeps the estimated LUTs within this share of the board's LUTs, and on iCE40 the
+# estimated packed logic cells within CELL_FRACTION of the board's cells (placement needs some room; the
+# estimate's cells are fitted to nextpnr's packer, boards/model.py).
+DEFAULT_LUT_FRACTION = 0.8
+CELL_FRACTION = 0.9
 MAX_LANES = 64  # largest rows x cols array the folding search considers for one layer
+RESOURCE_KEYS = ("lut", "ff", "bram", "dsp")
 
 
 def _divisors(n, limit=MAX_LANES):
     return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
 
 
-def choose_folding(ir, board, *, lut_budget=None, fold=None):
-    """Word widths for :func:`network_plan`: the smallest initiation interval whose estimated LUTs fit
-    ``lut_budget`` (default: ``DEFAULT_LUT_FRACTION`` of the board's), fewest LUTs among equals.
+def check_folding(plan, board):
+    """Raise UserError if a folding asks for what the board's family cannot give: DSP multipliers on a
+    layer whose product yosys would not put on a DSP (the count would be wrong)."""
+    from boards.model import dsp_eligible
 
-    ``fold``: {layer name: (rows, cols)} fixes those layers (checked against the chain: a layer's
-    cols is the previous engine's rows). Raises UserError when an override is invalid or nothing fits
-    (unless the user fixed every layer: then their folding is returned, and the estimate says it does
-    not fit).
+    for s in plan.stages:
+        p = s.plan
+        if isinstance(p, EnginePlan) and p.dsp and (p.engine != "systolic" or
+                                                    not dsp_eligible(board.family, p.w_bits, p.a_bits)):
+            raise UserError(f"layer '{s.layer.name}': its {p.w_bits}x{p.a_bits}-bit multipliers do not map to "
+                            f"{board.family} DSP blocks (see boards.model.DSP_MIN_PRODUCT_BITS)")
+    unknown = set(plan.folding.block if plan.folding else ()) - set(plan.memory_names)
+    if unknown:
+        raise UserError(f"folding: no memory named {sorted(unknown)[0]!r} (memories: {', '.join(plan.memory_names)})")
+
+
+@dataclass
+class _Option:
+    """One way to build one component: which variable chooses it, what it costs and how slow it is."""
+
+    var: int
+    cost: dict
+    period: int = 0
+
+
+class _Program:
+    """A 0/1 integer program under construction: variables with resource costs, equality constraints."""
+
+    def __init__(self):
+        self.costs = []      # per variable: {"lut", "ff", "bram", "dsp"}
+        self.periods = []    # per variable: the period it forces (0: none)
+        self.rows = []       # equality constraints: ({var: coefficient}, right-hand side)
+
+    def var(self, cost, period=0):
+        self.costs.append({k: cost.get(k, 0) for k in RESOURCE_KEYS})
+        self.periods.append(period)
+        return len(self.costs) - 1
+
+    def equal(self, terms, rhs=0):
+        self.rows.append((terms, rhs))
+
+    def solve(self, interval, limits, cell_model=None, cell_limit=None, fixed_zero=()):
+        """Fewest LUTs (then flip-flops) with every chosen variable's period <= ``interval`` and the
+        resource totals within ``limits`` ({key: max or None}); None if infeasible; else (chosen variables,
+        totals)."""
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import lil_array
+
+        n = len(self.costs)
+        cost = {k: np.array([c[k] for c in self.costs], dtype=float) for k in RESOURCE_KEYS}
+        upper = np.ones(n)
+        upper[np.array(self.periods) > interval] = 0
+        upper[list(fixed_zero)] = 0
+        eq = lil_array((len(self.rows), n))
+        rhs = np.zeros(len(self.rows))
+        for r, (terms, value) in enumerate(self.rows):
+            for v, coef in terms.items():
+                eq[r, v] = coef
+            rhs[r] = value
+        constraints = [LinearConstraint(eq.tocsr(), rhs, rhs)]
+        ineq, bound = [], []
+        for key, limit in limits.items():
+            if limit is not None:
+                ineq.append(cost[key])
+                bound.append(limit)
+        if cell_model is not None and cell_limit is not None:
+            ineq.append(cell_model.get("lut", 0) * cost["lut"] + cell_model.get("ff", 0) * cost["ff"])
+            bound.append(cell_limit - cell_model.get("const", 0))
+        if ineq:
+            constraints.append(LinearConstraint(np.array(ineq), -np.inf, np.array(bound, dtype=float)))
+        objective = cost["lut"] + 1e-4 * cost["ff"] + 1e-6 * (cost["bram"] + cost["dsp"])
+        res = milp(objective, integrality=np.ones(n), bounds=Bounds(np.zeros(n), upper), constraints=constraints,
+                   options={"mip_rel_gap": 0, "time_limit": 60})
+        if res.status != 0 or res.x is None:
+            return None
+        chosen = np.flatnonzero(res.x > 0.5)
+        totals = {k: round(float(cost[k][chosen].sum()) * 2) / 2 if k == "bram" else round(float(cost[k][chosen].sum()))
+                  for k in RESOURCE_KEYS}
+        return set(chosen.tolist()), totals
+
+
+class FoldingSearch:
+    """The folding choices of one IR on one board family, as an integer program (see the module's doc).
+
+    ``options``: the word-width options per width index; ``fixed``: {weight layer index: (rows, cols)} the
+    user fixed (their arrays may exceed ``MAX_LANES``).
     """
+
+    def __init__(self, ir, family, options, fixed=(), *, bram_ok=True, dsp_ok=True):
+        from boards.model import dsp_eligible
+
+        self.family = family
+        self.prog = prog = _Program()
+        prepared = _prepare(ir)
+        first_shape, specs = stage_specs(ir, prepared)
+        self.n_stages = len(specs)
+        in_features = int(np.prod(first_shape))
+        styles = ("logic", "block") if bram_ok else ("logic",)
+        # width choices: z[k][g]
+        self.z = [{g: prog.var({}) for g in opts} for opts in options]
+        for zk in self.z:
+            prog.equal(dict.fromkeys(zk.values(), 1), 1)
+        for i, j, _ in width_ties(ir):
+            for g in set(self.z[i]) | set(self.z[j]):
+                terms = {}
+                if g in self.z[i]:
+                    terms[self.z[i][g]] = 1
+                if g in self.z[j]:
+                    terms[self.z[j][g]] = terms.get(self.z[j][g], 0) - 1
+                prog.equal(terms, 0)
+        self.top_vars = {}    # g -> (variable, in_words): the top's loader and counters (costed per interval)
+        self.choices = {}     # variable -> (kind, detail) for reading a solution back
+        # the input buffer and the load cycles
+        for g, zv in self.z[0].items():
+            words = in_features // g
+            self._buffer("buffer0", BufferPlan(words=words, lanes=g, bits=ir.input_bits), zv, styles)
+            self.prog.periods[zv] = words  # the interval is at least the load cycles
+            self.top_vars[g] = (zv, words)
+        n_buffers, n_skips = 1, 0
+        for spec in specs:
+            k_in, k_out = spec.k_in, spec.k_out
+            name = spec.layer.name
+            if spec.kind == "engine":
+                i = k_in  # the weight layer's index among weight layers
+                by_cols, by_rows = {}, {}
+                for cols in options[k_in]:
+                    for rows in options[k_out]:
+                        if rows * cols > MAX_LANES and i not in dict(fixed):
+                            continue
+                        base = spec.make(cols, rows)
+                        dsps = [False]
+                        if dsp_ok and base.engine == "systolic" and dsp_eligible(family, base.w_bits, base.a_bits):
+                            dsps.append(True)
+                        roms = styles if base.rom_words > 1 else ("logic",)
+                        proms = styles if base.n_out_tiles > 1 else ("logic",)
+                        for dsp in dsps:
+                            for rom in roms:
+                                for prom in proms:
+                                    plan = replace(base, dsp=dsp, rom_style=rom, prom_style=prom)
+                                    v = prog.var(plan.resources(family), plan.latency + 1)
+                                    self.choices[v] = ("engine", name, plan)
+                                    by_cols.setdefault(cols, {})[v] = 1
+                                    by_rows.setdefault(rows, {})[v] = 1
+                for g, zv in self.z[k_in].items():
+                    prog.equal({**by_cols.get(g, {}), zv: -1}, 0)
+                for g, zv in self.z[k_out].items():
+                    prog.equal({**by_rows.get(g, {}), zv: -1}, 0)
+            else:  # maxpool, add: one option per width (and, for an add, its threshold ROM's place)
+                for g, zv in self.z[k_in].items():
+                    base = spec.make(g, g)
+                    proms = styles if getattr(base, "memories", None) else ("logic",)
+                    terms = {}
+                    for prom in proms:
+                        plan = replace(base, prom_style=prom) if spec.kind == "add" else base
+                        v = prog.var(plan.resources(family), plan.latency + 1)
+                        self.choices[v] = (spec.kind, name, plan)
+                        terms[v] = 1
+                    prog.equal({**terms, zv: -1}, 0)
+            if spec.skip is not None:
+                producer, b_bits, _ = spec.skip
+                for g, zv in self.z[k_in].items():
+                    plan = spec.make(g, g)
+                    self._buffer(f"skip{n_skips}", BufferPlan(words=plan.words, lanes=g, bits=b_bits,
+                                                              banks=2 * (spec.index - producer)), zv, styles)
+                n_skips += 1
+            if spec.layer is not ir.layers[-1]:
+                for g, zv in self.z[k_out].items():
+                    plan = spec.make(self._any(options[k_in], g, spec), g)
+                    self._buffer(f"buffer{n_buffers}", BufferPlan(words=spec.out_words(plan), lanes=g,
+                                                                  bits=spec.out_bits), zv, styles)
+                n_buffers += 1
+
+    @staticmethod
+    def _any(opts, g, spec):
+        """An input width for making a plan whose output words only depend on ``g`` (engines' output words
+        do not depend on cols; pools' and adds' inputs are ``g``)."""
+        return opts[0] if spec.kind == "engine" else g
+
+    def _buffer(self, name, buffer, zv, styles):
+        """A buffer (or skip ring) of width choice ``zv``: logic costs charged on ``zv``; block RAM as a
+        variable that replaces it."""
+        terms = {}
+        for style in styles:
+            plan = replace(buffer, style=style)
+            v = self.prog.var(plan.resources(self.family))
+            self.choices[v] = ("memory", name, plan)
+            terms[v] = 1
+        self.prog.equal({**terms, zv: -1}, 0)
+
+    def periods(self):
+        """Every distinct period an option forces: the candidate initiation intervals."""
+        return sorted({p for p in self.prog.periods if p > 0})
+
+    def _top_cost(self, interval):
+        """The top's cost per input width when no stage takes longer than ``interval`` cycles (its cycle
+        counters need ``bit_length(interval - 1)`` bits: an upper bound, so the budget check is safe)."""
+        bits = max(1, (interval - 1).bit_length())
+        return {g: TopPlan(n_stages=self.n_stages, in_words=words, in_width=g, counter_bits=bits).resources(self.family)
+                for g, (_, words) in self.top_vars.items()}
+
+    def solve(self, interval, limits, cell_model=None, cell_limit=None):
+        """The cheapest folding whose interval is at most ``interval``: (Folding, totals) or None."""
+        top = self._top_cost(interval)
+        saved = {}
+        for g, (zv, _) in self.top_vars.items():
+            saved[zv] = self.prog.costs[zv]
+            self.prog.costs[zv] = {k: top[g][k] for k in RESOURCE_KEYS}
+        try:
+            found = self.prog.solve(interval, limits, cell_model, cell_limit)
+        finally:
+            for zv, cost in saved.items():
+                self.prog.costs[zv] = cost
+        if found is None:
+            return None
+        chosen, totals = found
+        widths = [next(g for g, v in zk.items() if v in chosen) for zk in self.z]
+        dsp, block = set(), set()
+        for v in chosen:
+            kind, name, plan = self.choices.get(v, (None, None, None))
+            if kind == "engine":
+                if plan.dsp:
+                    dsp.add(name)
+                for mem, _, _, style in plan.memories:
+                    if style == "block":
+                        block.add(f"{name}.{mem}")
+            elif kind == "add" and plan.prom_style == "block":
+                block.add(f"{name}.prom")
+            elif kind == "memory" and plan.style == "block":
+                block.add(name)
+        return Folding(tuple(widths), frozenset(dsp), frozenset(block)), totals
+
+    def fastest(self, limits, cell_model=None, cell_limit=None):
+        """(Folding, totals) of the smallest feasible interval (bisection over :meth:`periods`), or None."""
+        candidates = self.periods()
+        best = self.solve(candidates[-1], limits, cell_model, cell_limit)
+        if best is None:
+            return None
+        lo, hi = 0, len(candidates) - 1  # candidates[hi] is feasible
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = self.solve(candidates[mid], limits, cell_model, cell_limit)
+            if found is None:
+                lo = mid + 1
+            else:
+                hi, best = mid, found
+        return best
+
+
+def _width_options(ir, fold):
+    """Word-width options per width index, and {weight layer index: (rows, cols)} fixed by ``fold``."""
+    from hwq.ir import WEIGHT_OPS
+
     counts = buffer_channels(ir)
     names = [la.name for la in ir.layers if la.op in WEIGHT_OPS]
     fold = dict(fold or {})
@@ -47,41 +302,64 @@ def choose_folding(ir, board, *, lut_budget=None, fold=None):
         for name, (rows, cols) in fold.items():
             i = names.index(name)
             if k == i + 1:
-                opts = [g for g in opts if g == rows]
+                opts = [g for g in opts if g == rows] if rows <= n else []
                 if not opts:
                     raise UserError(f"--fold {name}={rows}x{cols}: rows must divide the layer's {n} outputs"
                                     if k < len(counts) - 1 else f"--fold {name}: rows must be 1..{n}")
             if k == i:
-                opts = [g for g in opts if g == cols]
+                opts = [g for g in opts if g == cols] if cols <= n and n % cols == 0 else []
                 if not opts:
                     raise UserError(f"--fold {name}={rows}x{cols}: cols must divide the layer's {n} input channels")
         options.append(opts)
-    ties = width_ties(ir)
-    for i, j, add in ties:
+    for i, j, add in width_ties(ir):
         common = sorted(set(options[i]) & set(options[j]))
         if not common:
             raise UserError(f"--fold: the residual add '{add}' reads its two inputs word by word, so their "
                             f"producers need equal rows; the choices left are {options[i]} and {options[j]}")
         options[i] = options[j] = common
+    fixed = {names.index(name): rc for name, rc in fold.items()}
+    return options, fixed, len(names)
+
+
+def board_limits(board, lut_budget=None):
+    """The search's resource limits on ``board``: ({lut, ff, bram, dsp}, cell model, cell limit)."""
+    from boards.model import coefficients
+
     budget = lut_budget if lut_budget is not None else DEFAULT_LUT_FRACTION * board.lut
-    best, smallest, prepared = None, None, _prepare(ir)
-    for widths in itertools.product(*options):
-        if any(widths[i] != widths[j] for i, j, _ in ties):
-            continue
-        plan = network_plan(ir, widths, prepared)
-        if any(s.plan.lanes > MAX_LANES for s in plan.stages if isinstance(s.plan, EnginePlan)) and not fold:
-            continue
-        res = plan.resources(board.family)
-        if smallest is None or res["lut"] < smallest[0]:
-            smallest = (res["lut"], widths)
-        if res["lut"] > budget or res["bram"] > board.bram:
-            continue
-        key = (plan.initiation_interval, res["lut"])
-        if best is None or key < best[0]:
-            best = (key, widths)
-    if best is None and fold and all(name in fold for name in names):
-        return smallest[1]  # every layer fixed by the user: theirs, even over budget (estimate says so)
-    if best is None:
-        raise UserError(f"no folding of this network fits {board.name} within {budget:.0f} LUTs and "
-                        f"{board.bram} block RAMs; raise --lut-budget or choose a larger board")
-    return best[1]
+    limits = {"lut": budget, "ff": board.ff, "bram": board.bram, "dsp": board.dsp}
+    cell_model = coefficients().get(board.family, {}).get("cells")
+    cell_limit = CELL_FRACTION * board.lut if cell_model is not None else None
+    return limits, cell_model, cell_limit
+
+
+def choose_folding(ir, board, *, lut_budget=None, fold=None):
+    """The :class:`Folding` with the smallest initiation interval whose estimate fits ``lut_budget``
+    (default: ``DEFAULT_LUT_FRACTION`` of the board's LUTs), the board's flip-flops, block RAMs and DSPs
+    (and on iCE40 ``CELL_FRACTION`` of its logic cells), fewest LUTs among equals.
+
+    ``fold``: {layer name: (rows, cols)} fixes those layers (checked against the chain: a layer's
+    cols is the previous engine's rows). Raises UserError when an override is invalid or nothing fits
+    (unless the user fixed every layer: then their folding is returned, and the estimate says it does
+    not fit).
+    """
+    options, fixed, n_weight = _width_options(ir, fold)
+    search = FoldingSearch(ir, board.family, options, fixed, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0)
+    limits, cell_model, cell_limit = board_limits(board, lut_budget)
+    found = search.fastest(limits, cell_model, cell_limit)
+    if found is not None:
+        return found[0]
+    hard = {"lut": None, "ff": None, "bram": board.bram, "dsp": board.dsp}
+    smallest = search.solve(max(search.periods()), hard)
+    if smallest is None:  # not even with every memory in logic and no DSPs: the override is impossible
+        smallest = search.solve(max(search.periods()), dict.fromkeys(RESOURCE_KEYS))
+    if len(fixed) == n_weight:
+        return smallest[0]  # every layer fixed by the user: theirs, even over budget (the estimate says so)
+    totals = smallest[1]
+    cells = ""
+    if cell_model is not None:
+        need = round(cell_model.get("const", 0) + cell_model.get("lut", 0) * totals["lut"]
+                     + cell_model.get("ff", 0) * totals["ff"])
+        cells = f" and {need} logic cells (limit {cell_limit:.0f})"
+    raise UserError(f"no folding of this network fits {board.name} within {limits['lut']:.0f} LUTs, {board.ff} "
+                    f"flip-flops, {board.bram} block RAMs and {board.dsp} DSPs; the smallest needs {totals['lut']} "
+                    f"LUTs{cells}: raise --lut-budget or choose a larger board")

@@ -5,6 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ._check import check_int
+from .arith import lut_mul
 
 __all__ = ["ProcessingElement"]
 
@@ -23,6 +24,10 @@ class ProcessingElement(wiring.Component):
         Whether activations are two's complement (else unsigned codes).
     acc_bits : int
         Partial-sum width; the caller proves the sum never leaves this range.
+    dsp : bool
+        Multiply with ``*``, which synthesis maps to a DSP block (when both operands have at least 2 bits
+        and the product is as wide as the family's DSP mapping asks, see ``boards.model.dsp_eligible``);
+        otherwise the product is shift-and-add logic (:func:`rtl_gen.arith.lut_mul`), never a DSP.
 
     Members
     -------
@@ -34,11 +39,12 @@ class ProcessingElement(wiring.Component):
 
     latency = 1
 
-    def __init__(self, *, w_bits, a_bits, acc_bits, a_signed=False):
+    def __init__(self, *, w_bits, a_bits, acc_bits, a_signed=False, dsp=False):
         self.w_bits = check_int("w_bits", w_bits, 1, 8)
         self.a_bits = check_int("a_bits", a_bits, 1, 8)
         self.acc_bits = check_int("acc_bits", acc_bits, 2, 64)
         self.a_signed = bool(a_signed)
+        self.dsp = bool(dsp)
         a_shape = signed(self.a_bits) if self.a_signed else unsigned(self.a_bits)
         super().__init__({
             "w": In(self.w_bits),
@@ -51,7 +57,9 @@ class ProcessingElement(wiring.Component):
         m = Module()
         if self.w_bits == 1:
             product = Mux(self.w, self.x, -self.x)
-        else:
+        elif self.dsp:
             product = self.w.as_signed() * self.x
+        else:
+            product = lut_mul(self.w.as_signed(), self.x)
         m.d.sync += self.psum_o.eq(self.psum_i + product)
         return m

@@ -23,13 +23,45 @@ from hwq.intrange import signed_width
 from hwq.ir import WEIGHT_OPS, input_codes, requant_thresholds
 
 from .add import AddPlan, add_thresholds
-from .engine import EnginePlan, clog2, param_bits, ram_style
+from .engine import MEMORY_STYLES, EnginePlan, clog2, param_bits
 from .pool import PoolPlan
 
-__all__ = ["COUNTER_BITS", "BufferPlan", "NetworkPlan", "SkipPlan", "Stage", "TopPlan", "buffer_channels",
-           "layer_ir", "network_plan", "width_ties"]
+__all__ = ["BufferPlan", "Folding", "NetworkPlan", "SkipPlan", "Stage", "StageSpec", "TopPlan", "as_folding",
+           "buffer_channels", "input_word_indices", "layer_ir", "network_plan", "stage_specs", "width_ties"]
 
-COUNTER_BITS = 32
+
+@dataclass(frozen=True)
+class Folding:
+    """How a network is laid out on the chip (what :func:`network_plan` needs besides the IR).
+
+    ``widths``: the buffers' word widths, the input buffer's and then each conv2d/linear layer's rows (see
+    :func:`buffer_channels` for what they must divide and :func:`width_ties` for which must be equal).
+    ``dsp``: names of the weight layers whose multipliers are DSP blocks. ``block``: names of the memories
+    in block RAM (:attr:`NetworkPlan.memory_names`: ``buffer<k>``, ``skip<j>``, ``<layer>.wrom``,
+    ``<layer>.prom``); every other memory is logic.
+    """
+
+    widths: tuple
+    dsp: frozenset = frozenset()
+    block: frozenset = frozenset()
+
+    def __post_init__(self):
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "dsp", frozenset(self.dsp))
+        object.__setattr__(self, "block", frozenset(self.block))
+
+    def to_json(self):
+        return {"widths": list(self.widths), "dsp": sorted(self.dsp), "block": sorted(self.block)}
+
+
+def as_folding(value):
+    """A :class:`Folding` from a Folding, a list of widths (no DSPs, every memory in logic), or rtl.json's
+    ``folding`` dict."""
+    if isinstance(value, Folding):
+        return value
+    if isinstance(value, dict):
+        return Folding(value["widths"], value.get("dsp", ()), value.get("block", ()))
+    return Folding(tuple(value))
 
 
 @dataclass(frozen=True)
@@ -41,6 +73,11 @@ class BufferPlan:
     lanes: int
     bits: int
     banks: int = 2
+    style: str = "logic"  # "logic" (flip-flops and multiplexers) or "block" (block RAM)
+
+    def __post_init__(self):
+        if self.style not in MEMORY_STYLES:
+            raise ValueError(f"memory style must be one of {MEMORY_STYLES}, not {self.style!r}")
 
     @property
     def width(self):
@@ -53,10 +90,6 @@ class BufferPlan:
     @property
     def total_bits(self):
         return self.depth * self.width
-
-    @property
-    def style(self):
-        return ram_style(self.total_bits)
 
     def bram_blocks(self, family):
         from boards.model import bram_blocks
@@ -100,15 +133,16 @@ class TopPlan:
     n_stages: int
     in_words: int
     in_width: int
+    counter_bits: int
 
     @property
     def cost_features(self):
-        return {"top_const": 1, "top_counters": COUNTER_BITS * self.n_stages,
-                "top_loader": self.in_words * self.in_width}
+        return {"top_const": 1, "top_counters": self.counter_bits * self.n_stages, "top_loader": clog2(self.in_words)}
 
     @property
     def register_bits(self):
-        return {"top_const": 1, "top_counters": COUNTER_BITS * self.n_stages, "top_ctrl": 2 * clog2(self.in_words)}
+        return {"top_const": 1, "top_counters": 2 * self.counter_bits * self.n_stages,
+                "top_ctrl": clog2(self.in_words)}
 
     def resources(self, family):
         from boards.model import plan_resources
@@ -149,6 +183,7 @@ class NetworkPlan:
     out_features: int
     out_bits: int
     skips: list = field(default_factory=list)  # SkipPlan of every residual add
+    folding: Folding | None = None             # what the plan was made from
 
     @property
     def memories(self):
@@ -157,13 +192,27 @@ class NetworkPlan:
             [(f"skip{j}", s.buffer) for j, s in enumerate(self.skips)]
 
     @property
+    def memory_names(self):
+        """Names of every memory that may live in block RAM or logic (a :class:`Folding`'s ``block`` names
+        some of them): the feature-map buffers and skip rings, then each stage's ROMs."""
+        names = [name for name, _ in self.memories]
+        for s in self.stages:
+            names += [f"{s.layer.name}.{mem[0]}" for mem in getattr(s.plan, "memories", [])]
+        return names
+
+    @property
+    def counter_bits(self):
+        """Width of the per-stage cycle counters: enough for the slowest stage's run."""
+        return max(1, max(s.plan.latency for s in self.stages).bit_length())
+
+    @property
     def top(self):
         b = self.buffers[0]
-        return TopPlan(n_stages=len(self.stages), in_words=b.words, in_width=b.width)
+        return TopPlan(n_stages=len(self.stages), in_words=b.words, in_width=b.width, counter_bits=self.counter_bits)
 
     @property
     def load_cycles(self):
-        """The loader writes one input word per cycle; the input is accepted with the last one."""
+        """The input arrives one buffer word per handshake (word-serial); the input is accepted with the last."""
         return self.buffers[0].words
 
     @property
@@ -180,6 +229,10 @@ class NetworkPlan:
         """(name, plan) of everything that costs logic: stages, buffers, the top."""
         out = [(s.layer.name, s.plan) for s in self.stages]
         return [*out, *self.memories, ("top", self.top)]
+
+    @property
+    def dsp_blocks(self):
+        return sum(getattr(s.plan, "dsp_blocks", 0) for s in self.stages)
 
     def resources(self, family):
         total = dict.fromkeys(("lut", "ff", "bram", "dsp"), 0)
@@ -265,87 +318,126 @@ def _prepare(ir):
     return steps, tensors
 
 
-def network_plan(ir, widths, prepared=None):
-    """The :class:`NetworkPlan` for buffer word widths ``widths`` (the input buffer's, then each
-    conv2d/linear layer's rows), see :func:`buffer_channels` for what they must divide and
-    :func:`width_ties` for which must be equal. ``prepared``: :func:`_prepare`'s result, to reuse
-    across calls."""
+@dataclass(frozen=True)
+class StageSpec:
+    """What a stage will be, before the folding is chosen: its layer, the word widths it reads and writes
+    (indices into :attr:`Folding.widths`), and how to make its plan for given widths and choices.
+
+    ``make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic")`` returns the stage's plan.
+    ``out_bits``: bits of the codes it writes. ``skip``: for a residual add, (producer stage index, the skip's
+    code bits); the ring has ``2 * (index - producer)`` banks of the add's words."""
+
+    index: int
+    layer: object
+    kind: str            # "engine", "maxpool" or "add"
+    k_in: int
+    k_out: int
+    out_bits: int
+    make: object
+    tensors: tuple = (None, None, None)   # (weights, table, signs)
+    skip: tuple | None = None
+
+    def out_words(self, plan):
+        if isinstance(plan, EnginePlan):
+            return plan.positions * plan.n_out_tiles
+        return plan.out_words if isinstance(plan, PoolPlan) else plan.words
+
+
+def stage_specs(ir, prepared=None):
+    """(the input's (C, H, W), [StageSpec]) of the IR's hardware chain."""
     steps, tensors = prepared or _prepare(ir)
-    stages, buffers, skips = [], [], []
-    wi = 0
-    bits = ir.input_bits
-    first_shape = steps[0][2]
-    buffers.append(BufferPlan(words=math.prod(first_shape[1:]) * first_shape[0] // widths[0], lanes=widths[0],
-                              bits=bits))
-    produced = {}  # layer name -> (stage index, lanes of its output words)
-    prev = "input"
+    specs, produced, prev, wi, bits = [], {}, "input", 0, ir.input_bits
     for layer, names, shape, flat_from in steps:
         c, h, w = shape
         if layer.op == "flatten":
             prev = layer.name
             continue
-        g_in = widths[wi]
+        index = len(specs)
         if layer.op == "maxpool":
-            plan = PoolPlan(channels=c, in_h=h, in_w=w, kernel=layer.kernel, stride=layer.stride, bits=bits, lanes=g_in)
-            stages.append(Stage(layer, plan))
-            buffers.append(BufferPlan(words=plan.out_words, lanes=g_in, bits=bits))
+            def make(g_in, g_out=None, c=c, h=h, w=w, layer=layer, bits=bits, **_):
+                return PoolPlan(channels=c, in_h=h, in_w=w, kernel=layer.kernel, stride=layer.stride, bits=bits,
+                                lanes=g_in)
+            specs.append(StageSpec(index, layer, "maxpool", wi, wi, bits, make))
         elif layer.op == "add":
-            stages.append(_add_stage(ir, layer, names, prev, tensors[layer.name], shape, g_in, produced, skips,
-                                     len(stages)))
-            buffers.append(BufferPlan(words=stages[-1].plan.words, lanes=g_in, bits=layer.out_bits))
+            skip = _skip_name(names, prev)
+            producer, skip_k = produced[skip]
+            codes = dict(zip(names, input_codes(ir, layer), strict=True))
+            _, _, table, signs = tensors[layer.name]
+            signs = np.ones(len(table), np.int64) if signs is None else signs
+            (a_bits, a_signed), (b_bits, b_signed) = codes[prev], codes[skip]
+            folded = add_thresholds(table, signs, codes[prev], codes[skip])
+            add_param_bits = max(2, signed_width(folded.min(), folded.max()))
+
+            def make(g_in, g_out=None, prom_style="logic", c=c, h=h, w=w, a=(a_bits, a_signed), b=(b_bits, b_signed),
+                     layer=layer, pb=add_param_bits, **_):
+                return AddPlan(channels=c, in_h=h, in_w=w, lanes=g_in, a_bits=a[0], a_signed=a[1], b_bits=b[0],
+                               b_signed=b[1], out_bits=layer.out_bits, param_bits=pb, prom_style=prom_style)
+            specs.append(StageSpec(index, layer, "add", wi, wi, layer.out_bits, make, (None, table, signs),
+                                   skip=(producer, b_bits, skip_k)))
             bits = layer.out_bits
         else:
-            wi += 1
-            g_out = widths[wi]
             weights, kind, table, signs = tensors[layer.name]
             conv = layer.op == "conv2d"
             if flat_from is not None:
                 c, h, w = c * h * w, 1, 1
-            plan = EnginePlan(
+            common = dict(
                 engine="xnor" if layer.binary else "systolic", in_channels=c, in_h=h, in_w=w,
                 out_channels=layer.out_shape[0], kernel=layer.kernel if conv else 1,
                 stride=layer.stride if conv else 1, padding=layer.padding if conv else 0, w_bits=layer.w_storage_bits,
-                a_bits=layer.a_bits, acc_bits=layer.acc_bits, out_bits=layer.out_bits, kind=kind, rows=g_out,
-                cols=g_in, param_bits=param_bits(layer.acc_bits, table, kind))
-            stages.append(Stage(layer, plan, weights, table, signs))
-            if layer is not ir.layers[-1]:
-                buffers.append(BufferPlan(words=plan.positions * plan.n_out_tiles, lanes=g_out, bits=layer.out_bits))
+                a_bits=layer.a_bits, acc_bits=layer.acc_bits, out_bits=layer.out_bits, kind=kind,
+                param_bits=param_bits(layer.acc_bits, table, kind))
+
+            def make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic", common=common, **_):
+                return EnginePlan(**common, rows=g_out, cols=g_in, dsp=dsp, rom_style=rom_style, prom_style=prom_style)
+            specs.append(StageSpec(index, layer, "engine", wi, wi + 1, layer.out_bits, make, (weights, table, signs)))
+            wi += 1
             bits = layer.out_bits
-        produced[layer.name] = (len(stages) - 1, widths[wi])
+        produced[layer.name] = (index, specs[-1].k_out)
         prev = layer.name
+    return steps[0][2], specs
+
+
+def network_plan(ir, folding, prepared=None):
+    """The :class:`NetworkPlan` of ``folding`` (a :class:`Folding`, or just the word widths: no DSPs, every
+    memory in logic). ``prepared``: :func:`_prepare`'s result, to reuse across calls."""
+    folding = as_folding(folding)
+    widths, block = folding.widths, folding.block
+
+    def style(name):
+        return "block" if name in block else "logic"
+
+    first_shape, specs = stage_specs(ir, prepared)
+    stages, buffers, skips = [], [], []
+    buffers.append(BufferPlan(words=math.prod(first_shape) // widths[0], lanes=widths[0], bits=ir.input_bits,
+                              style=style("buffer0")))
+    for spec in specs:
+        name = spec.layer.name
+        if spec.skip is not None and widths[spec.skip[2]] != widths[spec.k_in]:
+            raise UserError(f"layer '{name}': its two inputs must be folded to the same rows (channels per word), "
+                            f"not {widths[spec.k_in]} and {widths[spec.skip[2]]}")
+        plan = spec.make(widths[spec.k_in], widths[spec.k_out], dsp=name in folding.dsp,
+                         rom_style=style(f"{name}.wrom"), prom_style=style(f"{name}.prom"))
+        weights, table, signs = spec.tensors
+        stages.append(Stage(spec.layer, plan, weights, table, signs))
+        if spec.skip is not None:
+            producer, b_bits, _ = spec.skip
+            skips.append(SkipPlan(producer=producer, consumer=spec.index, buffer=BufferPlan(
+                words=plan.words, lanes=widths[spec.k_in], bits=b_bits, banks=2 * (spec.index - producer),
+                style=style(f"skip{len(skips)}"))))
+        if spec.layer is not ir.layers[-1]:
+            buffers.append(BufferPlan(words=spec.out_words(plan), lanes=widths[spec.k_out], bits=spec.out_bits,
+                                      style=style(f"buffer{len(buffers)}")))
     last = stages[-1]
     if len(stages) == 1:  # one layer on its own (`hwq sim --layer`): its whole output feature map
         p = last.plan
         out_features, out_bits = (p.positions * p.out_channels, p.out_bits) if isinstance(p, EnginePlan) else \
             (p.out_words * p.lanes, p.bits)
         return NetworkPlan(stages=stages, buffers=buffers, input_bits=ir.input_bits, input_shape=first_shape,
-                           out_features=out_features, out_bits=out_bits)
+                           out_features=out_features, out_bits=out_bits, folding=folding)
     if not isinstance(last.plan, EnginePlan) or last.plan.kind != "bias" or last.plan.positions != 1:
         raise UserError(f"layer '{last.layer.name}': the network must end with a linear logits layer")
     return NetworkPlan(stages=stages, buffers=buffers, input_bits=ir.input_bits, input_shape=first_shape,
-                       out_features=last.plan.out_channels, out_bits=last.plan.out_bits, skips=skips)
-
-
-def _add_stage(ir, layer, names, prev, tables, shape, lanes, produced, skips, index):
-    """The stage of residual add ``layer`` (stage ``index``), reading ``prev``'s words from its input buffer
-    and its skip's from a new ring appended to ``skips``."""
-    skip = _skip_name(names, prev)
-    producer, skip_lanes = produced[skip]
-    if skip_lanes != lanes:
-        raise UserError(f"layer '{layer.name}': its inputs '{prev}' and '{skip}' must be folded to the same rows "
-                        f"(channels per word), not {lanes} and {skip_lanes}")
-    codes = dict(zip(names, input_codes(ir, layer), strict=True))
-    _, _, table, signs = tables
-    signs = np.ones(len(table), np.int64) if signs is None else signs
-    (a_bits, a_signed), (b_bits, b_signed) = codes[prev], codes[skip]
-    folded = add_thresholds(table, signs, codes[prev], codes[skip])
-    c, h, w = shape
-    plan = AddPlan(channels=c, in_h=h, in_w=w, lanes=lanes, a_bits=a_bits, a_signed=a_signed, b_bits=b_bits,
-                   b_signed=b_signed, out_bits=layer.out_bits,
-                   param_bits=max(2, signed_width(folded.min(), folded.max())))
-    skips.append(SkipPlan(producer=producer, consumer=index,
-                          buffer=BufferPlan(words=plan.words, lanes=lanes, bits=b_bits, banks=2 * (index - producer))))
-    return Stage(layer, plan, table=table, signs=signs)
+                       out_features=last.plan.out_channels, out_bits=last.plan.out_bits, skips=skips, folding=folding)
 
 
 def layer_ir(ir, name):
@@ -364,6 +456,14 @@ def layer_ir(ir, name):
     keys = (layer.weights, layer.thresholds, layer.signs, layer.mult, layer.offset, layer.bias)
     return replace(ir, input_shape=list(layer.in_shape), input_bits=layer.a_bits, input_signed=layer.a_signed,
                    layers=[replace(layer, inputs=None)], tensors={k: ir.tensors[k] for k in keys if k is not None})
+
+
+def input_word_indices(shape, lanes):
+    """For each word of a sample on the top's word-serial input (buffer order), the indices of its
+    ``lanes`` codes in the channels-first input vector of ``shape`` (C, H, W) or (features,)."""
+    c, h, w = (*shape, 1, 1) if len(shape) == 1 else shape
+    return [[(grp * lanes + j) * h * w + y * w + x for j in range(lanes)]
+            for y in range(h) for x in range(w) for grp in range(c // lanes)]
 
 
 def buffer_channels(ir):

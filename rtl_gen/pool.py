@@ -9,6 +9,7 @@ from amaranth.lib.wiring import In, Out
 from hwq.ir import conv_out_side
 
 from ._check import check_int
+from .arith import const_mul
 from .engine import clog2
 
 __all__ = ["MaxPoolEngine", "PoolPlan"]
@@ -124,8 +125,8 @@ class MaxPoolEngine(wiring.Component):
                         m.d.sync += oy.eq(oy + 1)
                         with m.If(oy == p.out_h - 1):
                             m.d.sync += running.eq(0)
-        iy, ix = oy * p.stride + ky, ox * p.stride + kx
-        m.d.comb += self.rd_addr.eq((iy * p.in_w + ix) * p.groups + g)
+        iy, ix = const_mul(oy, p.stride) + ky, const_mul(ox, p.stride) + kx
+        m.d.comb += self.rd_addr.eq(const_mul(const_mul(iy, p.in_w) + ix, p.groups) + g)
 
         # One cycle later the word arrives: running maximum per lane, written at the window's end.
         valid, first, last = Signal(), Signal(), Signal()

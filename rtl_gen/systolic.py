@@ -17,7 +17,8 @@ class SystolicArray(wiring.Component):
     registers it for PE (r, c+1). Input ``x[c]`` is broadcast to every row of column c. Because the
     partial sum reaches column c after c cycles, the caller must present column c's weights and input
     **c cycles after column 0's** (skewed). ``sums`` then holds the result ``latency == cols`` cycles
-    after column 0's inputs. A new set of inputs may enter every cycle (fully pipelined).
+    after column 0's inputs. A new set of inputs may enter every cycle (fully pipelined). ``dsp``: every PE
+    multiplies on a DSP block (see :class:`ProcessingElement`).
 
     Members
     -------
@@ -26,14 +27,16 @@ class SystolicArray(wiring.Component):
     sums : Out(ArrayLayout(signed(acc_bits), rows))
     """
 
-    def __init__(self, *, rows, cols, w_bits, a_bits, acc_bits, a_signed=False):
+    def __init__(self, *, rows, cols, w_bits, a_bits, acc_bits, a_signed=False, dsp=False):
         self.rows = check_int("rows", rows, 1, 256)
         self.cols = check_int("cols", cols, 1, 256)
         self.w_bits = check_int("w_bits", w_bits, 1, 8)
         self.a_bits = check_int("a_bits", a_bits, 1, 8)
         self.acc_bits = check_int("acc_bits", acc_bits, 2, 64)
         self.a_signed = bool(a_signed)
-        self._pe_args = dict(w_bits=self.w_bits, a_bits=self.a_bits, acc_bits=self.acc_bits, a_signed=self.a_signed)
+        self.dsp = bool(dsp)
+        self._pe_args = dict(w_bits=self.w_bits, a_bits=self.a_bits, acc_bits=self.acc_bits, a_signed=self.a_signed,
+                             dsp=self.dsp)
         a_shape = signed(self.a_bits) if self.a_signed else unsigned(self.a_bits)
         super().__init__({
             "w": In(data.ArrayLayout(data.ArrayLayout(unsigned(self.w_bits), self.rows), self.cols)),

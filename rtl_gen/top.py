@@ -5,15 +5,13 @@ hardware: the input loader, the engines, the buffers and skip rings, the handsha
 counters.
 """
 
-import math
-
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .add import AddEngine, AddPlan
-from .engine import LayerEngine
-from .plan import COUNTER_BITS
+from .arith import const_mul
+from .engine import LayerEngine, memory_attrs
 from .pool import MaxPoolEngine, PoolPlan
 
 __all__ = ["NetworkTop", "build_stage"]
@@ -31,16 +29,17 @@ def build_stage(stage, *, to_register=False):
 
 
 class NetworkTop(wiring.Component):
-    """Accepts input vectors, runs them through the stages (all at once, on successive samples),
-    presents the logits.
+    """Accepts input vectors word by word, runs them through the stages (all at once, on successive
+    samples), presents the logits.
 
-    Input loader: while ``i.valid`` and the input buffer's next bank is free, one word per cycle is
-    copied from ``i.payload`` (channels-first level indices of the IR's input codes: the codes themselves
-    when unsigned, 0/1 for bipolar -1/+1) into the buffer in pixel
-    order; ``i.ready`` is high in the cycle of the last word (the accept cycle). Stage k starts when
-    bank ``b`` of its input buffer is full and bank ``b`` of its output buffer is free, where ``b``
-    alternates per sample; when it is done it frees the input bank and fills the output bank. The last
-    stage writes the logits register; ``o.valid`` rises the cycle after it is done and stays high
+    Input (word-serial): a sample arrives as the input buffer's words in buffer order, one per handshake on
+    ``i``: word ``(y * W + x) * C/g + group`` holds channels ``group * g .. group * g + g - 1`` of pixel
+    (y, x) as level indices (the codes themselves when unsigned, 0/1 for bipolar -1/+1), ``g`` =
+    ``plan.buffers[0].lanes`` (see :func:`rtl_gen.plan.input_word_indices`). ``i.ready`` is high while the
+    input buffer's next bank is free; the handshake of a sample's last word is its accept cycle. Stage k
+    starts when bank ``b`` of its input buffer is full and bank ``b`` of its output buffer is free, where
+    ``b`` alternates per sample; when it is done it frees the input bank and fills the output bank. The
+    last stage writes the logits register; ``o.valid`` rises the cycle after it is done and stays high
     until ``o.ready``. Timing: :attr:`NetworkPlan.latency` and :attr:`NetworkPlan.initiation_interval`.
 
     Skip rings (residual adds): the skip's producer also writes its output words into ring bank
@@ -56,20 +55,19 @@ class NetworkTop(wiring.Component):
 
     Members
     -------
-    i : In(stream.Signature(ArrayLayout(unsigned(input_bits), in_features)))
+    i : In(stream.Signature(ArrayLayout(unsigned(input_bits), word_lanes)))
     o : Out(stream.Signature(ArrayLayout(signed(logit_bits), n_outputs)))
-    cycles : Out(ArrayLayout(unsigned(32), n_stages))
+    cycles : Out(ArrayLayout(unsigned(counter_bits), n_stages))
     """
 
     def __init__(self, plan):
         self.plan = plan
         self.stages = [build_stage(s, to_register=k == len(plan.stages) - 1) for k, s in enumerate(plan.stages)]
         self.names = [s.layer.name for s in plan.stages]
-        in_features = math.prod(plan.input_shape)
         super().__init__({
-            "i": In(stream.Signature(data.ArrayLayout(unsigned(plan.input_bits), in_features))),
+            "i": In(stream.Signature(data.ArrayLayout(unsigned(plan.input_bits), plan.buffers[0].lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(signed(plan.out_bits), plan.out_features))),
-            "cycles": Out(data.ArrayLayout(unsigned(COUNTER_BITS), len(self.stages))),
+            "cycles": Out(data.ArrayLayout(unsigned(plan.counter_bits), len(self.stages))),
         })
 
     @property
@@ -79,17 +77,6 @@ class NetworkTop(wiring.Component):
     @property
     def initiation_interval(self):
         return self.plan.initiation_interval
-
-    def _input_words(self):
-        """For each input-buffer word, the payload indices of its lanes (channels-first -> pixel order)."""
-        c, h, w = self.plan.input_shape
-        g = self.plan.buffers[0].lanes
-        words = []
-        for y in range(h):
-            for x in range(w):
-                for grp in range(c // g):
-                    words.append([(grp * g + j) * h * w + y * w + x for j in range(g)])
-        return words
 
     def elaborate(self, platform):
         m = Module()
@@ -106,21 +93,21 @@ class NetworkTop(wiring.Component):
             m.d.sync += full[k].eq((full[k] | sets[k]) & ~clears[k])
         rd_ports, wr_ports = [], []
         for k, b in enumerate(plan.buffers):
-            mem = memory.Memory(shape=unsigned(b.width), depth=2 * b.words, init=[], attrs={"ram_style": b.style})
+            mem = memory.Memory(shape=unsigned(b.width), depth=2 * b.words, init=[], attrs=memory_attrs(b.style))
             m.submodules[f"buffer{k}"] = mem
             rd_ports.append(mem.read_port())
             wr_ports.append(mem.write_port())
 
-        # Input loader: one word per cycle into bank `lbank` of buffer 0.
-        words = self._input_words()
-        lword = Signal(range(max(len(words), 2)))
+        # Input loader: each word that arrives goes into bank `lbank` of buffer 0.
+        n_words = plan.buffers[0].words
+        lword = Signal(range(max(n_words, 2)))
         lbank = Signal()
-        loading = self.i.valid & ~full[0].bit_select(lbank, 1)
-        last_word = lword == len(words) - 1
-        word_mux = Array(Cat(*(self.i.payload[i] for i in word)) for word in words)
+        free = ~full[0].bit_select(lbank, 1)
+        loading = self.i.valid & free
+        last_word = lword == n_words - 1
         wp0 = wr_ports[0]
-        m.d.comb += [wp0.en.eq(loading), wp0.addr.eq(lbank * plan.buffers[0].words + lword),
-                     wp0.data.eq(word_mux[lword]), self.i.ready.eq(loading & last_word)]
+        m.d.comb += [wp0.en.eq(loading), wp0.addr.eq(const_mul(lbank, n_words) + lword),
+                     wp0.data.eq(self.i.payload.as_value()), self.i.ready.eq(free)]
         with m.If(loading):
             m.d.sync += lword.eq(Mux(last_word, 0, lword + 1))
             with m.If(last_word):
@@ -131,15 +118,15 @@ class NetworkTop(wiring.Component):
         rings = []
         for j, skip in enumerate(plan.skips):
             b = skip.buffer
-            mem = memory.Memory(shape=unsigned(b.width), depth=b.depth, init=[], attrs={"ram_style": b.style})
+            mem = memory.Memory(shape=unsigned(b.width), depth=b.depth, init=[], attrs=memory_attrs(b.style))
             m.submodules[f"skip{j}"] = mem
             held = Signal(b.banks, name=f"skip{j}_full")
             wslot, rslot = Signal(range(b.banks), name=f"skip{j}_wslot"), Signal(range(b.banks), name=f"skip{j}_rslot")
             producer, consumer = self.stages[skip.producer], self.stages[skip.consumer]
             wp, rp = mem.write_port(), mem.read_port()
-            m.d.comb += [wp.en.eq(producer.wr_en), wp.addr.eq(wslot * b.words + producer.wr_addr),
+            m.d.comb += [wp.en.eq(producer.wr_en), wp.addr.eq(const_mul(wslot, b.words) + producer.wr_addr),
                          wp.data.eq(producer.wr_data.as_value()),
-                         rp.addr.eq(rslot * b.words + consumer.rd_addr), consumer.skip_data.eq(rp.data)]
+                         rp.addr.eq(const_mul(rslot, b.words) + consumer.rd_addr), consumer.skip_data.eq(rp.data)]
             m.d.sync += held.eq((held | (producer.done << wslot)) & ~(consumer.done << rslot))
             with m.If(producer.done):
                 m.d.sync += wslot.eq(Mux(wslot == b.banks - 1, 0, wslot + 1))
@@ -167,7 +154,7 @@ class NetworkTop(wiring.Component):
             m.d.comb += clears[k].eq(engine.done << bank)
             b_in = plan.buffers[k]
             rp = rd_ports[k]
-            m.d.comb += [rp.addr.eq(bank * b_in.words + engine.rd_addr), engine.rd_data.eq(rp.data)]
+            m.d.comb += [rp.addr.eq(const_mul(bank, b_in.words) + engine.rd_addr), engine.rd_data.eq(rp.data)]
             if last and isinstance(engine, MaxPoolEngine):  # a pool on its own: collect its output words
                 lanes = engine.plan.lanes
                 for a in range(engine.plan.out_words):
@@ -182,10 +169,10 @@ class NetworkTop(wiring.Component):
                     m.d.sync += self.o.valid.eq(0)
             else:
                 b_out, wp = plan.buffers[k + 1], wr_ports[k + 1]
-                m.d.comb += [wp.en.eq(engine.wr_en), wp.addr.eq(bank * b_out.words + engine.wr_addr),
+                m.d.comb += [wp.en.eq(engine.wr_en), wp.addr.eq(const_mul(bank, b_out.words) + engine.wr_addr),
                              wp.data.eq(engine.wr_data.as_value()), sets[k + 1].eq(engine.done << bank)]
             # Self-measurement: cycles from start to done, latched when the run is done.
-            running = Signal(COUNTER_BITS, name=f"run_cycles{k}")
+            running = Signal(plan.counter_bits, name=f"run_cycles{k}")
             with m.If(go):
                 m.d.sync += running.eq(1)
             with m.Elif(engine.busy & ~engine.done):

@@ -1,16 +1,16 @@
 """A free-running Verilator harness for the network top: no Python while the design runs.
 
-The harness (Verilog, :func:`harness_verilog`) wraps ``hwq_top``. It reads the input vectors from a
-text file (one packed hex word per line), offers them on the ``i`` stream back to back, takes every
-output, and writes a line per event to a results file:
+The harness (Verilog, :func:`harness_verilog`) wraps ``hwq_top``. It reads the input words from a
+text file (one packed hex word per line, ``words`` per sample: the top's input is word-serial), offers them
+on the ``i`` stream back to back, takes every output, and writes a line per event to a results file:
 
-    a CYCLE                      an input was accepted at the clock edge ending cycle CYCLE
+    a CYCLE                      a sample's last input word was accepted at the clock edge ending cycle CYCLE
     o CYCLE PAYLOAD COUNTERS     an output (first valid in cycle CYCLE) and the per-stage cycle counters
     end CYCLE                    all outputs taken; CYCLE cycles were simulated
     timeout CYCLE IN OUT         no input taken and no output for ``timeout`` cycles (IN offered, OUT taken)
 
 Backpressure test mode (``stall`` = s in 1..255): ``o.ready`` is low with probability s/256 on every
-cycle and inputs arrive after random gaps (a 32-bit LFSR seeded by ``seed``), so the handshakes are
+cycle and input words arrive after random gaps (a 32-bit LFSR seeded by ``seed``), so the handshakes are
 exercised at full simulation speed.
 
 A small C++ main (:data:`MAIN_CPP`) toggles the clock and evaluates the model until ``$finish``.
@@ -67,7 +67,7 @@ module hwq_tb(input clk);
             .o__payload(o_payload), .o__valid(o_valid), .o__ready(o_ready), .cycles(cycles));
 
   string inputs_path, results_path, waves_path;
-  integer fin, fout, n_total = 0, stall = 0, n_loaded = 0, n_out = 0, idle = 0;
+  integer fin, fout, n_total = 0, n_words = 1, stall = 0, n_loaded = 0, n_taken = 0, n_out = 0, idle = 0;
   reg [63:0] timeout = 64'd1000000;
   reg [63:0] cyc = 64'd0, valid_since = 64'd0, last_progress = 64'd0;
   reg [31:0] lfsr = 32'h1;
@@ -76,8 +76,8 @@ module hwq_tb(input clk);
 
   initial begin
     if (!$value$plusargs("inputs=%s", inputs_path) || !$value$plusargs("results=%s", results_path)
-        || !$value$plusargs("n=%d", n_total)) begin
-      $display("hwq_tb: needs +inputs=FILE +results=FILE +n=COUNT");
+        || !$value$plusargs("n=%d", n_total) || !$value$plusargs("words=%d", n_words)) begin
+      $display("hwq_tb: needs +inputs=FILE +results=FILE +n=SAMPLES +words=WORDS_PER_SAMPLE");
       $finish;
     end
     if ($value$plusargs("stall=%d", stall)) ;
@@ -93,13 +93,14 @@ module hwq_tb(input clk);
     lfsr <= {{lfsr[30:0], lfsr[31] ^ lfsr[21] ^ lfsr[1] ^ lfsr[0]}};
     if (cyc == 64'd2) rst <= 1'b0;
     if (!rst) begin
-      // inputs: the next vector as soon as the last one is taken (after a random gap when stalling)
+      // inputs: the next word as soon as the last one is taken (after a random gap when stalling)
       if (i_valid && i_ready) begin
-        $fwrite(fout, "a %0d\\n", cyc);
+        if (n_taken % n_words == n_words - 1) $fwrite(fout, "a %0d\\n", cyc);
+        n_taken = n_taken + 1;
         last_progress <= cyc;
       end
       if (!i_valid || i_ready) begin
-        if (n_loaded < n_total && (stall == 0 || lfsr[9:8] == 2'd0)) begin
+        if (n_loaded < n_total * n_words && (stall == 0 || lfsr[9:8] == 2'd0)) begin
           if ($fscanf(fin, "%h\\n", word) != 1) begin
             $display("hwq_tb: could not read input %0d from %s", n_loaded, inputs_path);
             $finish;
@@ -162,7 +163,7 @@ def build_harness(rtl_dir, info, *, waves=False):
     setup_verilator()
     sources, data = design_sources(rtl_dir, info)
     n_stages = len(info["stages"])
-    harness = harness_verilog(info["top"], info["input"]["features"] * info["input"]["bits"],
+    harness = harness_verilog(info["top"], info["input"]["word_lanes"] * info["input"]["bits"],
                               info["output"]["features"] * info["output"]["bits"],
                               info.get("counter_bits", 32) * n_stages, waves=waves)
     args = [*WARNING_FLAGS, "-Wno-BLKSEQ", "-Wno-MULTIDRIVEN", *(["--trace"] if waves else [])]
@@ -187,14 +188,15 @@ def build_harness(rtl_dir, info, *, waves=False):
     return exe, False
 
 
-def run_harness(exe, rtl_dir, words, *, stall=0, seed=1, timeout=1_000_000, waves=None):
-    """Run the harness on packed input words (ints), in ``rtl_dir`` (where the memories' ``$readmemh``
-    paths point); return the parsed results file:
+def run_harness(exe, rtl_dir, words, n_samples, *, stall=0, seed=1, timeout=1_000_000, waves=None):
+    """Run the harness on packed input words (ints; ``n_samples`` samples of equally many words), in
+    ``rtl_dir`` (where the memories' ``$readmemh`` paths point); return the parsed results file:
     {"accept": [cycle], "valid": [cycle], "payload": [int], "counters": [int], "simulated_cycles": n}."""
     with tempfile.TemporaryDirectory(prefix="hwq-sim-") as work:
         inputs, results = Path(work, "inputs.hex"), Path(work, "results.txt")
         inputs.write_text("".join(f"{w:x}\n" for w in words))
-        cmd = [str(exe), f"+inputs={inputs}", f"+results={results}", f"+n={len(words)}", f"+stall={stall}",
+        cmd = [str(exe), f"+inputs={inputs}", f"+results={results}", f"+n={n_samples}",
+               f"+words={len(words) // n_samples}", f"+stall={stall}",
                f"+seed={seed}", f"+timeout={timeout}"]
         if waves is not None:
             cmd.append(f"+waves={Path(waves).resolve()}")
@@ -218,6 +220,6 @@ def run_harness(exe, rtl_dir, words, *, stall=0, seed=1, timeout=1_000_000, wave
         elif parts[0] == "timeout":
             raise RuntimeError(f"the design stopped making progress: no input taken and no output for {timeout} "
                                f"cycles at cycle {parts[1]} ({parts[2]} inputs offered, {parts[3]} outputs taken)")
-    if out["simulated_cycles"] is None or len(out["payload"]) != len(words):
-        raise RuntimeError(f"the simulation ended early: {len(out['payload'])} of {len(words)} outputs")
+    if out["simulated_cycles"] is None or len(out["payload"]) != n_samples:
+        raise RuntimeError(f"the simulation ended early: {len(out['payload'])} of {n_samples} outputs")
     return out

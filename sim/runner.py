@@ -143,9 +143,10 @@ def select_inputs(ir, samples, data="test"):
     return x[:samples], y[:samples]
 
 
-def _pack(codes, bits, signed):
-    """Input vectors (N, features) of codes -> one int per vector: level indices, ``bits`` each, first
-    feature in the low bits (the top's ``i.payload``)."""
+def _pack(codes, bits, signed, shape, lanes):
+    """Input vectors (N, features) of codes (channels first, of ``shape``) -> the words the top takes one
+    per handshake, sample after sample: level indices, ``bits`` each, ``lanes`` per word in buffer order
+    (:func:`rtl_gen.plan.input_word_indices`), first lane in the low bits."""
     lo, step, n = act_levels(bits, signed)
     codes = np.asarray(codes, dtype=np.int64).reshape(len(codes), -1)
     index = (codes - lo) // step
@@ -155,8 +156,10 @@ def _pack(codes, bits, signed):
         raise UserError(f"input sample {s}, feature {j}: {codes[s, j]} is not a {bits}-bit "
                         f"{'signed' if signed else 'unsigned'} code (levels {lo}, {lo + step}, ..., {lo + step * (n - 1)})")
     from rtl_gen.engine import pack
+    from rtl_gen.plan import input_word_indices
 
-    return [pack(row, bits) for row in index]
+    order = np.array(input_word_indices(shape, lanes), dtype=np.int64)
+    return [pack(word, bits) for row in index for word in row[order]]
 
 
 def _unpack(words, count, bits, kind):
@@ -183,13 +186,18 @@ def _layer_design(ir, rtl_dir, info, name, work):
     entry = next((la for la in info["layers"] if la["name"] == name), None)
     if entry is None or entry.get("stage") is None:
         raise UserError(f"--layer {name}: {Path(rtl_dir) / 'rtl.json'} has no hardware for this layer")
+    from rtl_gen.plan import Folding
+
     rows, cols = entry["array"]
     widths = [rows] if entry["engine"] == "maxpool" else [cols, rows]
-    return sub, generate_rtl(sub, load_board(info["board"]), Path(work, "rtl"), widths=widths)
+    # the same multipliers and ROM places as in the network (buffers: the layer's own, in logic)
+    block = {m["name"] for m in entry.get("memories", []) if m["memory"] == "block"}
+    folding = Folding(widths, {name} if entry.get("dsp") else (), block)
+    return sub, generate_rtl(sub, load_board(info["board"]), Path(work, "rtl"), folding=folding)
 
 
-def _run_cocotb(build_dir, rtl_dir, info, words, *, backpressure, seed, waves):
-    """The cocotb testbench (built in ``build_dir``) on packed input words; results as
+def _run_cocotb(build_dir, rtl_dir, info, words, n_samples, *, backpressure, seed, waves):
+    """The cocotb testbench (built in ``build_dir``) on packed input words (``n_samples`` samples); results as
     :func:`sim.harness.run_harness` gives them."""
     from cocotb_tools.check_results import get_results
 
@@ -199,7 +207,7 @@ def _run_cocotb(build_dir, rtl_dir, info, words, *, backpressure, seed, waves):
         if Path(rtl_dir, MEM_DIR).is_dir():  # the simulator runs in `work`: the $readmemh paths must hold there
             shutil.copytree(Path(rtl_dir, MEM_DIR), Path(work, MEM_DIR))
         stim, result = Path(work, "stimulus.json"), Path(work, "result.json")
-        stim.write_text(json.dumps({"words": [f"{w:x}" for w in words]}))
+        stim.write_text(json.dumps({"words": [f"{w:x}" for w in words], "samples": n_samples}))
         xml = _runner().test(test_module=TB_MODULE, hdl_toplevel=info["top"], hdl_toplevel_lang="verilog",
                              build_dir=build_dir, test_dir=work,
                              extra_env={"HWQ_SIM_STIMULUS": str(stim), "HWQ_SIM_RESULT": str(result),
@@ -280,7 +288,9 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
         if expected.ndim == 4:  # (N, C, H, W) -> the hardware's order (N, H * W * C)
             expected = expected.transpose(0, 2, 3, 1)
         expected = expected.reshape(len(expected), -1)
-        words = _pack(stim, design_ir.input_bits, design_ir.input_signed)
+        words = _pack(stim, design_ir.input_bits, design_ir.input_signed, design["input"]["shape"],
+                      design["input"]["word_lanes"])
+        n_samples = len(stim)
         t_gen = time.perf_counter() - t0
         stall = 0 if backpressure == 0 else min(255, max(1, round(backpressure * 256)))
         t0 = time.perf_counter()
@@ -289,13 +299,14 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
             t_build = time.perf_counter() - t0
             t1 = time.perf_counter()
             # a generous watchdog: no progress for this many cycles is a hang
-            rec = run_harness(exe, sim_dir, words, stall=stall, seed=seed + 1, waves=waves,
+            rec = run_harness(exe, sim_dir, words, n_samples, stall=stall, seed=seed + 1, waves=waves,
                               timeout=10 * (design["latency_cycles"] + design["input"]["load_cycles"]) + 1000)
         else:
             build_dir, cached = build(sim_dir, design, waves=waves is not None)
             t_build = time.perf_counter() - t0
             t1 = time.perf_counter()
-            rec = _run_cocotb(build_dir, sim_dir, design, words, backpressure=backpressure, seed=seed, waves=waves)
+            rec = _run_cocotb(build_dir, sim_dir, design, words, n_samples, backpressure=backpressure, seed=seed,
+                              waves=waves)
         t_run = time.perf_counter() - t1
 
     n_out, out_bits = design["output"]["features"], design["output"]["bits"]
@@ -303,7 +314,7 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
     equal, first = compare(expected, got)
     n_stages = len(design["stages"])
     layer_cycles = _unpack(rec["counters"], n_stages, design.get("counter_bits", 32), "raw") \
-        if n_stages else np.zeros((len(words), 0), dtype=np.int64)
+        if n_stages else np.zeros((n_samples, 0), dtype=np.int64)
     accept, valid = np.asarray(rec["accept"], dtype=np.int64), np.asarray(rec["valid"], dtype=np.int64)
     latencies = valid - accept
     # steady state: the largest gap between consecutive outputs (the slowest stage sets the pace)
@@ -322,7 +333,7 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
         "layer": layer,
         "testbench": testbench,
         "data": split,
-        "samples": len(words),
+        "samples": n_samples,
         "backpressure": backpressure,
         "seed": seed,
         "bit_exact": bool(equal.all()),

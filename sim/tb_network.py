@@ -3,7 +3,7 @@
 The independent, Python-driven counterpart of the Verilog harness (:mod:`sim.harness`), which is what
 ``hwq sim`` runs: tests check that both see the same outputs and cycles.
 
-Parts: a driver (offers the input vectors one after another on the ``i`` stream, without waiting for
+Parts: a driver (offers the input words one after another on the ``i`` stream, without waiting for
 outputs, so the layer-pipelined top holds several samples at once), a monitor running concurrently
 (waits for ``o.valid`` without Python on every clock edge, then captures the logits and the hardware
 cycle counters), and timestamps of every accept and every output for an independent latency measurement.
@@ -13,7 +13,7 @@ Backpressure mode (``HWQ_SIM_BACKPRESSURE`` = p > 0): ``o.ready`` is low with pr
 cycle and inputs are offered after 0-3 random idle cycles (``HWQ_SIM_SEED``), so the handshakes are
 exercised; the outputs must still equal the golden model, in order. Python then runs every cycle.
 
-Environment: ``HWQ_SIM_STIMULUS`` (JSON: packed input words as hex, ``n_stages``), ``HWQ_SIM_RESULT``
+Environment: ``HWQ_SIM_STIMULUS`` (JSON: packed input words as hex, ``samples``), ``HWQ_SIM_RESULT``
 (JSON written here: raw output payloads and counters as hex, times in ns).
 """
 
@@ -30,7 +30,7 @@ PERIOD_NS = 10
 
 
 class Driver:
-    """Offers input vectors on the ``i`` stream; returns the sim time of each accepting edge."""
+    """Offers input words on the ``i`` stream; returns the sim time of each accepting edge."""
 
     def __init__(self, dut):
         self.dut = dut
@@ -85,7 +85,9 @@ async def stall_output(dut, rng, p_stall):
 async def run_network(dut):
     """Run every stimulus vector through the network and record outputs and cycle counts."""
     with open(os.environ["HWQ_SIM_STIMULUS"]) as f:
-        inputs = [int(w, 16) for w in json.load(f)["words"]]
+        stimulus = json.load(f)
+    inputs, n_samples = [int(w, 16) for w in stimulus["words"]], stimulus["samples"]
+    per_sample = len(inputs) // n_samples
     cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
     dut.rst.value = 1
     dut.i__valid.value = 0
@@ -103,14 +105,16 @@ async def run_network(dut):
     accepts = []
 
     async def drive():
-        for word in inputs:
+        for k, word in enumerate(inputs):
             if p_stall > 0:
                 await ClockCycles(dut.clk, rng.randint(0, 3))
-            accepts.append(await driver.send(word))
+            accepted = await driver.send(word)
+            if k % per_sample == per_sample - 1:  # a sample is accepted with its last word
+                accepts.append(accepted)
 
     driving = cocotb.start_soon(drive())
     records = {"payload": [], "counters": [], "valid_ns": []}
-    for _ in range(len(inputs)):
+    for _ in range(n_samples):
         valid_at, payload, cycles = await monitor.receive()
         records["payload"].append(f"{payload:x}")
         records["counters"].append(f"{cycles:x}")

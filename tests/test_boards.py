@@ -78,7 +78,7 @@ def test_synth_counts_layers_and_total(tmp_path):
 
     ir = random_ir(np.random.default_rng(5), [10, 6, 4], [2, 3], [3, 2], input_bits=3)
     board = load_board("ice40-up5k")
-    generate_rtl(ir, board, tmp_path / "rtl", widths=[5, 3, 3])
+    generate_rtl(ir, board, tmp_path / "rtl", folding=[5, 3, 3])
     res = synth_rtl(tmp_path / "rtl", board, show_progress=False)
     assert [la["name"] for la in res["layers"]] == ["l0", "l1"]
     for k in ("lut", "ff"):
@@ -119,7 +119,7 @@ def _small_rtl(tmp_path):
     from .conftest import random_ir
 
     ir = random_ir(np.random.default_rng(5), [10, 6, 4], [2, 3], [3, 2], input_bits=3)
-    generate_rtl(ir, load_board("ice40-up5k"), tmp_path / "rtl", widths=[5, 3, 3])
+    generate_rtl(ir, load_board("ice40-up5k"), tmp_path / "rtl", folding=[5, 3, 3])
     return tmp_path / "rtl", json.loads((tmp_path / "rtl" / "rtl.json").read_text())
 
 

@@ -31,7 +31,7 @@ def test_unknown_family_is_a_clear_error():
 @pytest.mark.parametrize("board", ["ice40-up5k", "ecp5-25f", "xc7a35t"])
 def test_estimate_totals_are_layers_plus_top(board):
     ir = random_ir(np.random.default_rng(1), [16, 8, 4], [2, 3], [4, 2])
-    est = estimate(ir, load_board(board), widths=[4, 4, 4])
+    est = estimate(ir, load_board(board), folding=[4, 4, 4])
     for k in ("lut", "ff", "bram", "dsp"):  # the top module's estimate includes the buffers it holds
         assert est["totals"][k] == sum(la["estimate"][k] for la in est["layers"]) + est["top"][k]
         assert est["top"][k] >= sum(b["estimate"][k] for b in est["buffers"])
@@ -42,6 +42,6 @@ def test_estimate_totals_are_layers_plus_top(board):
 def test_estimate_says_by_how_much_it_does_not_fit():
     ir = random_ir(np.random.default_rng(1), [48, 24, 24], [8, 8], [8, 4], input_bits=8)
     small = load_board("ice40-up5k")
-    est = estimate(ir, small, widths=[16, 12, 16])
+    est = estimate(ir, small, folding=[16, 12, 16])
     assert not est["fits"]
     assert est["over"]["lut"] == est["totals"]["lut"] - small.lut > 0

@@ -15,7 +15,7 @@ from hwq.ir import accumulator_bounds, validate
 from rtl_gen.engine import EnginePlan, LayerEngine
 from rtl_gen.folding import DEFAULT_LUT_FRACTION, choose_folding
 from rtl_gen.pe import ProcessingElement
-from rtl_gen.plan import network_plan
+from rtl_gen.plan import Folding, input_word_indices, network_plan
 from rtl_gen.requant import ThresholdRequantizer
 from rtl_gen.systolic import SystolicArray
 from rtl_gen.top import NetworkTop
@@ -103,25 +103,27 @@ def test_threshold_requantizer_counts_reached_thresholds():
 
 
 def run_top(ir, widths, X, *, stall=None):
-    """Run input vectors through the network top in Amaranth's simulator, inputs offered back to back
+    """Run input vectors through the network top in Amaranth's simulator, their words offered back to back
     (so stages overlap); return (outputs, accept cycles, output cycles, hardware stage counters)."""
     plan = network_plan(ir, widths)
     dut = NetworkTop(plan)
     outs, accepts, valids, counters = [], [], [], []
     clock = [0]
+    order = input_word_indices(plan.input_shape, plan.buffers[0].lanes)
 
     async def drive(ctx):  # counts its own cycles, like the monitor: both start at cycle 0
         cycle = 0
         for x in X:
-            ctx.set(dut.i.payload, [int(v) for v in x])
-            ctx.set(dut.i.valid, 1)
-            while True:
-                ready = ctx.get(dut.i.ready)
-                await ctx.tick()
-                cycle += 1
-                if ready:
-                    accepts.append(cycle - 1)
-                    break
+            for word in order:
+                ctx.set(dut.i.payload, [int(x[j]) for j in word])
+                ctx.set(dut.i.valid, 1)
+                while True:
+                    ready = ctx.get(dut.i.ready)
+                    await ctx.tick()
+                    cycle += 1
+                    if ready:
+                        break
+            accepts.append(cycle - 1)  # a sample is accepted with its last word
         ctx.set(dut.i.valid, 0)
 
     async def monitor(ctx):
@@ -231,9 +233,23 @@ def test_random_networks_match_golden(seed):
     """Random MLPs and CNNs, multi-bit and binary, with random valid foldings (the calibration's generator)."""
     from boards.calibrate import random_network
 
+    from boards import load_board
+
     rng = np.random.default_rng(100 + seed)
-    ir, widths = random_network(rng)
-    _check_network(ir, widths, _inputs(rng, ir, 3))
+    ir, folding = random_network(rng, load_board(["ice40-up5k", "ecp5-25f", "xc7a35t"][seed % 3]))
+    _check_network(ir, folding, _inputs(rng, ir, 3))
+
+
+def test_dsp_multipliers_and_block_memories_compute_the_same():
+    """Every memory marked for block RAM (buffers, skip ring, weight and threshold ROMs) and the systolic
+    layers' multipliers on DSPs: the same integers and cycles (only the synthesis mapping differs)."""
+    rng, ir = _resnet(3)
+    plan = network_plan(ir, [1, 2, 2, 2, 3])
+    dsp = {s.layer.name for s in plan.stages if getattr(s.plan, "engine", None) == "systolic"}
+    folding = Folding([1, 2, 2, 2, 3], dsp, plan.memory_names)
+    plan, _ = _check_network(ir, folding, _inputs(rng, ir, 3))
+    assert all(b.style == "block" for _, b in plan.memories) and dsp
+    assert all(s.plan.dsp for s in plan.stages if s.layer.name in dsp)
 
 
 def test_stages_overlap_and_the_initiation_interval_is_the_slowest_stage():
@@ -264,7 +280,7 @@ def test_folding_fits_the_budget_and_honours_overrides():
     big = network_plan(ir, choose_folding(ir, board, lut_budget=board.lut))  # more budget: not slower
     assert plan.resources(board.family)["lut"] <= big.resources(board.family)["lut"] <= board.lut
     assert big.initiation_interval <= plan.initiation_interval
-    assert choose_folding(ir, board, fold={"conv2": (2, 4)}, lut_budget=board.lut)[1:3] == (4, 2)
+    assert choose_folding(ir, board, fold={"conv2": (2, 4)}, lut_budget=board.lut).widths[1:3] == (4, 2)
     with pytest.raises(UserError, match="rows must divide the layer's 8 outputs"):
         choose_folding(ir, board, fold={"conv2": (3, 4)})
     with pytest.raises(UserError, match="no conv2d/linear layer named 'nope'"):
@@ -396,10 +412,10 @@ def test_verilog_is_split_per_layer_with_memory_files(tmp_path):
 
     rng = np.random.default_rng(3)
     ir = _cnn_ir(rng, c=(4, 8))
-    info = generate_rtl(ir, load_board("xc7a35t"), tmp_path / "rtl", widths=[1, 4, 4, 2])
+    info = generate_rtl(ir, load_board("xc7a35t"), tmp_path / "rtl", folding=[1, 4, 4, 2])
     assert info["files"] == ["top.v", "conv1.v", "pool1.v", "conv2.v", "pool2.v", "fc.v"]
     assert verilog_sources(tmp_path / "rtl") == [tmp_path / "rtl" / f for f in info["files"]]
-    assert "mem/conv2.wrom0.hex" in info["memory_files"] and "mem/fc.prom.hex" in info["memory_files"]
+    assert "mem/conv2.wrom.hex" in info["memory_files"] and "mem/fc.prom.hex" in info["memory_files"]
     original = verilog.convert(NetworkTop(network_plan(ir, [1, 4, 4, 2])), name="hwq_top", emit_src=False)
     module = re.compile(r"((?:\(\*[^\n]*\*\)\n)*)module ([^\s(]+) ?\(.*?^endmodule\n", re.S | re.M)
     want = {m.group(2): m.group(0) for m in module.finditer(original)}
@@ -533,12 +549,12 @@ def test_resnet_folding_ties_the_add_inputs():
 
     _, ir = _resnet(4, c1=8)
     assert width_ties(ir) == [(1, 3, "add1")]  # conv1's rows = res1b's rows
-    widths = choose_folding(ir, load_board("xc7a35t"))
+    widths = choose_folding(ir, load_board("xc7a35t")).widths
     assert widths[1] == widths[3]
-    assert choose_folding(ir, load_board("xc7a35t"), fold={"conv1": (4, 1)})[3] == 4
+    assert choose_folding(ir, load_board("xc7a35t"), fold={"conv1": (4, 1)}).widths[3] == 4
     with pytest.raises(UserError, match="the residual add 'add1' reads its two inputs word by word"):
         choose_folding(ir, load_board("xc7a35t"), fold={"conv1": (4, 1), "res1b": (2, 2)})
-    with pytest.raises(UserError, match="'res1b' and 'conv1' must be folded to the same rows"):
+    with pytest.raises(UserError, match="layer 'add1': its two inputs must be folded to the same rows"):
         network_plan(ir, [1, 4, 2, 2, 3])
 
 

@@ -18,7 +18,7 @@ def small_design(tmp_path_factory):
     rng = np.random.default_rng(11)
     ir = random_ir(rng, [20, 12, 8, 5], [3, 1, 2], [4, 2, 3])
     rtl = tmp_path_factory.mktemp("rtl")
-    generate_rtl(ir, load_board("ice40-up5k"), rtl, widths=[5, 4, 4, 3])
+    generate_rtl(ir, load_board("ice40-up5k"), rtl, folding=[5, 4, 4, 3])
     return ir, rtl, random_inputs(rng, ir, 40)
 
 
@@ -43,7 +43,7 @@ def test_corrupted_weight_is_caught(small_design, tmp_path):
     w = bad.tensors["l2.weight"]
     j = int(np.argmax((golden.run_layers(ir, x)[1] > 0).sum(0)))  # an input of l2 that is often non-zero
     w[0, j] = 1 if w[0, j] != 1 else -1
-    generate_rtl(bad, load_board("ice40-up5k"), tmp_path / "rtl", widths=[5, 4, 4, 3])
+    generate_rtl(bad, load_board("ice40-up5k"), tmp_path / "rtl", folding=[5, 4, 4, 3])
     res = simulate(bad, tmp_path / "rtl", inputs=x, golden_ir=ir)
     assert not res["bit_exact"]
     assert res["mismatched_samples"] > 0
