@@ -12,7 +12,7 @@ from hwq.intrange import act_levels, signed_width
 
 from ._check import check_int
 from .arith import const_mul
-from .engine import clog2, param_memory, param_rom_words, requantize
+from .engine import clog2, compare_thresholds, param_memory, param_rom_words, requantize
 
 __all__ = ["AddEngine", "AddPlan", "add_thresholds"]
 
@@ -68,8 +68,9 @@ class AddPlan:
 
     @property
     def latency(self):
-        """Cycles from ``start`` to ``done``: reads in cycles 1..words, add, requantize and write (1), done (1)."""
-        return self.words + 2
+        """Cycles from ``start`` to ``done``: reads in cycles 1..words, add and compare (1), count and write (1),
+        done (1)."""
+        return self.words + 3
 
     @property
     def prom_width(self):
@@ -116,7 +117,7 @@ class AddEngine(wiring.Component):
     of decreasing channels. The ``lanes`` output level indices are written as one word at the same
     address.
 
-    Timing: ``start`` is sampled in cycle 0; reads in cycles 1..words; ``done`` at ``words + 2``.
+    Timing: ``start`` is sampled in cycle 0; reads in cycles 1..words; ``done`` at ``words + 3``.
 
     Parameters
     ----------
@@ -139,7 +140,8 @@ class AddEngine(wiring.Component):
             raise ValueError(f"thresholds must have shape ({p.channels}, {p.n_levels}), not {thresholds.shape}")
         self.signs = np.ones(p.channels, np.int64) if signs is None else np.asarray(signs, dtype=np.int64)
         self.table = add_thresholds(thresholds, self.signs, (p.a_bits, p.a_signed), (p.b_bits, p.b_signed))
-        need = signed_width(self.table.min(), self.table.max())
+        stored = compare_thresholds(self.table, self.signs)
+        need = signed_width(stored.min(), stored.max())
         if p.param_bits < need:
             raise ValueError(f"param_bits {p.param_bits} cannot hold these thresholds ({need} bits)")
         super().__init__({
@@ -164,25 +166,27 @@ class AddEngine(wiring.Component):
         (_, step_a, _), (_, step_b, _) = act_levels(p.a_bits, p.a_signed), act_levels(p.b_bits, p.b_signed)
         running = Signal()
         addr, group = Signal(range(max(p.words, 2))), Signal(range(p.groups))
-        with m.If(self.start):
-            m.d.sync += [running.eq(1), self.busy.eq(1), addr.eq(0), group.eq(0)]
-        with m.Elif(running):
+        with m.If(self.start):  # addr and group wrap to 0 with the last word: they are 0 between runs
+            m.d.sync += [running.eq(1), self.busy.eq(1)]
+        with m.If(running):  # (never together with start)
             m.d.sync += [addr.eq(Mux(addr == p.words - 1, 0, addr + 1)), group.eq(Mux(group == p.groups - 1, 0, group + 1))]
             with m.If(addr == p.words - 1):
                 m.d.sync += running.eq(0)
         pport, params = param_memory(m, self.param_rom(), p.lanes, p.n_levels, p.param_bits, p.prom_style)
         m.d.comb += [self.rd_addr.eq(addr), pport.addr.eq(group)]
 
-        # One cycle later both words and the group's thresholds arrive: add, requantize, write.
+        # One cycle later both words and the group's thresholds arrive: add and compare (registered); one more
+        # cycle: count the thresholds reached and write.
         valid, waddr = Signal(), Signal.like(addr)
-        m.d.sync += [valid.eq(running), waddr.eq(addr)]
+        out_valid, out_addr = Signal(), Signal.like(addr)
+        m.d.sync += [valid.eq(running), waddr.eq(addr), out_valid.eq(valid), out_addr.eq(waddr)]
         for lane in range(p.lanes):
             total = Signal(signed(p.sum_bits), name=f"sum{lane}")
             m.d.comb += total.eq(const_mul(self.rd_data[lane], step_a) + const_mul(self.skip_data[lane], step_b))
             q = requantize(m, f"requant{lane}", total, p.sum_bits, params[lane], p.param_bits, p.out_bits)
             m.d.comb += self.wr_data[lane].eq(q)
-        m.d.comb += [self.wr_en.eq(valid), self.wr_addr.eq(waddr)]
-        m.d.sync += self.done.eq(valid & (waddr == p.words - 1))
+        m.d.comb += [self.wr_en.eq(out_valid), self.wr_addr.eq(out_addr)]
+        m.d.sync += self.done.eq(out_valid & (out_addr == p.words - 1))
         with m.If(self.done):
             m.d.sync += self.busy.eq(0)
         return m

@@ -18,8 +18,8 @@ from .requant import ThresholdRequantizer
 from .systolic import SystolicArray
 from .xnor import XnorPopcount
 
-__all__ = ["ENGINES", "MEMORY_STYLES", "EnginePlan", "LayerEngine", "memory_attrs", "pack", "param_bits",
-           "param_memory", "param_rom_words", "requantize"]
+__all__ = ["ENGINES", "MEMORY_STYLES", "EnginePlan", "LayerEngine", "compare_thresholds", "memory_attrs", "pack",
+           "param_bits", "param_memory", "param_rom_words", "requantize"]
 
 ENGINES = ("systolic", "xnor")
 # Where a memory lives: "logic" (LUTs, and flip-flops for a RAM) or "block" (block RAM). The folding search
@@ -49,18 +49,29 @@ def clog2(n):
     return max(0, (int(n) - 1).bit_length())
 
 
-def param_bits(acc_bits, table, kind):
-    """Width of one threshold (compared with the sign-corrected accumulator) or one bias word."""
+def compare_thresholds(table, signs):
+    """Thresholds in the comparators' form: ``sign * acc >= T`` is ``acc >= T`` for an increasing channel
+    and ``NOT (acc >= 1 - T)`` for a decreasing one (sign -1), so those rows become ``1 - T`` (see
+    :class:`ThresholdRequantizer`). Rows with sign +1 (and bias tables) are unchanged."""
     table = np.asarray(table, dtype=np.int64)
+    if signs is None:
+        return table
+    return np.where(np.asarray(signs, dtype=np.int64)[:, None] < 0, 1 - table, table)
+
+
+def param_bits(acc_bits, table, kind, signs=None):
+    """Width of one stored threshold (in comparator form) or one bias word."""
+    table = compare_thresholds(table, signs if kind == "thresholds" else None)
     if kind == "thresholds":
-        return max(acc_bits + 1, signed_width(table.min(), table.max()))
+        return max(2, signed_width(table.min(), table.max()))
     return range_bits(table.min(), table.max())
 
 
 def param_rom_words(table, signs, rows, n_tiles, param_bits):
     """Words of a per-channel parameter ROM, one per tile of ``rows`` channels: per row, the sign bit
-    (1 = decreasing channel) then its thresholds or bias (``table[channel]``). Rows past the last
-    channel repeat channel 0's table (never written)."""
+    (1 = decreasing channel) then its thresholds in comparator form (:func:`compare_thresholds`) or its
+    bias (``table[channel]``). Rows past the last channel repeat channel 0's table (never written)."""
+    table = compare_thresholds(table, signs)
     words = []
     for t in range(n_tiles):
         vals = []
@@ -84,11 +95,11 @@ def param_memory(m, words, rows, n_levels, param_bits, style="logic"):
 
 
 def requantize(m, name, acc, acc_bits, params, param_bits, out_bits):
-    """The level index of ``acc`` (``acc_bits`` wide, room for its negation included): a
-    :class:`ThresholdRequantizer` comparing ``sign * acc`` with a row ``params`` of :func:`param_memory`."""
-    rq = ThresholdRequantizer(acc_bits=acc_bits, thr_bits=param_bits, out_bits=out_bits)
+    """The level index of ``acc`` (``acc_bits`` wide) one cycle later: a registered
+    :class:`ThresholdRequantizer` comparing ``acc`` with a row ``params`` of :func:`param_memory`."""
+    rq = ThresholdRequantizer(acc_bits=acc_bits, thr_bits=param_bits, out_bits=out_bits, registered=True)
     m.submodules[name] = rq
-    m.d.comb += [rq.acc.eq(Mux(params.neg, -acc, acc)), rq.thresholds.eq(params.table)]
+    m.d.comb += [rq.acc.eq(acc), rq.thresholds.eq(params.table), rq.neg.eq(params.neg)]
     return rq.q
 
 
@@ -162,8 +173,8 @@ class EnginePlan:
     @property
     def latency(self):
         """Cycles from ``start`` to ``done``: issue every tile (cycles 1..n_tiles), then buffer read (1) +
-        datapath + accumulate (1) + requantize and write (1)."""
-        return self.n_tiles + self.datapath_latency + 3
+        datapath + accumulate (1) + compare (or add the bias) (1) + count and write (1)."""
+        return self.n_tiles + self.datapath_latency + 4
 
     @property
     def macs(self):
@@ -313,7 +324,7 @@ class LayerEngine(wiring.Component):
     the logits layer (``to_register``), into the register ``y``.
 
     Timing: ``start`` is sampled in cycle 0; tiles are issued in cycles 1..n_tiles; ``done`` is high
-    for one cycle at ``latency = n_tiles + datapath_latency + 3``, after the last write has landed.
+    for one cycle at ``latency = n_tiles + datapath_latency + 4``, after the last write has landed.
     ``busy`` is high from the cycle after ``start`` through the cycle of ``done``.
 
     Parameters
@@ -368,7 +379,7 @@ class LayerEngine(wiring.Component):
                 raise ValueError(f"bias must have shape ({p.out_channels},), not {np.shape(bias)}")
             self.signs = np.ones(p.out_channels, np.int64)
             out_shape = signed(p.out_bits)
-        if p.param_bits < param_bits(p.acc_bits, self.table, p.kind):
+        if p.param_bits < param_bits(p.acc_bits, self.table, p.kind, self.signs):
             raise ValueError(f"param_bits {p.param_bits} cannot hold this table")
         a_shape = unsigned(p.a_bits)
         ports = {
@@ -438,10 +449,12 @@ class LayerEngine(wiring.Component):
         last_it = it == n_it - 1
         last_ot = ot == n_ot - 1
         m.d.sync += waddr.eq(Mux(self.start | (waddr == p.rom_words - 1), 0, waddr + 1))
+        # Every loop counter wraps to 0 with its last value, so they are all 0 between runs and ``start`` only
+        # sets ``running`` (a small fanout: ``start`` comes from the top's handshake logic, a critical path).
+        # (``running`` is 0 whenever ``start`` is high: the counters do not depend on ``start`` at all)
         with m.If(self.start):
-            m.d.sync += [running.eq(1), self.busy.eq(1), g.eq(0), kx.eq(0), ky.eq(0), it.eq(0), ot.eq(0),
-                         ox.eq(0), oy.eq(0), pos.eq(0)]
-        with m.Elif(running):
+            m.d.sync += [running.eq(1), self.busy.eq(1)]
+        with m.If(running):
             m.d.sync += [it.eq(Mux(last_it, 0, it + 1)), g.eq(Mux(g == p.in_groups - 1, 0, g + 1))]
             with m.If(g == p.in_groups - 1):
                 m.d.sync += kx.eq(Mux(kx == k - 1, 0, kx + 1))
@@ -450,9 +463,10 @@ class LayerEngine(wiring.Component):
             with m.If(last_it):
                 m.d.sync += ot.eq(Mux(last_ot, 0, ot + 1))
                 with m.If(last_ot):
-                    m.d.sync += [ox.eq(Mux(ox == p.out_w - 1, 0, ox + 1)), pos.eq(pos + 1)]
+                    last_pos = pos == p.positions - 1
+                    m.d.sync += [ox.eq(Mux(ox == p.out_w - 1, 0, ox + 1)), pos.eq(Mux(last_pos, 0, pos + 1))]
                     with m.If(ox == p.out_w - 1):
-                        m.d.sync += oy.eq(oy + 1)
+                        m.d.sync += oy.eq(Mux(oy == p.out_h - 1, 0, oy + 1))
                         with m.If(oy == p.out_h - 1):
                             m.d.sync += running.eq(0)
 
@@ -468,7 +482,7 @@ class LayerEngine(wiring.Component):
             "valid": 1, "pad": 1, "first": 1, "last": 1,
             "waddr": range(max(n_ot * n_it, 2)), "ot": range(n_ot), "pos": range(p.positions),
         })
-        tags = [Signal(tag_layout, name=f"tag{i}") for i in range(d + 3)]
+        tags = [Signal(tag_layout, name=f"tag{i}") for i in range(d + 4)]
         m.d.comb += [
             tags[0].valid.eq(running), tags[0].pad.eq(~inside), tags[0].first.eq(it == 0), tags[0].last.eq(last_it),
             tags[0].waddr.eq(waddr), tags[0].ot.eq(ot), tags[0].pos.eq(pos),
@@ -511,7 +525,7 @@ class LayerEngine(wiring.Component):
             sums = [core.acc[r] for r in range(rows)]
 
         # ---- accumulate the partial sums of an output tile ---------------------------------------
-        acc_tag, out_tag = tags[d + 1], tags[d + 2]
+        acc_tag, out_tag = tags[d + 1], tags[d + 3]  # (tags[d + 2]: compare, or add the bias)
         acc = [Signal(signed(p.acc_bits), name=f"acc{r}") for r in range(rows)]
         with m.If(acc_tag.valid):
             m.d.sync += [acc[r].eq(Mux(acc_tag.first, 0, acc[r]) + sums[r]) for r in range(rows)]
@@ -520,10 +534,11 @@ class LayerEngine(wiring.Component):
         pport, params = param_memory(m, self.param_rom(), rows, p.n_levels, p.param_bits, p.prom_style)
         m.d.comb += pport.addr.eq(acc_tag.ot)
         if p.kind == "thresholds":
-            results = [requantize(m, f"requant{r}", acc[r], p.acc_bits + 1, params[r], p.param_bits, p.out_bits)
+            results = [requantize(m, f"requant{r}", acc[r], p.acc_bits, params[r], p.param_bits, p.out_bits)
                        for r in range(rows)]
         else:
-            results = [acc[r] + params[r].table[0] for r in range(rows)]
+            results = [Signal(signed(p.out_bits), name=f"logit{r}") for r in range(rows)]
+            m.d.sync += [results[r].eq(acc[r] + params[r].table[0]) for r in range(rows)]
         write = out_tag.valid & out_tag.last
         if self.to_register:
             for o in range(p.positions * p.out_channels):

@@ -23,7 +23,7 @@ from hwq.intrange import signed_width
 from hwq.ir import WEIGHT_OPS, input_codes, requant_thresholds
 
 from .add import AddPlan, add_thresholds
-from .engine import MEMORY_STYLES, EnginePlan, clog2, param_bits
+from .engine import MEMORY_STYLES, EnginePlan, clog2, compare_thresholds, param_bits
 from .pool import PoolPlan
 
 __all__ = ["BufferPlan", "Folding", "NetworkPlan", "SkipPlan", "Stage", "StageSpec", "TopPlan", "as_folding",
@@ -365,7 +365,7 @@ def stage_specs(ir, prepared=None):
             _, _, table, signs = tensors[layer.name]
             signs = np.ones(len(table), np.int64) if signs is None else signs
             (a_bits, a_signed), (b_bits, b_signed) = codes[prev], codes[skip]
-            folded = add_thresholds(table, signs, codes[prev], codes[skip])
+            folded = compare_thresholds(add_thresholds(table, signs, codes[prev], codes[skip]), signs)
             add_param_bits = max(2, signed_width(folded.min(), folded.max()))
 
             def make(g_in, g_out=None, prom_style="logic", c=c, h=h, w=w, a=(a_bits, a_signed), b=(b_bits, b_signed),
@@ -385,7 +385,7 @@ def stage_specs(ir, prepared=None):
                 out_channels=layer.out_shape[0], kernel=layer.kernel if conv else 1,
                 stride=layer.stride if conv else 1, padding=layer.padding if conv else 0, w_bits=layer.w_storage_bits,
                 a_bits=layer.a_bits, acc_bits=layer.acc_bits, out_bits=layer.out_bits, kind=kind,
-                param_bits=param_bits(layer.acc_bits, table, kind))
+                param_bits=param_bits(layer.acc_bits, table, kind, signs))
 
             def make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic", common=common, **_):
                 return EnginePlan(**common, rows=g_out, cols=g_in, dsp=dsp, rom_style=rom_style, prom_style=prom_style)

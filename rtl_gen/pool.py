@@ -110,19 +110,20 @@ class MaxPoolEngine(wiring.Component):
         ox, oy = Signal(range(p.out_w)), Signal(range(p.out_h))
         out_addr = Signal(range(max(p.out_words, 2)))
         last_win = (kx == k - 1) & (ky == k - 1)
+        # every counter wraps to 0 with its last value: all are 0 between runs, and ``start`` only sets ``running``
         with m.If(self.start):
-            m.d.sync += [running.eq(1), self.busy.eq(1), kx.eq(0), ky.eq(0), g.eq(0), ox.eq(0), oy.eq(0),
-                         out_addr.eq(0)]
-        with m.Elif(running):
+            m.d.sync += [running.eq(1), self.busy.eq(1)]
+        with m.If(running):  # (never together with start)
             m.d.sync += kx.eq(Mux(kx == k - 1, 0, kx + 1))
             with m.If(kx == k - 1):
                 m.d.sync += ky.eq(Mux(ky == k - 1, 0, ky + 1))
             with m.If(last_win):
-                m.d.sync += [g.eq(Mux(g == p.groups - 1, 0, g + 1)), out_addr.eq(out_addr + 1)]
+                m.d.sync += [g.eq(Mux(g == p.groups - 1, 0, g + 1)),
+                             out_addr.eq(Mux(out_addr == p.out_words - 1, 0, out_addr + 1))]
                 with m.If(g == p.groups - 1):
                     m.d.sync += ox.eq(Mux(ox == p.out_w - 1, 0, ox + 1))
                     with m.If(ox == p.out_w - 1):
-                        m.d.sync += oy.eq(oy + 1)
+                        m.d.sync += oy.eq(Mux(oy == p.out_h - 1, 0, oy + 1))
                         with m.If(oy == p.out_h - 1):
                             m.d.sync += running.eq(0)
         iy, ix = const_mul(oy, p.stride) + ky, const_mul(ox, p.stride) + kx

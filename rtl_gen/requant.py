@@ -11,30 +11,50 @@ __all__ = ["MultiplyShiftRequantizer", "ThresholdRequantizer"]
 
 
 class ThresholdRequantizer(wiring.Component):
-    """``q = #{k : acc >= thresholds[k]}`` (combinational), the golden model's requantization.
+    """``q = #{k : (acc >= thresholds[k]) XOR neg}``, the golden model's requantization in comparator form.
+
+    A channel whose code increases with the accumulator (``neg`` = 0) counts the thresholds reached; a
+    decreasing one (``sign * acc >= T`` with sign -1, i.e. ``acc <= -T``) counts ``NOT (acc >= 1 - T)``,
+    so its thresholds are stored as ``1 - T`` (:func:`rtl_gen.engine.compare_thresholds`) and no negation
+    of the accumulator is needed. ``registered``: the comparisons are registered and counted in the next
+    cycle (latency 1, the engines' choice: it splits the comparator carry chains from the count and the
+    buffer write); otherwise combinational.
 
     Members
     -------
     acc : In(signed(acc_bits))
     thresholds : In(ArrayLayout(signed(thr_bits), 2**out_bits - 1))
+    neg : In(1)
     q : Out(unsigned(out_bits))
     """
 
-    def __init__(self, *, acc_bits, thr_bits, out_bits):
+    def __init__(self, *, acc_bits, thr_bits, out_bits, registered=False):
         self.acc_bits = check_int("acc_bits", acc_bits, 2, 64)
         self.thr_bits = check_int("thr_bits", thr_bits, 2, 65)
         self.out_bits = check_int("out_bits", out_bits, 1, 8)
         self.n_levels = (1 << self.out_bits) - 1
+        self.registered = bool(registered)
         super().__init__({
             "acc": In(signed(self.acc_bits)),
             "thresholds": In(data.ArrayLayout(signed(self.thr_bits), self.n_levels)),
+            "neg": In(1),
             "q": Out(unsigned(self.out_bits)),
         })
 
+    @property
+    def latency(self):
+        return int(self.registered)
+
     def elaborate(self, platform):
         m = Module()
-        reached = [self.acc >= self.thresholds[k] for k in range(self.n_levels)]
-        m.d.comb += self.q.eq(sum(reached) if self.n_levels <= 15 else _tree_sum(reached))
+        reached = Signal(self.n_levels)
+        compare = [reached[k].eq((self.acc >= self.thresholds[k]) ^ self.neg) for k in range(self.n_levels)]
+        if self.registered:
+            m.d.sync += compare
+        else:
+            m.d.comb += compare
+        bits = [reached[k] for k in range(self.n_levels)]
+        m.d.comb += self.q.eq(sum(bits) if self.n_levels <= 15 else _tree_sum(bits))
         return m
 
 

@@ -87,10 +87,12 @@ class NetworkTop(wiring.Component):
 
         # Buffers: bank b of buffer k holds words b * words .. b * words + words - 1.
         full = [Signal(2, name=f"full{k}") for k in range(n)]
+        full_next = [Signal(2, name=f"full_next{k}") for k in range(n)]
         sets = [Signal(2, name=f"set{k}") for k in range(n)]
         clears = [Signal(2, name=f"clear{k}") for k in range(n)]
         for k in range(n):
-            m.d.sync += full[k].eq((full[k] | sets[k]) & ~clears[k])
+            m.d.comb += full_next[k].eq((full[k] | sets[k]) & ~clears[k])
+            m.d.sync += full[k].eq(full_next[k])
         rd_ports, wr_ports = [], []
         for k, b in enumerate(plan.buffers):
             mem = memory.Memory(shape=unsigned(b.width), depth=2 * b.words, init=[], attrs=memory_attrs(b.style))
@@ -138,8 +140,18 @@ class NetworkTop(wiring.Component):
         for k, engine in enumerate(self.stages):
             bank, busy = Signal(name=f"bank{k}"), Signal(name=f"busy{k}")
             last = k == n - 1
-            in_ready = full[k].bit_select(bank, 1)
-            out_free = (~self.o.valid | self.o.ready) if last else ~full[k + 1].bit_select(bank, 1)
+            # Whether this stage's input bank is full and its output bank free, kept in registers computed from
+            # the next state of the flags and of the bank (the same values a cycle earlier than reading
+            # ``full[k][bank]``): ``go`` is then one gate, and ``start`` fans out to the engine without the
+            # flags' multiplexers in front (the top's critical path on iCE40 otherwise).
+            bank_next = Mux(engine.done, ~bank, bank)
+            in_ready = Signal(name=f"in_ready{k}")
+            m.d.sync += in_ready.eq(full_next[k].bit_select(bank_next, 1))
+            if last:
+                out_free = ~self.o.valid | self.o.ready
+            else:
+                out_free = Signal(name=f"out_free{k}", init=1)
+                m.d.sync += out_free.eq(~full_next[k + 1].bit_select(bank_next, 1))
             go = ~busy & in_ready & out_free
             for skip, slot_free, slot_full in rings:
                 if skip.producer == k:
@@ -171,12 +183,11 @@ class NetworkTop(wiring.Component):
                 b_out, wp = plan.buffers[k + 1], wr_ports[k + 1]
                 m.d.comb += [wp.en.eq(engine.wr_en), wp.addr.eq(const_mul(bank, b_out.words) + engine.wr_addr),
                              wp.data.eq(engine.wr_data.as_value()), sets[k + 1].eq(engine.done << bank)]
-            # Self-measurement: cycles from start to done, latched when the run is done.
+            # Self-measurement: cycles from start to done, latched when the run is done. The count runs while the
+            # stage is busy (cycles start+1 .. done-1) and is 0 between runs, so ``go`` does not drive it.
             running = Signal(plan.counter_bits, name=f"run_cycles{k}")
-            with m.If(go):
-                m.d.sync += running.eq(1)
-            with m.Elif(engine.busy & ~engine.done):
-                m.d.sync += running.eq(running + 1)
             with m.If(engine.done):
-                m.d.sync += self.cycles[k].eq(running)
+                m.d.sync += [self.cycles[k].eq(running + 1), running.eq(0)]
+            with m.Elif(busy):
+                m.d.sync += running.eq(running + 1)
         return m

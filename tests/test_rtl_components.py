@@ -89,15 +89,24 @@ def test_systolic_array_with_skewed_inputs(rows, cols, w_bits, a_bits):
     _run(dut, tb)
 
 
-def test_threshold_requantizer_counts_reached_thresholds():
-    dut = ThresholdRequantizer(acc_bits=8, thr_bits=9, out_bits=2)
-    thr = [-5, 0, 0]
+@pytest.mark.parametrize("registered", [False, True])
+def test_threshold_requantizer_counts_reached_thresholds(registered):
+    """Increasing channels count ``acc >= T``; decreasing ones (sign -1) count ``-acc >= T`` from thresholds
+    stored as 1 - T (no negation in hardware); registered: the same one cycle later."""
+    from rtl_gen.engine import compare_thresholds
+
+    dut = ThresholdRequantizer(acc_bits=8, thr_bits=9, out_bits=2, registered=registered)
+    thr = np.array([[-5, 0, 0]])
 
     async def tb(ctx):
-        ctx.set(dut.thresholds, thr)
-        for acc in range(-128, 128):
-            ctx.set(dut.acc, acc)
-            assert ctx.get(dut.q) == sum(acc >= t for t in thr)
+        for sign in (1, -1):
+            ctx.set(dut.thresholds, compare_thresholds(thr, [sign])[0].tolist())
+            ctx.set(dut.neg, int(sign < 0))
+            for acc in range(-128, 128):
+                ctx.set(dut.acc, acc)
+                if registered:
+                    await ctx.tick()
+                assert ctx.get(dut.q) == sum(sign * acc >= t for t in thr[0]), (sign, acc)
 
     _run(dut, tb)
 
@@ -447,6 +456,7 @@ def _add_case(rng, a, b, out_bits, channels, lanes, side=3, signs=True):
     """An AddPlan, thresholds in the sign domain of the code sum (random, plus both ends of the sum's range),
     signs, and two maps of level indices (words, lanes) whose first word is all minimum and second all
     maximum codes."""
+    from rtl_gen.engine import compare_thresholds
     from hwq.intrange import act_levels, code_range, signed_width
     from rtl_gen.add import AddPlan, add_thresholds
 
@@ -457,7 +467,7 @@ def _add_case(rng, a, b, out_bits, channels, lanes, side=3, signs=True):
     t = np.sort(rng.integers(lo, hi + 2, size=(channels, n_levels)), axis=1)
     t[:, 0], t[:, -1] = lo, hi + 1  # one threshold every sum reaches, one no sum reaches
     t = np.where(sign[:, None] < 0, -t[:, ::-1], t)
-    folded = add_thresholds(t, sign, a, b)
+    folded = compare_thresholds(add_thresholds(t, sign, a, b), sign)  # as stored in the ROM
     plan = AddPlan(channels=channels, in_h=side, in_w=side, lanes=lanes, a_bits=a[0], a_signed=a[1], b_bits=b[0],
                    b_signed=b[1], out_bits=out_bits, param_bits=max(2, signed_width(folded.min(), folded.max())))
     n_a, n_b = act_levels(*a)[2], act_levels(*b)[2]
