@@ -46,9 +46,11 @@ def component_plan(point):
 
 
 def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extreme=False, op="linear",
-                 in_shape=None, kernel=3, padding=1, stride=1, in_signed=False, out_signed=False):
-    """One random valid layer: integer weights, then monotone thresholds or, for ``out_bits=None``
-    (the logits layer), a bias. ``out_bits`` may be a function, called after the weights are drawn.
+                 in_shape=None, kernel=3, padding=1, stride=1, in_signed=False, out_signed=False, requant="thresholds"):
+    """One random valid layer: integer weights, then monotone thresholds (``requant="thresholds"``) or a
+    random multiply-shift (``"multiply_shift"``: per-channel multipliers of 4..16 bits, some negative, offsets
+    and a shift that spread the accumulator range over the output codes) or, for ``out_bits=None`` (the
+    logits layer), a bias. ``out_bits`` may be a function, called after the weights are drawn.
     ``extreme`` uses the most negative weight everywhere (worst-case accumulation). ``op="conv2d"``
     takes ``in_shape`` (C, H, W), ``kernel``, ``padding`` and ``stride``. ``in_signed`` with 1-bit inputs: bipolar inputs (with
     1-bit weights, an XNOR layer). Returns (Layer, tensors)."""
@@ -77,6 +79,15 @@ def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extr
         return Layer(**common, out_bits=logit_bits, out_signed=True, requant_kind="bias",
                      bias=f"{name}.bias"), tensors
     out_bits = out_bits() if callable(out_bits) else out_bits
+    if requant == "multiply_shift":
+        m_bits = int(rng.integers(4, 17))
+        mult = rng.integers(2 ** (m_bits - 2), 2 ** (m_bits - 1), size=n_out) * rng.choice([-1, 1], size=n_out)
+        span = max(int(acc_hi.max() - acc_lo.min()), 1) * 2 ** (m_bits - 1)
+        shift = max(0, span.bit_length() - out_bits)
+        offset = rng.integers(-span, span + 1, size=n_out) // 2
+        tensors.update({f"{name}.mult": mult, f"{name}.offset": offset})
+        return Layer(**common, out_bits=out_bits, out_signed=out_signed, requant_kind="multiply_shift",
+                     mult=f"{name}.mult", offset=f"{name}.offset", shift=shift), tensors
     thr = np.sort(rng.integers(acc_lo.min(), acc_hi.max() + 2, size=(n_out, 2**out_bits - 1)), axis=1)
     tensors[f"{name}.thresholds"] = thr
     return Layer(**common, out_bits=out_bits, out_signed=out_signed, requant_kind="thresholds",
@@ -97,9 +108,11 @@ def _random_mlp(rng, binary):
     for i in range(n_layers):
         w_bits = 1 if binary and i > 0 else int(rng.integers(1, 9))
         hidden = i < n_layers - 1
-        out = (lambda: 1) if binary else (lambda: int(rng.integers(1, 5)))
+        ms = not binary and rng.random() < 0.3  # a multiply-shift requantization to 5..8 bits
+        out = (lambda: 1) if binary else (lambda: int(rng.integers(5, 9))) if ms else (lambda: int(rng.integers(1, 5)))
         layer, t = random_layer(rng, f"l{i}", sizes[i], sizes[i + 1], w_bits, in_bits, out if hidden else None,
-                                in_signed=in_signed, out_signed=binary and hidden)
+                                in_signed=in_signed, out_signed=binary and hidden,
+                                requant="multiply_shift" if ms else "thresholds")
         layers.append(layer)
         tensors.update(t)
         in_bits, in_signed = layer.out_bits, layer.out_signed
@@ -135,11 +148,14 @@ def cnn_ir(rng, *, c0, side, channels, bits, n_out, binary=False, kernel=3, padd
         add(_pool2(name, c, s, b, binary))
         return s // 2
 
+    def requant(b):  # as the export's default policy: thresholds up to 4-bit outputs, then multiply-shift
+        return "multiply_shift" if b > 4 else "thresholds"
+
     add(*random_layer(rng, "conv1", c0, c1, w1, in_bits, b1, op="conv2d", in_shape=[c0, side, side], kernel=kernel,
-                      padding=padding, out_signed=binary, extreme=extreme))
+                      padding=padding, out_signed=binary, extreme=extreme, requant=requant(b1)))
     s2 = pool("pool1", c1, layers[-1].out_shape[1], b1)
     add(*random_layer(rng, "conv2", c1, c2, w2, b1, b2, op="conv2d", in_shape=[c1, s2, s2], in_signed=binary,
-                      out_signed=binary, extreme=extreme))
+                      out_signed=binary, extreme=extreme, requant=requant(b2)))
     s3 = pool("pool2", c2, s2, b2)
     flat = c2 * s3 * s3
     add(_flatten(c2, s3, b2, binary))
@@ -193,7 +209,7 @@ def random_cnn(rng, binary):
     c0, side = int(rng.integers(1, 4)), int(rng.choice([4, 6, 8]))
     channels = int(rng.choice([2, 4, 6, 8])), int(rng.choice([2, 4, 8]))
     bits = (int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.integers(1, 9)),
-            int(rng.integers(1, 5)), int(rng.integers(1, 9)))
+            int(rng.integers(1, 9)), int(rng.integers(1, 9)))
     return cnn_ir(rng, c0=c0, side=side, channels=channels, bits=bits, n_out=int(rng.integers(2, 11)), binary=binary)
 
 

@@ -12,7 +12,7 @@ from importlib import resources
 
 from hwq.errors import UserError
 
-__all__ = ["BRAM_SHAPES", "DSP_MIN_PRODUCT_BITS", "bram_blocks", "cells", "coefficients", "dsp_eligible", "fit",
+__all__ = ["BRAM_SHAPES", "DSP_MAX_WIDTHS", "DSP_MIN_PRODUCT_BITS", "bram_blocks", "cells", "coefficients", "dsp_eligible", "fit",
            "plan_resources", "predict"]
 
 COEFFICIENTS = "calibration/coefficients.json"
@@ -34,11 +34,17 @@ BRAM_SHAPES = {
 # DSP; every other product is shift-and-add logic (rtl_gen.arith), so the count is exact. Checked against
 # yosys for every pair of bits in tests/test_boards.py (synth).
 DSP_MIN_PRODUCT_BITS = {"ice40": 11, "ecp5": 4, "xilinx7": 9}
+# The widest operands one DSP block multiplies (wider products are split over several blocks by yosys).
+DSP_MAX_WIDTHS = {"ice40": (16, 16), "ecp5": (18, 18), "xilinx7": (25, 18)}
 
 
-def dsp_eligible(family, w_bits, a_bits):
-    """Whether a ``w_bits`` x ``a_bits`` multiplier maps to one DSP block of ``family``."""
-    return w_bits >= 2 and a_bits >= 2 and w_bits + a_bits >= DSP_MIN_PRODUCT_BITS.get(family, 10**9)
+def dsp_eligible(family, a_bits, b_bits):
+    """Whether an ``a_bits`` x ``b_bits`` multiplier maps to exactly one DSP block of ``family``."""
+    if family not in DSP_MIN_PRODUCT_BITS:
+        return False
+    wide, narrow = max(a_bits, b_bits), min(a_bits, b_bits)
+    max_a, max_b = DSP_MAX_WIDTHS[family]
+    return narrow >= 2 and a_bits + b_bits >= DSP_MIN_PRODUCT_BITS[family] and wide <= max_a and narrow <= max_b
 
 
 @cache

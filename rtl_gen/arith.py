@@ -1,27 +1,67 @@
 """Arithmetic that leaves the choice of hard multipliers to us, not to synthesis.
 
 yosys maps every ``$mul`` cell whose operands are wide enough to a DSP block once DSPs are enabled (on
-ECP5 any product of two 2-bit operands). So that the DSP count is exactly the lanes we put on DSPs, the
-rest of the hardware has no ``*``: products in logic are written as shifts and adds (:func:`lut_mul`),
-and multiplications by constants (addresses) as sums of shifts (:func:`const_mul`).
+ECP5 any product of two 2-bit operands). So that the DSP count is exactly the multipliers we put on DSPs,
+the rest of the hardware has no ``*``: products in logic are a balanced adder tree of shifted partial
+products (:func:`lut_mul`), and multiplications by constants (addresses) sums of shifts
+(:func:`const_mul`).
 """
 
-from amaranth import Mux
+import math
 
-__all__ = ["const_mul", "lut_mul"]
+from amaranth import Mux, Signal
+
+__all__ = ["adder_tree", "const_mul", "lut_mul", "partial_products", "tree_levels"]
 
 
-def lut_mul(w, x):
-    """``w * x`` for a signed ``w`` (and any ``x``), as shift-and-add over ``w``'s bits (the top bit
-    weighs ``-2**(n-1)``): an adder tree in logic that synthesis does not turn into a DSP block. As cheap in
-    LUTs as yosys' own soft multiplier (measured on iCE40, ECP5 and 7-series, 2..8 bits)."""
-    n = len(w)
-    if n == 1:  # a 1-bit two's complement value is 0 or -1
-        return -Mux(w[0], x, 0)
-    total = Mux(w[0], x, 0)
-    for i in range(1, n - 1):
-        total = total + (Mux(w[i], x, 0) << i)
-    return total - (Mux(w[n - 1], x, 0) << (n - 1))
+def partial_products(a, b):
+    """``a * b`` as shifted terms ``(value, negative)``, one per bit of the narrower operand (its top bit
+    weighs ``-2**(n-1)`` when it is signed, so that term is subtracted): the sum of ``+value`` or ``-value``
+    over the terms is ``a * b``."""
+    if len(b) < len(a):
+        a, b = b, a
+    terms = [(Mux(a[i], b, 0) << i, False) for i in range(len(a))]
+    if a.shape().signed:
+        terms[-1] = (terms[-1][0], True)
+    return terms
+
+
+def tree_levels(n_terms):
+    """Adder levels of a balanced tree over ``n_terms`` terms."""
+    return math.ceil(math.log2(n_terms)) if n_terms > 1 else 0
+
+
+def _combine(x, y):
+    (a, neg_a), (b, neg_b) = x, y
+    if neg_a == neg_b:
+        return a + b, neg_a
+    return (b - a, False) if neg_a else (a - b, False)  # a subtractor, not a negation and an adder
+
+
+def adder_tree(terms, m=None, register_at=(), name="tree"):
+    """The sum of ``terms`` (values, or ``(value, negative)`` pairs: a negative term is subtracted) as a
+    balanced tree of adders and subtractors. With a module ``m``, the partial sums after each level in
+    ``register_at`` (0: the terms themselves) are registered in ``m``'s sync domain, so the sum arrives that
+    many cycles later (pipeline registers in a deep tree)."""
+    terms = [t if isinstance(t, tuple) else (t, False) for t in terms]
+    level = 0
+    while True:
+        if m is not None and level in register_at:
+            regs = [(Signal(v.shape(), name=f"{name}_l{level}_{i}"), neg) for i, (v, neg) in enumerate(terms)]
+            m.d.sync += [r.eq(v) for (r, _), (v, _) in zip(regs, terms, strict=True)]
+            terms = regs
+        if len(terms) == 1:
+            value, negative = terms[0]
+            return -value if negative else value
+        terms = [_combine(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+        level += 1
+
+
+def lut_mul(a, b):
+    """``a * b`` (signed or unsigned operands) in logic, never a DSP block: the partial products of the
+    narrower operand summed by a balanced adder tree (about as many LUTs as yosys' own soft multiplier,
+    measured on iCE40, ECP5 and 7-series, 2..8 bits)."""
+    return adder_tree(partial_products(a, b))
 
 
 def const_mul(value, k):

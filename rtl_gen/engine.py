@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -13,13 +13,14 @@ from hwq.intrange import range_bits, signed_width, weight_range
 from hwq.ir import conv_out_side
 
 from ._check import check_int
-from .arith import const_mul
-from .requant import ThresholdRequantizer
+from .arith import tree_levels
+from .loops import LoopNest
+from .requant import MultiplyShiftRequantizer, ThresholdRequantizer
 from .systolic import SystolicArray
 from .xnor import XnorPopcount
 
-__all__ = ["ENGINES", "MEMORY_STYLES", "EnginePlan", "LayerEngine", "compare_thresholds", "memory_attrs", "pack",
-           "param_bits", "param_memory", "param_rom_words", "requantize"]
+__all__ = ["ENGINES", "MEMORY_STYLES", "EnginePlan", "LayerEngine", "compare_thresholds", "memory_attrs",
+           "multiply_shift_rom_words", "pack", "param_bits", "param_memory", "param_rom_words", "requantize"]
 
 ENGINES = ("systolic", "xnor")
 # Where a memory lives: "logic" (LUTs, and flip-flops for a RAM) or "block" (block RAM). The folding search
@@ -84,14 +85,28 @@ def param_rom_words(table, signs, rows, n_tiles, param_bits):
     return words
 
 
-def param_memory(m, words, rows, n_levels, param_bits, style="logic"):
+def param_memory(m, words, rows, n_levels, param_bits, style="logic", row=None):
     """Add :func:`param_rom_words` as a ROM (``prom``, in ``style``) to module ``m``; return its read port
-    (synchronous: set ``addr`` one cycle ahead) and a view of its data as ``rows`` x {neg, table}."""
-    row = data.StructLayout({"neg": 1, "table": data.ArrayLayout(signed(param_bits), n_levels)})
+    (synchronous: set ``addr`` one cycle ahead) and a view of its data as ``rows`` x {neg, table} (or x
+    ``row``, another layout of a row)."""
+    row = row or data.StructLayout({"neg": 1, "table": data.ArrayLayout(signed(param_bits), n_levels)})
     prom = memory.Memory(shape=unsigned(rows * row.size), depth=len(words), init=words, attrs=memory_attrs(style))
     m.submodules.prom = prom
     pport = prom.read_port()  # (the name Verilog signals are given)
     return pport, data.View(data.ArrayLayout(row, rows), pport.data)
+
+
+def multiply_shift_rom_words(mult, offset, rows, n_tiles, mult_bits, offset_bits):
+    """Words of a multiply-shift parameter ROM, one per tile of ``rows`` channels: per row, the channel's
+    multiplier then its offset (rows past the last channel repeat channel 0's, never written)."""
+    words = []
+    for t in range(n_tiles):
+        vals = []
+        for r in range(rows):
+            o = t * rows + r if t * rows + r < len(mult) else 0
+            vals.append(pack([mult[o]], mult_bits) | (pack([offset[o]], offset_bits) << mult_bits))
+        words.append(pack(vals, mult_bits + offset_bits))
+    return words
 
 
 def requantize(m, name, acc, acc_bits, params, param_bits, out_bits):
@@ -113,7 +128,9 @@ class EnginePlan:
     per cycle (the folding); ``cols`` is the word width of the input buffer and ``rows`` that of the
     output buffer, so ``cols`` divides ``in_channels`` and, for a hidden layer, ``rows`` divides
     ``out_channels``. ``dsp``: the systolic array's multipliers are DSP blocks (one per lane).
-    ``rom_style`` / ``prom_style``: where the weight ROM and the parameter (threshold or bias) ROM live.
+    ``rom_style`` / ``prom_style``: where the weight ROM and the parameter (threshold, multiply-shift or
+    bias) ROM live. ``kind``: the requantization, ``thresholds`` (comparators), ``multiply_shift`` (one
+    multiplier per row, on a DSP with ``requant_dsp``) or ``bias`` (the logits layer).
     """
 
     engine: str          # "systolic" or "xnor"
@@ -128,13 +145,17 @@ class EnginePlan:
     a_bits: int
     acc_bits: int
     out_bits: int
-    kind: str            # "thresholds" or "bias"
+    kind: str            # "thresholds", "multiply_shift" or "bias"
     rows: int
     cols: int
-    param_bits: int      # width of one threshold / bias word
+    param_bits: int      # width of one threshold / bias word (0 for multiply-shift)
     dsp: bool = False
     rom_style: str = "logic"
     prom_style: str = "logic"
+    mult_bits: int = 0   # multiply-shift: multiplier and offset widths, the shift
+    offset_bits: int = 0
+    shift: int = 0
+    requant_dsp: bool = False  # multiply-shift: the requantizers' multipliers are DSP blocks (one per row)
 
     @property
     def out_h(self):
@@ -171,10 +192,18 @@ class EnginePlan:
         return self.cols if self.engine == "systolic" else XnorPopcount.latency
 
     @property
+    def requant_latency(self):
+        """Cycles from the accumulator to the output code: compare (or add the bias) 1; multiply-shift one per
+        level of its adder tree (``MultiplyShiftRequantizer.latency``)."""
+        if self.kind == "multiply_shift":
+            return max(1, tree_levels(min(self.acc_bits, self.mult_bits) + 1))
+        return 1
+
+    @property
     def latency(self):
         """Cycles from ``start`` to ``done``: issue every tile (cycles 1..n_tiles), then buffer read (1) +
-        datapath + accumulate (1) + compare (or add the bias) (1) + count and write (1)."""
-        return self.n_tiles + self.datapath_latency + 4
+        datapath + accumulate (1) + requantize (:attr:`requant_latency`) + count or clamp, and write (1)."""
+        return self.n_tiles + self.datapath_latency + 3 + self.requant_latency
 
     @property
     def macs(self):
@@ -204,8 +233,15 @@ class EnginePlan:
 
     @property
     def prom_width(self):
-        """Bits of a parameter ROM word: per row, a sign bit and the thresholds (or the bias)."""
+        """Bits of a parameter ROM word: per row, a sign bit and the thresholds (or the bias), or the
+        multiplier and the offset."""
+        if self.kind == "multiply_shift":
+            return self.rows * (self.mult_bits + self.offset_bits)
         return self.rows * (1 + self.n_levels * self.param_bits)
+
+    @property
+    def ms_sum_bits(self):
+        return max(self.acc_bits + self.mult_bits, self.offset_bits) + 1
 
     @property
     def memories(self):
@@ -226,11 +262,25 @@ class EnginePlan:
 
     @property
     def dsp_blocks(self):
-        return self.lanes if self.dsp else 0
+        return self.lanes * self.dsp + self.rows * self.requant_dsp
 
     @property
     def tag_bits(self):
-        return 3 + clog2(self.n_out_tiles * self.n_in_tiles) + clog2(self.n_out_tiles) + clog2(self.positions)
+        """Bits of a tile's tag that travel down the pipeline (valid, first, last, output tile, position,
+        output address); the weight ROM address and the padding flag are used at the start only."""
+        return 3 + clog2(self.n_out_tiles) + clog2(self.positions) + clog2(self.positions * self.n_out_tiles)
+
+    @property
+    def loop_counts(self):
+        """Iterations of the issue loops, innermost first: input group, kx, ky, output tile, ox, oy."""
+        return (self.in_groups, self.kernel, self.kernel, self.n_out_tiles, self.out_w, self.out_h)
+
+    @property
+    def window_bits(self):
+        """Bits of the tracked input pixel (iy, ix), which only a padded convolution needs (its border)."""
+        if self.padding == 0:
+            return 0
+        return clog2(self.in_h + self.padding + 1) + clog2(self.in_w + self.padding + 1) + 2
 
     @property
     def psum_bits(self):
@@ -251,6 +301,7 @@ class EnginePlan:
         w_tiles = self.rom_words
         rom_logic = w_tiles > 1 and self.rom_style == "logic"
         thresholds = self.kind == "thresholds"
+        ms = self.kind == "multiply_shift"
         prom_logic = self.n_out_tiles > 1 and self.prom_style == "logic"
         few = w_tiles <= 2  # weights from a 1-2 word ROM: multiplier folds into constant logic
         return {
@@ -264,12 +315,15 @@ class EnginePlan:
             "rom_out": self.rom_width if rom_logic else 0,        # weight ROM output bits
             "rom_bits": self.rom_width * w_tiles if rom_logic else 0,      # weight ROM contents in LUTs
             "shift": (0 if xnor else self.a_bits * max(cols - 2, 0)) + self.tag_bits,   # delay lines (SRLs on Xilinx)
-            "addr": clog2(self.in_words) * (1 + (self.kernel > 1 or self.padding > 0)),  # window address
+            # tracked addresses (input word, and iy/ix with padding): one adder and a multiplexer of constants
+            "addr": (clog2(self.in_words) + self.window_bits) * sum(c > 1 for c in self.loop_counts),
             "acc": rows * self.acc_bits,                          # tile accumulators
             "cmp": rows * self.n_levels * self.param_bits if thresholds else 0,   # threshold comparators
-            "bias_add": 0 if thresholds else rows * self.acc_bits,
-            "out_reg": 0 if thresholds else self.positions * self.out_channels * self.out_bits,  # logits register
-            "param_rom": rows * self.n_levels * self.param_bits * prom_logic,
+            "bias_add": rows * self.acc_bits if self.kind == "bias" else 0,
+            "ms_mult": rows * self.acc_bits * self.mult_bits if ms and not self.requant_dsp else 0,
+            "ms_add": rows * self.ms_sum_bits if ms else 0,       # offset add, shift and clamp
+            "out_reg": self.positions * self.out_channels * self.out_bits if self.kind == "bias" else 0,  # logits
+            "param_rom": (self.prom_width - rows) * prom_logic if not ms else self.prom_width * prom_logic,
             "ctrl": self.tag_bits,
         }
 
@@ -278,6 +332,7 @@ class EnginePlan:
         """Flip-flops by purpose, counted from the structure (the FF model is fitted on these)."""
         rows, cols = self.rows, self.cols
         w_tiles = self.rom_words
+        ms = self.kind == "multiply_shift"
         return {
             "const": 1,
             "ff_pe": 0 if self.dsp else self.psum_bits,
@@ -287,9 +342,15 @@ class EnginePlan:
             "ff_prom": self.prom_width * (self.n_out_tiles > 1 and self.prom_style == "logic"),
             "ff_x": cols * self.a_bits * (1 + (0 if self.engine == "xnor" else (cols - 1) / 2)),
             "ff_acc": rows * self.acc_bits,
+            # the multiply-add's pipeline registers (after every adder level)
+            "ff_ms": rows * self.requant_latency * self.ms_sum_bits if ms and not self.requant_dsp else 0,
+            "ff_ms_dsp": rows * self.requant_latency * self.ms_sum_bits if self.requant_dsp else 0,
             # the logits layer keeps every output in a register (the top's output); others pass a word on
             "ff_out": self.positions * self.out_channels * self.out_bits if self.kind == "bias" else rows * self.out_bits,
-            "ff_ctrl": (self.datapath_latency + 2) * self.tag_bits + 6 * clog2(max(self.in_words, 2)),
+            # the tag pipeline, the loop counters and the tracked addresses
+            "ff_ctrl": (self.datapath_latency + 2 + self.requant_latency) * self.tag_bits
+            + sum(clog2(c) for c in self.loop_counts) + clog2(max(self.in_words, 2)) + self.window_bits
+            + clog2(max(self.rom_words, 2)),
         }
 
     def resources(self, family):
@@ -324,7 +385,8 @@ class LayerEngine(wiring.Component):
     the logits layer (``to_register``), into the register ``y``.
 
     Timing: ``start`` is sampled in cycle 0; tiles are issued in cycles 1..n_tiles; ``done`` is high
-    for one cycle at ``latency = n_tiles + datapath_latency + 4``, after the last write has landed.
+    for one cycle at ``latency = n_tiles + datapath_latency + 3 + requant_latency``, after the last write
+    has landed (:attr:`EnginePlan.latency`).
     ``busy`` is high from the cycle after ``start`` through the cycle of ``done``.
 
     Parameters
@@ -335,11 +397,14 @@ class LayerEngine(wiring.Component):
     thresholds : array (out_channels, 2**out_bits - 1) in the sign domain, with ``signs`` (+1/-1 per
         channel): ``y[o] = #{k : signs[o] * acc[o] >= thresholds[o, k]}``; or None
     bias : array (out_channels,): ``y[o] = acc[o] + bias[o]`` (the logits layer); or None
+    multiply_shift : (mult, offset), arrays (out_channels,): ``y[o] = clamp((acc[o] * mult[o] + offset[o]) >>
+        plan.shift, 0, 2**out_bits - 1)``; or None
     to_register : bool
         Write the results into ``y`` (the network's output) instead of the output buffer.
     """
 
-    def __init__(self, plan, *, weights, thresholds=None, signs=None, bias=None, to_register=False):
+    def __init__(self, plan, *, weights, thresholds=None, signs=None, bias=None, multiply_shift=None,
+                 to_register=False):
         self.plan = p = plan
         if p.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {p.engine!r}")
@@ -363,23 +428,37 @@ class LayerEngine(wiring.Component):
         lo, hi = weight_range(p.w_bits)
         if weights.min() < lo or weights.max() > hi or (p.w_bits == 1 and (weights == 0).any()):
             raise ValueError(f"weights must be {p.w_bits}-bit weights in {lo}..{hi}")
-        if (thresholds is None) == (bias is None):
-            raise ValueError("give exactly one of thresholds (hidden layer) or bias (logits layer)")
+        given = [name for name, v in (("thresholds", thresholds), ("bias", bias), ("multiply_shift", multiply_shift))
+                 if v is not None]
+        if given != [p.kind if p.kind in ("thresholds", "bias", "multiply_shift") else "?"]:
+            raise ValueError(f"a {p.kind!r} engine takes exactly its own table (thresholds for a hidden layer, "
+                             f"multiply_shift=(mult, offset) for a multiply-shift layer, bias for the logits), "
+                             f"not {given}")
         self.weights = weights.astype(np.int64)
         self.to_register = bool(to_register)
+        self.signs = np.ones(p.out_channels, np.int64)
         if thresholds is not None:
             self.table = np.asarray(thresholds, dtype=np.int64)
             if self.table.shape != (p.out_channels, p.n_levels):
                 raise ValueError(f"thresholds must have shape ({p.out_channels}, {p.n_levels}), not {self.table.shape}")
-            self.signs = np.ones(p.out_channels, np.int64) if signs is None else np.asarray(signs, dtype=np.int64)
+            if signs is not None:
+                self.signs = np.asarray(signs, dtype=np.int64)
+            out_shape = unsigned(p.out_bits)
+        elif multiply_shift is not None:
+            mult, offset = (np.asarray(v, dtype=np.int64).reshape(-1) for v in multiply_shift)
+            if mult.shape != (p.out_channels,) or offset.shape != (p.out_channels,):
+                raise ValueError(f"multiply_shift must be two arrays of shape ({p.out_channels},)")
+            if signed_width(mult.min(), mult.max()) > p.mult_bits or \
+                    signed_width(offset.min(), offset.max()) > p.offset_bits:
+                raise ValueError(f"mult_bits {p.mult_bits} / offset_bits {p.offset_bits} cannot hold these values")
+            self.table = np.stack([mult, offset], axis=1)
             out_shape = unsigned(p.out_bits)
         else:
             self.table = np.asarray(bias, dtype=np.int64).reshape(-1, 1)
             if self.table.shape != (p.out_channels, 1):
                 raise ValueError(f"bias must have shape ({p.out_channels},), not {np.shape(bias)}")
-            self.signs = np.ones(p.out_channels, np.int64)
             out_shape = signed(p.out_bits)
-        if p.param_bits < param_bits(p.acc_bits, self.table, p.kind, self.signs):
+        if p.kind != "multiply_shift" and p.param_bits < param_bits(p.acc_bits, self.table, p.kind, self.signs):
             raise ValueError(f"param_bits {p.param_bits} cannot hold this table")
         a_shape = unsigned(p.a_bits)
         ports = {
@@ -429,7 +508,11 @@ class LayerEngine(wiring.Component):
         return words
 
     def param_rom(self):
-        return param_rom_words(self.table, self.signs, self.plan.rows, self.plan.n_out_tiles, self.plan.param_bits)
+        p = self.plan
+        if p.kind == "multiply_shift":
+            return multiply_shift_rom_words(self.table[:, 0], self.table[:, 1], p.rows, p.n_out_tiles, p.mult_bits,
+                                            p.offset_bits)
+        return param_rom_words(self.table, self.signs, p.rows, p.n_out_tiles, p.param_bits)
 
     def elaborate(self, platform):
         m = Module()
@@ -437,55 +520,48 @@ class LayerEngine(wiring.Component):
         rows, cols, n_it, n_ot, k = p.rows, p.cols, p.n_in_tiles, p.n_out_tiles, p.kernel
         d = p.datapath_latency
 
-        # ---- issue counters (innermost first: g, kx, ky | ot | ox, oy) --------------------------
+        # ---- issue loops (innermost first: g, kx, ky | ot | ox, oy) --------------------------------
+        # Every loop wraps to 0 with its last value, so all are at 0 between runs and ``start`` only sets
+        # ``running`` (a small fanout: ``start`` comes from the top's handshake logic). ``running`` is 0
+        # whenever ``start`` is high.
         running = Signal()
-        g, kx, ky = Signal(range(p.in_groups)), Signal(range(k)), Signal(range(k))
-        it, ot = Signal(range(n_it)), Signal(range(n_ot))
-        ox, oy = Signal(range(p.out_w)), Signal(range(p.out_h))
-        pos = Signal(range(p.positions))
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), self.busy.eq(1)]
+        loops = LoopNest.build(m, (p.in_groups, k, k, n_ot, p.out_w, p.out_h), running, ("g", "kx", "ky", "ot", "ox", "oy"))
+        with m.If(running & loops.done):
+            m.d.sync += running.eq(0)
+        ot = loops.index[3]
+        first_it, last_it = loops.first((0, 1, 2)), loops.all_at((0, 1, 2))
+        pos = loops.track(m, (0, 0, 0, 0, 1, p.out_w), 0, range(max(p.positions, 2)), "pos")
+        out_addr = loops.track(m, (0, 0, 0, 1, n_ot, p.out_w * n_ot), 0, range(max(p.positions * n_ot, 2)), "out_addr")
         # the weight ROM's address, ot * n_it + it while issuing; it keeps counting (modulo the ROM's depth)
         # after the last tile, so that the columns still behind (the skew) read their tiles' weights
         waddr = Signal(range(max(p.rom_words, 2)))
-        last_it = it == n_it - 1
-        last_ot = ot == n_ot - 1
         m.d.sync += waddr.eq(Mux(self.start | (waddr == p.rom_words - 1), 0, waddr + 1))
-        # Every loop counter wraps to 0 with its last value, so they are all 0 between runs and ``start`` only
-        # sets ``running`` (a small fanout: ``start`` comes from the top's handshake logic, a critical path).
-        # (``running`` is 0 whenever ``start`` is high: the counters do not depend on ``start`` at all)
-        with m.If(self.start):
-            m.d.sync += [running.eq(1), self.busy.eq(1)]
-        with m.If(running):
-            m.d.sync += [it.eq(Mux(last_it, 0, it + 1)), g.eq(Mux(g == p.in_groups - 1, 0, g + 1))]
-            with m.If(g == p.in_groups - 1):
-                m.d.sync += kx.eq(Mux(kx == k - 1, 0, kx + 1))
-                with m.If(kx == k - 1):
-                    m.d.sync += ky.eq(Mux(ky == k - 1, 0, ky + 1))
-            with m.If(last_it):
-                m.d.sync += ot.eq(Mux(last_ot, 0, ot + 1))
-                with m.If(last_ot):
-                    last_pos = pos == p.positions - 1
-                    m.d.sync += [ox.eq(Mux(ox == p.out_w - 1, 0, ox + 1)), pos.eq(Mux(last_pos, 0, pos + 1))]
-                    with m.If(ox == p.out_w - 1):
-                        m.d.sync += oy.eq(Mux(oy == p.out_h - 1, 0, oy + 1))
-                        with m.If(oy == p.out_h - 1):
-                            m.d.sync += running.eq(0)
 
-        # ---- sliding window: input pixel, padding, buffer address -------------------------------
-        iy = Signal(signed(clog2(p.in_h + 2 * p.padding + p.stride * p.out_h) + 2))
-        ix = Signal(signed(clog2(p.in_w + 2 * p.padding + p.stride * p.out_w) + 2))
-        m.d.comb += [iy.eq(const_mul(oy, p.stride) + ky - p.padding), ix.eq(const_mul(ox, p.stride) + kx - p.padding)]
-        inside = (iy >= 0) & (iy < p.in_h) & (ix >= 0) & (ix < p.in_w)
-        pixel = const_mul(iy.as_unsigned(), p.in_w) + ix.as_unsigned()
-        m.d.comb += self.rd_addr.eq(Mux(inside, const_mul(pixel, p.in_groups) + g, 0))
+        # ---- sliding window: the input word's address (and, with padding, the pixel, to find the border)
+        s_, G, W = p.stride, p.in_groups, p.in_w
+        addr_bits = len(self.rd_addr)
+        base = ((-p.padding * W - p.padding) * G) % (1 << addr_bits)
+        addr = loops.track(m, (1, G, W * G, 0, s_ * G, s_ * W * G), base, unsigned(addr_bits), "in_addr")
+        if p.padding > 0:
+            iy = loops.track(m, (0, 0, 1, 0, 0, s_), -p.padding, signed(clog2(p.in_h + p.padding + 1) + 1), "iy")
+            ix = loops.track(m, (0, 1, 0, 0, s_, 0), -p.padding, signed(clog2(p.in_w + p.padding + 1) + 1), "ix")
+            inside = (iy >= 0) & (iy < p.in_h) & (ix >= 0) & (ix < p.in_w)
+        else:  # every window lies inside the image
+            inside = Const(1, 1)
+        # outside the image the word read is replaced by zero padding, so the address need not be valid there
+        m.d.comb += self.rd_addr.eq(addr)
 
         tag_layout = data.StructLayout({
             "valid": 1, "pad": 1, "first": 1, "last": 1,
             "waddr": range(max(n_ot * n_it, 2)), "ot": range(n_ot), "pos": range(p.positions),
+            "oaddr": range(max(p.positions * n_ot, 2)),
         })
-        tags = [Signal(tag_layout, name=f"tag{i}") for i in range(d + 4)]
+        tags = [Signal(tag_layout, name=f"tag{i}") for i in range(d + 3 + p.requant_latency)]
         m.d.comb += [
-            tags[0].valid.eq(running), tags[0].pad.eq(~inside), tags[0].first.eq(it == 0), tags[0].last.eq(last_it),
-            tags[0].waddr.eq(waddr), tags[0].ot.eq(ot), tags[0].pos.eq(pos),
+            tags[0].valid.eq(running), tags[0].pad.eq(~inside), tags[0].first.eq(first_it), tags[0].last.eq(last_it),
+            tags[0].waddr.eq(waddr), tags[0].ot.eq(ot), tags[0].pos.eq(pos), tags[0].oaddr.eq(out_addr),
         ]
         m.d.sync += [tags[i].eq(tags[i - 1]) for i in range(1, len(tags))]
         m.d.comb += self.issue.eq(running)
@@ -525,17 +601,27 @@ class LayerEngine(wiring.Component):
             sums = [core.acc[r] for r in range(rows)]
 
         # ---- accumulate the partial sums of an output tile ---------------------------------------
-        acc_tag, out_tag = tags[d + 1], tags[d + 3]  # (tags[d + 2]: compare, or add the bias)
+        acc_tag, out_tag = tags[d + 1], tags[-1]  # (in between: compare, add the bias, or multiply)
         acc = [Signal(signed(p.acc_bits), name=f"acc{r}") for r in range(rows)]
         with m.If(acc_tag.valid):
             m.d.sync += [acc[r].eq(Mux(acc_tag.first, 0, acc[r]) + sums[r]) for r in range(rows)]
 
         # ---- requantize (or add the bias) and write the finished tile ------------------------------
-        pport, params = param_memory(m, self.param_rom(), rows, p.n_levels, p.param_bits, p.prom_style)
+        ms_row = data.StructLayout({"mult": signed(max(p.mult_bits, 2)), "offset": signed(max(p.offset_bits, 1))})
+        pport, params = param_memory(m, self.param_rom(), rows, p.n_levels, p.param_bits, p.prom_style,
+                                     row=ms_row if p.kind == "multiply_shift" else None)
         m.d.comb += pport.addr.eq(acc_tag.ot)
         if p.kind == "thresholds":
             results = [requantize(m, f"requant{r}", acc[r], p.acc_bits, params[r], p.param_bits, p.out_bits)
                        for r in range(rows)]
+        elif p.kind == "multiply_shift":
+            results = []
+            for r in range(rows):
+                rq = MultiplyShiftRequantizer(acc_bits=p.acc_bits, mult_bits=p.mult_bits, offset_bits=p.offset_bits,
+                                              shift=p.shift, out_bits=p.out_bits, registered=True, dsp=p.requant_dsp)
+                m.submodules[f"requant{r}"] = rq
+                m.d.comb += [rq.acc.eq(acc[r]), rq.mult.eq(params[r].mult), rq.offset.eq(params[r].offset)]
+                results.append(rq.q)
         else:
             results = [Signal(signed(p.out_bits), name=f"logit{r}") for r in range(rows)]
             m.d.sync += [results[r].eq(acc[r] + params[r].table[0]) for r in range(rows)]
@@ -546,7 +632,7 @@ class LayerEngine(wiring.Component):
                 with m.If(write & (out_tag.pos == q) & (out_tag.ot == ch // rows)):
                     m.d.sync += self.y[o].eq(results[ch % rows])
         else:
-            m.d.comb += [self.wr_en.eq(write), self.wr_addr.eq(const_mul(out_tag.pos, n_ot) + out_tag.ot)]
+            m.d.comb += [self.wr_en.eq(write), self.wr_addr.eq(out_tag.oaddr)]
             m.d.comb += [self.wr_data[r].eq(results[r]) for r in range(rows)]
         m.d.sync += self.done.eq(write & (out_tag.ot == n_ot - 1) & (out_tag.pos == p.positions - 1))
         with m.If(self.done):

@@ -14,6 +14,7 @@ have equal ``rows``). For a given interval T, options slower than T are excluded
 LUTs; the smallest feasible T is found by bisection over the options' periods.
 """
 
+import itertools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -49,6 +50,14 @@ def check_folding(plan, board):
                                                     not dsp_eligible(board.family, p.w_bits, p.a_bits)):
             raise UserError(f"layer '{s.layer.name}': its {p.w_bits}x{p.a_bits}-bit multipliers do not map to "
                             f"{board.family} DSP blocks (see boards.model.DSP_MIN_PRODUCT_BITS)")
+        if isinstance(p, EnginePlan) and p.requant_dsp and (p.kind != "multiply_shift" or
+                                                            not dsp_eligible(board.family, p.acc_bits, p.mult_bits)):
+            raise UserError(f"layer '{s.layer.name}': its requantization has no multiplier that maps to a "
+                            f"{board.family} DSP block")
+    names = {s.layer.name for s in plan.stages if isinstance(s.plan, EnginePlan)}
+    unknown = {d for d in (plan.folding.dsp if plan.folding else ()) if d.removesuffix(".requant") not in names}
+    if unknown:
+        raise UserError(f"folding: no conv2d/linear layer named {sorted(unknown)[0]!r} for a DSP")
     unknown = set(plan.folding.block if plan.folding else ()) - set(plan.memory_names)
     if unknown:
         raise UserError(f"folding: no memory named {sorted(unknown)[0]!r} (memories: {', '.join(plan.memory_names)})")
@@ -168,19 +177,20 @@ class FoldingSearch:
                         if rows * cols > MAX_LANES and i not in dict(fixed):
                             continue
                         base = spec.make(cols, rows)
-                        dsps = [False]
+                        dsps, rq_dsps = [False], [False]
                         if dsp_ok and base.engine == "systolic" and dsp_eligible(family, base.w_bits, base.a_bits):
                             dsps.append(True)
+                        if dsp_ok and base.kind == "multiply_shift" and dsp_eligible(family, base.acc_bits,
+                                                                                     base.mult_bits):
+                            rq_dsps.append(True)
                         roms = styles if base.rom_words > 1 else ("logic",)
                         proms = styles if base.n_out_tiles > 1 else ("logic",)
-                        for dsp in dsps:
-                            for rom in roms:
-                                for prom in proms:
-                                    plan = replace(base, dsp=dsp, rom_style=rom, prom_style=prom)
-                                    v = prog.var(plan.resources(family), plan.latency + 1)
-                                    self.choices[v] = ("engine", name, plan)
-                                    by_cols.setdefault(cols, {})[v] = 1
-                                    by_rows.setdefault(rows, {})[v] = 1
+                        for dsp, rq_dsp, rom, prom in itertools.product(dsps, rq_dsps, roms, proms):
+                            plan = replace(base, dsp=dsp, rom_style=rom, prom_style=prom, requant_dsp=rq_dsp)
+                            v = prog.var(plan.resources(family), plan.latency + 1)
+                            self.choices[v] = ("engine", name, plan)
+                            by_cols.setdefault(cols, {})[v] = 1
+                            by_rows.setdefault(rows, {})[v] = 1
                 for g, zv in self.z[k_in].items():
                     prog.equal({**by_cols.get(g, {}), zv: -1}, 0)
                 for g, zv in self.z[k_out].items():
@@ -260,6 +270,8 @@ class FoldingSearch:
             if kind == "engine":
                 if plan.dsp:
                     dsp.add(name)
+                if plan.requant_dsp:
+                    dsp.add(f"{name}.requant")
                 for mem, _, _, style in plan.memories:
                     if style == "block":
                         block.add(f"{name}.{mem}")

@@ -36,7 +36,8 @@ class Folding:
 
     ``widths``: the buffers' word widths, the input buffer's and then each conv2d/linear layer's rows (see
     :func:`buffer_channels` for what they must divide and :func:`width_ties` for which must be equal).
-    ``dsp``: names of the weight layers whose multipliers are DSP blocks. ``block``: names of the memories
+    ``dsp``: what multiplies on DSP blocks: ``<layer>`` names a weight layer's array, ``<layer>.requant`` a
+    multiply-shift layer's requantizers (one DSP per row). ``block``: names of the memories
     in block RAM (:attr:`NetworkPlan.memory_names`: ``buffer<k>``, ``skip<j>``, ``<layer>.wrom``,
     ``<layer>.prom``); every other memory is logic.
     """
@@ -84,8 +85,19 @@ class BufferPlan:
         return self.lanes * self.bits
 
     @property
+    def addr_bits(self):
+        """Bits of a word address within a bank."""
+        return max(1, clog2(self.words))
+
+    @property
+    def bank_words(self):
+        """Words a bank occupies in the memory: the next power of two in block RAM (the bank number is then
+        the address's top bits, see ``rtl_gen.top.bank_address``), exactly ``words`` in logic."""
+        return 1 << self.addr_bits if self.style == "block" else self.words
+
+    @property
     def depth(self):
-        return self.banks * self.words
+        return self.banks * self.bank_words
 
     @property
     def total_bits(self):
@@ -99,8 +111,9 @@ class BufferPlan:
     @property
     def cost_features(self):
         logic = self.style == "logic"
-        return {"buf_logic_bits": self.total_bits if logic else 0, "buf_width": self.width,
-                "buf_addr": clog2(self.depth), "buf_words": self.depth if logic else 0}
+        # a block RAM needs no logic (its banks are address bits; no read-during-write bypass)
+        return {"buf_logic_bits": self.total_bits if logic else 0, "buf_width": self.width if logic else 0,
+                "buf_addr": clog2(self.depth) if logic else 0, "buf_words": self.depth if logic else 0}
 
     @property
     def register_bits(self):
@@ -302,9 +315,13 @@ def _weights_in_buffer_order(ir, layer, shape, flat_from):
 
 
 def _stage_tables(ir, layer):
-    """(kind, table, signs): a weight layer's bias or thresholds, an add's thresholds (of the code sum)."""
+    """(kind, table, signs): a weight layer's bias, its multiply-shift (table: per channel [mult, offset]) or
+    its thresholds; an add's thresholds (of the code sum; an add's multiply-shift in its comparator form)."""
     if layer.requant_kind == "bias":
         return "bias", ir.tensors[layer.bias].astype(np.int64), None
+    if layer.requant_kind == "multiply_shift" and layer.op in WEIGHT_OPS:
+        table = np.stack([ir.tensors[layer.mult].astype(np.int64), ir.tensors[layer.offset].astype(np.int64)], axis=1)
+        return "multiply_shift", table, None
     thresholds, signs = requant_thresholds(ir, layer)
     return "thresholds", thresholds, signs
 
@@ -380,15 +397,21 @@ def stage_specs(ir, prepared=None):
             conv = layer.op == "conv2d"
             if flat_from is not None:
                 c, h, w = c * h * w, 1, 1
+            if kind == "multiply_shift":
+                requant = dict(param_bits=0, mult_bits=max(2, signed_width(table[:, 0].min(), table[:, 0].max())),
+                               offset_bits=signed_width(table[:, 1].min(), table[:, 1].max()), shift=layer.shift)
+            else:
+                requant = dict(param_bits=param_bits(layer.acc_bits, table, kind, signs))
             common = dict(
                 engine="xnor" if layer.binary else "systolic", in_channels=c, in_h=h, in_w=w,
                 out_channels=layer.out_shape[0], kernel=layer.kernel if conv else 1,
                 stride=layer.stride if conv else 1, padding=layer.padding if conv else 0, w_bits=layer.w_storage_bits,
-                a_bits=layer.a_bits, acc_bits=layer.acc_bits, out_bits=layer.out_bits, kind=kind,
-                param_bits=param_bits(layer.acc_bits, table, kind, signs))
+                a_bits=layer.a_bits, acc_bits=layer.acc_bits, out_bits=layer.out_bits, kind=kind, **requant)
 
-            def make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic", common=common, **_):
-                return EnginePlan(**common, rows=g_out, cols=g_in, dsp=dsp, rom_style=rom_style, prom_style=prom_style)
+            def make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic", requant_dsp=False, common=common,
+                     **_):
+                return EnginePlan(**common, rows=g_out, cols=g_in, dsp=dsp, rom_style=rom_style, prom_style=prom_style,
+                                  requant_dsp=requant_dsp)
             specs.append(StageSpec(index, layer, "engine", wi, wi + 1, layer.out_bits, make, (weights, table, signs)))
             wi += 1
             bits = layer.out_bits
@@ -416,7 +439,8 @@ def network_plan(ir, folding, prepared=None):
             raise UserError(f"layer '{name}': its two inputs must be folded to the same rows (channels per word), "
                             f"not {widths[spec.k_in]} and {widths[spec.skip[2]]}")
         plan = spec.make(widths[spec.k_in], widths[spec.k_out], dsp=name in folding.dsp,
-                         rom_style=style(f"{name}.wrom"), prom_style=style(f"{name}.prom"))
+                         rom_style=style(f"{name}.wrom"), prom_style=style(f"{name}.prom"),
+                         requant_dsp=f"{name}.requant" in folding.dsp)
         weights, table, signs = spec.tensors
         stages.append(Stage(spec.layer, plan, weights, table, signs))
         if spec.skip is not None:

@@ -9,8 +9,8 @@ from amaranth.lib.wiring import In, Out
 from hwq.ir import conv_out_side
 
 from ._check import check_int
-from .arith import const_mul
 from .engine import clog2
+from .loops import LoopNest
 
 __all__ = ["MaxPoolEngine", "PoolPlan"]
 
@@ -58,7 +58,8 @@ class PoolPlan:
 
     @property
     def cost_features(self):
-        return {"const": 1, "pool_cmp": self.lanes * self.bits, "addr": 2 * clog2(self.in_words),
+        loops = sum(c > 1 for c in (self.kernel, self.kernel, self.groups, self.out_w, self.out_h))
+        return {"const": 1, "pool_cmp": self.lanes * self.bits, "addr": (clog2(self.in_words) + clog2(self.out_words)) * loops,
                 "ctrl": 2 * (3 + clog2(self.out_words))}
 
     @property
@@ -106,33 +107,23 @@ class MaxPoolEngine(wiring.Component):
         p = self.plan
         k = p.kernel
         running = Signal()
-        kx, ky, g = Signal(range(k)), Signal(range(k)), Signal(range(p.groups))
-        ox, oy = Signal(range(p.out_w)), Signal(range(p.out_h))
-        out_addr = Signal(range(max(p.out_words, 2)))
-        last_win = (kx == k - 1) & (ky == k - 1)
-        # every counter wraps to 0 with its last value: all are 0 between runs, and ``start`` only sets ``running``
+        # loops, innermost first: kx, ky (one read per cycle), channel group, ox, oy; every loop wraps to 0 with
+        # its last value, so all are at 0 between runs and ``start`` only sets ``running``
         with m.If(self.start):
             m.d.sync += [running.eq(1), self.busy.eq(1)]
-        with m.If(running):  # (never together with start)
-            m.d.sync += kx.eq(Mux(kx == k - 1, 0, kx + 1))
-            with m.If(kx == k - 1):
-                m.d.sync += ky.eq(Mux(ky == k - 1, 0, ky + 1))
-            with m.If(last_win):
-                m.d.sync += [g.eq(Mux(g == p.groups - 1, 0, g + 1)),
-                             out_addr.eq(Mux(out_addr == p.out_words - 1, 0, out_addr + 1))]
-                with m.If(g == p.groups - 1):
-                    m.d.sync += ox.eq(Mux(ox == p.out_w - 1, 0, ox + 1))
-                    with m.If(ox == p.out_w - 1):
-                        m.d.sync += oy.eq(Mux(oy == p.out_h - 1, 0, oy + 1))
-                        with m.If(oy == p.out_h - 1):
-                            m.d.sync += running.eq(0)
-        iy, ix = const_mul(oy, p.stride) + ky, const_mul(ox, p.stride) + kx
-        m.d.comb += self.rd_addr.eq(const_mul(const_mul(iy, p.in_w) + ix, p.groups) + g)
+        loops = LoopNest.build(m, (k, k, p.groups, p.out_w, p.out_h), running, ("kx", "ky", "g", "ox", "oy"))
+        with m.If(running & loops.done):
+            m.d.sync += running.eq(0)
+        G, W, s_ = p.groups, p.in_w, p.stride
+        addr = loops.track(m, (G, W * G, 1, s_ * G, s_ * W * G), 0, unsigned(len(self.rd_addr)), "in_addr")
+        out_addr = loops.track(m, (0, 0, 1, G, p.out_w * G), 0, range(max(p.out_words, 2)), "out_addr")
+        last_win = loops.all_at((0, 1))
+        m.d.comb += self.rd_addr.eq(addr)
 
         # One cycle later the word arrives: running maximum per lane, written at the window's end.
         valid, first, last = Signal(), Signal(), Signal()
         waddr = Signal.like(out_addr)
-        m.d.sync += [valid.eq(running), first.eq((kx == 0) & (ky == 0)), last.eq(last_win), waddr.eq(out_addr)]
+        m.d.sync += [valid.eq(running), first.eq(loops.first((0, 1))), last.eq(last_win), waddr.eq(out_addr)]
         best = Signal(data.ArrayLayout(unsigned(p.bits), p.lanes))
         new = Signal.like(best)
         for lane in range(p.lanes):

@@ -6,6 +6,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ._check import check_int
+from .arith import adder_tree, partial_products, tree_levels
 
 __all__ = ["MultiplyShiftRequantizer", "ThresholdRequantizer"]
 
@@ -67,8 +68,12 @@ def _tree_sum(terms):
 
 
 class MultiplyShiftRequantizer(wiring.Component):
-    """``q = clamp((acc * mult + offset) >> shift, 0, 2**out_bits - 1)`` (combinational): the golden
-    model's multiply-shift requantization (``>>`` is arithmetic: floor division by ``2**shift``).
+    """``q = clamp((acc * mult + offset) >> shift, 0, 2**out_bits - 1)``: the golden model's multiply-shift
+    requantization (``>>`` is arithmetic: floor division by ``2**shift``). Combinational, or with
+    ``registered`` pipelined (the engines' choice: ``acc * mult + offset`` as one adder tree of the partial
+    products and the offset, registered after every level, :attr:`latency` cycles; the shift and clamp
+    follow). ``dsp``: ``acc * mult + offset`` with ``*`` (a DSP block where the family's mapping takes it,
+    see ``boards.model.dsp_eligible``), then as many registers; otherwise shift-and-add logic.
 
     ``mult`` and ``offset`` are inputs (per-channel values come from a small ROM in an engine); a
     negative ``mult`` is a decreasing channel. The output is the level index; the code is
@@ -83,7 +88,8 @@ class MultiplyShiftRequantizer(wiring.Component):
     q : Out(unsigned(out_bits))
     """
 
-    def __init__(self, *, acc_bits, mult_bits, offset_bits, shift, out_bits):
+    def __init__(self, *, acc_bits, mult_bits, offset_bits, shift, out_bits, registered=False, dsp=False):
+        self.registered, self.dsp = bool(registered), bool(dsp)
         self.acc_bits = check_int("acc_bits", acc_bits, 2, 64)
         self.mult_bits = check_int("mult_bits", mult_bits, 2, 33)
         self.offset_bits = check_int("offset_bits", offset_bits, 1, 64)
@@ -101,18 +107,42 @@ class MultiplyShiftRequantizer(wiring.Component):
         """Width of ``acc * mult + offset`` (never overflows: one bit above the wider term)."""
         return max(self.acc_bits + self.mult_bits, self.offset_bits) + 1
 
+    @property
+    def levels(self):
+        """Adder levels of ``acc * mult + offset`` in logic: the narrower operand's partial products and the
+        offset."""
+        return tree_levels(min(self.acc_bits, self.mult_bits) + 1)
+
+    @property
+    def latency(self):
+        """0 when combinational; pipelined, one cycle per adder level (the same with a DSP block)."""
+        return max(1, self.levels) if self.registered else 0
+
     def elaborate(self, platform):
         m = Module()
         total = Signal(signed(self.sum_bits))
         idx = Signal(signed(self.sum_bits))
         top = (1 << self.out_bits) - 1
-        m.d.comb += [
-            total.eq(self.acc * self.mult + self.offset),
-            idx.eq(total >> self.shift),  # arithmetic shift of a signed value
-        ]
-        with m.If(idx < 0):
+        if self.dsp:
+            value = self.acc * self.mult + self.offset
+            for i in range(self.latency - 1):  # as many cycles as the logic version takes
+                stage = Signal(signed(self.sum_bits), name=f"total{i}")
+                m.d.sync += stage.eq(value)
+                value = stage
+        else:  # the offset is one more term of the partial products' adder tree, registered after each level
+            terms = [*partial_products(self.acc, self.mult), (self.offset, False)]
+            value = adder_tree(terms, m if self.registered else None, range(1, self.levels), name="pp")
+        if self.registered:
+            m.d.sync += total.eq(value)
+        else:
+            m.d.comb += total.eq(value)
+        m.d.comb += idx.eq(total >> self.shift)  # arithmetic shift of a signed value
+        # clamp by bits, not comparators: negative is the sign bit, too large any bit above out_bits
+        negative = idx[-1]
+        too_large = ~negative & idx[self.out_bits:-1].any() if len(idx) > self.out_bits + 1 else 0
+        with m.If(negative):
             m.d.comb += self.q.eq(0)
-        with m.Elif(idx > top):
+        with m.Elif(too_large):
             m.d.comb += self.q.eq(top)
         with m.Else():
             m.d.comb += self.q.eq(idx[:self.out_bits])

@@ -5,7 +5,7 @@ hardware: the input loader, the engines, the buffers and skip rings, the handsha
 counters.
 """
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -14,7 +14,16 @@ from .arith import const_mul
 from .engine import LayerEngine, memory_attrs
 from .pool import MaxPoolEngine, PoolPlan
 
-__all__ = ["NetworkTop", "build_stage"]
+__all__ = ["NetworkTop", "bank_address", "build_stage"]
+
+
+def bank_address(buffer, bank, addr):
+    """The memory address of word ``addr`` of bank ``bank``: banks of ``buffer.bank_words`` words, which for a
+    block RAM is a power of two, so the bank number is just the address's top bits (no adder in front of the
+    block RAM); a buffer in logic packs its banks tightly (``bank * words + addr``)."""
+    if buffer.style == "block":
+        return Cat(addr[:buffer.addr_bits], bank)
+    return const_mul(bank, buffer.words) + addr
 
 
 def build_stage(stage, *, to_register=False):
@@ -22,9 +31,11 @@ def build_stage(stage, *, to_register=False):
         return MaxPoolEngine(stage.plan)
     if isinstance(stage.plan, AddPlan):
         return AddEngine(stage.plan, thresholds=stage.table, signs=stage.signs)
-    thresholds = stage.table if stage.plan.kind == "thresholds" else None
-    bias = stage.table if stage.plan.kind == "bias" else None
-    return LayerEngine(stage.plan, weights=stage.weights, thresholds=thresholds, signs=stage.signs, bias=bias,
+    kind = stage.plan.kind
+    return LayerEngine(stage.plan, weights=stage.weights, signs=stage.signs,
+                       thresholds=stage.table if kind == "thresholds" else None,
+                       bias=stage.table if kind == "bias" else None,
+                       multiply_shift=(stage.table[:, 0], stage.table[:, 1]) if kind == "multiply_shift" else None,
                        to_register=to_register)
 
 
@@ -95,7 +106,7 @@ class NetworkTop(wiring.Component):
             m.d.sync += full[k].eq(full_next[k])
         rd_ports, wr_ports = [], []
         for k, b in enumerate(plan.buffers):
-            mem = memory.Memory(shape=unsigned(b.width), depth=2 * b.words, init=[], attrs=memory_attrs(b.style))
+            mem = memory.Memory(shape=unsigned(b.width), depth=b.depth, init=[], attrs=memory_attrs(b.style))
             m.submodules[f"buffer{k}"] = mem
             rd_ports.append(mem.read_port())
             wr_ports.append(mem.write_port())
@@ -108,7 +119,7 @@ class NetworkTop(wiring.Component):
         loading = self.i.valid & free
         last_word = lword == n_words - 1
         wp0 = wr_ports[0]
-        m.d.comb += [wp0.en.eq(loading), wp0.addr.eq(const_mul(lbank, n_words) + lword),
+        m.d.comb += [wp0.en.eq(loading), wp0.addr.eq(bank_address(plan.buffers[0], lbank, lword)),
                      wp0.data.eq(self.i.payload.as_value()), self.i.ready.eq(free)]
         with m.If(loading):
             m.d.sync += lword.eq(Mux(last_word, 0, lword + 1))
@@ -126,9 +137,9 @@ class NetworkTop(wiring.Component):
             wslot, rslot = Signal(range(b.banks), name=f"skip{j}_wslot"), Signal(range(b.banks), name=f"skip{j}_rslot")
             producer, consumer = self.stages[skip.producer], self.stages[skip.consumer]
             wp, rp = mem.write_port(), mem.read_port()
-            m.d.comb += [wp.en.eq(producer.wr_en), wp.addr.eq(const_mul(wslot, b.words) + producer.wr_addr),
+            m.d.comb += [wp.en.eq(producer.wr_en), wp.addr.eq(bank_address(b, wslot, producer.wr_addr)),
                          wp.data.eq(producer.wr_data.as_value()),
-                         rp.addr.eq(const_mul(rslot, b.words) + consumer.rd_addr), consumer.skip_data.eq(rp.data)]
+                         rp.addr.eq(bank_address(b, rslot, consumer.rd_addr)), consumer.skip_data.eq(rp.data)]
             m.d.sync += held.eq((held | (producer.done << wslot)) & ~(consumer.done << rslot))
             with m.If(producer.done):
                 m.d.sync += wslot.eq(Mux(wslot == b.banks - 1, 0, wslot + 1))
@@ -166,7 +177,7 @@ class NetworkTop(wiring.Component):
             m.d.comb += clears[k].eq(engine.done << bank)
             b_in = plan.buffers[k]
             rp = rd_ports[k]
-            m.d.comb += [rp.addr.eq(const_mul(bank, b_in.words) + engine.rd_addr), engine.rd_data.eq(rp.data)]
+            m.d.comb += [rp.addr.eq(bank_address(b_in, bank, engine.rd_addr)), engine.rd_data.eq(rp.data)]
             if last and isinstance(engine, MaxPoolEngine):  # a pool on its own: collect its output words
                 lanes = engine.plan.lanes
                 for a in range(engine.plan.out_words):
@@ -181,7 +192,7 @@ class NetworkTop(wiring.Component):
                     m.d.sync += self.o.valid.eq(0)
             else:
                 b_out, wp = plan.buffers[k + 1], wr_ports[k + 1]
-                m.d.comb += [wp.en.eq(engine.wr_en), wp.addr.eq(const_mul(bank, b_out.words) + engine.wr_addr),
+                m.d.comb += [wp.en.eq(engine.wr_en), wp.addr.eq(bank_address(b_out, bank, engine.wr_addr)),
                              wp.data.eq(engine.wr_data.as_value()), sets[k + 1].eq(engine.done << bank)]
             # Self-measurement: cycles from start to done, latched when the run is done. The count runs while the
             # stage is busy (cycles start+1 .. done-1) and is 0 between runs, so ``go`` does not drive it.

@@ -240,9 +240,8 @@ def test_decreasing_channels_are_compared_negated():
 @pytest.mark.parametrize("seed", range(6))
 def test_random_networks_match_golden(seed):
     """Random MLPs and CNNs, multi-bit and binary, with random valid foldings (the calibration's generator)."""
-    from boards.calibrate import random_network
-
     from boards import load_board
+    from boards.calibrate import random_network
 
     rng = np.random.default_rng(100 + seed)
     ir, folding = random_network(rng, load_board(["ice40-up5k", "ecp5-25f", "xc7a35t"][seed % 3]))
@@ -321,7 +320,7 @@ def test_engine_constructor_errors():
     w = np.zeros((2, 3), dtype=np.int64)
     plan = EnginePlan(engine="systolic", in_channels=3, in_h=1, in_w=1, out_channels=2, kernel=1, stride=1, padding=0,
                       w_bits=2, a_bits=2, acc_bits=8, out_bits=2, kind="thresholds", rows=1, cols=1, param_bits=9)
-    with pytest.raises(ValueError, match="give exactly one of thresholds"):
+    with pytest.raises(ValueError, match="engine takes exactly its own table"):
         LayerEngine(plan, weights=w)
     with pytest.raises(ValueError, match=r"weights must be 2-bit weights in -2..1"):
         LayerEngine(plan, weights=w + 3, thresholds=np.zeros((2, 3), dtype=np.int64))
@@ -334,15 +333,18 @@ def test_engine_constructor_errors():
     gc.collect()
 
 
-@pytest.mark.parametrize("acc_bits,out_bits,shift", [(6, 5, 0), (12, 8, 7), (20, 6, 19), (9, 5, 3)])
-def test_multiply_shift_requantizer_against_golden(acc_bits, out_bits, shift):
+@pytest.mark.parametrize("acc_bits,out_bits,shift,registered,dsp", [
+    (6, 5, 0, False, False), (12, 8, 7, True, False), (20, 6, 19, False, True), (9, 5, 3, True, True)])
+def test_multiply_shift_requantizer_against_golden(acc_bits, out_bits, shift, registered, dsp):
+    """The shift-and-add product (``dsp`` False) and ``*`` (a DSP block in synthesis), combinational or with
+    the product registered: the golden model's clamp(floor((acc * M + B) / 2**S)), extremes included."""
     from hwq.requant import multiply_shift_apply
     from rtl_gen.requant import MultiplyShiftRequantizer
 
     rng = np.random.default_rng(acc_bits * 100 + shift)
     mult_bits, offset_bits = 16, acc_bits + 16
     dut = MultiplyShiftRequantizer(acc_bits=acc_bits, mult_bits=mult_bits, offset_bits=offset_bits, shift=shift,
-                                   out_bits=out_bits)
+                                   out_bits=out_bits, registered=registered, dsp=dsp)
     lo, hi = -(2 ** (acc_bits - 1)), 2 ** (acc_bits - 1) - 1
     m_lo, m_hi = -(2 ** (mult_bits - 1)), 2 ** (mult_bits - 1) - 1
     b_lim = 2 ** (offset_bits - 1)
@@ -356,11 +358,15 @@ def test_multiply_shift_requantizer_against_golden(acc_bits, out_bits, shift):
             ctx.set(dut.acc, int(acc))
             ctx.set(dut.mult, int(mult))
             ctx.set(dut.offset, int(off))
+            if registered:  # pipelined: the result comes `latency` cycles later
+                await ctx.tick().repeat(dut.latency)
             await ctx.delay(1e-9)
             want = multiply_shift_apply(np.int64(acc), np.int64(mult), np.int64(off), shift, n)
             assert ctx.get(dut.q) == int(want), (acc, mult, off)
 
     sim = Simulator(dut)
+    if registered:
+        sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
 
@@ -394,9 +400,11 @@ def test_xnor_popcount_against_golden(lanes, simd):
     _run(dut, tb)
 
 
-def test_network_top_builds_multiply_shift_layers_from_their_thresholds(trained_run):
-    """A trained MLP exported with every hidden layer as a multiply-shift: the engines compare against
-    the equivalent thresholds, and the network equals the golden model (which shifts)."""
+@pytest.mark.parametrize("on_dsp", [False, True])
+def test_network_top_multiplies_and_shifts(trained_run, on_dsp):
+    """A trained MLP exported with every hidden layer as a multiply-shift: the engines multiply, add and shift
+    (in logic, or with the multipliers marked for DSPs and the parameter ROMs in block RAM), and the network
+    equals the golden model."""
     from hwq.data import load_dataset
     from hwq.export import export_model
     from hwq.train import load_run
@@ -405,7 +413,12 @@ def test_network_top_builds_multiply_shift_layers_from_their_thresholds(trained_
     ir = export_model(net, requant="multiply-shift")
     assert [la.requant_kind for la in ir.layers] == ["multiply_shift", "multiply_shift", "bias"]
     X = load_dataset().x_test[:3]
-    _check_network(ir, [8, 4, 4, 5], X)
+    names = [la.name for la in ir.layers]
+    folding = Folding([8, 4, 4, 5], {f"{n}.requant" for n in names[:2]} if on_dsp else (),
+                      {f"{n}.prom" for n in names} if on_dsp else ())
+    plan, _ = _check_network(ir, folding, X)
+    assert [s.plan.kind for s in plan.stages] == ["multiply_shift", "multiply_shift", "bias"]
+    assert plan.dsp_blocks == (8 if on_dsp else 0)  # one per row: 4 + 4
 
 
 def test_verilog_is_split_per_layer_with_memory_files(tmp_path):
@@ -456,9 +469,9 @@ def _add_case(rng, a, b, out_bits, channels, lanes, side=3, signs=True):
     """An AddPlan, thresholds in the sign domain of the code sum (random, plus both ends of the sum's range),
     signs, and two maps of level indices (words, lanes) whose first word is all minimum and second all
     maximum codes."""
-    from rtl_gen.engine import compare_thresholds
     from hwq.intrange import act_levels, code_range, signed_width
     from rtl_gen.add import AddPlan, add_thresholds
+    from rtl_gen.engine import compare_thresholds
 
     (lo_a, hi_a), (lo_b, hi_b) = code_range(*a), code_range(*b)
     lo, hi = lo_a + lo_b, hi_a + hi_b
