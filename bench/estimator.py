@@ -28,11 +28,13 @@ from hwq.fileio import write_json, write_text  # noqa: E402
 def measure(family, designs, seed, jobs):
     board, results = sweep_cases(family, designs, seed, jobs=jobs)
     rows = []
-    for (ir, widths), rec in results:
+    for (ir, folding), rec in results:
         t0 = time.perf_counter()
-        est = estimate(ir, board, folding=widths)
+        est = estimate(ir, board, folding=folding)
         ms = (time.perf_counter() - t0) * 1e3
-        rows.append({"estimate": {k: est["totals"][k] for k in RESOURCES}, "synth": rec["total"], "estimate_ms": ms})
+        keys = [*RESOURCES, "cells"] if "cells" in rec["total"] else RESOURCES
+        rows.append({"model": ir.model, "layers": len(ir.layers), "folding": rec["folding"],
+                     "estimate": {k: est["totals"][k] for k in keys}, "synth": rec["total"], "estimate_ms": ms})
     return board, rows
 
 
@@ -41,6 +43,10 @@ def summarize(rows):
         return np.array([(r["estimate"][kind] - r["synth"][kind]) / max(r["synth"][kind], 1) for r in rows])
 
     lut, ff = rel("lut"), rel("ff")
+    cells = {}
+    if all("cells" in r["synth"] for r in rows):
+        c = rel("cells")
+        cells = {"mean_abs_cell_err": round(float(np.abs(c).mean()), 4), "max_cell_err": round(float(np.abs(c).max()), 4)}
     return {
         "n_heldout": len(rows),
         "mean_abs_lut_err": round(float(np.abs(lut).mean()), 4),
@@ -50,6 +56,7 @@ def summarize(rows):
         "max_ff_err": round(float(np.abs(ff).max()), 4),
         "bram_exact": all(r["estimate"]["bram"] == r["synth"]["bram"] for r in rows),
         "dsp_exact": all(r["estimate"]["dsp"] == r["synth"]["dsp"] for r in rows),
+        **cells,
         "estimate_ms_max": round(max(r["estimate_ms"] for r in rows), 3),
         "synth_lut_range": [min(r["synth"]["lut"] for r in rows), max(r["synth"]["lut"] for r in rows)],
     }
@@ -90,7 +97,7 @@ def main():
     ap.add_argument("--designs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--families", nargs="+", default=["ice40", "xilinx7"], choices=sorted(FAMILY_BOARDS))
+    ap.add_argument("--families", nargs="+", default=["ice40", "xilinx7", "ecp5"], choices=sorted(FAMILY_BOARDS))
     args = ap.parse_args()
     results = {}
     for family in args.families:
@@ -102,24 +109,36 @@ def main():
     plot(results, png)
     made_by = (f"Made by `python bench/estimator.py --designs {args.designs} --seed {args.seed} --families "
                f"{' '.join(args.families)}`; raw numbers in `bench/results/estimator.json`.")
-    about = ("Each design is a random network from `boards.calibrate.random_network` (an MLP or a small CNN, "
-             "multi-bit or binary, bits 1..8, a random valid folding with up to 16 channels per cycle) from a "
-             "seed the calibration sweep did not use. Errors are (estimate - yosys) / yosys on the whole design.")
+    about = ("Each design is a random network from `boards.calibrate.random_network` (an MLP, a small CNN or a "
+             "small resnet, multi-bit or binary, bits 1..8, thresholds or multiply-shift requantization) with a random "
+             "valid folding (`random_folding`: up to 16 channels per cycle, DSP multipliers on some eligible layers, "
+             "some memories in block RAM, within the board's DSPs and block RAMs), from a seed the calibration sweep "
+             "did not use. Errors are (estimate - measured) / measured on the whole design; LUTs and flip-flops "
+             "from yosys, iCE40 logic cells from nextpnr's packer (`--pack-only` on the design in the two-pin "
+             "place-and-route harness).")
+    from boards.model import coefficients
+
+    sweeps = ", ".join(f"{fam}: {c.get('designs', '?')} designs ({c['points']} data points)"
+                       for fam, c in coefficients().items())
     header = ("| family | board | designs | mean abs LUT err | max LUT err | mean abs FF err | max FF err | "
-              "BRAM exact | DSP exact | estimate time |")
+              "mean abs cell err | max cell err | BRAM exact | DSP exact | estimate time |")
     method = ("The model: each component's cost features (`rtl_gen/engine.py` `EnginePlan`, `rtl_gen/pool.py` "
-              "`PoolPlan`, `rtl_gen/plan.py` `BufferPlan` and `TopPlan`: `cost_features` and `register_bits`) times "
-              "coefficients per family, fitted by non-negative least squares (`boards/model.py`) on the calibration "
-              "sweeps in `boards/calibration/` (40 designs per family, seed 1; `python -m boards.calibrate sweep "
-              "--family F --designs 40`, then `fit`). Block RAMs: memories of 2 kbit or more are marked for block "
-              "RAM; each is counted as its words tiled over the family's block-RAM shapes (`boards.model.BRAM_SHAPES`, "
-              "the cheapest tiling); DSPs are 0 (`-nodsp`, multipliers in LUTs).")
+              "`PoolPlan`, `rtl_gen/add.py` `AddPlan`, `rtl_gen/plan.py` `BufferPlan` and `TopPlan`: `cost_features` "
+              "and `register_bits`) times coefficients per family, fitted by non-negative least squares "
+              f"(`boards/model.py`) on the calibration sweeps in `boards/calibration/` (seed 1; {sweeps}; "
+              "`python -m boards.calibrate sweep --family F --designs N`, then `fit`). iCE40 logic cells: a linear "
+              "function of the design's LUTs and flip-flops fitted on the same sweep (`boards.model.cells`). Block "
+              "RAMs: each memory the folding puts in block RAM, its words tiled over the family's block shapes "
+              "(`boards.model.BRAM_SHAPES`). DSPs: one per multiplier the folding puts on a DSP "
+              "(`boards.model.dsp_eligible`).")
     lines = ["# Estimator vs synthesis (held-out designs)", "", made_by, "", about, "", method, "", header,
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fam, r in results.items():
+        cell = (f"{r['mean_abs_cell_err']:.1%} | {r['max_cell_err']:.1%}" if "mean_abs_cell_err" in r
+                else "- | -")
         lines.append(f"| {fam} | {r['board']} | {r['n_heldout']} | {r['mean_abs_lut_err']:.1%} | {r['max_lut_err']:.1%} "
-                     f"| {r['mean_abs_ff_err']:.1%} | {r['max_ff_err']:.1%} | {r['bram_exact']} | {r['dsp_exact']} "
-                     f"| {r['estimate_ms_max']:.1f} ms max |")
+                     f"| {r['mean_abs_ff_err']:.1%} | {r['max_ff_err']:.1%} | {cell} | {r['bram_exact']} | "
+                     f"{r['dsp_exact']} | {r['estimate_ms_max']:.1f} ms max |")
     lines += ["", "![estimate vs yosys](estimator.png)", ""]
     write_text(ROOT / "docs" / "results" / "estimator.md", "\n".join(lines))
     print(json.dumps({f: {k: v for k, v in r.items() if k != "designs"} for f, r in results.items()}, indent=1))

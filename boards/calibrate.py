@@ -342,7 +342,8 @@ def fit_all(sweep_files):
     for path in sweep_files:
         data = json.loads(Path(path).read_text())
         pts = [p for d in data["designs"] for p in d["points"]]
-        fam = out.setdefault(data["family"], {"sweep": Path(path).name, "points": len(pts)})
+        fam = out.setdefault(data["family"], {"sweep": Path(path).name, "designs": len(data["designs"]),
+                                              "points": len(pts)})
         fam["lut"] = fit([_features(p, "cost_features") for p in pts], [p["lut"] for p in pts])
         fam["ff"] = fit([_features(p, "register_bits") for p in pts], [p["ff"] for p in pts])
         packed = [d["total"] for d in data["designs"] if d["total"].get("cells") is not None]

@@ -1,0 +1,161 @@
+"""The folding search: the integer program finds what exhaustive enumeration finds, and respects every budget."""
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from boards import load_board
+from boards.calibrate import random_resnet
+from boards.model import dsp_eligible
+from hwq.errors import UserError
+from rtl_gen.engine import EnginePlan
+from rtl_gen.folding import FoldingSearch, _width_options, board_limits, choose_folding
+from rtl_gen.plan import Folding, network_plan, width_ties
+
+from .conftest import random_ir
+
+
+def _accounted(search, plan, interval):
+    """A plan's totals as the search prices them at ``interval``: the components' resources, with the top's
+    cycle counters sized for the interval."""
+    top = search._top_cost(interval)[plan.buffers[0].lanes]
+    total = dict.fromkeys(("lut", "ff", "bram", "dsp"), 0)
+    for name, component in plan.components():
+        res = top if name == "top" else component.resources(search.family)
+        for k in total:
+            total[k] += res[k]
+    return total
+
+
+def _every_plan(ir, board, options):
+    """Every folding's word widths (ties respected) and DSP choices (where eligible), as a plan with every
+    memory in logic; the memories' places are enumerated by the caller (their costs add up)."""
+    ties = width_ties(ir)
+    for widths in itertools.product(*options):
+        if any(widths[i] != widths[j] for i, j, _ in ties):
+            continue
+        plan = network_plan(ir, widths)
+        if any(isinstance(s.plan, EnginePlan) and s.plan.lanes > 64 for s in plan.stages):
+            continue
+        dsp_names = []
+        for s in plan.stages:
+            p = s.plan
+            if isinstance(p, EnginePlan) and p.engine == "systolic" and dsp_eligible(board.family, p.w_bits, p.a_bits):
+                dsp_names.append(s.layer.name)
+            if isinstance(p, EnginePlan) and p.kind == "multiply_shift" and dsp_eligible(board.family, p.acc_bits,
+                                                                                          p.mult_bits):
+                dsp_names.append(f"{s.layer.name}.requant")
+        for n_dsp in range(len(dsp_names) + 1):
+            for dsp in itertools.combinations(dsp_names, n_dsp):
+                yield network_plan(ir, Folding(widths, dsp))
+
+
+def _block_deltas(ir, plan, family):
+    """Per memory: how the totals change when it moves to block RAM."""
+    deltas = []
+    for name in plan.memory_names:
+        moved = network_plan(ir, replace(plan.folding, block={name}))
+        a, b = plan.resources(family), moved.resources(family)
+        deltas.append({k: b[k] - a[k] for k in a})
+    return deltas
+
+
+def _brute_force(ir, board, lut_budget):
+    options, fixed, _ = _width_options(ir, None)
+    search = FoldingSearch(ir, board.family, options, fixed)
+    limits, cell_model, cell_limit = board_limits(board, lut_budget)
+    best = None
+    for plan in _every_plan(ir, board, options):
+        t = plan.initiation_interval
+        base = _accounted(search, plan, t)
+        deltas = _block_deltas(ir, plan, board.family) if board.bram else []
+        # a memory in block RAM takes at least half a block: no more than 2 * bram of them fit
+        subsets = itertools.chain.from_iterable(itertools.combinations(deltas, n)
+                                                for n in range(min(len(deltas), 2 * board.bram) + 1))
+        for choice in subsets:
+            res = {k: base[k] + sum(d[k] for d in choice) for k in base}
+            cells = cell_model and (cell_model.get("const", 0) + cell_model.get("lut", 0) * res["lut"]
+                                    + cell_model.get("ff", 0) * res["ff"])
+            if any(res[k] > v for k, v in limits.items()) or (cell_limit is not None and cells > cell_limit):
+                continue
+            key = (t, res["lut"])
+            if best is None or key < best[0]:
+                best = (key, choice)
+    return best, search
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_the_program_finds_the_brute_force_optimum(case):
+    """Small random networks on boards of each family with budgets that bind: the same smallest interval,
+    and at it the same fewest LUTs, as enumerating every width, DSP and block-RAM choice."""
+    rng = np.random.default_rng(case)
+    board = load_board(["ice40-up5k", "ecp5-25f", "xc7a35t"][case % 3])
+    sizes = [int(rng.choice([4, 6, 8])), int(rng.choice([2, 4, 6])), int(rng.integers(2, 5))]
+    w_bits = [int(rng.integers(2, 9)), int(rng.integers(1, 9))]
+    ir = random_ir(rng, sizes, w_bits, [4, int(rng.integers(1, 5))], input_bits=int(rng.integers(2, 9)))
+    # a budget between the smallest and the largest design, so that it binds
+    options, fixed, _ = _width_options(ir, None)
+    search = FoldingSearch(ir, board.family, options, fixed)
+    lo = search.solve(max(search.periods()), {"lut": None, "ff": None, "bram": None, "dsp": None})[1]["lut"]
+    budget = lo + (board.lut - lo) * 0.02 if case % 2 else lo * 1.5
+    board = replace(board, bram=int(rng.integers(1, 4)), dsp=int(rng.integers(0, 9)))  # scarce hard blocks
+    (key, _), search = _brute_force(ir, board, budget)
+    folding = choose_folding(ir, board, lut_budget=budget)
+    plan = network_plan(ir, folding)
+    got = _accounted(search, plan, plan.initiation_interval)
+    assert (plan.initiation_interval, got["lut"]) == key
+    assert got["bram"] <= board.bram and got["dsp"] <= board.dsp and got["lut"] <= budget
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_program_ties_a_residual_adds_producers_like_brute_force(seed):
+    """A small resnet without hard blocks (word widths only, the add's two producers tied): the same optimum
+    as enumerating every width."""
+    rng = np.random.default_rng(10 + seed)
+    ir = random_resnet(rng, False)
+    board = replace(load_board("xc7a35t"), bram=0, dsp=0)
+    options, fixed, _ = _width_options(ir, None)
+    search = FoldingSearch(ir, board.family, options, fixed, bram_ok=False, dsp_ok=False)
+    lo = search.solve(max(search.periods()), {"lut": None, "ff": None, "bram": None, "dsp": None})[1]["lut"]
+    (key, _), search = _brute_force(ir, board, lo * 1.3)
+    plan = network_plan(ir, choose_folding(ir, board, lut_budget=lo * 1.3))
+    assert (plan.initiation_interval, _accounted(search, plan, plan.initiation_interval)["lut"]) == key
+
+
+def test_nothing_fits_names_the_smallest_design():
+    ir = random_ir(np.random.default_rng(3), [32, 16, 8], [8, 8], [8, 4], input_bits=8)
+    board = load_board("ice40-up5k")
+    with pytest.raises(UserError, match=r"no folding of this network fits ice40-up5k within 100 LUTs.*the smallest "
+                                        r"needs \d+ LUTs"):
+        choose_folding(ir, board, lut_budget=100)
+
+
+def test_hard_blocks_are_used_and_budgeted():
+    """An 8-bit network on boards with and without DSPs and block RAMs: the choice uses them when the board
+    has them, never more than it has, and the plan's counts are what the folding says."""
+    ir = random_ir(np.random.default_rng(4), [32, 16, 8], [8, 8], [8, 4], input_bits=8)
+    board = load_board("xc7a35t")
+    folding = choose_folding(ir, board)
+    plan = network_plan(ir, folding)
+    assert folding.dsp and folding.block
+    assert plan.dsp_blocks == sum(s.plan.lanes for s in plan.stages if s.layer.name in folding.dsp)
+    none = replace(board, dsp=0, bram=0)
+    bare = network_plan(ir, choose_folding(ir, none))
+    assert bare.dsp_blocks == 0 and bare.resources(board.family)["bram"] == 0
+    assert all(b.style == "logic" for _, b in bare.memories)
+    few = replace(board, dsp=5)
+    assert network_plan(ir, choose_folding(ir, few)).dsp_blocks <= 5
+
+
+def test_a_folding_the_family_cannot_build_is_refused():
+    from rtl_gen.folding import check_folding
+
+    ir = random_ir(np.random.default_rng(5), [8, 4, 3], [2, 2], [2, 2], input_bits=2)
+    plan = network_plan(ir, Folding([2, 2, 3], {"l0"}))  # a 2x2-bit product: no iCE40 DSP takes it
+    with pytest.raises(UserError, match="layer 'l0': its 2x2-bit multipliers do not map to ice40 DSP blocks"):
+        check_folding(plan, load_board("ice40-up5k"))
+    plan = network_plan(ir, Folding([2, 2, 3], (), {"nope"}))
+    with pytest.raises(UserError, match="no memory named 'nope'"):
+        check_folding(plan, load_board("ice40-up5k"))
