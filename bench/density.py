@@ -114,7 +114,7 @@ def _commit():
 def markdown(res):
     lines = ["# Density benchmark", "",
              f"Made by `{res['command']}` at commit {res['commit']}; raw numbers in `bench/results/density.json`.", "",
-             __doc__.split("\n\n", 2)[2].strip(), "",
+             __doc__[__doc__.index("Designs:"):].strip(), "",
              ("| model | board | folding | LUT | FF | BRAM | DSP | cells | Fmax MHz | placed | interval | "
               "LUT per MAC/cycle | bit-exact (360) | cycles = estimate |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -127,10 +127,29 @@ def markdown(res):
                      f"{d['fmax_mhz'] if d['fmax_mhz'] is not None else '-'} | "
                      f"{d['placed'] if d['placed'] is not None else 'no open tool'} | {d['interval_cycles']} | "
                      f"{d['lut_per_mac_per_cycle']} | {d['bit_exact']} | {d['cycles_equal']} |")
-    if res.get("baseline"):
-        lines += ["", "Before this design (`baseline`):", ""]
-        for key, value in res["baseline"].items():
-            lines.append(f"- {key}: {value}")
+    base = res.get("baseline")
+    if base:
+        lines += ["", (f"Before the hard-block work (commit {base['commit']}, `baseline` in the JSON; "
+                      f"{base['command']}):"), "",
+                  "| model | board | folding | LUT | FF | BRAM | cells | Fmax MHz | interval | LUT per MAC/cycle |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for d in [*base["designs"], base.get("cnn_ice40_fixed_folding")]:
+            if d is None:
+                continue
+            if not d.get("fits", True):
+                lines.append(f"| {d['model']} | {d['board']} | no folding fits | | | | | | | |")
+                continue
+            fmax = d.get("fmax_mhz") or ("did not place" if d.get("pnr_error") else "-")
+            lines.append(f"| {d['model']} | {d['board']} | {d['folding']} | {d['lut']} | {d['ff']} | {d['bram']} | "
+                         f"{d.get('cells') or '-'} | {fmax} | {d['interval_cycles']} | {d['lut_per_mac_per_cycle']} |")
+        lines += ["", "Density gain (baseline LUT per MAC/cycle over now's, same model and board):", ""]
+        now = {(d["model"], d["board"]): d for d in res["designs"] if d["fits"]}
+        for d in [*base["designs"], base.get("cnn_ice40_fixed_folding")]:
+            key = d and (d["model"], d["board"])
+            if d and d.get("fits", True) and key in now:
+                gain = d["lut_per_mac_per_cycle"] / now[key]["lut_per_mac_per_cycle"]
+                lines.append(f"- {key[0]} on {key[1]}: {d['lut_per_mac_per_cycle']} -> "
+                             f"{now[key]['lut_per_mac_per_cycle']} ({gain:.2f}x)")
     return "\n".join(lines) + "\n"
 
 

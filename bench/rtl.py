@@ -1,6 +1,6 @@
 """RTL benchmark: array efficiency of a conv layer and the cost of one MAC lane per bitwidth.
 
-    python bench/rtl.py [--families ice40 xilinx7]
+    python bench/rtl.py [--families ice40 xilinx7 ecp5]
 
 Writes bench/results/rtl.json and docs/results/rtl.md.
 
@@ -11,8 +11,10 @@ Writes bench/results/rtl.json and docs/results/rtl.md.
   MACs / issue cycles; efficiency = that / (rows x cols). The output is checked against the golden
   model, so the cycles counted are cycles of a correct computation.
 - ``lut_per_mac``: yosys (the boards' synthesis commands) on an 8 x 8 systolic array of processing
-  elements at W/A = 8/8, 4/4, 2/2 (accumulator ``w + a + 6`` bits) and on an XNOR-popcount core of
-  8 lanes x 64 inputs at 1/1; LUTs and flip-flops divided by the number of MAC lanes.
+  elements at W/A = 8/8, 4/4, 2/2 (accumulator ``w + a + 6`` bits), multipliers in logic, and again with
+  them on DSP blocks where the family's DSP takes the product; and on an XNOR-popcount core of 8 lanes x
+  64 inputs at 1/1; LUTs, flip-flops and DSPs divided by the number of MAC lanes (``dsp_per_mac``).
+  ``dsp_8bit_lut_per_mac``: the 8-bit lanes on DSPs (the script fails if above 20).
 """
 
 import argparse
@@ -119,31 +121,37 @@ def _synth(component, name, board):
 
 
 def measure_lut_per_mac(families):
+    from boards.model import dsp_eligible
     from rtl_gen.systolic import SystolicArray
     from rtl_gen.xnor import XnorPopcount
 
+    def row(unit, w, a, lanes, syn):
+        t = syn["total"]
+        return {"unit": unit, "w_bits": w, "a_bits": a, "lanes": lanes, "lut": t["lut"], "ff": t["ff"], "dsp": t["dsp"],
+                "lut_per_mac": round(t["lut"] / lanes, 2), "ff_per_mac": round(t["ff"] / lanes, 2),
+                "dsp_per_mac": round(t["dsp"] / lanes, 3)}
+
     out = {}
+    lanes = ARRAY[0] * ARRAY[1]
     for family in families:
         board = load_board(FAMILY_BOARDS[family])
         rows = []
         for w, a in PE_BITS:
             arr = SystolicArray(rows=ARRAY[0], cols=ARRAY[1], w_bits=w, a_bits=a, acc_bits=w + a + 6)
-            syn = _synth(arr, "pe_array", board)
-            lanes = ARRAY[0] * ARRAY[1]
-            rows.append({"unit": "systolic PE", "w_bits": w, "a_bits": a, "lanes": lanes,
-                         "lut": syn["total"]["lut"], "ff": syn["total"]["ff"],
-                         "lut_per_mac": round(syn["total"]["lut"] / lanes, 2),
-                         "ff_per_mac": round(syn["total"]["ff"] / lanes, 2)})
+            rows.append(row("systolic PE", w, a, lanes, _synth(arr, "pe_array", board)))
+        for w, a in PE_BITS:
+            if board.dsp and dsp_eligible(family, w, a):
+                arr = SystolicArray(rows=ARRAY[0], cols=ARRAY[1], w_bits=w, a_bits=a, acc_bits=w + a + 6, dsp=True)
+                rows.append(row("systolic PE on DSP", w, a, lanes, _synth(arr, "pe_array", board)))
         lanes_x, simd = XNOR_SHAPE
-        syn = _synth(XnorPopcount(lanes=lanes_x, simd=simd), "xnor_core", board)
-        lanes = lanes_x * simd
-        rows.append({"unit": "XNOR lane", "w_bits": 1, "a_bits": 1, "lanes": lanes,
-                     "lut": syn["total"]["lut"], "ff": syn["total"]["ff"],
-                     "lut_per_mac": round(syn["total"]["lut"] / lanes, 2),
-                     "ff_per_mac": round(syn["total"]["ff"] / lanes, 2)})
+        rows.append(row("XNOR lane", 1, 1, lanes_x * simd, _synth(XnorPopcount(lanes=lanes_x, simd=simd), "xnor_core",
+                                                                   board)))
+        logic = [r for r in rows if r["unit"] != "systolic PE on DSP"]
+        on_dsp = [r for r in rows if r["unit"] == "systolic PE on DSP" and r["w_bits"] == 8 and r["a_bits"] == 8]
         out[family] = {"board": board.name, "command": board.yosys_synth, "units": rows,
                        "cost_falls_with_bits": all(r1["lut_per_mac"] > r2["lut_per_mac"]
-                                                   for r1, r2 in itertools.pairwise(rows))}
+                                                   for r1, r2 in itertools.pairwise(logic)),
+                       "dsp_8bit_lut_per_mac": on_dsp[0]["lut_per_mac"] if on_dsp else None}
     return out
 
 
@@ -163,13 +171,18 @@ def markdown(res):
          "(the window generator and the weight ROMs keep up). Whole run adds the pipeline fill and drain "
          "(buffer read, the array's row chain, accumulate, requantize)."), "",
         "## Cost of one MAC lane (yosys)", "",
-        "| family | unit | W/A bits | lanes | LUT | FF | LUT per MAC | FF per MAC |", "|---|---|---|---|---|---|---|---|",
+        "| family | unit | W/A bits | lanes | LUT | FF | DSP | LUT per MAC | FF per MAC | DSP per MAC |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for family, r in res["lut_per_mac"].items():
         for u in r["units"]:
             lines.append(f"| {family} | {u['unit']} | {u['w_bits']}/{u['a_bits']} | {u['lanes']} | {u['lut']} | "
-                         f"{u['ff']} | {u['lut_per_mac']} | {u['ff_per_mac']} |")
-    lines += ["", ("Systolic PE: an 8 x 8 array (multiplier, the row's adder and its partial-sum register per PE). "
+                         f"{u['ff']} | {u['dsp']} | {u['lut_per_mac']} | {u['ff_per_mac']} | {u['dsp_per_mac']} |")
+    lines += ["", ("Systolic PE: an 8 x 8 array (multiplier, the row's adder and its partial-sum register per PE), "
+                   "the multipliers in logic (shift-and-add) or, where the family's DSP mapping takes the product "
+                   "(`boards.model.dsp_eligible`), on DSP blocks (one per lane: iCE40 SB_MAC16, ECP5 MULT18X18D, "
+                   "7-series DSP48E1; the row's adder and register stay in logic on iCE40 and ECP5, and go into the "
+                   "DSP48E1 cascade on 7-series). The folding search chooses per layer, within the board's DSPs. "
                    "XNOR lane: an XNOR-popcount core of 8 lanes x 64 inputs, per input (one XNOR and its share of the "
                    "popcount tree and the registered sum).")]
     return "\n".join(lines) + "\n"
@@ -177,7 +190,7 @@ def markdown(res):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--families", nargs="+", default=["ice40", "xilinx7"], choices=sorted(FAMILY_BOARDS))
+    ap.add_argument("--families", nargs="+", default=["ice40", "xilinx7", "ecp5"], choices=sorted(FAMILY_BOARDS))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     res = {"machine": f"{platform.machine()}, {platform.python_version()}"}
@@ -192,6 +205,8 @@ def main(argv=None):
         print(family, [(u["unit"], f"{u['w_bits']}/{u['a_bits']}", u["lut_per_mac"]) for u in r["units"]], file=sys.stderr)
     print("wrote bench/results/rtl.json and docs/results/rtl.md", file=sys.stderr)
     ok = res["array_efficiency"]["bit_exact"] and res["array_efficiency"]["array_efficiency"] >= 0.9
+    ok = ok and all(r["dsp_8bit_lut_per_mac"] is None or r["dsp_8bit_lut_per_mac"] <= 20
+                    for r in res["lut_per_mac"].values())
     return 0 if ok else 1
 
 

@@ -223,20 +223,25 @@ def random_resnet(rng, binary):
 
 
 def random_folding(rng, ir, board):
-    """A random valid folding of ``ir`` for ``board``: word widths up to 16, DSP multipliers on some layers
-    that can have them (within the board's DSPs), some memories in block RAM (within its block RAMs)."""
+    """A random valid folding of ``ir`` for ``board``: word widths up to 16 (engines of at most 64 lanes, as
+    the folding search builds them), DSP multipliers on some layers that can have them (within the board's
+    DSPs), some memories in block RAM (within its block RAMs)."""
     from boards.model import dsp_eligible
     from rtl_gen.engine import EnginePlan
+    from rtl_gen.folding import MAX_LANES
     from rtl_gen.plan import Folding, buffer_channels, network_plan, width_ties
 
     counts = buffer_channels(ir)
-    widths = []
-    for k, n in enumerate(counts):
-        options = [d for d in range(1, min(n, 16) + 1) if n % d == 0 or k == len(counts) - 1]
-        widths.append(int(rng.choice(options)))
-    for i, j, _ in width_ties(ir):
-        widths[j] = widths[i]
-    plan = network_plan(ir, widths)
+    for _ in range(100):  # engines of at most MAX_LANES lanes, as the folding search builds them
+        widths = []
+        for k, n in enumerate(counts):
+            options = [d for d in range(1, min(n, 16) + 1) if n % d == 0 or k == len(counts) - 1]
+            widths.append(int(rng.choice(options)))
+        for i, j, _ in width_ties(ir):
+            widths[j] = widths[i]
+        plan = network_plan(ir, widths)
+        if all(s.plan.lanes <= MAX_LANES for s in plan.stages if isinstance(s.plan, EnginePlan)):
+            break
     dsp, used = set(), 0
     for s in plan.stages:
         p = s.plan

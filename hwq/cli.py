@@ -99,7 +99,7 @@ def _train_config(args):
 
 def _add_board(p, *, folding=True):
     from boards import DEFAULT_BOARD
-    from rtl_gen.folding import DEFAULT_LUT_FRACTION
+    from rtl_gen.folding import CELL_FRACTION, DEFAULT_LUT_FRACTION
 
     p.add_argument("--board", default=DEFAULT_BOARD,
                    help=f"board name (see `hwq boards`) or a board .yaml file (default: {DEFAULT_BOARD})")
@@ -110,7 +110,9 @@ def _add_board(p, *, folding=True):
                         "(repeatable; the others are chosen automatically; a layer's cols must equal the "
                         "previous layer's rows, and a residual add's two inputs need equal rows)")
     p.add_argument("--lut-budget", type=_positive, metavar="N",
-                   help=f"LUTs the automatic folding may use (default: {round(DEFAULT_LUT_FRACTION * 100)}%% of the board's)")
+                   help=f"LUTs the automatic folding may use (default: {round(DEFAULT_LUT_FRACTION * 100)}%% of the "
+                        f"board's; on iCE40 the estimated logic cells also stay within {round(CELL_FRACTION * 100)}%%). "
+                        "DSPs and block RAMs are used where they save logic, within the board's counts")
 
 
 def cmd_boards(args):
@@ -218,7 +220,10 @@ def cmd_rtl(args):
     ir = load_ir(args.ir)
     info = generate_rtl(ir, board, args.out, **_folding(args))
     arrays = ", ".join(f"{la['name']} {la['engine']} {la['array'][0]}x{la['array'][1]}"
+                       + (" on DSPs" if la.get("dsp") else "")
                        for la in info["layers"] if la["stage"] is not None)
+    block = info["folding"]["block"]
+    arrays += f"; in block RAM: {', '.join(block)}" if block else "; every memory in logic"
     n_layers, n_mem = len(info["files"]) - 1, len(info["memory_files"])
     print(f"wrote {args.out}/: top.v, {n_layers} layer files, {n_mem} memory files and rtl.json for {board.name}: "
           f"latency {info['latency_cycles']} cycles, "
@@ -236,18 +241,20 @@ def cmd_estimate(args):
 
     board = load_board(args.board)
     est = estimate(load_ir(args.ir), board, **_folding(args))
-    for la in est["layers"]:
+    for la in [*est["layers"], {"name": "(top)", "estimate": {**est["top"], "cycles": 0}}]:
         e = la["estimate"]
-        print(f"{la['name']:<8} LUT {e['lut']:>6}  FF {e['ff']:>6}  cycles {e['cycles']:>6}")
+        print(f"{la['name']:<8} LUT {e['lut']:>6}  FF {e['ff']:>6}  BRAM {e['bram']:>4g}  DSP {e['dsp']:>3}  "
+              f"cycles {e['cycles']:>6}")
     t = est["totals"]
     if est["fits"]:
         fit = "fits"
     else:
         worst = max(est["layers"], key=lambda la: la["estimate"]["lut"])
-        over = ", ".join(f"{v} {k.upper()}" for k, v in est["over"].items())
+        over = ", ".join(f"{v:g} {k.upper()}" for k, v in est["over"].items())
         fit = f"does NOT fit (over by {over}; largest layer {worst['name']}, {worst['estimate']['lut']} LUT)"
-    print(f"{'total':<8} LUT {t['lut']:>6}  FF {t['ff']:>6}  cycles {t['cycles']:>6}  "
-          f"({est['latency_us']:.2f} us at {board.clock_mhz:g} MHz); {fit} {board.name}")
+    cells = f"  logic cells {t['cells']}" if "cells" in t else ""
+    print(f"{'total':<8} LUT {t['lut']:>6}  FF {t['ff']:>6}  BRAM {t['bram']:>4g}  DSP {t['dsp']:>3}  cycles "
+          f"{t['cycles']:>6}{cells}  ({est['latency_us']:.2f} us at {board.clock_mhz:g} MHz); {fit} {board.name}")
     if args.out:
         write_json(args.out, est)
         print(f"wrote {args.out}")
