@@ -7,6 +7,10 @@
   ``$HWQ_DATA/mnist`` (default ``~/.cache/hwq/data/mnist``); 8-bit codes = the pixels.
 - ``cifar10``: the binary version (``cifar-10-batches-bin/data_batch_{1..5}.bin``, ``test_batch.bin``)
   in ``$HWQ_DATA/cifar10``; 8-bit codes = the pixels, shape (3, 32, 32).
+- ``mnist1d``: MNIST-1D (Greydanus, 2020), generated offline by the ``mnist1d`` package from its templates
+  with the published default arguments (4,000 training and 1,000 test sequences of 40 samples, 10 classes),
+  cached in ``$HWQ_DATA/mnist1d`` after the first generation (about 10 s). Samples (about -5..5) become
+  unsigned 8-bit codes ``clip(round((x + 4) * 255 / 8), 0, 255)``; shape (1, 1, 40).
 - ``synthetic``: 10 classes of random 8x8 prototypes plus noise, 4-bit codes (for fast tests).
 
 >>> pixels_to_codes(np.array([0, 8, 16]), bits=4).tolist()
@@ -24,7 +28,8 @@ from .errors import UserError
 
 __all__ = ["DATASETS", "Dataset", "data_dir", "load_dataset", "pixels_to_codes"]
 
-DATASETS = ("digits", "mnist", "cifar10", "synthetic")
+DATASETS = ("digits", "mnist", "mnist1d", "cifar10", "synthetic")
+MNIST1D_RANGE = 4.0  # samples in [-4, 4] map onto the 8-bit codes (the few beyond are clipped)
 DIGITS_MAX_PIXEL = 16
 
 
@@ -137,6 +142,30 @@ def _cifar10():
     return Dataset("cifar10", x_tr, y_tr, x_te, y_te, 8, 1.0 / 255, 10, (3, 32, 32))
 
 
+def _mnist1d():
+    cached = data_dir("mnist1d") / "mnist1d-default.npz"
+    if cached.is_file():
+        raw = np.load(cached)
+    else:
+        try:
+            from mnist1d.data import get_dataset_args, make_dataset
+        except ImportError:
+            raise UserError("the mnist1d dataset needs the mnist1d package: pip install mnist1d") from None
+        data = make_dataset(get_dataset_args())  # the published defaults; generated here, nothing downloaded
+        raw = {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, **raw)
+        tmp.replace(cached)
+
+    def codes(x):
+        return np.clip(np.rint((np.asarray(x, dtype=np.float64) + MNIST1D_RANGE) * 255 / (2 * MNIST1D_RANGE)),
+                       0, 255).astype(np.int64)
+
+    return Dataset("mnist1d", codes(raw["x"]), np.asarray(raw["y"], dtype=np.int64), codes(raw["x_test"]),
+                   np.asarray(raw["y_test"], dtype=np.int64), 8, 1.0 / 255, 10, (1, 1, 40))
+
+
 def load_dataset(name="digits", *, input_bits=4, test_fraction=0.2, split_seed=0):
     """Load a dataset by name (digits and synthetic are split by ``split_seed``, stratified)."""
     if name == "digits":
@@ -145,6 +174,8 @@ def load_dataset(name="digits", *, input_bits=4, test_fraction=0.2, split_seed=0
         return _synthetic(input_bits, test_fraction, split_seed)
     if name == "mnist":
         return _mnist()
+    if name == "mnist1d":
+        return _mnist1d()
     if name == "cifar10":
         return _cifar10()
     raise UserError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")

@@ -147,6 +147,9 @@ def _seed_everything(seed):
 
 
 def _net_config(cfg, data):
+    if cfg.model != "mlp" and min(data.image_shape[1:]) < 4:
+        raise UserError(f"--model {cfg.model}: its 3x3 convolutions and two 2x2 poolings need images of at least "
+                        f"4x4; {data.name} samples are {'x'.join(map(str, data.image_shape[1:]))} (use --model mlp)")
     in_shape = [data.in_features] if cfg.model == "mlp" else list(data.image_shape)
     names = layer_names(cfg.model, len(cfg.hidden))
     w_bits, a_bits = resolve_bits(cfg, names, data.input_bits)

@@ -13,6 +13,7 @@ from hwq.cli import main
     (["rtl", "ir", "--board", "nope", "--out", "x"], "unknown board 'nope'; known boards: ecp5-25f, ecp5-85f, ice40-hx8k, ice40-up5k, xc7a100t, xc7a35t, xc7z020"),
     (["estimate", "ir", "--board", "nope"], "known boards: ecp5-25f, ecp5-85f"),
     (["export", "does-not-exist", "--out", "x"], "does-not-exist: run directory not found"),
+    (["train", "--dataset", "mnist1d", "--model", "cnn", "--out", "x"], "mnist1d samples are 1x40 (use --model mlp)"),
 ])
 def test_user_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -73,6 +74,23 @@ def test_local_mnist_files_are_read(tmp_path, monkeypatch):
     monkeypatch.setenv("HWQ_DATA", str(tmp_path))
     d = load_dataset("mnist")
     assert d.x_train.shape == (20, 784) and d.image_shape == (1, 28, 28) and d.input_bits == 8
+
+
+def test_mnist1d_is_generated_offline_with_the_published_sizes(tmp_path, monkeypatch):
+    """MNIST-1D from the mnist1d package's templates and default arguments (no download), cached after the
+    first generation: 4,000 / 1,000 sequences of 40 samples as 8-bit codes, ten balanced-ish classes."""
+    import numpy as np
+
+    from hwq.data import load_dataset
+
+    monkeypatch.setenv("HWQ_DATA", str(tmp_path))
+    d = load_dataset("mnist1d")
+    assert (d.x_train.shape, d.x_test.shape, d.input_bits, d.image_shape) == ((4000, 40), (1000, 40), 8, (1, 1, 40))
+    assert d.x_train.min() >= 0 and d.x_train.max() <= 255 and np.unique(d.x_train).size > 200
+    assert sorted(np.unique(d.y_train)) == list(range(10)) and np.bincount(d.y_train).min() > 300
+    assert (tmp_path / "mnist1d" / "mnist1d-default.npz").is_file()
+    again = load_dataset("mnist1d")
+    assert np.array_equal(again.x_test, d.x_test) and np.array_equal(again.y_train, d.y_train)
 
 
 def test_resnet_runs_through_rtl_and_sim_and_its_add_is_not_a_layer_alone(tmp_path, capsys):
