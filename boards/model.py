@@ -12,8 +12,8 @@ from importlib import resources
 
 from hwq.errors import UserError
 
-__all__ = ["BRAM_SHAPES", "DSP_MAX_WIDTHS", "DSP_MIN_PRODUCT_BITS", "bram_blocks", "cells", "coefficients", "dsp_eligible", "fit",
-           "plan_resources", "predict"]
+__all__ = ["BRAM_SHAPES", "DSP_MAX_WIDTHS", "DSP_MIN_PRODUCT_BITS", "bram_blocks", "cells", "coefficients",
+           "correction_log_ratio", "dsp_eligible", "fit", "fit_correction", "plan_resources", "predict"]
 
 COEFFICIENTS = "calibration/coefficients.json"
 
@@ -56,12 +56,30 @@ def coefficients():
         raise UserError(f"boards/{COEFFICIENTS} is missing: run `python -m boards.calibrate` to make it") from None
 
 
-def predict(family, resource, features):
-    """Estimate of ``resource`` ("lut"/"ff") for a component with these named features."""
+def predict(family, resource, features, correction=None):
+    """Estimate of ``resource`` ("lut"/"ff") for a component with these named features; ``correction``: the
+    named inputs of the family's correction trees for this resource, if it has them (layer engines' LUTs)."""
     model = coefficients().get(family, {}).get(resource)
     if model is None:
         raise UserError(f"no calibrated {resource} model for FPGA family {family!r} in boards/{COEFFICIENTS}")
-    return round(sum(model.get(name, 0.0) * value for name, value in features.items()))
+    value = sum(model.get(name, 0.0) * v for name, v in features.items())
+    trees = coefficients().get(family, {}).get(f"{resource}_correction")
+    if correction is not None and trees:
+        value *= math.exp(correction_log_ratio(trees, correction))
+    return round(value)
+
+
+def correction_log_ratio(trees, inputs):
+    """The log of the factor by which boosted regression trees (fitted by ``boards.calibrate``) correct the
+    linear model: ``init + rate * sum(tree(inputs))``, each tree stored as parallel lists of nodes."""
+    x = [inputs.get(name, 0) for name in trees["inputs"]]
+    total = trees["init"]
+    for feature, threshold, left, right, value in trees["trees"]:
+        node = 0
+        while left[node] >= 0:
+            node = left[node] if x[feature[node]] <= threshold[node] else right[node]
+        total += trees["rate"] * value[node]
+    return total
 
 
 def cells(family, lut, ff):
@@ -91,8 +109,30 @@ def plan_resources(family, plan):
     BRAM and DSP are 0 here: components with block-RAM memories or DSP multipliers add their own counts in
     their ``resources``.
     """
-    return {"lut": predict(family, "lut", plan.cost_features), "ff": predict(family, "ff", plan.register_bits),
-            "bram": 0, "dsp": 0}
+    correction = getattr(plan, "correction_inputs", None)
+    return {"lut": predict(family, "lut", plan.cost_features, correction),
+            "ff": predict(family, "ff", plan.register_bits), "bram": 0, "dsp": 0}
+
+
+def fit_correction(inputs, actual, linear, seed=0):
+    """Boosted regression trees (scikit-learn, 100 trees of depth 3) of ``log(actual / linear)`` on the named
+    ``inputs`` of each data point: what the linear model misses in a component's structure (how synthesis
+    merges a small ROM into multipliers, constants into comparators, ...). Returned as plain lists for
+    :func:`correction_log_ratio`."""
+    import numpy as np
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    names = sorted({k for row in inputs for k in row})
+    x = np.array([[row.get(k, 0) for k in names] for row in inputs], dtype=float)
+    y = np.log(np.maximum(np.asarray(actual, float), 1) / np.maximum(np.asarray(linear, float), 1))
+    model = GradientBoostingRegressor(n_estimators=100, max_depth=3, learning_rate=0.05, subsample=0.8,
+                                      random_state=seed).fit(x, y)
+    trees = []
+    for (est,) in model.estimators_:
+        t = est.tree_
+        trees.append([t.feature.tolist(), [round(float(v), 6) for v in t.threshold], t.children_left.tolist(),
+                      t.children_right.tolist(), [round(float(v), 6) for v in t.value[:, 0, 0]]])
+    return {"inputs": names, "init": float(model.init_.constant_[0][0]), "rate": model.learning_rate, "trees": trees}
 
 
 def fit(rows, targets):

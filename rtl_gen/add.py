@@ -98,7 +98,8 @@ class AddPlan:
     @property
     def register_bits(self):
         return {"const": 1, "ff_prom": self.prom_width * (self.groups > 1 and self.prom_style == "logic"),
-                "ff_ctrl": 3 + 2 * clog2(max(self.words, 2)) + clog2(self.groups)}
+                "ff_cmp": self.lanes * self.n_levels,  # the registered comparisons
+                "ff_ctrl": 5 + 3 * clog2(max(self.words, 2)) + clog2(self.groups)}
 
     def resources(self, family):
         from boards.model import plan_resources

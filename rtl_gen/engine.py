@@ -19,8 +19,9 @@ from .requant import MultiplyShiftRequantizer, ThresholdRequantizer
 from .systolic import SystolicArray
 from .xnor import XnorPopcount
 
-__all__ = ["ENGINES", "MEMORY_STYLES", "EnginePlan", "LayerEngine", "compare_thresholds", "memory_attrs",
-           "multiply_shift_rom_words", "pack", "param_bits", "param_memory", "param_rom_words", "requantize"]
+__all__ = ["ENGINES", "MEMORY_STYLES", "ArrayPlan", "EnginePlan", "LayerEngine", "MultiplyShiftPlan", "compare_thresholds",
+           "memory_attrs", "multiply_shift_rom_words", "pack", "param_bits", "param_memory", "param_rom_words",
+           "requantize"]
 
 ENGINES = ("systolic", "xnor")
 # Where a memory lives: "logic" (LUTs, and flip-flops for a RAM) or "block" (block RAM). The folding search
@@ -119,6 +120,100 @@ def requantize(m, name, acc, acc_bits, params, param_bits, out_bits):
 
 
 @dataclass(frozen=True)
+class ArrayPlan:
+    """Cost of an engine's datapath core: a rows x cols :class:`SystolicArray` (multipliers in logic, or on DSP
+    blocks with ``dsp``) or an :class:`XnorPopcount` core (``engine="xnor"``). ``const_weights``: the weights
+    come from a one- or two-word ROM, so synthesis folds them into the multipliers."""
+
+    engine: str
+    rows: int
+    cols: int
+    w_bits: int
+    a_bits: int
+    acc_bits: int
+    dsp: bool = False
+    const_weights: bool = False
+
+    @property
+    def psum_bits(self):
+        """Bits of the partial-sum registers that can differ: column c holds a sum of c+1 products, so
+        its upper bits copy the sign (synthesis merges such copies). Summed over the array."""
+        if self.engine == "xnor":
+            return self.rows * (self.cols.bit_length() + 1)
+        prod = self.a_bits + 1 if self.w_bits == 1 else self.w_bits + self.a_bits
+        return self.rows * sum(min(self.acc_bits, prod + c.bit_length()) for c in range(self.cols))
+
+    @property
+    def cost_features(self):
+        lanes = self.rows * self.cols
+        if self.engine == "xnor":
+            return {"xnor": lanes, "xnor_sum": self.psum_bits}
+        # a product in logic: the narrower operand's n partial products of the wider one's m bits, summed by an
+        # adder tree (rtl_gen.arith.lut_mul); a 1-bit weight negates the input instead
+        n, m = min(self.w_bits, self.a_bits), max(self.w_bits, self.a_bits)
+        logic, binary = not self.dsp, self.w_bits == 1
+        pp = 0 if not logic else (self.a_bits if binary else n * m)
+        tree = 0 if not logic or binary else (n - 1) * (m + clog2(n))
+        few = self.const_weights
+        return {
+            "pe_mult": 0 if few or binary else lanes * pp,      # partial-product bits of the multipliers in logic
+            "pe_tree": 0 if few else lanes * tree,              # their adder trees' bits
+            "pe_neg": lanes * self.a_bits if binary and logic else 0,   # 1-bit weights: x or -x
+            "pe_mult_few": lanes * pp if few else 0,            # constant weights: folded logic
+            "pe_add": 0 if self.dsp else self.psum_bits,        # adder bits along the rows
+            "dsp_add": self.psum_bits if self.dsp else 0,       # the same next to DSP multipliers (absorbed on 7-series)
+        }
+
+    @property
+    def register_bits(self):
+        if self.engine == "xnor":
+            return {"ff_pe": self.psum_bits}
+        return {"ff_pe": 0 if self.dsp else self.psum_bits, "ff_pe_dsp": self.psum_bits if self.dsp else 0}
+
+    @property
+    def dsp_blocks(self):
+        return self.rows * self.cols if self.dsp else 0
+
+
+@dataclass(frozen=True)
+class MultiplyShiftPlan:
+    """Cost of ``rows`` pipelined :class:`MultiplyShiftRequantizer` s (``registered``), in logic or on DSPs."""
+
+    rows: int
+    acc_bits: int
+    mult_bits: int
+    offset_bits: int
+    dsp: bool = False
+    const: bool = False  # the multipliers and offsets are constants (one output tile: a one-word ROM)
+
+    @property
+    def sum_bits(self):
+        return max(self.acc_bits + self.mult_bits, self.offset_bits) + 1
+
+    @property
+    def latency(self):
+        return max(1, tree_levels(min(self.acc_bits, self.mult_bits) + 1))
+
+    @property
+    def cost_features(self):
+        n, m = min(self.acc_bits, self.mult_bits), max(self.acc_bits, self.mult_bits)
+        logic, const = not self.dsp, self.const
+        return {"ms_mult": self.rows * n * m if logic and not const else 0,     # partial products of acc * mult
+                "ms_tree": self.rows * n * self.sum_bits if logic and not const else 0,  # their tree with the offset
+                "ms_mult_const": self.rows * n * m if logic and const else 0,  # by a constant: far fewer
+                "ms_add": self.rows * self.sum_bits}                 # the shift and clamp (and the DSP's adder)
+
+    @property
+    def register_bits(self):
+        regs = self.rows * self.latency * self.sum_bits  # the pipeline registers
+        return {"ff_ms": 0 if self.dsp else regs, "ff_ms_dsp": regs if self.dsp else 0}
+
+    @property
+    def dsp_blocks(self):
+        return self.rows if self.dsp else 0
+
+
+@dataclass(frozen=True)
 class EnginePlan:
     """Geometry, timing and cost of a :class:`LayerEngine`, without building hardware.
 
@@ -195,9 +290,7 @@ class EnginePlan:
     def requant_latency(self):
         """Cycles from the accumulator to the output code: compare (or add the bias) 1; multiply-shift one per
         level of its adder tree (``MultiplyShiftRequantizer.latency``)."""
-        if self.kind == "multiply_shift":
-            return max(1, tree_levels(min(self.acc_bits, self.mult_bits) + 1))
-        return 1
+        return self.multiply_shift.latency if self.kind == "multiply_shift" else 1
 
     @property
     def latency(self):
@@ -239,9 +332,7 @@ class EnginePlan:
             return self.rows * (self.mult_bits + self.offset_bits)
         return self.rows * (1 + self.n_levels * self.param_bits)
 
-    @property
-    def ms_sum_bits(self):
-        return max(self.acc_bits + self.mult_bits, self.offset_bits) + 1
+
 
     @property
     def memories(self):
@@ -262,7 +353,7 @@ class EnginePlan:
 
     @property
     def dsp_blocks(self):
-        return self.lanes * self.dsp + self.rows * self.requant_dsp
+        return self.array.dsp_blocks + (self.multiply_shift.dsp_blocks if self.multiply_shift else 0)
 
     @property
     def tag_bits(self):
@@ -283,68 +374,86 @@ class EnginePlan:
         return clog2(self.in_h + self.padding + 1) + clog2(self.in_w + self.padding + 1) + 2
 
     @property
+    def array(self):
+        """The datapath core's :class:`ArrayPlan`."""
+        return ArrayPlan(engine=self.engine, rows=self.rows, cols=self.cols, w_bits=self.w_bits, a_bits=self.a_bits,
+                         acc_bits=self.acc_bits, dsp=self.dsp, const_weights=self.rom_words <= 2 and self.rom_style == "logic")
+
+    @property
+    def multiply_shift(self):
+        """The requantizers' :class:`MultiplyShiftPlan` (multiply-shift layers), else None."""
+        if self.kind != "multiply_shift":
+            return None
+        return MultiplyShiftPlan(rows=self.rows, acc_bits=self.acc_bits, mult_bits=self.mult_bits,
+                                 offset_bits=self.offset_bits, dsp=self.requant_dsp, const=self.n_out_tiles == 1)
+
+    @property
     def psum_bits(self):
-        """Bits of the partial-sum registers that can differ: column c holds a sum of c+1 products, so
-        its upper bits copy the sign (synthesis merges such copies). Summed over the array."""
-        if self.engine == "xnor":
-            return self.rows * (self.cols.bit_length() + 1)
-        prod = self.a_bits + 1 if self.w_bits == 1 else self.w_bits + self.a_bits
-        return self.rows * sum(min(self.acc_bits, prod + c.bit_length()) for c in range(self.cols))
+        return self.array.psum_bits
+
+    def _parts(self, kind):
+        out = dict(getattr(self.array, kind))
+        if self.multiply_shift is not None:
+            out.update(getattr(self.multiply_shift, kind))
+        return out
 
     @property
     def cost_features(self):
         """Quantities the resource model is linear in, named; coefficients are fitted per FPGA family
-        from yosys runs (boards/calibrate.py). Each counts bits of one kind of hardware in this engine."""
+        from yosys runs (boards/calibrate.py). Each counts bits of one kind of hardware in this engine;
+        the array's and the multiply-shift requantizers' come from :class:`ArrayPlan` and
+        :class:`MultiplyShiftPlan`, which the calibration also measures on their own."""
         rows, cols = self.rows, self.cols
         xnor = self.engine == "xnor"
-        mult = 0 if xnor or self.dsp else (self.a_bits if self.w_bits == 1 else self.w_bits * self.a_bits)
         w_tiles = self.rom_words
         rom_logic = w_tiles > 1 and self.rom_style == "logic"
         thresholds = self.kind == "thresholds"
-        ms = self.kind == "multiply_shift"
         prom_logic = self.n_out_tiles > 1 and self.prom_style == "logic"
-        few = w_tiles <= 2  # weights from a 1-2 word ROM: multiplier folds into constant logic
         return {
             "const": 1,
-            "pe_mult": 0 if few else rows * cols * mult,          # partial-product bits of the multipliers in logic
-            "pe_mult_few": rows * cols * mult if few else 0,
-            "pe_mult_sq": 0 if few else rows * cols * mult * mult / 16,   # adder depth grows with both widths
-            "pe_add": 0 if xnor or self.dsp else self.psum_bits,  # adder bits along the rows
-            "dsp_add": self.psum_bits if self.dsp else 0,         # the same next to DSP multipliers (absorbed on 7-series)
-            "xnor": rows * cols if xnor else 0,                   # XNOR + popcount tree inputs
+            **self._parts("cost_features"),
             "rom_out": self.rom_width if rom_logic else 0,        # weight ROM output bits
             "rom_bits": self.rom_width * w_tiles if rom_logic else 0,      # weight ROM contents in LUTs
             "shift": (0 if xnor else self.a_bits * max(cols - 2, 0)) + self.tag_bits,   # delay lines (SRLs on Xilinx)
             # tracked addresses (input word, and iy/ix with padding): one adder and a multiplexer of constants
             "addr": (clog2(self.in_words) + self.window_bits) * sum(c > 1 for c in self.loop_counts),
             "acc": rows * self.acc_bits,                          # tile accumulators
-            "cmp": rows * self.n_levels * self.param_bits if thresholds else 0,   # threshold comparators
+            # threshold comparators: against ROM words, or against constants when there is one output tile
+            "cmp": rows * self.n_levels * self.param_bits if thresholds and self.n_out_tiles > 1 else 0,
+            "cmp_const": rows * self.n_levels * self.param_bits if thresholds and self.n_out_tiles == 1 else 0,
             "bias_add": rows * self.acc_bits if self.kind == "bias" else 0,
-            "ms_mult": rows * self.acc_bits * self.mult_bits if ms and not self.requant_dsp else 0,
-            "ms_add": rows * self.ms_sum_bits if ms else 0,       # offset add, shift and clamp
             "out_reg": self.positions * self.out_channels * self.out_bits if self.kind == "bias" else 0,  # logits
-            "param_rom": (self.prom_width - rows) * prom_logic if not ms else self.prom_width * prom_logic,
+            # the parameter ROM in logic: its contents and its output bits, as for the weight ROM
+            "param_rom": self.prom_width * self.n_out_tiles * prom_logic,
+            "param_out": self.prom_width * prom_logic,
+            "rom_block_out": self.rom_width if self.rom_words > 1 and self.rom_style == "block" else 0,
             "ctrl": self.tag_bits,
         }
+
+    @property
+    def correction_inputs(self):
+        """What the family's correction trees of the LUT model read (``boards.model.correction_log_ratio``): the
+        cost features and the engine's shape, bits and memory places."""
+        return {**self.cost_features, "rows": self.rows, "cols": self.cols, "w_bits": self.w_bits,
+                "a_bits": self.a_bits, "acc_bits": self.acc_bits, "out_bits": self.out_bits, "rom_words": self.rom_words,
+                "n_out_tiles": self.n_out_tiles, "rom_block": self.rom_style == "block",
+                "prom_block": self.prom_style == "block", "dsp": self.dsp, "requant_dsp": self.requant_dsp,
+                "xnor": self.engine == "xnor"}
 
     @property
     def register_bits(self):
         """Flip-flops by purpose, counted from the structure (the FF model is fitted on these)."""
         rows, cols = self.rows, self.cols
         w_tiles = self.rom_words
-        ms = self.kind == "multiply_shift"
         return {
             "const": 1,
-            "ff_pe": 0 if self.dsp else self.psum_bits,
-            "ff_pe_dsp": self.psum_bits if self.dsp else 0,
+            **self._parts("register_bits"),
             # ROM read registers (inside the block RAM when there); a one-word ROM is a constant and its register disappears
             "ff_wrom": self.rom_width * (w_tiles > 1 and self.rom_style == "logic"),
             "ff_prom": self.prom_width * (self.n_out_tiles > 1 and self.prom_style == "logic"),
             "ff_x": cols * self.a_bits * (1 + (0 if self.engine == "xnor" else (cols - 1) / 2)),
             "ff_acc": rows * self.acc_bits,
-            # the multiply-add's pipeline registers (after every adder level)
-            "ff_ms": rows * self.requant_latency * self.ms_sum_bits if ms and not self.requant_dsp else 0,
-            "ff_ms_dsp": rows * self.requant_latency * self.ms_sum_bits if self.requant_dsp else 0,
+            "ff_cmp": rows * self.n_levels if self.kind == "thresholds" else 0,  # the registered comparisons
             # the logits layer keeps every output in a register (the top's output); others pass a word on
             "ff_out": self.positions * self.out_channels * self.out_bits if self.kind == "bias" else rows * self.out_bits,
             # the tag pipeline, the loop counters and the tracked addresses

@@ -58,14 +58,16 @@ class PoolPlan:
 
     @property
     def cost_features(self):
+        """Named for the pool alone (its own coefficients): comparators, tracked addresses, control."""
         loops = sum(c > 1 for c in (self.kernel, self.kernel, self.groups, self.out_w, self.out_h))
-        return {"const": 1, "pool_cmp": self.lanes * self.bits, "addr": (clog2(self.in_words) + clog2(self.out_words)) * loops,
-                "ctrl": 2 * (3 + clog2(self.out_words))}
+        return {"pool_const": 1, "pool_cmp": self.lanes * self.bits,
+                "pool_addr": (clog2(self.in_words) + clog2(self.out_words)) * loops,
+                "pool_ctrl": 2 * (3 + clog2(self.out_words))}
 
     @property
     def register_bits(self):
-        return {"const": 1, "ff_pool": self.lanes * self.bits,
-                "ff_ctrl": 2 * (3 + clog2(self.out_words)) + 5 * clog2(max(self.in_words, 2))}
+        return {"pool_const": 1, "ff_pool": self.lanes * self.bits,
+                "ff_pool_ctrl": 2 * (3 + clog2(self.out_words)) + 5 * clog2(max(self.in_words, 2))}
 
     def resources(self, family):
         from boards.model import plan_resources

@@ -52,14 +52,23 @@ def _every_plan(ir, board, options):
                 yield network_plan(ir, Folding(widths, dsp))
 
 
-def _block_deltas(ir, plan, family):
-    """Per memory: how the totals change when it moves to block RAM."""
-    deltas = []
-    for name in plan.memory_names:
-        moved = network_plan(ir, replace(plan.folding, block={name}))
-        a, b = plan.resources(family), moved.resources(family)
-        deltas.append({k: b[k] - a[k] for k in a})
-    return deltas
+def _block_choices(ir, plan, family):
+    """Per component with memories (a buffer, or a stage's ROMs together): for each choice of which of them are
+    block RAM, (the names, how the totals change). A stage's ROMs are enumerated jointly, since its estimate
+    is rounded as a whole."""
+    groups = [[name] for name, _ in plan.memories]
+    groups += [[f"{s.layer.name}.{mem[0]}" for mem in s.plan.memories] for s in plan.stages
+               if getattr(s.plan, "memories", None)]
+    base = plan.resources(family)
+    out = []
+    for names in groups:
+        choices = []
+        for n in range(len(names) + 1):
+            for subset in itertools.combinations(names, n):
+                res = network_plan(ir, replace(plan.folding, block=set(subset))).resources(family)
+                choices.append((subset, {k: res[k] - base[k] for k in base}))
+        out.append(choices)
+    return out
 
 
 def _brute_force(ir, board, lut_budget):
@@ -70,12 +79,11 @@ def _brute_force(ir, board, lut_budget):
     for plan in _every_plan(ir, board, options):
         t = plan.initiation_interval
         base = _accounted(search, plan, t)
-        deltas = _block_deltas(ir, plan, board.family) if board.bram else []
-        # a memory in block RAM takes at least half a block: no more than 2 * bram of them fit
-        subsets = itertools.chain.from_iterable(itertools.combinations(deltas, n)
-                                                for n in range(min(len(deltas), 2 * board.bram) + 1))
-        for choice in subsets:
-            res = {k: base[k] + sum(d[k] for d in choice) for k in base}
+        groups = _block_choices(ir, plan, board.family) if board.bram else []
+        for choice in itertools.product(*groups):
+            if sum(len(names) for names, _ in choice) > 2 * board.bram:  # a block memory takes half a block or more
+                continue
+            res = {k: base[k] + sum(d[k] for _, d in choice) for k in base}
             cells = cell_model and (cell_model.get("const", 0) + cell_model.get("lut", 0) * res["lut"]
                                     + cell_model.get("ff", 0) * res["ff"])
             if any(res[k] > v for k, v in limits.items()) or (cell_limit is not None and cells > cell_limit):
@@ -95,12 +103,13 @@ def test_the_program_finds_the_brute_force_optimum(case):
     sizes = [int(rng.choice([4, 6, 8])), int(rng.choice([2, 4, 6])), int(rng.integers(2, 5))]
     w_bits = [int(rng.integers(2, 9)), int(rng.integers(1, 9))]
     ir = random_ir(rng, sizes, w_bits, [4, int(rng.integers(1, 5))], input_bits=int(rng.integers(2, 9)))
-    # a budget between the smallest and the largest design, so that it binds
+    board = replace(board, bram=int(rng.integers(1, 4)), dsp=int(rng.integers(0, 9)))  # scarce hard blocks
+    # a LUT budget between the smallest and the largest design, so that it binds
     options, fixed, _ = _width_options(ir, None)
     search = FoldingSearch(ir, board.family, options, fixed)
-    lo = search.solve(max(search.periods()), {"lut": None, "ff": None, "bram": None, "dsp": None})[1]["lut"]
+    limits = {"lut": None, "ff": None, "bram": board.bram, "dsp": board.dsp}
+    lo = search.solve(max(search.periods()), limits)[1]["lut"]
     budget = lo + (board.lut - lo) * 0.02 if case % 2 else lo * 1.5
-    board = replace(board, bram=int(rng.integers(1, 4)), dsp=int(rng.integers(0, 9)))  # scarce hard blocks
     (key, _), search = _brute_force(ir, board, budget)
     folding = choose_folding(ir, board, lut_budget=budget)
     plan = network_plan(ir, folding)
