@@ -67,7 +67,8 @@ def _report_layers(ir, rtl_info, est, sim, syn):
         rows.append({
             "name": layer.name, "op": layer.op, "engine": rl["engine"],
             "w_bits": layer.w_bits, "a_bits": layer.a_bits, "out_bits": layer.out_bits,
-            "acc_bits": layer.acc_bits, "array": rl.get("array"),
+            "acc_bits": layer.acc_bits, "array": rl.get("array"), "dsp": rl.get("dsp_blocks", 0),
+            "memories": rl.get("memories", []),
             "estimate": el["estimate"],
             "synth": {k: yl[k] for k in RESOURCES} if yl else None,
             "sim": {"cycles": sl["cycles"]},
@@ -159,6 +160,8 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
         },
         "layers": _report_layers(ir, rtl_info, est, sim, syn),
         "top": {"estimate": est["top"], "synth": syn["top"] if syn else None},
+        "folding": rtl_info["folding"],
+        "buffers": rtl_info["buffers"] + rtl_info["skips"],
         "totals": {
             "estimate": est["totals"],
             "synth": syn["total"] if syn else None,
@@ -208,8 +211,20 @@ def render_html(report):
              f"<td>{top['synth']['ff'] if top['synth'] else '-'}</td><td></td><td></td></tr>")
     if tot["synth"]:
         synth_line = f"yosys: {tot['synth']['lut']} LUT, {tot['synth']['ff']} FF, {tot['synth']['bram']} BRAM, {tot['synth']['dsp']} DSP."
+        cells = ((tot.get("pnr") or {}).get("utilization") or {}).get("ICESTORM_LC")
+        if cells:
+            synth_line += f" nextpnr: {cells['used']} of {cells['available']} logic cells."
+        if tot.get("fmax_mhz"):
+            synth_line += f" Fmax {tot['fmax_mhz']} MHz."
     else:
         synth_line = "Synthesis not run (hwq flow --synth runs it)."
+    est_t = tot["estimate"]
+    est_line = (f"Estimated {est_t['lut']} LUT, {est_t['ff']} FF, {est_t['bram']:g} BRAM, {est_t['dsp']} DSP"
+                + (f", {est_t['cells']} logic cells" if "cells" in est_t else "") + ".")
+    block = report.get("folding", {}).get("block", [])
+    dsp = report.get("folding", {}).get("dsp", [])
+    places = (f"In block RAM: {e(', '.join(block)) if block else 'nothing'}. On DSP blocks: "
+              f"{e(', '.join(dsp)) if dsp else 'nothing'}.")
     verdict = "bit-exact" if be["rtl_vs_golden"] else f"MISMATCH: {e(str(be['first_mismatch']))}"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>hwq report: {e(report['model'])} on {e(report['board'])}</title>
@@ -233,7 +248,7 @@ rounding, {be['fake_quant_mismatches_unexplained']} unexplained)</li></ul>
 <h2>Totals</h2>
 <p>Latency {tot['latency_cycles_sim']} cycles (simulated), {tot['initiation_interval_cycles_sim']} cycles between inputs;
 {tot['throughput_inferences_per_s']} inferences/s at the board's {tot['clock_mhz']} MHz clock (not a measured Fmax).
-Estimated {tot['estimate']['lut']} LUT, {tot['estimate']['ff']} FF; {synth_line}
+{est_line} {synth_line} {places}
 {'Fits' if tot['fits'] else 'Does NOT fit'} the board.</p>
 </body></html>
 """

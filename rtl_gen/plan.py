@@ -113,7 +113,8 @@ class BufferPlan:
         logic = self.style == "logic"
         # a block RAM needs no logic (its banks are address bits; no read-during-write bypass)
         return {"buf_logic_bits": self.total_bits if logic else 0, "buf_width": self.width if logic else 0,
-                "buf_addr": clog2(self.depth) if logic else 0, "buf_words": self.depth if logic else 0}
+                "buf_addr": clog2(self.depth) if logic else 0, "buf_words": self.depth if logic else 0,
+                "buf_mux": self.total_bits * clog2(self.depth) if logic else 0}  # the read multiplexer's levels
 
     @property
     def register_bits(self):

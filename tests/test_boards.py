@@ -119,11 +119,9 @@ def test_dsp_blocks_are_exactly_the_multipliers_marked_for_them(tmp_path, board)
     for each marked multiplier that ``boards.model.dsp_eligible`` accepts, none for the others."""
     if shutil.which("yosys") is None:
         pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
-    from amaranth import Module
     from amaranth.back import verilog
-    from amaranth.lib import wiring
-    from amaranth.lib.wiring import In, Out
 
+    from boards.calibrate import holder
     from boards.model import dsp_eligible
     from boards.synth import synthesize
     from rtl_gen.pe import ProcessingElement
@@ -142,25 +140,8 @@ def test_dsp_blocks_are_exactly_the_multipliers_marked_for_them(tmp_path, board)
         parts[f"msl_{acc}_{mult}"] = (MultiplyShiftRequantizer(acc_bits=acc, mult_bits=mult, offset_bits=acc + mult,
                                                                shift=8, out_bits=8, registered=True), False)
 
-    class Holder(wiring.Component):
-        def __init__(self):
-            ports = {}
-            for name, (part, _) in parts.items():
-                for port, member in part.signature.members.items():
-                    ports[f"{name}__{port}"] = (In if member.flow == wiring.In else Out)(member.shape)
-            super().__init__(ports)
-
-        def elaborate(self, platform):
-            m = Module()
-            for name, (part, _) in parts.items():
-                m.submodules[name] = part
-                for port, member in part.signature.members.items():
-                    outer, inner = getattr(self, f"{name}__{port}"), getattr(part, port)
-                    m.d.comb += (inner.eq(outer) if member.flow == wiring.In else outer.eq(inner))
-            return m
-
     path = tmp_path / "holder.v"
-    path.write_text(verilog.convert(Holder(), name="holder", emit_src=False))
+    path.write_text(verilog.convert(holder({k: part for k, (part, _) in parts.items()}), name="holder", emit_src=False))
     syn = synthesize(path, "holder", board, keep=[f"holder.{name}" for name in parts], cache=False)
     got = {name: syn["modules"][f"holder.{name}"]["dsp"] for name in parts}
     want = {name: int(on) for name, (_, on) in parts.items()}
