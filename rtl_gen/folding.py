@@ -24,7 +24,8 @@ from hwq.errors import UserError
 from .engine import EnginePlan
 from .plan import BufferPlan, Folding, TopPlan, _prepare, buffer_channels, stage_specs, width_ties
 
-__all__ = ["CELL_FRACTION", "DEFAULT_LUT_FRACTION", "MAX_LANES", "FoldingSearch", "check_folding", "choose_folding"]
+__all__ = ["CELL_FRACTION", "DEFAULT_LUT_FRACTION", "MAX_LANES", "FoldingSearch", "Program", "board_limits", "check_folding",
+           "choose_folding"]
 
 # The automatic folding keeps the estimated LUTs within this share of the board's LUTs, and on iCE40 the
 # estimated packed logic cells within CELL_FRACTION of the board's cells (placement needs some room; the
@@ -72,41 +73,59 @@ class _Option:
     period: int = 0
 
 
-class _Program:
-    """A 0/1 integer program under construction: variables with resource costs, equality constraints."""
+class Program:
+    """A 0/1 integer program under construction: variables with resource costs (and, for the bit allocation,
+    a score and a latency), equality constraints."""
 
     def __init__(self):
         self.costs = []      # per variable: {"lut", "ff", "bram", "dsp"}
         self.periods = []    # per variable: the period it forces (0: none)
+        self.scores = []     # per variable: what the allocation minimises (the sensitivity of a choice)
+        self.latencies = []  # per variable: cycles it adds to the latency
         self.rows = []       # equality constraints: ({var: coefficient}, right-hand side)
+        self._matrix = None
 
-    def var(self, cost, period=0):
+    def var(self, cost, period=0, score=0.0, latency=0):
         self.costs.append({k: cost.get(k, 0) for k in RESOURCE_KEYS})
         self.periods.append(period)
+        self.scores.append(float(score))
+        self.latencies.append(latency)
+        self._matrix = None
         return len(self.costs) - 1
 
     def equal(self, terms, rhs=0):
         self.rows.append((terms, rhs))
+        self._matrix = None
 
-    def solve(self, interval, limits, cell_model=None, cell_limit=None, fixed_zero=()):
-        """Fewest LUTs (then flip-flops) with every chosen variable's period <= ``interval`` and the
-        resource totals within ``limits`` ({key: max or None}); None if infeasible; else (chosen variables,
-        totals)."""
+    def _equalities(self):
+        from scipy.sparse import coo_array
+
+        if self._matrix is None:
+            r, c, v = [], [], []
+            for i, (terms, _) in enumerate(self.rows):
+                for var, coef in terms.items():
+                    r.append(i)
+                    c.append(var)
+                    v.append(coef)
+            rhs = np.array([value for _, value in self.rows], dtype=float)
+            self._matrix = (coo_array((v, (r, c)), shape=(len(self.rows), len(self.costs))).tocsr(), rhs)
+        return self._matrix
+
+    def solve(self, interval, limits, cell_model=None, cell_limit=None, *, minimize="lut", score_limit=None,
+              latency_limit=None, time_limit=120):
+        """The chosen variables and the totals, or None if infeasible: every chosen variable's period <=
+        ``interval``, the resource totals within ``limits`` ({key: max or None}), the iCE40 cells within
+        ``cell_limit``, the summed score within ``score_limit`` and latency within ``latency_limit``.
+        ``minimize``: "lut" (fewest LUTs, then flip-flops) or "score" (least score, then fewest LUTs)."""
         from scipy.optimize import Bounds, LinearConstraint, milp
-        from scipy.sparse import lil_array
 
         n = len(self.costs)
         cost = {k: np.array([c[k] for c in self.costs], dtype=float) for k in RESOURCE_KEYS}
+        score, latency = np.array(self.scores), np.array(self.latencies, dtype=float)
         upper = np.ones(n)
         upper[np.array(self.periods) > interval] = 0
-        upper[list(fixed_zero)] = 0
-        eq = lil_array((len(self.rows), n))
-        rhs = np.zeros(len(self.rows))
-        for r, (terms, value) in enumerate(self.rows):
-            for v, coef in terms.items():
-                eq[r, v] = coef
-            rhs[r] = value
-        constraints = [LinearConstraint(eq.tocsr(), rhs, rhs)]
+        eq, rhs = self._equalities()
+        constraints = [LinearConstraint(eq, rhs, rhs)]
         ineq, bound = [], []
         for key, limit in limits.items():
             if limit is not None:
@@ -115,16 +134,31 @@ class _Program:
         if cell_model is not None and cell_limit is not None:
             ineq.append(cell_model.get("lut", 0) * cost["lut"] + cell_model.get("ff", 0) * cost["ff"])
             bound.append(cell_limit - cell_model.get("const", 0))
+        if score_limit is not None:
+            ineq.append(score)
+            bound.append(score_limit)
+        if latency_limit is not None:
+            ineq.append(latency)
+            bound.append(latency_limit)
         if ineq:
             constraints.append(LinearConstraint(np.array(ineq), -np.inf, np.array(bound, dtype=float)))
-        objective = cost["lut"] + 1e-4 * cost["ff"] + 1e-6 * (cost["bram"] + cost["dsp"])
+        hardware = cost["lut"] + 1e-4 * cost["ff"] + 1e-6 * (cost["bram"] + cost["dsp"])
+        objective = hardware if minimize == "lut" else score
         res = milp(objective, integrality=np.ones(n), bounds=Bounds(np.zeros(n), upper), constraints=constraints,
-                   options={"mip_rel_gap": 0, "time_limit": 60})
-        if res.status != 0 or res.x is None:
+                   options={"mip_rel_gap": 0 if minimize == "lut" else 1e-6, "time_limit": time_limit})
+        if res.status not in (0, 1) or res.x is None:  # 1: time limit reached with a feasible solution
             return None
+        if minimize == "score":  # among the least-score choices, the fewest LUTs
+            best = float(score @ np.round(res.x))
+            again = self.solve(interval, limits, cell_model, cell_limit, score_limit=best + 1e-9 + abs(best) * 1e-6,
+                               latency_limit=latency_limit, time_limit=time_limit)
+            if again is not None:
+                return again
         chosen = np.flatnonzero(res.x > 0.5)
         totals = {k: round(float(cost[k][chosen].sum()) * 2) / 2 if k == "bram" else round(float(cost[k][chosen].sum()))
                   for k in RESOURCE_KEYS}
+        totals["score"] = float(score[chosen].sum())
+        totals["latency"] = int(latency[chosen].sum())
         return set(chosen.tolist()), totals
 
 
@@ -139,7 +173,7 @@ class FoldingSearch:
         from boards.model import dsp_eligible
 
         self.family = family
-        self.prog = prog = _Program()
+        self.prog = prog = Program()
         prepared = _prepare(ir)
         first_shape, specs = stage_specs(ir, prepared)
         self.n_stages = len(specs)
