@@ -327,11 +327,74 @@ def cmd_flow(args):
     board = load_board(args.board)
     cfg = _train_config(args)
     report = run_flow(args.out, board=board, train_cfg=cfg, samples=args.samples, **_folding(args),
-                      synth=args.synth, log=lambda msg: print(msg, file=sys.stderr))
+                      synth=args.synth, log=lambda msg: print(msg, file=sys.stderr),
+                      allocate_options=_allocate_options(args) if args.allocate else None)
     _print_summary(report)
     print(f"wrote {Path(args.out) / 'report.json'} and report.html")
     ok = report["bit_exact"]["rtl_vs_golden"] and report["bit_exact"]["golden_vs_torch_integer"]
     return 0 if ok else 1
+
+
+def _candidates(text):
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() and 1 <= int(p) <= 8 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected bitwidths in 1..8 separated by commas (e.g. 2,4,8), not {text!r}")
+    return tuple(sorted({int(p) for p in parts}))
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+    return value
+
+
+def _add_allocate_args(p):
+    from .allocate import COSTS, DEFAULT_CANDIDATES
+    from .sensitivity import SENSITIVITY_METHODS
+
+    p.add_argument("--max-latency-cycles", type=_positive, metavar="C",
+                   help="speed target: cycles from an input's first word to its logits")
+    p.add_argument("--min-throughput", type=_positive_float, metavar="INF_PER_S",
+                   help="speed target: inferences per second at the board's clock (the initiation interval, "
+                        "the slowest stage, at most clock / INF_PER_S)")
+    p.add_argument("--candidates", type=_candidates, default=DEFAULT_CANDIDATES, metavar="B,B,...",
+                   help="bitwidths each layer's weights and activations may get (default: "
+                        f"{','.join(map(str, DEFAULT_CANDIDATES))})")
+    p.add_argument("--sensitivity", choices=SENSITIVITY_METHODS, default="loss",
+                   help="loss: measured loss change with one layer quantized to a candidate; hessian: Hutchinson "
+                        "Hessian trace times the quantization perturbation (HAWQ style) (default: loss)")
+    p.add_argument("--cost", choices=COSTS, default="estimator",
+                   help="estimator: the calibrated resource model with the folding chosen jointly; bops: the "
+                        "baseline, a bit-operations budget (sum of MACs x w_bits x a_bits) (default: estimator)")
+
+
+def _allocate_options(args):
+    return {"max_latency_cycles": args.max_latency_cycles, "min_throughput": args.min_throughput,
+            "candidates": args.candidates, "sensitivity": args.sensitivity, "cost": args.cost}
+
+
+def cmd_allocate(args):
+    from boards import load_board
+
+    from .allocate import allocate
+
+    board = load_board(args.board)
+    report = allocate(args.run, board, out_dir=args.out, lut_budget=args.lut_budget, ff_budget=args.ff_budget,
+                      epochs=args.epochs, synth=args.synth, dry_run=args.dry_run, **_allocate_options(args),
+                      log=lambda msg: print(msg, file=sys.stderr))
+    if report is None:
+        return 0
+    final = report["final"]
+    bits = " ".join(f"{n}:W{b['w_bits']}/A{b['a_bits']}" for n, b in final["bits"].items())
+    syn = f", yosys {final['synth']['total']['lut']} LUT" if final.get("synth") else ""
+    print(f"allocated {bits}: golden accuracy {final['accuracy']['golden']:.4f}, estimated "
+          f"{final['estimate']['lut']} LUT{syn} (budget {report['limits']['lut']:.0f}); wrote {report['out']}/ "
+          f"(bits.yaml, run/, ir/) and {Path(report['run']) / 'allocate.json'}")
+    return 0 if final["meets_budget"] else 1
 
 
 def _print_summary(report):
@@ -443,8 +506,35 @@ def build_parser():
     p.add_argument("--synth", action="store_true",
                    help="also synthesize with yosys and place and route with nextpnr where the board has it "
                         "(fills the synth and fmax fields)")
+    p.add_argument("--allocate", action="store_true",
+                   help="after training at --bits, choose every layer's bits for the board (as `hwq allocate`), "
+                        "retrain at them and build that design")
+    _add_allocate_args(p)
     p.add_argument("--out", required=True, help="directory to write everything into")
     p.set_defaults(func=cmd_flow)
+
+    p = sub.add_parser(
+        "allocate", help="choose each layer's bits for a board (hardware-aware), retrain, export and check",
+        description="Choose every layer's weight and activation bits for a board: the least accuracy cost "
+                    "(per-layer sensitivity) whose design, folding included, fits the LUT budget, the board's "
+                    "flip-flops, block RAMs and DSPs, and meets the speed target. Then train at those bits, "
+                    "export and estimate (or synthesize with --synth); a design over budget tightens the "
+                    "budget by its overshoot and is solved again.",
+        epilog="example: hwq allocate out/run --board ice40-up5k --min-throughput 5000 --dry-run")
+    p.add_argument("run", help="run directory from `hwq train` (its model, method, epochs and seed are used)")
+    _add_board(p, folding=False)
+    p.add_argument("--lut-budget", type=_positive, metavar="N",
+                   help="LUTs the design may use (default: the folding's default share of the board)")
+    p.add_argument("--ff-budget", type=_positive, metavar="N", help="flip-flops the design may use (default: the board's)")
+    _add_allocate_args(p)
+    p.add_argument("--epochs", type=_non_negative, metavar="N",
+                   help="quantization-aware epochs at the chosen bits (default: the run's)")
+    p.add_argument("--synth", action="store_true", help="check each round with yosys (and nextpnr) instead of "
+                   "the estimate alone")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the chosen bits, the estimate, the uniform baselines and the frontier; train nothing")
+    p.add_argument("--out", help="directory for bits.yaml, the retrained run and its IR (default: RUN/allocated)")
+    p.set_defaults(func=cmd_allocate)
     return parser
 
 

@@ -1,6 +1,7 @@
 """``hwq flow``: train, export, check, generate RTL, estimate, simulate; write report.json and report.html."""
 
 import html
+import json
 import time
 from pathlib import Path
 
@@ -77,8 +78,11 @@ def _report_layers(ir, rtl_info, est, sim, syn):
 
 
 def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None, lut_budget=None,
-             synth=False, log=print, show_progress=True):
-    """Run every stage into ``out_dir``; return the report dict (also written to report.json)."""
+             synth=False, log=print, show_progress=True, allocate_options=None):
+    """Run every stage into ``out_dir``; return the report dict (also written to report.json).
+
+    ``allocate_options``: after training, allocate the bits for ``board`` (:func:`hwq.allocate.allocate`'s
+    keyword arguments) and build the allocated design (its retrained run in ``out_dir/allocated``)."""
     from rtl_gen.emit import generate_rtl
     from sim.runner import simulate
 
@@ -91,19 +95,30 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     log(f"trained {train_cfg.model} ({train_cfg.method}, W{train_cfg.w_bits}/A{train_cfg.a_bits}) -> {out / 'run'}  "
         f"float {metrics['accuracy']['float']:.4f}, fake-quant {metrics['accuracy']['fake_quant']:.4f}")
 
+    run_dir, allocation, folding = out / "run", None, None
+    if allocate_options is not None:
+        from .allocate import allocate
+
+        t = time.perf_counter()
+        allocation = allocate(out / "run", board, out_dir=out / "allocated", lut_budget=lut_budget, log=log,
+                              show_progress=show_progress, **allocate_options)
+        timings["allocate"] = round(time.perf_counter() - t, 3)
+        run_dir, folding = out / "allocated" / "run", allocation["final"]["folding"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+
     t = time.perf_counter()
-    ir = export_run(out / "run", out / "ir")
+    ir = export_run(run_dir, out / "ir")
     timings["export"] = round(time.perf_counter() - t, 3)
     data = load_dataset(ir.dataset, input_bits=ir.input_bits)
     gold_out = golden.run(ir, data.x_test)
     acc_golden = float((gold_out.argmax(1) == data.y_test).mean())
-    check = check_torch_integer(out / "run", ir, data.x_test)
+    check = check_torch_integer(run_dir, ir, data.x_test)
     log(f"exported IR -> {out / 'ir'}  golden {acc_golden:.4f}, torch integer path "
         f"{'equal' if check['equal'] else 'DIFFERENT'}, fake-quant prediction mismatches "
         f"{check['fake_quant_mismatches']} ({_explained(check)})")
 
     t = time.perf_counter()
-    rtl_info = generate_rtl(ir, board, out / "rtl", fold=fold, lut_budget=lut_budget)
+    rtl_info = generate_rtl(ir, board, out / "rtl", fold=fold, lut_budget=lut_budget, folding=folding)
     timings["rtl"] = round(time.perf_counter() - t, 3)
     log(f"generated Verilog -> {out / 'rtl'}/ (top.v, a file per layer, memory files in mem/)")
 
@@ -175,6 +190,10 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
             "throughput_inferences_per_s": round(board.clock_mhz * 1e6 / ii, 1) if ii else None,
         },
         "timings_s": timings,
+        "allocation": None if allocation is None else {
+            "bits": allocation["final"]["bits"], "meets_budget": allocation["final"]["meets_budget"],
+            "limits": allocation["limits"], "cost": allocation["cost"], "sensitivity": allocation["sensitivity"],
+            "rounds": len(allocation["rounds"]), "frontier": allocation["frontier"]},
     }
     write_json(out / "report.json", report)
     write_text(out / "report.html", render_html(report))

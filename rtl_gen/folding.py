@@ -86,7 +86,7 @@ class Program:
         self._matrix = None
 
     def var(self, cost, period=0, score=0.0, latency=0):
-        self.costs.append({k: cost.get(k, 0) for k in RESOURCE_KEYS})
+        self.costs.append({**dict.fromkeys(RESOURCE_KEYS, 0), **cost})
         self.periods.append(period)
         self.scores.append(float(score))
         self.latencies.append(latency)
@@ -112,18 +112,24 @@ class Program:
         return self._matrix
 
     def solve(self, interval, limits, cell_model=None, cell_limit=None, *, minimize="lut", score_limit=None,
-              latency_limit=None, time_limit=120):
+              latency_limit=None, exclude=None, presolve=True, time_limit=120):
         """The chosen variables and the totals, or None if infeasible: every chosen variable's period <=
         ``interval``, the resource totals within ``limits`` ({key: max or None}), the iCE40 cells within
         ``cell_limit``, the summed score within ``score_limit`` and latency within ``latency_limit``.
-        ``minimize``: "lut" (fewest LUTs, then flip-flops) or "score" (least score, then fewest LUTs)."""
+        ``minimize``: "lut" (fewest LUTs, then flip-flops) or "score" (least score, then fewer LUTs: the LUTs
+        weigh 1e-3 in all, so the scores should be scaled to make smaller differences irrelevant).
+        ``limits`` may name other costs the variables carry (the allocation's "bops"); ``exclude``: a boolean
+        mask of variables that must not be chosen. ``presolve``: HiGHS's presolve (the allocation's programs,
+        tens of thousands of columns, solve faster without it)."""
         from scipy.optimize import Bounds, LinearConstraint, milp
 
         n = len(self.costs)
-        cost = {k: np.array([c[k] for c in self.costs], dtype=float) for k in RESOURCE_KEYS}
+        cost = {k: np.array([c.get(k, 0) for c in self.costs], dtype=float) for k in {*RESOURCE_KEYS, *limits}}
         score, latency = np.array(self.scores), np.array(self.latencies, dtype=float)
         upper = np.ones(n)
         upper[np.array(self.periods) > interval] = 0
+        if exclude is not None:
+            upper[np.asarray(exclude, dtype=bool)] = 0
         eq, rhs = self._equalities()
         constraints = [LinearConstraint(eq, rhs, rhs)]
         ineq, bound = [], []
@@ -143,20 +149,18 @@ class Program:
         if ineq:
             constraints.append(LinearConstraint(np.array(ineq), -np.inf, np.array(bound, dtype=float)))
         hardware = cost["lut"] + 1e-4 * cost["ff"] + 1e-6 * (cost["bram"] + cost["dsp"])
-        objective = hardware if minimize == "lut" else score
+        if minimize == "lut":
+            objective, gap = hardware, 0
+        else:  # least score; fewer LUTs break ties (all of the LUTs within the limit weigh 1e-3)
+            ref = float(limits.get("lut") or hardware.sum() or 1)
+            objective, gap = score + (1e-3 / ref) * hardware, 1e-9
         res = milp(objective, integrality=np.ones(n), bounds=Bounds(np.zeros(n), upper), constraints=constraints,
-                   options={"mip_rel_gap": 0 if minimize == "lut" else 1e-6, "time_limit": time_limit})
+                   options={"mip_rel_gap": gap, "time_limit": time_limit, "presolve": presolve})
         if res.status not in (0, 1) or res.x is None:  # 1: time limit reached with a feasible solution
             return None
-        if minimize == "score":  # among the least-score choices, the fewest LUTs
-            best = float(score @ np.round(res.x))
-            again = self.solve(interval, limits, cell_model, cell_limit, score_limit=best + 1e-9 + abs(best) * 1e-6,
-                               latency_limit=latency_limit, time_limit=time_limit)
-            if again is not None:
-                return again
         chosen = np.flatnonzero(res.x > 0.5)
         totals = {k: round(float(cost[k][chosen].sum()) * 2) / 2 if k == "bram" else round(float(cost[k][chosen].sum()))
-                  for k in RESOURCE_KEYS}
+                  for k in cost}
         totals["score"] = float(score[chosen].sum())
         totals["latency"] = int(latency[chosen].sum())
         return set(chosen.tolist()), totals

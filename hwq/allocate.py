@@ -1,0 +1,362 @@
+"""Hardware-aware bit allocation: each layer's weight and activation bits chosen for a board.
+
+``allocate(run_dir, board, ...)`` takes a trained run (``hwq train``) and:
+
+1. measures each layer's sensitivity to each candidate bitwidth (:mod:`hwq.sensitivity`: the loss change or
+   the Hutchinson Hessian estimate, on a calibration split of the training set);
+2. solves one integer program over every layer's bits *and* the folding (:mod:`rtl_gen.allocation`): the
+   least summed sensitivity whose design, priced by the calibrated estimator, fits the LUT budget, the
+   board's flip-flops, block RAMs, DSPs (and iCE40 logic cells) and meets the speed target (initiation
+   interval and latency); among those the fastest, then the fewest LUTs. ``cost="bops"`` is the proxy
+   baseline: the same solver with a bit-operations budget (sum over layers of MACs x w_bits x a_bits) in
+   place of the estimator, the largest such budget whose bits then fit the board;
+3. closes the loop: writes ``OUT/bits.yaml``, trains at those bits with the run's method and epochs from
+   the run's float warm-up (recomputed from its seed: the start every uniform run of that seed has), exports, estimates the real
+   integer design with the chosen folding (and, with ``synth``, synthesizes it); if the design misses the
+   budget, the budget the program sees is tightened by the overshoot and the program solved again.
+
+Every round (bits, estimate, synthesis, accuracy) goes into ``RUN/allocate.json``.
+"""
+
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .fileio import write_json, write_yaml
+
+__all__ = ["ALLOCATE_FORMAT", "COSTS", "DEFAULT_CANDIDATES", "allocate", "plan_allocation", "speed_limits"]
+
+ALLOCATE_FORMAT = "hwq-allocate/1"
+DEFAULT_CANDIDATES = (1, 2, 3, 4, 6, 8)
+COSTS = ("estimator", "bops")
+FRONTIER_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+FRONTIER_INTERVALS = 6
+MAX_ROUNDS = 3
+
+
+def speed_limits(board, *, max_latency_cycles=None, min_throughput=None):
+    """(interval limit or None, latency limit or None) from the user's speed target at the board's clock."""
+    interval = None
+    if min_throughput is not None:
+        interval = math.floor(board.clock_mhz * 1e6 / min_throughput)
+        if interval < 1:
+            raise UserError(f"--min-throughput {min_throughput:g}: more than one inference per cycle at "
+                            f"{board.name}'s {board.clock_mhz:g} MHz clock")
+    return interval, max_latency_cycles
+
+
+def _acc_bits_fn(model, input_bits):
+    """``acc_bits(name, w_bits, a_bits)``: the proven accumulator width of a layer's trained float weights
+    quantized to ``w_bits`` (MSE step) reading unsigned ``a_bits`` codes."""
+    from .golden import accumulator_range
+    from .intrange import range_bits
+    from .sensitivity import weight_codes
+
+    layers = {m.name: m for m in model.qlayers}
+    cache = {}
+
+    def acc_bits(name, w_bits, a_bits):
+        key = (name, w_bits, a_bits)
+        if key not in cache:
+            w = layers[name].weight.detach()
+            codes = weight_codes(w, w_bits)[0].reshape(len(w), -1).numpy().astype(np.int64)
+            lo, hi = accumulator_range(codes, 0, (1 << a_bits) - 1)
+            cache[key] = max(2, range_bits(lo.min(), hi.max()))
+        return cache[key]
+
+    return acc_bits
+
+
+def _limits(board, lut_budget, ff_budget):
+    from rtl_gen.folding import board_limits
+
+    limits, cell_model, cell_limit = board_limits(board, lut_budget)
+    if ff_budget is not None:
+        limits["ff"] = min(limits["ff"], ff_budget)
+    return limits, cell_model, cell_limit
+
+
+def _bits_text(alloc):
+    return " ".join(f"{n}:W{w}/A{a}" for n, w, a in zip(alloc.names, alloc.w_bits, alloc.a_bits, strict=True))
+
+
+def _infeasible(search, board, limits, cell_model, cell_limit, interval_limit, latency_limit):
+    """The one-line error of a request no bits and folding can meet."""
+    speed = []
+    if interval_limit is not None:
+        speed.append(f"an interval of at most {interval_limit} cycles "
+                     f"({board.clock_mhz * 1e6 / interval_limit:,.0f} inferences/s)")
+    if latency_limit is not None:
+        speed.append(f"a latency of at most {latency_limit} cycles")
+    hard = {"bram": board.bram, "dsp": board.dsp}
+    small = search.smallest(interval_limit=interval_limit, latency_limit=latency_limit, limits=hard)
+    fast = search.fastest(limits, cell_model=cell_model, cell_limit=cell_limit)
+    need = (f"the smallest design that meets the speed target needs {small.totals['lut']} LUTs"
+            + (f" and {small.totals['cells']} logic cells" if "cells" in small.totals else "")
+            if small else "no design meets the speed target even without a LUT budget")
+    best = (f"the fastest within the budget takes {fast.interval} cycles per inference "
+            f"({board.clock_mhz * 1e6 / fast.interval:,.0f}/s) and {fast.totals['latency']} cycles of latency"
+            if fast else "nothing fits the budget at any speed, even at the lowest candidate bits")
+    target = f" with {' and '.join(speed)}" if speed else ""
+    return UserError(f"no bits and folding fit {board.name} within {limits['lut']:.0f} LUTs{target}: {need}; {best}")
+
+
+def _fits(search, alloc, limits, cell_model, cell_limit, interval_limit, latency_limit):
+    """The fastest, then smallest, design of ``alloc``'s bits within the limits, or None."""
+    mask = search.bits_mask(alloc.w_bits, alloc.a_bits)
+    return search.fastest(limits, cell_model=cell_model, cell_limit=cell_limit, interval_limit=interval_limit,
+                          latency_limit=latency_limit, exclude=mask)
+
+
+def _bops_allocation(search, limits, cell_model, cell_limit, interval_limit, latency_limit, log):
+    """The bit-operations baseline: least score under a BOPs budget (no hardware in the program), with the
+    largest BOPs budget whose bits fit the board (bisection); then placed by the estimator's folding."""
+    top = max(search.periods())
+    hi = sum(c.get("bops", 0) for c in search.prog.costs if c.get("bops"))  # more than any design's BOPs
+    lo, best, checked = 0.0, None, {}
+    for _ in range(14):
+        mid = (lo + hi) / 2 if lo else hi / 64
+        bits = search.solve(top, {"bops": mid}, minimize="score")
+        if bits is None:
+            lo = mid
+            continue
+        key = (tuple(bits.w_bits), tuple(bits.a_bits))
+        if key not in checked:
+            checked[key] = _fits(search, bits, limits, cell_model, cell_limit, interval_limit, latency_limit)
+            log(f"  bops <= {mid:,.0f}: {_bits_text(bits)} {'fits' if checked[key] else 'does not fit'}")
+        if checked[key] is not None:
+            lo, best = mid, checked[key]
+        else:
+            hi = mid
+        if hi - lo < 0.01 * hi:
+            break
+    return best
+
+
+def _uniform(search, candidates, input_bits, limits, cell_model, cell_limit, interval_limit, latency_limit):
+    """{bits: the smallest design at uniform W=A=bits within the limits and the speed target, or None}."""
+    n = len(search.names)
+    top = min(interval_limit or max(search.periods()), max(search.periods()))
+    out = {}
+    for b in sorted(candidates, reverse=True):
+        mask = search.bits_mask([b] * n, [input_bits] + [b] * (n - 1))
+        out[b] = search.solve(top, limits, cell_model, cell_limit, latency_limit=latency_limit, exclude=mask)
+    return out
+
+
+def _frontier(search, limits, cell_model, cell_limit, interval_limit, latency_limit, log):
+    """Least-score points against the LUT budget (fractions of it) and against the interval limit."""
+    lut, interval = [], []
+    top = min(interval_limit or max(search.periods()), max(search.periods()))
+    for frac in FRONTIER_FRACTIONS:
+        budget = limits["lut"] * frac
+        a = search.solve(top, {**limits, "lut": budget}, cell_model, cell_limit, minimize="score",
+                         latency_limit=latency_limit)
+        lut.append({"lut_budget": round(budget), **(_point(a) if a else {"feasible": False})})
+    periods = [p for p in search.periods() if p <= top]
+    for t in sorted({min(periods, key=lambda p, v=v: abs(p - v))
+                     for v in np.geomspace(periods[0], top, FRONTIER_INTERVALS)}):
+        a = search.solve(t, limits, cell_model, cell_limit, minimize="score", latency_limit=latency_limit)
+        interval.append({"interval_limit": t, **(_point(a) if a else {"feasible": False})})
+    log(f"  frontier: {len(lut)} LUT budgets, {len(interval)} interval limits")
+    return {"lut": lut, "interval": interval}
+
+
+def _point(a):
+    return {"feasible": True, "score": a.totals["score"], "lut": a.totals["lut"], "interval": a.interval,
+            "latency": a.totals["latency"], "w_bits": a.w_bits, "a_bits": a.a_bits}
+
+
+def plan_allocation(model, data, ir, board, *, lut_budget=None, ff_budget=None, interval_limit=None,
+                    latency_limit=None, candidates=DEFAULT_CANDIDATES, sensitivity="loss", cost="estimator",
+                    frontier=True, log=print):
+    """The allocation of a trained :class:`hwq.models.QuantNet` (``ir``: its export, for the shapes) without
+    training: {"allocation", "search", "sensitivity", "uniform", "frontier", "limits"}."""
+    from rtl_gen.allocation import AllocationSearch
+
+    from .sensitivity import layer_sensitivity
+
+    if cost not in COSTS:
+        raise UserError(f"--cost: unknown value {cost!r}; expected one of {', '.join(COSTS)}")
+    bad = [b for b in candidates if not 1 <= b <= 8]
+    if bad or not candidates:
+        raise UserError(f"--candidates: expected bitwidths in 1..8, found {list(candidates)}")
+    t = time.perf_counter()
+    sens = layer_sensitivity(model, data, candidates, sensitivity)
+    log(f"sensitivity ({sensitivity}) of {len(sens.weights)} layers x {len(candidates)} bitwidths on "
+        f"{sens.samples} calibration samples ({time.perf_counter() - t:.1f} s)")
+    t = time.perf_counter()
+    search = AllocationSearch(ir, board.family, candidates, _acc_bits_fn(model, ir.input_bits), sens.weights,
+                              sens.acts, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0)
+    log(f"allocation program: {search.n_vars} choices of bits and folding ({time.perf_counter() - t:.1f} s)")
+    limits, cell_model, cell_limit = _limits(board, lut_budget, ff_budget)
+    speed = dict(interval_limit=interval_limit, latency_limit=latency_limit)
+    t = time.perf_counter()
+    if cost == "estimator":
+        alloc = search.best(limits, cell_model=cell_model, cell_limit=cell_limit, **speed)
+    else:
+        alloc = _bops_allocation(search, limits, cell_model, cell_limit, interval_limit, latency_limit, log)
+    if alloc is None:
+        raise _infeasible(search, board, limits, cell_model, cell_limit, interval_limit, latency_limit)
+    log(f"allocated ({cost}, {time.perf_counter() - t:.1f} s): {_bits_text(alloc)}; estimated {alloc.totals['lut']} "
+        f"LUT, interval {alloc.interval} cycles")
+    uniform = _uniform(search, candidates, ir.input_bits, limits, cell_model, cell_limit, **speed)
+    return {"allocation": alloc, "search": search, "sensitivity": sens, "limits": limits,
+            "cell_limit": cell_limit, "cell_model": cell_model, "uniform": uniform,
+            "frontier": _frontier(search, limits, cell_model, cell_limit, interval_limit, latency_limit, log)
+            if frontier else None}
+
+
+def _key(alloc):
+    return tuple(alloc.w_bits), tuple(alloc.a_bits), tuple(alloc.widths), alloc.dsp, alloc.block
+
+
+def _bits_yaml(alloc):
+    from .train import BITS_FORMAT
+
+    return {"format": BITS_FORMAT, "layers": {n: {"w_bits": w, "a_bits": a}
+                                             for n, w, a in zip(alloc.names, alloc.w_bits, alloc.a_bits, strict=True)}}
+
+
+def _real_design(ir, board, alloc, lut_budget):
+    """The exported design's folding, estimate and input load cycles: the allocation's own folding, less the
+    DSP multipliers the real layers cannot have (a proxy's multiply-shift constants may be wider than the
+    export's), or, if the board cannot build even that, the folding search's choice within ``lut_budget``."""
+    from boards.model import dsp_eligible
+    from rtl_gen.engine import EnginePlan
+    from rtl_gen.folding import check_folding, choose_folding
+    from rtl_gen.plan import Folding, network_plan
+
+    from .estimate import estimate
+
+    dsp = set(alloc.dsp)
+    for s in network_plan(ir, tuple(alloc.widths)).stages:
+        p = s.plan
+        if isinstance(p, EnginePlan):
+            if not (p.engine == "systolic" and dsp_eligible(board.family, p.w_bits, p.a_bits)):
+                dsp.discard(s.layer.name)
+            if not (p.kind == "multiply_shift" and dsp_eligible(board.family, p.acc_bits, p.mult_bits)):
+                dsp.discard(f"{s.layer.name}.requant")
+    folding = Folding(tuple(alloc.widths), frozenset(dsp), alloc.block)
+    try:
+        check_folding(network_plan(ir, folding), board)
+    except UserError:
+        folding = choose_folding(ir, board, lut_budget=lut_budget)
+    return folding, estimate(ir, board, folding=folding), network_plan(ir, folding).load_cycles
+
+
+def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, max_latency_cycles=None,
+             min_throughput=None, candidates=DEFAULT_CANDIDATES, sensitivity="loss", cost="estimator",
+             epochs=None, synth=False, dry_run=False, rounds=MAX_ROUNDS, log=print, show_progress=True):
+    """Allocate, fine-tune, export and check (see the module's doc); return the allocate.json dict (None for
+    ``dry_run``, which prints the plan and writes nothing)."""
+    from rtl_gen.folding import DEFAULT_LUT_FRACTION
+
+    from . import golden
+    from .data import load_dataset
+    from .export import export_model, export_run
+    from .models import QuantNet
+    from .train import TrainConfig, _net_config, load_run, pretrain, train
+
+    run_dir = Path(run_dir)
+    model, ckpt = load_run(run_dir)
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["train"].items()})
+    if cfg.method == "xnor":
+        raise UserError(f"{run_dir}: a binary (xnor) run has 1-bit weights and activations by definition; "
+                        "allocate from a run trained with a multi-bit method (lsq, uniq, pact, ...)")
+    data = load_dataset(cfg.dataset)
+    ir = export_model(model, dataset=cfg.dataset, method=cfg.method)  # the network's shapes
+    log(f"float warm-up of {cfg.model} (the run's seed {cfg.seed}, {cfg.epochs_float} epochs) for the sensitivity")
+    start = pretrain(cfg, data)
+    model = QuantNet(_net_config(cfg, data))
+    model.load_state_dict(start[0], strict=False)
+    interval_limit, latency_limit = speed_limits(board, max_latency_cycles=max_latency_cycles,
+                                                 min_throughput=min_throughput)
+    budget = lut_budget if lut_budget is not None else DEFAULT_LUT_FRACTION * board.lut
+    plan = plan_allocation(model, data, ir, board, lut_budget=budget, ff_budget=ff_budget,
+                           interval_limit=interval_limit, latency_limit=latency_limit, candidates=candidates,
+                           sensitivity=sensitivity, cost=cost, log=log)
+    alloc = plan["allocation"]
+    uniform = {b: (a.to_json() if a else None) for b, a in plan["uniform"].items()}
+    fitting = [b for b, a in plan["uniform"].items() if a is not None]
+    log(f"uniform bits that fit: {', '.join(f'W{b}/A{b}' for b in sorted(fitting)) or 'none'}")
+    if dry_run:
+        log(f"estimate: {alloc.to_json()['estimate']}, interval {alloc.interval} cycles "
+            f"({board.clock_mhz * 1e6 / alloc.interval:,.0f} inferences/s), latency {alloc.totals['latency']} cycles")
+        for p in plan["frontier"]["lut"]:
+            log(f"  lut budget {p['lut_budget']:>7}: " + (f"score {p['score']:.4g}, {p['lut']} LUT, interval "
+                                                          f"{p['interval']}, W{p['w_bits']} A{p['a_bits']}"
+                                                          if p["feasible"] else "infeasible"))
+        return None
+    out = Path(out_dir) if out_dir else run_dir / "allocated"
+    out.mkdir(parents=True, exist_ok=True)
+    history, program_budget, tried = [], budget, set()
+    final = None
+    for r in range(1, rounds + 1):
+        write_yaml(out / "bits.yaml", _bits_yaml(alloc))
+        tune = replace(cfg, bits_file=str(out / "bits.yaml"), first_last="same",
+                       epochs_qat=epochs if epochs is not None else cfg.epochs_qat)
+        log(f"round {r}: fine-tuning at {_bits_text(alloc)} ({tune.epochs_qat} epochs) -> {out / 'run'}")
+        metrics = train(tune, out / "run", float_state=start, data=data, show_progress=show_progress)
+        real = export_run(out / "run", out / "ir")
+        gdata = load_dataset(real.dataset, input_bits=real.input_bits)
+        acc = float((golden.run(real, gdata.x_test).argmax(1) == gdata.y_test).mean())
+        folding, est, load = _real_design(real, board, alloc, budget)
+        measured = {"source": "estimate", "lut": est["totals"]["lut"], "fits": est["fits"]}
+        entry = {"round": r, "program_lut_budget": round(program_budget), "bits": alloc.to_json()["layers"],
+                 "program": alloc.to_json(), "accuracy": {"fake_quant": metrics["accuracy"]["fake_quant"],
+                                                          "golden": acc},
+                 "estimate": est["totals"], "folding": folding.to_json(),
+                 "interval": est["initiation_interval_cycles"], "latency": load + est["latency_cycles"]}
+        if synth:
+            from rtl_gen.emit import generate_rtl
+
+            from .synth import synth_rtl
+
+            generate_rtl(real, board, out / "rtl", folding=folding)
+            syn = synth_rtl(out / "rtl", board, pnr=True, show_progress=show_progress)
+            entry["synth"] = {"total": syn["total"], "fits": syn["fits"], "pnr": syn.get("pnr")}
+            measured = {"source": "yosys", "lut": syn["total"]["lut"], "fits": syn["fits"]}
+        over_speed = ((interval_limit is not None and entry["interval"] > interval_limit)
+                      or (latency_limit is not None and entry["latency"] > latency_limit))
+        ok = measured["fits"] and measured["lut"] <= budget and not over_speed
+        entry["meets_budget"] = ok
+        history.append(entry)
+        log(f"round {r}: golden accuracy {acc:.4f}; {measured['source']} {measured['lut']} LUT "
+            f"(budget {budget:.0f}), interval {entry['interval']} -> {'meets the budget' if ok else 'misses it'}")
+        final = entry
+        if ok or r == rounds:
+            break
+        tried.add(_key(alloc))
+        # tighten by the overshoot: the program's own estimate of this design, scaled by budget / measured
+        program_budget = min(program_budget, alloc.totals["lut"]) * min(0.98, budget / max(measured["lut"], 1))
+        tightened = plan_allocation(model, data, ir, board, lut_budget=program_budget, ff_budget=ff_budget,
+                                    interval_limit=interval_limit, latency_limit=latency_limit,
+                                    candidates=candidates, sensitivity=sensitivity, cost=cost, frontier=False,
+                                    log=log)
+        alloc = tightened["allocation"]
+        if _key(alloc) in tried:
+            log(f"round {r}: a tighter budget gives the same design; stopping")
+            break
+    report = {
+        "format": ALLOCATE_FORMAT, "run": str(run_dir), "out": str(out), "board": board.name,
+        "model": cfg.model, "dataset": cfg.dataset, "method": cfg.method, "cost": cost, "sensitivity": sensitivity,
+        "candidates": sorted(candidates),
+        "limits": {"lut": budget, "ff": plan["limits"]["ff"], "bram": board.bram, "dsp": board.dsp,
+                   "cells": plan["cell_limit"], "interval_cycles": interval_limit, "latency_cycles": latency_limit},
+        "sensitivity_table": plan["sensitivity"].to_json(),
+        "uniform": {str(b): v for b, v in uniform.items()},
+        "frontier": plan["frontier"],
+        "rounds": history,
+        "final": {"bits": final["bits"], "accuracy": final["accuracy"], "estimate": final["estimate"],
+                  "folding": final["folding"], "interval": final["interval"], "latency": final["latency"],
+                  "synth": final.get("synth"), "meets_budget": final["meets_budget"]},
+        "train": asdict(tune),
+    }
+    write_json(run_dir / "allocate.json", report)
+    return report
+

@@ -1,0 +1,301 @@
+"""The hardware side of the bit allocation: every layer's bits and the folding, chosen jointly.
+
+:class:`AllocationSearch` extends the folding program (:mod:`rtl_gen.folding`) with the bits: at every
+buffer boundary ``k`` (the word-width index of the folding) one binary variable per (word width, code bits);
+every engine has one variable per (weight bits, input width and bits, output width and bits, DSP and
+memory choices), priced by the calibrated estimator exactly as the folding search prices it. An engine's
+input bits are its producer's output bits because both are tied to the same boundary variable. The score
+of a choice (its sensitivity, from :mod:`hwq.sensitivity`) sits on the engine variable (its weight bits) and
+on the boundary variable (the activation bits of the layer before it), so the program's objective is the
+summed sensitivity, with the resources, the initiation interval and the latency as constraints.
+
+An engine at bits it was never exported with is a *proxy*: its accumulator width comes from
+``acc_bits(name, w_bits, a_bits)`` (the allocator computes it from the trained float weights quantized to
+``w_bits``), its requantization is the export's default (thresholds up to 4-bit outputs, then
+multiply-shift with typical constants), so the allocation's estimate is checked again on the real export.
+"""
+
+import itertools
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from hwq.errors import UserError
+from hwq.requant import MULTIPLY_SHIFT_MIN_BITS
+
+from .folding import MAX_LANES, RESOURCE_KEYS, Program, _divisors
+from .plan import BufferPlan, TopPlan, _prepare, buffer_channels, stage_specs, width_ties
+
+__all__ = ["Allocation", "AllocationSearch", "proxy_engine"]
+
+PROXY_MULT_BITS = 18            # a multiply-shift multiplier as wide as the export's exact fits tend to be (15-18)
+PROXY_OFFSET_EXTRA = 12         # offset width over the accumulator's
+PROXY_SHIFT_EXTRA = 5           # shift over the accumulator's width
+SCORE_SCALE = 1e6
+
+
+def proxy_engine(plan, w_bits, a_bits, out_bits, acc_bits):
+    """``plan`` (an :class:`EnginePlan` of the exported layer) at other bits: ``out_bits`` None for the logits
+    layer (a bias requantization)."""
+    common = dict(engine="systolic", w_bits=w_bits, a_bits=a_bits, acc_bits=acc_bits)
+    if out_bits is None:
+        return replace(plan, **common, out_bits=acc_bits, kind="bias", param_bits=max(2, acc_bits // 2),
+                       mult_bits=0, offset_bits=0, shift=0)
+    if out_bits < MULTIPLY_SHIFT_MIN_BITS:
+        return replace(plan, **common, out_bits=out_bits, kind="thresholds", param_bits=max(2, acc_bits),
+                       mult_bits=0, offset_bits=0, shift=0)
+    return replace(plan, **common, out_bits=out_bits, kind="multiply_shift", param_bits=0, mult_bits=PROXY_MULT_BITS,
+                   offset_bits=acc_bits + PROXY_OFFSET_EXTRA, shift=acc_bits + PROXY_SHIFT_EXTRA)
+
+
+@dataclass
+class Allocation:
+    """A solution: per weight layer its weight bits and input bits (``a_bits[i]``, the bits of the codes it
+    reads), the word widths, the DSP and block-RAM choices, and what the program's model says of it."""
+
+    names: list
+    w_bits: list
+    a_bits: list
+    widths: tuple
+    dsp: frozenset
+    block: frozenset
+    totals: dict          # estimated lut, ff, bram, dsp (proxy), bops, score, latency
+    interval: int
+
+    def to_json(self):
+        return {"layers": {n: {"w_bits": w, "a_bits": a} for n, w, a in zip(self.names, self.w_bits, self.a_bits,
+                                                                            strict=True)},
+                "widths": list(self.widths), "dsp": sorted(self.dsp), "block": sorted(self.block),
+                "estimate": {k: self.totals[k] for k in (*RESOURCE_KEYS, "cells") if k in self.totals},
+                "bops": self.totals.get("bops"), "score": self.totals.get("score"), "interval": self.interval,
+                "latency": self.totals.get("latency")}
+
+
+def _pareto(options):
+    """Drop options that another beats or ties on every resource and the period."""
+    keep = []
+    for i, (cost, period, _) in enumerate(options):
+        def beats(o, cost=cost, period=period):
+            c, p, _ = o
+            return all(c[k] <= cost[k] for k in RESOURCE_KEYS) and p <= period
+        if not any(beats(o) and (o[:2] != (cost, period) or j < i) for j, o in enumerate(options) if j != i):
+            keep.append((cost, period, options[i][2]))
+    return keep
+
+
+class AllocationSearch:
+    """The joint bits-and-folding program of a chain network (no residual adds) on one board family.
+
+    ``candidates``: bitwidths for weights and activations; ``acc_bits(name, w_bits, a_bits)``: the proxy
+    accumulator width; ``w_score[name][bits]`` and ``a_score[name][bits]``: the sensitivity of a weight
+    layer's weights and of its output codes (the next layer's input) at ``bits``.
+    """
+
+    def __init__(self, ir, family, candidates, acc_bits, w_score, a_score, *, bram_ok=True, dsp_ok=True,
+                 progress=None):
+        from boards.model import dsp_eligible
+        from hwq.ir import WEIGHT_OPS
+
+        if width_ties(ir):
+            raise UserError("the bit allocation handles chains of layers (mlp, cnn); this network has residual "
+                            "adds: choose its bits with --bits or --bits-file")
+        self.family = family
+        self.prog = prog = Program()
+        first_shape, specs = stage_specs(ir, _prepare(ir))
+        self.n_stages = len(specs)
+        self.names = [la.name for la in ir.layers if la.op in WEIGHT_OPS]
+        n = len(self.names)
+        counts = buffer_channels(ir)
+        widths = [_divisors(c) if k < len(counts) - 1 else list(range(1, min(c, MAX_LANES) + 1))
+                  for k, c in enumerate(counts)]
+        cands = sorted(set(candidates))
+        # scores are scaled so that the largest is SCORE_SCALE: HiGHS's absolute gap (1e-6) would otherwise
+        # swallow the differences of small sensitivities; reported back in the sensitivity's own units
+        top = max([max(0.0, float(v)) for d in (*w_score.values(), *a_score.values()) for v in d.values()] or [0.0])
+        self.score_scale = SCORE_SCALE / top if top > 0 else 1.0
+        # boundary k's code bits: the input's, the candidates, and None after the logits layer
+        bits = [[ir.input_bits], *([cands] * (n - 1)), [None]]
+        styles = ("logic", "block") if bram_ok else ("logic",)
+        self.y = [{(g, b): prog.var({}) for g in widths[k] for b in bits[k]} for k in range(n + 1)]
+        self.tags = {}        # variable -> ("w", layer index, bits) or ("a", boundary, bits)
+        for k, yk in enumerate(self.y):
+            prog.equal(dict.fromkeys(yk.values(), 1), 1)
+            for (_, b), v in yk.items():
+                if 0 < k < n:
+                    prog.scores[v] = max(0.0, float(a_score[self.names[k - 1]][b])) * self.score_scale
+                    self.tags[v] = ("a", k, b)
+        self.choices = {}
+        self.top_vars = {}
+        in_features = int(np.prod(first_shape))
+        for (g, _), v in self.y[0].items():
+            words = in_features // g
+            self._buffer("buffer0", BufferPlan(words=words, lanes=g, bits=ir.input_bits), v, styles)
+            prog.periods[v] = words
+            prog.latencies[v] = words + 1
+            self.top_vars[g] = (v, words)
+        n_buffers = 1
+        engines = [s for s in specs if s.kind == "engine"]
+        for spec in specs:
+            name = spec.layer.name
+            k_in, k_out = spec.k_in, spec.k_out
+            if spec.kind == "engine":
+                i = k_in
+                base0 = spec.make(1, 1)
+                macs = base0.positions * base0.in_channels * base0.out_channels * base0.kernel ** 2
+                by_in, by_out = {}, {}
+                combos = [(w, cols, a, rows, o) for w in cands for (cols, a) in self.y[k_in]
+                          for (rows, o) in self.y[k_out] if rows * cols <= MAX_LANES]
+                for w, cols, a, rows, o in combos:
+                    base = proxy_engine(spec.make(cols, rows), w, a, o, acc_bits(name, w, a))
+                    dsps, rq_dsps = [False], [False]
+                    if dsp_ok and dsp_eligible(family, w, a):
+                        dsps.append(True)
+                    if dsp_ok and base.kind == "multiply_shift" and dsp_eligible(family, base.acc_bits,
+                                                                                 base.mult_bits):
+                        rq_dsps.append(True)
+                    roms = styles if base.rom_words > 1 else ("logic",)
+                    proms = styles if base.n_out_tiles > 1 else ("logic",)
+                    options = []
+                    for dsp, rq_dsp, rom, prom in itertools.product(dsps, rq_dsps, roms, proms):
+                        plan = replace(base, dsp=dsp, rom_style=rom, prom_style=prom, requant_dsp=rq_dsp)
+                        options.append((plan.resources(family), plan.latency + 1, plan))
+                    for cost, period, plan in _pareto(options):
+                        v = prog.var({**cost, "bops": macs * w * a}, period, score=max(0.0, float(w_score[name][w])) * self.score_scale,
+                                     latency=period)
+                        self.choices[v] = ("engine", name, plan)
+                        self.tags[v] = ("w", i, w)
+                        by_in.setdefault((cols, a), {})[v] = 1
+                        by_out.setdefault((rows, o), {})[v] = 1
+                for key, yv in self.y[k_in].items():
+                    prog.equal({**by_in.get(key, {}), yv: -1}, 0)
+                for key, yv in self.y[k_out].items():
+                    prog.equal({**by_out.get(key, {}), yv: -1}, 0)
+                if progress:
+                    progress(engines.index(spec) + 1, len(engines))
+            else:  # a maxpool keeps the width and the bits
+                for (g, b), yv in self.y[k_in].items():
+                    plan = replace(spec.make(g, g), bits=b)
+                    v = prog.var(plan.resources(family), plan.latency + 1, latency=plan.latency + 1)
+                    self.choices[v] = ("maxpool", name, plan)
+                    prog.equal({v: 1, yv: -1}, 0)
+            if spec.layer is not ir.layers[-1]:
+                for (g, b), yv in self.y[k_out].items():
+                    plan = spec.make(widths[k_in][0], g) if spec.kind == "engine" else spec.make(g, g)
+                    self._buffer(f"buffer{n_buffers}", BufferPlan(words=spec.out_words(plan), lanes=g, bits=b),
+                                 yv, styles)
+                n_buffers += 1
+
+    def _buffer(self, name, buffer, yv, styles):
+        terms = {}
+        for style in styles:
+            plan = replace(buffer, style=style)
+            v = self.prog.var(plan.resources(self.family))
+            self.choices[v] = ("memory", name, plan)
+            terms[v] = 1
+        self.prog.equal({**terms, yv: -1}, 0)
+
+    @property
+    def n_vars(self):
+        return len(self.prog.costs)
+
+    def periods(self):
+        return sorted({p for p in self.prog.periods if p > 0})
+
+    def bits_mask(self, w_bits=None, a_bits=None):
+        """Exclude every variable whose bits differ from the given ones (lists per weight layer; ``a_bits[i]``
+        is layer i's input bits; None: free)."""
+        mask = np.zeros(self.n_vars, dtype=bool)
+        for v, (kind, idx, b) in self.tags.items():
+            if kind == "w" and w_bits is not None:
+                mask[v] = w_bits[idx] != b
+            elif kind == "a" and a_bits is not None:
+                mask[v] = a_bits[idx] != b
+        return mask
+
+    def solve(self, interval, limits, cell_model=None, cell_limit=None, **kw):
+        """The program's solution at ``interval`` (see :meth:`Program.solve`) as an :class:`Allocation`, or
+        None. The top's counters are priced for ``interval``."""
+        bits = max(1, (interval - 1).bit_length())
+        saved = {}
+        for g, (v, words) in self.top_vars.items():
+            saved[v] = self.prog.costs[v]
+            top = TopPlan(n_stages=self.n_stages, in_words=words, in_width=g, counter_bits=bits).resources(self.family)
+            self.prog.costs[v] = {**saved[v], **{k: top[k] for k in RESOURCE_KEYS}}
+        try:
+            found = self.prog.solve(interval, limits, cell_model, cell_limit, presolve=False, **kw)
+        finally:
+            for v, cost in saved.items():
+                self.prog.costs[v] = cost
+        if found is None:
+            return None
+        chosen, totals = found
+        totals["score"] /= self.score_scale
+        widths, a_bits = [], []
+        for yk in self.y:
+            g, b = next(key for key, v in yk.items() if v in chosen)
+            widths.append(g)
+            a_bits.append(b)
+        w_bits = [0] * len(self.names)
+        dsp, block, slowest = set(), set(), 0
+        for v in chosen:
+            slowest = max(slowest, self.prog.periods[v])
+            tag = self.tags.get(v)
+            if tag and tag[0] == "w":
+                w_bits[tag[1]] = tag[2]
+            kind, name, plan = self.choices.get(v, (None, None, None))
+            if kind == "engine":
+                if plan.dsp:
+                    dsp.add(name)
+                if plan.requant_dsp:
+                    dsp.add(f"{name}.requant")
+                block.update(f"{name}.{mem}" for mem, _, _, style in plan.memories if style == "block")
+            elif kind == "memory" and plan.style == "block":
+                block.add(name)
+        if cell_model is not None:
+            totals["cells"] = round(cell_model.get("const", 0) + cell_model.get("lut", 0) * totals["lut"]
+                                    + cell_model.get("ff", 0) * totals["ff"])
+        return Allocation(self.names, w_bits, a_bits[:-1], tuple(widths), frozenset(dsp), frozenset(block), totals,
+                          slowest)
+
+    def _fastest(self, limits, interval_limit, cell_model, cell_limit, **kw):
+        """The solution at the smallest interval (bisection over the periods up to ``interval_limit``)."""
+        periods = [p for p in self.periods() if p <= interval_limit]
+        if not periods:
+            return None
+        best = self.solve(periods[-1], limits, cell_model, cell_limit, **kw)
+        if best is None:
+            return None
+        lo, hi = 0, len(periods) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = self.solve(periods[mid], limits, cell_model, cell_limit, **kw)
+            if found is None:
+                lo = mid + 1
+            else:
+                hi, best = mid, found
+        return best
+
+    def best(self, limits, *, interval_limit=None, latency_limit=None, cell_model=None, cell_limit=None,
+             exclude=None):
+        """The least-score allocation within the limits; among those, the fastest; then the fewest LUTs."""
+        interval_limit = interval_limit or max(self.periods())
+        kw = dict(latency_limit=latency_limit, exclude=exclude)
+        first = self.solve(min(interval_limit, max(self.periods())), limits, cell_model, cell_limit,
+                           minimize="score", **kw)
+        if first is None:
+            return None
+        s = first.totals["score"] * self.score_scale
+        return self._fastest(limits, first.interval, cell_model, cell_limit, score_limit=s * (1 + 1e-7) + 1e-3,
+                             **kw) or first
+
+    def smallest(self, *, interval_limit=None, latency_limit=None, cell_model=None, exclude=None, limits=None):
+        """The fewest-LUT allocation (any bits) within the speed limits and the hard ``limits``."""
+        interval_limit = min(interval_limit or max(self.periods()), max(self.periods()))
+        return self.solve(interval_limit, limits or {}, cell_model, None, latency_limit=latency_limit,
+                          exclude=exclude)
+
+    def fastest(self, limits, *, cell_model=None, cell_limit=None, interval_limit=None, latency_limit=None,
+                exclude=None):
+        """The allocation with the smallest interval within the limits (any bits not excluded), fewest LUTs."""
+        return self._fastest(limits, interval_limit or max(self.periods()), cell_model, cell_limit,
+                             latency_limit=latency_limit, exclude=exclude)

@@ -1,0 +1,134 @@
+"""The bit allocation: the joint bits-and-folding program against brute force, the infeasible error, the CLI."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from boards import load_board
+from hwq.cli import main
+from hwq.errors import UserError
+from rtl_gen.allocation import AllocationSearch, proxy_engine
+from rtl_gen.folding import MAX_LANES, _divisors
+from rtl_gen.plan import BufferPlan, TopPlan, buffer_channels, stage_specs
+
+from .conftest import random_ir
+
+
+def _acc(name, w, a):
+    return w + a + 3
+
+
+def _brute_force(ir, family, cands, w_score, a_score, lut_limit, ff_limit, interval):
+    """The least score over every weight bits, activation bits and word widths, priced plan by plan (every
+    memory in logic, no DSPs), with the same limits; returns (score, lut) or None."""
+    _, specs = stage_specs(ir)
+    engines = [s for s in specs if s.kind == "engine"]
+    names = [s.layer.name for s in engines]
+    counts = buffer_channels(ir)
+    widths = [_divisors(c) if k < len(counts) - 1 else list(range(1, min(c, MAX_LANES) + 1))
+              for k, c in enumerate(counts)]
+    n = len(engines)
+    best = None
+    bits_counter = max(1, (interval - 1).bit_length())
+    for w in itertools.product(cands, repeat=n):
+        for hidden in itertools.product(cands, repeat=n - 1):
+            a = [ir.input_bits, *hidden]
+            score = sum(w_score[names[i]][w[i]] for i in range(n)) + sum(a_score[names[i]][hidden[i]]
+                                                                         for i in range(n - 1))
+            if best is not None and score > best[0] + 1e-12:
+                continue
+            for g in itertools.product(*widths):
+                total, periods = {"lut": 0, "ff": 0}, []
+                words = int(np.prod(ir.layers[0].in_shape)) // g[0]
+                parts = [BufferPlan(words=words, lanes=g[0], bits=ir.input_bits),
+                         TopPlan(n_stages=n, in_words=words, in_width=g[0], counter_bits=bits_counter)]
+                periods.append(words)
+                ok = True
+                for i, s in enumerate(engines):
+                    if g[i] * g[i + 1] > MAX_LANES:
+                        ok = False
+                        break
+                    out = hidden[i] if i < n - 1 else None
+                    plan = proxy_engine(s.make(g[i], g[i + 1]), w[i], a[i], out, _acc(s.layer.name, w[i], a[i]))
+                    parts.append(plan)
+                    periods.append(plan.latency + 1)
+                    if i < n - 1:
+                        parts.append(BufferPlan(words=s.out_words(plan), lanes=g[i + 1], bits=hidden[i]))
+                if not ok or max(periods) > interval:
+                    continue
+                for p in parts:
+                    res = p.resources(family)
+                    total["lut"] += res["lut"]
+                    total["ff"] += res["ff"]
+                if total["lut"] <= lut_limit and total["ff"] <= ff_limit:
+                    if best is None or score < best[0] - 1e-12 or (abs(score - best[0]) <= 1e-12 and
+                                                                    total["lut"] < best[1]):
+                        best = (score, total["lut"])
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_allocation_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    sizes = [4, 4, 3] if seed < 2 else [2, 4, 4, 3]
+    ir = random_ir(rng, sizes, [2] * (len(sizes) - 1), [2] * len(sizes))
+    cands = (1, 2, 4)
+    names = [la.name for la in ir.layers]
+    w_score = {n: {b: float(rng.uniform(0, 1)) / b for b in cands} for n in names}
+    a_score = {n: {b: float(rng.uniform(0, 1)) / b for b in cands} for n in names}
+    board = load_board("ice40-up5k")
+    search = AllocationSearch(ir, board.family, cands, _acc, w_score, a_score, bram_ok=False, dsp_ok=False)
+    interval = int(rng.choice(search.periods()[len(search.periods()) // 3:]))
+    smallest = search.smallest(interval_limit=interval)
+    lut_limit = smallest.totals["lut"] * float(rng.uniform(1.1, 1.8))
+    limits = {"lut": lut_limit, "ff": board.ff, "bram": None, "dsp": None}
+    found = search.solve(interval, limits, minimize="score")
+    expected = _brute_force(ir, board.family, cands, w_score, a_score, lut_limit, board.ff, interval)
+    assert found is not None and expected is not None
+    assert found.totals["score"] == pytest.approx(expected[0], rel=1e-6)
+    assert found.totals["lut"] <= lut_limit and found.interval <= interval
+    # the coupling: each layer's input bits are the previous layer's output bits, the input's for the first
+    assert found.a_bits[0] == ir.input_bits
+    assert all(b in cands for b in found.w_bits + found.a_bits[1:])
+
+
+def test_allocation_infeasible_names_what_is_feasible():
+    from hwq.allocate import _infeasible
+
+    rng = np.random.default_rng(0)
+    ir = random_ir(rng, [4, 4, 3], [2, 2], [2, 2, 2])
+    cands = (1, 2)
+    flat = {la.name: dict.fromkeys(cands, 1.0) for la in ir.layers}
+    board = load_board("ice40-up5k")
+    search = AllocationSearch(ir, board.family, cands, _acc, flat, flat, bram_ok=False, dsp_ok=False)
+    limits = {"lut": 10, "ff": board.ff, "bram": None, "dsp": None}
+    assert search.best(limits) is None
+    smallest = search.smallest()
+    err = _infeasible(search, board, limits, None, None, None, None)
+    assert isinstance(err, UserError)
+    assert f"needs {smallest.totals['lut']} LUTs" in str(err) and "within 10 LUTs" in str(err)
+
+
+def test_allocate_cli(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    # impossible: one line naming the smallest feasible budget, exit 2, nothing written
+    code = main(["allocate", str(run), "--lut-budget", "50", "--candidates", "2,4", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no bits and folding fit ice40-up5k within 50 LUTs" in err and "needs" in err
+    out = tmp_path / "alloc"
+    code = main(["allocate", str(run), "--candidates", "2,4", "--epochs", "2", "--lut-budget", "1500",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((run / "allocate.json").read_text())
+    bits = yaml.safe_load((out / "bits.yaml").read_text())
+    assert bits["format"] == "hwq-bits/1"
+    assert report["final"]["meets_budget"] and report["final"]["estimate"]["lut"] <= 1500
+    from hwq.ir import load_ir
+
+    ir = load_ir(out / "ir")
+    for layer in ir.layers:  # the exported design has the allocated bits
+        assert bits["layers"][layer.name] == {"w_bits": layer.w_bits, "a_bits": layer.a_bits}
+        assert layer.w_bits in (2, 4)
