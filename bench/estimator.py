@@ -129,7 +129,8 @@ def main():
               "`python -m boards.calibrate sweep --family F --designs N`, then `fit`). iCE40 logic cells: a linear "
               "function of the design's LUTs and flip-flops fitted on the same sweep (`boards.model.cells`). Block "
               "RAMs: each memory the folding puts in block RAM, its words tiled over the family's block shapes "
-              "(`boards.model.BRAM_SHAPES`). DSPs: one per multiplier the folding puts on a DSP "
+              "(`boards.model.BRAM_SHAPES`); a ROM counts only its columns that vary between words (yosys turns a "
+              "column with one value everywhere into a constant; `rtl_gen.top.stage_bram_blocks`). DSPs: one per multiplier the folding puts on a DSP "
               "(`boards.model.dsp_eligible`).")
     lines = ["# Estimator vs synthesis (held-out designs)", "", made_by, "", about, "", method, "", header,
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -4,7 +4,8 @@ Cycle counts are exact (the engines' analytic latencies, checked against simulat
 from the calibrated model in ``boards/model.py``: per-component features times coefficients fitted to
 yosys results for the board's family (see docs/results/estimator.md for its measured error). Block
 RAMs and DSPs are counted from the folding's choices (``rtl_gen.plan.Folding``: the memories in block RAM,
-tiled over the family's block shapes, and one DSP per multiplier of a DSP layer). On iCE40 the packed
+tiled over the family's block shapes, a ROM over the columns that vary between its words, and one DSP per
+multiplier of a DSP layer). On iCE40 the packed
 logic cells are estimated too (``boards.model.cells``), and ``fits`` compares them with the board's cells,
 since that is what placement needs.
 """
@@ -12,6 +13,7 @@ since that is what placement needs.
 from boards import RESOURCES
 from rtl_gen.folding import choose_folding
 from rtl_gen.plan import as_folding, network_plan
+from rtl_gen.top import stage_bram_blocks
 
 __all__ = ["estimate"]
 
@@ -33,7 +35,12 @@ def estimate(ir, board, *, fold=None, lut_budget=None, folding=None):
 
     for layer in ir.layers:
         stage = by_name.get(layer.name)
-        res = add(stage.plan.resources(board.family)) if stage else dict.fromkeys(RESOURCES, 0)
+        if stage:
+            res = stage.plan.resources(board.family)
+            res["bram"] = stage_bram_blocks(stage, board.family, last=stage is plan.stages[-1])  # from the data
+            add(res)
+        else:
+            res = dict.fromkeys(RESOURCES, 0)
         layers.append({"name": layer.name, "estimate": {**res, "cycles": stage.plan.latency if stage else 0}})
     buffers = [{"name": name, "estimate": add(b.resources(board.family))} for name, b in plan.memories]
     # the top module holds the buffers and skip rings: "top" is its own logic plus them, as yosys counts it

@@ -14,7 +14,7 @@ from .arith import const_mul
 from .engine import LayerEngine, memory_attrs
 from .pool import MaxPoolEngine, PoolPlan
 
-__all__ = ["NetworkTop", "bank_address", "build_stage"]
+__all__ = ["NetworkTop", "bank_address", "build_stage", "stage_bram_blocks", "varying_bits"]
 
 
 def bank_address(buffer, bank, addr):
@@ -37,6 +37,33 @@ def build_stage(stage, *, to_register=False):
                        bias=stage.table if kind == "bias" else None,
                        multiply_shift=(stage.table[:, 0], stage.table[:, 1]) if kind == "multiply_shift" else None,
                        to_register=to_register)
+
+
+def varying_bits(words):
+    """Bits that differ between some two of ``words`` (integers): the columns of a ROM that synthesis keeps
+    (yosys's memory optimisation turns a column with one value in every word into a constant)."""
+    diff = 0
+    for w in words:
+        diff |= w ^ words[0]
+    return diff.bit_count()
+
+
+def stage_bram_blocks(stage, family, *, last=False):
+    """Block RAMs of a stage's ROMs that live in block RAM, from their contents: each ROM's depth x its
+    varying columns (:func:`varying_bits`), tiled like any memory (``boards.model.bram_blocks``). ``last``:
+    the network's last stage (it writes the output register)."""
+    from boards.model import bram_blocks
+
+    memories = [m for m in getattr(stage.plan, "memories", []) if m[3] == "block"]
+    if not memories:
+        return 0
+    engine = build_stage(stage, to_register=last)
+    total = 0
+    for name, depth, _, _ in memories:
+        words = engine.weight_rom() if name == "wrom" else engine.param_rom()
+        width = varying_bits(words)
+        total += bram_blocks(family, depth, width) if width else 0
+    return total
 
 
 class NetworkTop(wiring.Component):
