@@ -114,27 +114,35 @@ def _fits(search, alloc, limits, cell_model, cell_limit, interval_limit, latency
 
 def _bops_allocation(search, limits, cell_model, cell_limit, interval_limit, latency_limit, log):
     """The bit-operations baseline: least score under a BOPs budget (no hardware in the program), with the
-    largest BOPs budget whose bits fit the board (bisection); then placed by the estimator's folding."""
-    top = max(search.periods())
-    hi = sum(c.get("bops", 0) for c in search.prog.costs if c.get("bops"))  # more than any design's BOPs
+    largest BOPs budget whose bits fit the board (bisection on the budget); then the fastest design of
+    those bits within the limits, as the estimator's folding places it."""
+    top = min(interval_limit or max(search.periods()), max(search.periods()))
+    hi = sum(search.macs.values()) * max(max(b for b in bits if b) for bits in search.boundary_bits) * 8
     lo, best, checked = 0.0, None, {}
-    for _ in range(14):
-        mid = (lo + hi) / 2 if lo else hi / 64
-        bits = search.solve(top, {"bops": mid}, minimize="score")
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        bits = search.bits_for_bops(mid)
         if bits is None:
             lo = mid
             continue
-        key = (tuple(bits.w_bits), tuple(bits.a_bits))
+        key = (tuple(bits[0]), tuple(bits[1]))
         if key not in checked:
-            checked[key] = _fits(search, bits, limits, cell_model, cell_limit, interval_limit, latency_limit)
-            log(f"  bops <= {mid:,.0f}: {_bits_text(bits)} {'fits' if checked[key] else 'does not fit'}")
-        if checked[key] is not None:
-            lo, best = mid, checked[key]
+            mask = search.bits_mask(*bits)
+            checked[key] = search.solve(top, limits, cell_model, cell_limit, latency_limit=latency_limit,
+                                        exclude=mask) is not None
+            log(f"  bops <= {mid:,.0f}: W{bits[0]} A{bits[1]} {'fits' if checked[key] else 'does not fit'}")
+        if checked[key]:
+            lo, best = mid, bits
         else:
             hi = mid
         if hi - lo < 0.01 * hi:
             break
-    return best
+    if best is None:
+        return None
+    from rtl_gen.allocation import Allocation
+
+    probe = Allocation(search.names, *best, (), frozenset(), frozenset(), {}, 0)
+    return _fits(search, probe, limits, cell_model, cell_limit, interval_limit, latency_limit)
 
 
 def _uniform(search, candidates, input_bits, limits, cell_model, cell_limit, interval_limit, latency_limit):

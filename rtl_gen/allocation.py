@@ -115,6 +115,12 @@ class AllocationSearch:
         self.score_scale = SCORE_SCALE / top if top > 0 else 1.0
         # boundary k's code bits: the input's, the candidates, and None after the logits layer
         bits = [[ir.input_bits], *([cands] * (n - 1)), [None]]
+        self.boundary_bits, self.macs = bits, {}
+        self._bits_only = None
+        self._w_score = {name: {b: max(0.0, float(w_score[name][b])) * self.score_scale for b in cands}
+                         for name in self.names}
+        self._a_score = {k: {b: max(0.0, float(a_score[self.names[k - 1]][b])) * self.score_scale for b in cands}
+                         for k in range(1, n)}
         styles = ("logic", "block") if bram_ok else ("logic",)
         self.y = [{(g, b): prog.var({}) for g in widths[k] for b in bits[k]} for k in range(n + 1)]
         self.tags = {}        # variable -> ("w", layer index, bits) or ("a", boundary, bits)
@@ -142,6 +148,7 @@ class AllocationSearch:
                 i = k_in
                 base0 = spec.make(1, 1)
                 macs = base0.positions * base0.in_channels * base0.out_channels * base0.kernel ** 2
+                self.macs[i] = macs
                 by_in, by_out = {}, {}
                 combos = [(w, cols, a, rows, o) for w in cands for (cols, a) in self.y[k_in]
                           for (rows, o) in self.y[k_out] if rows * cols <= MAX_LANES]
@@ -256,6 +263,41 @@ class AllocationSearch:
                                     + cell_model.get("ff", 0) * totals["ff"])
         return Allocation(self.names, w_bits, a_bits[:-1], tuple(widths), frozenset(dsp), frozenset(block), totals,
                           slowest)
+
+    def bits_for_bops(self, bops_limit):
+        """The least-score bits (no hardware) whose bit operations (sum over layers of MACs x w_bits x input
+        bits) stay within ``bops_limit``: (w_bits, a_bits) or None. A small program of its own: the bits
+        alone, linked at the boundaries like the full one."""
+        if self._bits_only is None:
+            prog, y, tags = Program(), [], {}
+            for k, opts in enumerate(self.boundary_bits):
+                y.append({b: prog.var({}, score=self._a_score.get(k, {}).get(b, 0.0)) for b in opts})
+                prog.equal(dict.fromkeys(y[k].values(), 1), 1)
+            for i, name in enumerate(self.names):
+                by_in, by_out = {}, {}
+                for w in sorted(self._w_score[name]):
+                    for a in y[i]:
+                        for o in y[i + 1]:
+                            v = prog.var({"bops": self.macs[i] * w * a}, score=self._w_score[name][w])
+                            tags[v] = (i, w)
+                            by_in.setdefault(a, {})[v] = 1
+                            by_out.setdefault(o, {})[v] = 1
+                for a, v in y[i].items():
+                    prog.equal({**by_in[a], v: -1}, 0)
+                for o, v in y[i + 1].items():
+                    prog.equal({**by_out[o], v: -1}, 0)
+            self._bits_only = (prog, y, tags)
+        prog, y, tags = self._bits_only
+        found = prog.solve(0, {"bops": bops_limit}, minimize="score")
+        if found is None:
+            return None
+        chosen = found[0]
+        w_bits = [0] * len(self.names)
+        for v in chosen:
+            if v in tags:
+                w_bits[tags[v][0]] = tags[v][1]
+        a_bits = [next(b for b, v in yk.items() if v in chosen) for yk in y[:-1]]
+        return w_bits, a_bits
 
     def _fastest(self, limits, interval_limit, cell_model, cell_limit, **kw):
         """The solution at the smallest interval (bisection over the periods up to ``interval_limit``)."""

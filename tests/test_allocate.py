@@ -132,3 +132,31 @@ def test_allocate_cli(trained_run, tmp_path, capsys):
     for layer in ir.layers:  # the exported design has the allocated bits
         assert bits["layers"][layer.name] == {"w_bits": layer.w_bits, "a_bits": layer.a_bits}
         assert layer.w_bits in (2, 4)
+
+
+def test_bops_bits_match_brute_force():
+    rng = np.random.default_rng(3)
+    ir = random_ir(rng, [6, 4, 4, 3], [2, 2, 2], [2, 2, 2, 2])
+    cands = (1, 2, 4, 8)
+    names = [la.name for la in ir.layers]
+    w_score = {n: {b: float(rng.uniform(0, 1)) / b for b in cands} for n in names}
+    a_score = {n: {b: float(rng.uniform(0, 1)) / b for b in cands} for n in names}
+    search = AllocationSearch(ir, "ice40", cands, _acc, w_score, a_score, bram_ok=False, dsp_ok=False)
+    macs = [la.fan_in * la.channels for la in ir.layers]
+    for limit in (200, 400, 900):
+        best = None
+        for w in itertools.product(cands, repeat=3):
+            for a in itertools.product(cands, repeat=2):
+                a_in = [ir.input_bits, *a]
+                if sum(m * wi * ai for m, wi, ai in zip(macs, w, a_in, strict=True)) > limit:
+                    continue
+                score = sum(w_score[names[i]][w[i]] for i in range(3)) + sum(a_score[names[i]][a[i]] for i in range(2))
+                best = score if best is None else min(best, score)
+        found = search.bits_for_bops(limit)
+        assert (found is None) == (best is None)
+        if found:
+            w, a = found
+            assert a[0] == ir.input_bits
+            assert sum(m * wi * ai for m, wi, ai in zip(macs, w, a, strict=True)) <= limit
+            got = sum(w_score[names[i]][w[i]] for i in range(3)) + sum(a_score[names[i]][a[i + 1]] for i in range(2))
+            assert got == pytest.approx(best, rel=1e-6)

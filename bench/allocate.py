@@ -1,0 +1,356 @@
+"""Allocation benchmark: estimator-priced mixed bits against uniform bits and a BOPs-priced allocation.
+
+    python bench/allocate.py [--models cnn mlp1d] [--boards ice40-up5k ecp5-25f] [--seeds 0 1 2]
+
+Writes bench/results/allocate.json, docs/results/allocate.md and docs/results/allocate.png.
+
+For each model, seed and board: the float network is trained once (the warm-up every design of that seed
+starts from), its per-layer loss sensitivity measured on a calibration split of the training set, and the
+joint bits-and-folding program (:class:`rtl_gen.allocation.AllocationSearch`) built. The speed target is a
+fixed initiation interval per model and board (``TARGETS``). The LUT budgets are spread between the smallest
+design that meets the target (any bits) and the most accurate one (``BUDGET_POINTS`` of the way). At each
+budget three designs are chosen by the same program:
+
+- ``mixed``: the least summed sensitivity within the budget (the estimator prices every choice);
+- ``bops``: the least sensitivity within a bit-operations budget (sum of MACs x w_bits x a_bits), the largest
+  such budget whose bits then fit (``hwq allocate --cost bops``);
+- ``uniform``: every candidate W=A=b (the first layer reads the dataset's codes) that the estimate says fits.
+
+Each chosen bit setting is trained once per seed (the method's QAT from the shared float warm-up), exported,
+generated with the program's folding and synthesized with yosys; a design over budget by synthesis is
+tightened by its overshoot and solved again (up to ``ROUNDS`` times, as ``hwq allocate`` does). ``matched``
+compares the golden-model test accuracy of each: ``uniform_best_acc`` is the best uniform design that fits
+the budget by synthesis. The allocated digits CNN on ice40-up5k is also placed with nextpnr and simulated
+over all 360 test images.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from boards import load_board  # noqa: E402
+from hwq.errors import UserError  # noqa: E402
+from hwq.fileio import write_json, write_text, write_yaml  # noqa: E402
+
+MODELS = {
+    "cnn": {"label": "digits CNN", "cfg": dict(model="cnn", dataset="digits", epochs_float=30, epochs_qat=20)},
+    "mlp1d": {"label": "MNIST-1D MLP (100-100)", "cfg": dict(model="mlp", dataset="mnist1d", hidden=(100, 100),
+                                                          epochs_float=60, epochs_qat=20, lr_float=1e-3)},
+}
+# speed targets: initiation interval (cycles) per model and board
+TARGETS = {("cnn", "ice40-up5k"): 2400, ("cnn", "ecp5-25f"): 600,
+           ("mlp1d", "ice40-up5k"): 400, ("mlp1d", "ecp5-25f"): 100}
+BUDGET_POINTS = (0.2, 0.45, 0.75)
+CANDIDATES = (1, 2, 3, 4, 6, 8)
+ROUNDS = 3
+
+
+class Bench:
+    def __init__(self, work, log):
+        self.work, self.log = Path(work), log
+        self.trained = {}   # (model, seed, bits key) -> (run dir, golden accuracy, IR)
+        self.synthesized = {}
+
+    def train(self, model, seed, cfg, data, float_state, w_bits, a_bits):
+        from hwq import golden
+        from hwq.export import export_run
+        from hwq.train import BITS_FORMAT, train
+
+        key = (model, seed, tuple(w_bits), tuple(a_bits))
+        if key not in self.trained:
+            tag = "-".join(f"{w}.{a}" for w, a in zip(w_bits, a_bits, strict=True))
+            d = self.work / f"{model}-s{seed}-{tag}"
+            names = list(self.names[model])
+            write_yaml(d / "bits.yaml", {"format": BITS_FORMAT, "layers": {
+                n: {"w_bits": w, "a_bits": a} for n, w, a in zip(names, w_bits, a_bits, strict=True)}})
+            t = time.perf_counter()
+            train(replace(cfg, bits_file=str(d / "bits.yaml"), first_last="same"), d / "run",
+                  float_state=float_state, data=data, show_progress=False)
+            ir = export_run(d / "run", d / "ir")
+            acc = float((golden.run(ir, data.x_test).argmax(1) == data.y_test).mean())
+            self.log(f"    trained W{list(w_bits)} A{list(a_bits)}: golden {acc:.4f} ({time.perf_counter() - t:.0f} s)")
+            self.trained[key] = (d, acc, ir)
+        return self.trained[key]
+
+    def synth(self, d, ir, board, alloc, budget):
+        from hwq.allocate import _real_design
+        from hwq.synth import synth_rtl
+        from rtl_gen.emit import generate_rtl
+
+        folding, est, _ = _real_design(ir, board, alloc, budget)
+        key = (str(d), board.name, json.dumps(folding.to_json(), sort_keys=True))
+        if key not in self.synthesized:
+            rtl = d / f"rtl-{board.name}-{len(self.synthesized)}"
+            generate_rtl(ir, board, rtl, folding=folding)
+            t = time.perf_counter()
+            syn = synth_rtl(rtl, board, pnr=False, show_progress=False)
+            self.synthesized[key] = {"rtl": rtl, "est": est, "syn": syn, "folding": folding,
+                                     "seconds": time.perf_counter() - t}
+        return self.synthesized[key]
+
+
+def _fits(rec, budget):
+    return bool(rec["syn"]["fits"]) and rec["syn"]["total"]["lut"] <= budget
+
+
+def run_point(bench, model, seed, board, search, cfg, data, float_state, limits_of, interval, budget):
+    """One (model, seed, board, budget): the mixed, BOPs and uniform designs, trained and synthesized."""
+    from hwq.allocate import _bops_allocation
+
+    n = len(search.names)
+    out = {"lut_budget": round(budget)}
+    for cost in ("mixed", "bops"):
+        program_budget = budget
+        for r in range(1, ROUNDS + 1):
+            limits, cm, cl = limits_of(program_budget)
+            if cost == "mixed":
+                alloc = search.best(limits, interval_limit=interval, cell_model=cm, cell_limit=cl)
+            else:
+                alloc = _bops_allocation(search, limits, cm, cl, interval, None, lambda *_: None)
+            if alloc is None:
+                out[cost] = None
+                break
+            d, acc, ir = bench.train(model, seed, cfg, data, float_state, alloc.w_bits, alloc.a_bits)
+            rec = bench.synth(d, ir, board, alloc, budget)
+            out[cost] = {"w_bits": alloc.w_bits, "a_bits": alloc.a_bits, "acc": acc, "rounds": r,
+                         "est_lut": rec["est"]["totals"]["lut"], "synth_lut": rec["syn"]["total"]["lut"],
+                         "synth": rec["syn"]["total"], "fits_by_synthesis": _fits(rec, budget),
+                         "interval": rec["est"]["initiation_interval_cycles"], "rtl": str(rec["rtl"])}
+            bench.log(f"  {cost} round {r}: W{alloc.w_bits} A{alloc.a_bits} acc {acc:.4f}, est "
+                      f"{out[cost]['est_lut']}, yosys {out[cost]['synth_lut']} (budget {budget:.0f})")
+            if out[cost]["fits_by_synthesis"]:
+                break
+            program_budget = min(program_budget, alloc.totals["lut"]) * min(0.98, budget / out[cost]["synth_lut"])
+    uniform = []
+    for b in sorted(CANDIDATES, reverse=True):
+        limits, cm, cl = limits_of(budget)
+        w_bits, a_bits = [b] * n, [search_input_bits(search)] + [b] * (n - 1)
+        found = search.solve(interval, limits, cm, cl, exclude=search.bits_mask(w_bits, a_bits))
+        if found is None:
+            uniform.append({"bits": b, "fits_estimate": False})
+            continue
+        d, acc, ir = bench.train(model, seed, cfg, data, float_state, w_bits, a_bits)
+        rec = bench.synth(d, ir, board, found, budget)
+        uniform.append({"bits": b, "fits_estimate": True, "acc": acc, "est_lut": rec["est"]["totals"]["lut"],
+                        "synth_lut": rec["syn"]["total"]["lut"], "fits_by_synthesis": _fits(rec, budget)})
+        bench.log(f"  uniform W{b}/A{b}: acc {acc:.4f}, yosys {rec['syn']['total']['lut']}")
+    out["uniform"] = uniform
+    return out
+
+
+def search_input_bits(search):
+    return next(iter(search.y[0]))[1]
+
+
+def run_model_seed(bench, model, seed, boards):
+    from hwq.allocate import _acc_bits_fn
+    from hwq.data import load_dataset
+    from hwq.models import QuantNet, layer_names
+    from hwq.sensitivity import layer_sensitivity
+    from hwq.train import TrainConfig, _net_config, pretrain
+    from rtl_gen.allocation import AllocationSearch
+    from rtl_gen.folding import board_limits
+
+    cfg = TrainConfig(**MODELS[model]["cfg"], seed=seed)
+    data = load_dataset(cfg.dataset)
+    bench.names = getattr(bench, "names", {})
+    bench.names[model] = layer_names(cfg.model, len(cfg.hidden))
+    t = time.perf_counter()
+    float_state = pretrain(cfg, data)
+    net = QuantNet(_net_config(cfg, data))
+    net.load_state_dict(float_state[0], strict=False)
+    sens = layer_sensitivity(net, data, CANDIDATES, "loss", seed=seed)
+    bench.log(f"{model} seed {seed}: float {float_state[1]:.4f}, sensitivity in {time.perf_counter() - t:.0f} s")
+    from hwq.export import export_model
+
+    shapes = export_model(net, dataset=cfg.dataset, method=cfg.method)
+    rows = []
+    for board_name in boards:
+        board = load_board(board_name)
+        interval = TARGETS[(model, board_name)]
+        search = AllocationSearch(shapes, board.family, CANDIDATES, _acc_bits_fn(net, shapes.input_bits),
+                                  sens.weights, sens.acts, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0)
+
+        def limits_of(budget, board=board):
+            limits, cm, cl = board_limits(board, budget)
+            return limits, cm, cl
+
+        full, cm, cl = limits_of(board.lut)  # no LUT budget beyond the board (cells still bounded on iCE40)
+        smallest = search.smallest(interval_limit=interval, limits={"bram": board.bram, "dsp": board.dsp})
+        richest = search.best(full, interval_limit=interval, cell_model=cm, cell_limit=cl)
+        if smallest is None or richest is None:
+            bench.log(f"{model} on {board_name}: nothing meets interval {interval}")
+            rows.append({"model": model, "board": board_name, "seed": seed, "error": "speed target unreachable"})
+            continue
+        lo, hi = smallest.totals["lut"], richest.totals["lut"]
+        bench.log(f"{model} on {board_name} (interval <= {interval}): LUT {lo} (smallest) .. {hi} (most accurate)")
+        for frac in BUDGET_POINTS:
+            budget = lo + frac * (hi - lo)
+            point = run_point(bench, model, seed, board, search, cfg, data, float_state, limits_of, interval, budget)
+            rows.append({"model": model, "data": cfg.dataset, "board": board_name, "seed": seed,
+                         "interval_limit": interval, "float_acc": float_state[1], **point})
+    return rows
+
+
+def matched(rows):
+    out = []
+    for r in rows:
+        if "error" in r:
+            continue
+        fitting = [u for u in r["uniform"] if u.get("fits_by_synthesis")]
+        best = max(fitting, key=lambda u: u["acc"]) if fitting else None
+        m, b = r["mixed"], r["bops"]
+        out.append({"data": r["data"], "model": r["model"], "board": r["board"], "seed": r["seed"],
+                    "lut_budget": r["lut_budget"], "interval_limit": r["interval_limit"],
+                    "mixed_acc": m["acc"] if m else None,
+                    "mixed_bits": {"w": m["w_bits"], "a": m["a_bits"]} if m else None,
+                    "mixed_fits_by_synthesis": m["fits_by_synthesis"] if m else None,
+                    "bops_acc": b["acc"] if b else None,
+                    "bops_bits": {"w": b["w_bits"], "a": b["a_bits"]} if b else None,
+                    "uniform_best_acc": best["acc"] if best else None,
+                    "uniform_best_bits": best["bits"] if best else None,
+                    "synth_lut": m["synth_lut"] if m else None, "est_lut": m["est_lut"] if m else None})
+    return out
+
+
+def check_cnn(bench, rows):
+    """The allocated digits CNN for ice40-up5k (the middle budget of seed 0): nextpnr placement and
+    simulation of all 360 test images, bit-exact, cycles equal to the estimate."""
+    from hwq.ir import load_ir
+    from hwq.synth import synth_rtl
+    from sim.runner import simulate
+
+    cands = [r for r in rows if r["model"] == "cnn" and r["board"] == "ice40-up5k" and r.get("mixed")]
+    if not cands:
+        return None
+    r = cands[len(cands) // 2]
+    rtl = Path(r["mixed"]["rtl"])
+    ir = load_ir(rtl.parent / "ir")
+    board = load_board("ice40-up5k")
+    syn = synth_rtl(rtl, board, pnr=True, show_progress=False)
+    sim = simulate(ir, rtl, samples=360, data="test")
+    pnr = syn["pnr"] or {}
+    return {"lut_budget": r["lut_budget"], "seed": r["seed"], "bits": {"w": r["mixed"]["w_bits"], "a": r["mixed"]["a_bits"]},
+            "placed": pnr.get("fmax_mhz") is not None, "fmax_mhz": pnr.get("fmax_mhz"), "pnr_error": pnr.get("error"),
+            "samples": sim["samples"], "bit_exact": sim["bit_exact"],
+            "cycles_equal": sim["latency_cycles"] == sim["latency_cycles_estimate"]
+            and sim["initiation_interval_cycles"] == sim["initiation_interval_cycles_estimate"]}
+
+
+def summary(match, rows):
+    margins = [m["mixed_acc"] - m["bops_acc"] for m in match if m["mixed_acc"] is not None and m["bops_acc"] is not None]
+    vs_uniform = [m["mixed_acc"] - m["uniform_best_acc"] for m in match
+                  if m["mixed_acc"] is not None and m["uniform_best_acc"] is not None]
+    ice = [r["mixed"]["fits_by_synthesis"] for r in rows if r.get("board") == "ice40-up5k" and r.get("mixed")]
+    return {"points": len(match),
+            "mixed_at_least_uniform": all(v >= 0 for v in vs_uniform) if vs_uniform else None,
+            "mixed_minus_uniform_min": round(min(vs_uniform), 4) if vs_uniform else None,
+            "mixed_minus_bops_mean": round(float(np.mean(margins)), 4) if margins else None,
+            "mixed_minus_bops_std": round(float(np.std(margins)), 4) if margins else None,
+            "fits_by_synthesis": all(ice) if ice else None}
+
+
+def plot(match, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(m["model"], m["board"]) for m in match})
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.5 * max(1, len(keys)), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=False):
+        pts = [m for m in match if (m["model"], m["board"]) == key]
+        for field, label, marker in (("mixed_acc", "mixed (estimator)", "o"), ("bops_acc", "mixed (BOPs)", "s"),
+                                     ("uniform_best_acc", "best uniform", "^")):
+            xs = [m["synth_lut"] if field == "mixed_acc" else m["lut_budget"] for m in pts if m[field] is not None]
+            ys = [m[field] for m in pts if m[field] is not None]
+            ax.scatter(xs, ys, label=label, marker=marker)
+        ax.set_title(f"{key[0]} on {key[1]}")
+        ax.set_xlabel("LUTs (yosys for mixed; budget for the others)")
+        ax.set_ylabel("test accuracy (golden model)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(res, args):
+    s = res["summary"]
+    lines = ["# Hardware-aware bit allocation", "",
+             (f"Made by `python bench/allocate.py --models {' '.join(args.models)} --boards {' '.join(args.boards)} "
+             f"--seeds {' '.join(map(str, args.seeds))}`; raw numbers in `bench/results/allocate.json`."), "",
+             __doc__.split("\n\n", 2)[2].strip(), "",
+             (f"Summary: {s['points']} budget points; estimator-priced allocation at least as accurate as the best "
+             f"uniform design fitting by synthesis: {s['mixed_at_least_uniform']} (worst margin "
+             f"{s['mixed_minus_uniform_min']}); margin over the BOPs allocation: mean {s['mixed_minus_bops_mean']}, "
+             f"std {s['mixed_minus_bops_std']}; every ice40-up5k allocation fits by yosys: {s['fits_by_synthesis']}."), "",
+             ("| data | board | seed | interval | LUT budget | mixed acc | mixed bits (W / A) | yosys LUT | est LUT | "
+             "BOPs acc | best uniform acc (bits) |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in res["matched"]:
+        bits = f"{m['mixed_bits']['w']} / {m['mixed_bits']['a']}" if m["mixed_bits"] else "-"
+        lines.append(f"| {m['data']} | {m['board']} | {m['seed']} | {m['interval_limit']} | {m['lut_budget']} | "
+                     f"{m['mixed_acc']} | {bits} | {m['synth_lut']} | {m['est_lut']} | {m['bops_acc']} | "
+                     f"{m['uniform_best_acc']} ({m['uniform_best_bits']}) |")
+    if res.get("cnn_check"):
+        c = res["cnn_check"]
+        lines += ["", (f"Allocated digits CNN on ice40-up5k (budget {c['lut_budget']}): placed {c['placed']} "
+                      f"(Fmax {c['fmax_mhz']} MHz), {c['samples']} test images bit-exact {c['bit_exact']}, cycles "
+                      f"equal {c['cycles_equal']}.")]
+    lines += ["", "![accuracy against LUTs](allocate.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--boards", nargs="+", default=["ice40-up5k", "ecp5-25f"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "allocate.json"))
+    ap.add_argument("--markdown", default=str(ROOT / "docs" / "results" / "allocate.md"))
+    ap.add_argument("--work", help="keep the runs, IRs and RTL here (default: a temporary directory)")
+    args = ap.parse_args(argv)
+    for m in args.models:
+        for b in args.boards:
+            if (m, b) not in TARGETS:
+                ap.error(f"no speed target for {m} on {b} (TARGETS)")
+    t0 = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="hwq-alloc-") as tmp:
+        bench = Bench(args.work or tmp, log)
+        rows = []
+        for model in args.models:
+            for seed in args.seeds:
+                try:
+                    rows += run_model_seed(bench, model, seed, args.boards)
+                except UserError as exc:
+                    rows.append({"model": model, "seed": seed, "error": str(exc)})
+        match = matched(rows)
+        res = {"candidates": list(CANDIDATES), "targets": {f"{m}@{b}": t for (m, b), t in TARGETS.items()},
+               "rows": rows, "matched": match, "summary": summary(match, rows),
+               "cnn_check": check_cnn(bench, rows) if "cnn" in args.models else None,
+               "seconds": round(time.perf_counter() - t0, 1)}
+    res["summary"]["cnn_placed_bit_exact"] = (res["cnn_check"] or {}).get("placed") and \
+        (res["cnn_check"] or {}).get("bit_exact")
+    write_json(args.out, res)
+    png = Path(args.markdown).with_suffix(".png")
+    plot(match, png)
+    write_text(args.markdown, markdown(res, args))
+    print(json.dumps(res["summary"], indent=1))
+    print(f"wrote {args.out}, {args.markdown}, {png}")
+
+
+if __name__ == "__main__":
+    main()
