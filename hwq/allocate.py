@@ -117,7 +117,8 @@ def _bops_allocation(search, limits, cell_model, cell_limit, interval_limit, lat
     largest BOPs budget whose bits fit the board (bisection on the budget); then the fastest design of
     those bits within the limits, as the estimator's folding places it."""
     top = min(interval_limit or max(search.periods()), max(search.periods()))
-    hi = sum(search.macs.values()) * max(max(b for b in bits if b) for bits in search.boundary_bits) * 8
+    widest = max(b for bits in search.boundary_bits for b in bits if b is not None)
+    hi = sum(search.macs.values()) * widest * 8  # more than any choice's bit operations
     lo, best, checked = 0.0, None, {}
     for _ in range(24):
         mid = (lo + hi) / 2
@@ -219,6 +220,28 @@ def plan_allocation(model, data, ir, board, *, lut_budget=None, ff_budget=None, 
             if frontier else None}
 
 
+def _learned_start(run_dir, cfg, plan, board, input_bits, interval_limit, latency_limit, log):
+    """SINAREQ's learned bits (``hwq train --method sinareq --learn-bits``: the run's bits.yaml), priced by
+    the same program: their sensitivity and the smallest design of them within the limits (None if none)."""
+    if cfg.method != "sinareq" or not cfg.sinareq_learn_bits:
+        return None
+    from .train import load_bits_file
+
+    search = plan["search"]
+    learned = load_bits_file(Path(run_dir) / "bits.yaml", search.names)
+    w_bits = [learned[n][0] for n in search.names]
+    a_bits = [input_bits] + [learned[n][1] for n in search.names[1:]]
+    top = min(interval_limit or max(search.periods()), max(search.periods()))
+    outside = [b for b in w_bits + a_bits[1:] if b not in search.boundary_bits[1] + [input_bits]]
+    found = None if outside else search.solve(top, plan["limits"], plan["cell_model"], plan["cell_limit"],
+                                              latency_limit=latency_limit, exclude=search.bits_mask(w_bits, a_bits))
+    log(f"SINAREQ's learned bits W{w_bits} A{a_bits}: " + (f"fit ({found.totals['lut']} LUT, sensitivity "
+                                                          f"{found.totals['score']:.4g})" if found else
+                                                          "do not fit within the limits or the candidates"))
+    return {"w_bits": w_bits, "a_bits": a_bits, "fits": found is not None,
+            "design": found.to_json() if found else None}
+
+
 def _key(alloc):
     return tuple(alloc.w_bits), tuple(alloc.a_bits), tuple(alloc.widths), alloc.dsp, alloc.block
 
@@ -290,6 +313,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
                            sensitivity=sensitivity, cost=cost, log=log)
     alloc = plan["allocation"]
     uniform = {b: (a.to_json() if a else None) for b, a in plan["uniform"].items()}
+    start = _learned_start(run_dir, cfg, plan, board, ir.input_bits, interval_limit, latency_limit, log)
     fitting = [b for b, a in plan["uniform"].items() if a is not None]
     log(f"uniform bits that fit: {', '.join(f'W{b}/A{b}' for b in sorted(fitting)) or 'none'}")
     if dry_run:
@@ -358,6 +382,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
                    "cells": plan["cell_limit"], "interval_cycles": interval_limit, "latency_cycles": latency_limit},
         "sensitivity_table": plan["sensitivity"].to_json(),
         "uniform": {str(b): v for b, v in uniform.items()},
+        "sinareq_start": start,
         "frontier": plan["frontier"],
         "rounds": history,
         "final": {"bits": final["bits"], "accuracy": final["accuracy"], "estimate": final["estimate"],

@@ -58,6 +58,7 @@ def stage_bram_blocks(stage, family, *, last=False):
     if not memories:
         return 0
     engine = build_stage(stage, to_register=last)
+    engine._MustUse__silence = True  # built for its ROMs' contents only, never elaborated: no "unused" warning
     total = 0
     for name, depth, _, _ in memories:
         words = engine.weight_rom() if name == "wrom" else engine.param_rom()

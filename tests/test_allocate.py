@@ -118,6 +118,10 @@ def test_allocate_cli(trained_run, tmp_path, capsys):
     code = main(["allocate", str(run), "--lut-budget", "50", "--candidates", "2,4", "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and "no bits and folding fit ice40-up5k within 50 LUTs" in err and "needs" in err
+    # the BOPs baseline plans too (dry run: the plan only)
+    code = main(["allocate", str(run), "--cost", "bops", "--candidates", "2,4", "--lut-budget", "1500", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 0 and "allocated (bops" in err, err
     out = tmp_path / "alloc"
     code = main(["allocate", str(run), "--candidates", "2,4", "--epochs", "2", "--lut-budget", "1500",
                  "--out", str(out)])
