@@ -57,7 +57,7 @@ def conv_layer_ir(seed=0):
 def measure_array_efficiency(samples=2):
     from amaranth.sim import Simulator
 
-    from rtl_gen.plan import network_plan
+    from rtl_gen.plan import input_word_indices, network_plan
     from rtl_gen.top import NetworkTop
 
     rows, cols = ARRAY
@@ -70,14 +70,17 @@ def measure_array_efficiency(samples=2):
     counts = {"issue": 0, "run": 0}
     outs = []
 
+    words = input_word_indices(ir.layers[0].in_shape, plan.buffers[0].lanes)
+
     async def bench(ctx):
         ctx.set(top.o.ready, 1)
         for sample in x:
-            ctx.set(top.i.payload, [int(v) for v in sample])
-            ctx.set(top.i.valid, 1)
-            while not ctx.get(top.i.ready):
+            for idx in words:  # the input arrives word by word (word-serial)
+                ctx.set(top.i.payload, [int(sample[i]) for i in idx])
+                ctx.set(top.i.valid, 1)
+                while not ctx.get(top.i.ready):
+                    await ctx.tick()
                 await ctx.tick()
-            await ctx.tick()
             ctx.set(top.i.valid, 0)
             while not ctx.get(top.o.valid):
                 counts["issue"] += ctx.get(engine.issue)

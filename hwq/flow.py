@@ -269,5 +269,31 @@ rounding, {be['fake_quant_mismatches_unexplained']} unexplained)</li></ul>
 {tot['throughput_inferences_per_s']} inferences/s at the board's {tot['clock_mhz']} MHz clock (not a measured Fmax).
 {est_line} {synth_line} {places}
 {'Fits' if tot['fits'] else 'Does NOT fit'} the board.</p>
+{_allocation_html(report.get("allocation"))}
 </body></html>
 """
+
+
+def _allocation_html(alloc):
+    """The allocation's section of the report: the chosen bits, the budget, the frontier it explored."""
+    if not alloc:
+        return ""
+    e = html.escape
+    lim = alloc["limits"]
+    bits = "".join(f"<tr><td>{e(n)}</td><td>{b['w_bits']}</td><td>{b['a_bits']}</td></tr>"
+                   for n, b in alloc["bits"].items())
+    front = "".join(
+        f"<tr><td>{p['lut_budget']}</td>" + (f"<td>{p['score']:.4g}</td><td>{p['lut']}</td><td>{p['interval']}</td>"
+                                            f"<td>{e(str(p['w_bits']))}</td><td>{e(str(p['a_bits']))}</td></tr>"
+                                            if p["feasible"] else "<td colspan=5>infeasible</td></tr>")
+        for p in (alloc.get("frontier") or {}).get("lut", []))
+    speed = ", ".join(f"{k.replace('_', ' ')} at most {v}" for k, v in
+                      (("interval_cycles", lim.get("interval_cycles")), ("latency_cycles", lim.get("latency_cycles")))
+                      if v is not None) or "no speed target"
+    return f"""<h2>Bit allocation</h2>
+<p>Chosen by <code>hwq allocate</code> ({e(alloc['cost'])} cost, {e(alloc['sensitivity'])} sensitivity) within
+{lim['lut']:.0f} LUTs, {e(speed)}, in {alloc['rounds']} round(s); {'meets' if alloc['meets_budget'] else 'MISSES'}
+the budget. Input bits (a) of each layer are its producer's output bits.</p>
+<table><tr><th>layer</th><th>weight bits</th><th>input bits</th></tr>{bits}</table>
+<h3>Frontier (least sensitivity at each LUT budget, as the program estimates it)</h3>
+<table><tr><th>LUT budget</th><th>sensitivity</th><th>LUT</th><th>interval</th><th>W</th><th>A</th></tr>{front}</table>"""

@@ -164,3 +164,21 @@ def test_bops_bits_match_brute_force():
             assert sum(m * wi * ai for m, wi, ai in zip(macs, w, a, strict=True)) <= limit
             got = sum(w_score[names[i]][w[i]] for i in range(3)) + sum(a_score[names[i]][a[i + 1]] for i in range(2))
             assert got == pytest.approx(best, rel=1e-6)
+
+
+def test_flow_allocate(tmp_path):
+    """hwq flow --allocate: trains, allocates, retrains at the allocated bits and builds that design,
+    bit-exact; the report carries the allocation."""
+    from hwq.flow import run_flow
+    from hwq.train import TrainConfig
+
+    report = run_flow(tmp_path / "flow", board=load_board("ice40-up5k"), samples=20, log=lambda *_: None,
+                      train_cfg=TrainConfig(epochs_float=3, epochs_qat=2), show_progress=False,
+                      allocate_options={"candidates": (2, 4), "min_throughput": 20000})
+    alloc = report["allocation"]
+    assert alloc["meets_budget"] and alloc["limits"]["interval_cycles"] == 600
+    assert report["bit_exact"]["rtl_vs_golden"] and report["totals"]["initiation_interval_cycles_sim"] <= 600
+    for layer in report["layers"]:
+        if layer["name"] in alloc["bits"]:
+            assert layer["w_bits"] == alloc["bits"][layer["name"]]["w_bits"]
+    assert "Bit allocation" in (tmp_path / "flow" / "report.html").read_text()
