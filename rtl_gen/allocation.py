@@ -23,7 +23,7 @@ import numpy as np
 from hwq.errors import UserError
 from hwq.requant import MULTIPLY_SHIFT_MIN_BITS
 
-from .folding import MAX_LANES, RESOURCE_KEYS, Program, _divisors
+from .folding import MAX_LANES, RESOURCE_KEYS, ChoiceProgram, Program, _divisors
 from .plan import BufferPlan, TopPlan, _prepare, buffer_channels, stage_specs, width_ties
 
 __all__ = ["Allocation", "AllocationSearch", "proxy_engine"]
@@ -83,7 +83,7 @@ def _pareto(options):
     return keep
 
 
-class AllocationSearch:
+class AllocationSearch(ChoiceProgram):
     """The joint bits-and-folding program of a chain network (no residual adds) on one board family.
 
     ``candidates``: bitwidths for weights and activations; ``acc_bits(name, w_bits, a_bits)``: the proxy
@@ -192,21 +192,9 @@ class AllocationSearch:
                                  yv, styles)
                 n_buffers += 1
 
-    def _buffer(self, name, buffer, yv, styles):
-        terms = {}
-        for style in styles:
-            plan = replace(buffer, style=style)
-            v = self.prog.var(plan.resources(self.family))
-            self.choices[v] = ("memory", name, plan)
-            terms[v] = 1
-        self.prog.equal({**terms, yv: -1}, 0)
-
     @property
     def n_vars(self):
         return len(self.prog.costs)
-
-    def periods(self):
-        return sorted({p for p in self.prog.periods if p > 0})
 
     def bits_mask(self, w_bits=None, a_bits=None):
         """Exclude every variable whose bits differ from the given ones (lists per weight layer; ``a_bits[i]``
@@ -243,26 +231,16 @@ class AllocationSearch:
             widths.append(g)
             a_bits.append(b)
         w_bits = [0] * len(self.names)
-        dsp, block, slowest = set(), set(), 0
+        slowest = max(self.prog.periods[v] for v in chosen)
         for v in chosen:
-            slowest = max(slowest, self.prog.periods[v])
             tag = self.tags.get(v)
             if tag and tag[0] == "w":
                 w_bits[tag[1]] = tag[2]
-            kind, name, plan = self.choices.get(v, (None, None, None))
-            if kind == "engine":
-                if plan.dsp:
-                    dsp.add(name)
-                if plan.requant_dsp:
-                    dsp.add(f"{name}.requant")
-                block.update(f"{name}.{mem}" for mem, _, _, style in plan.memories if style == "block")
-            elif kind == "memory" and plan.style == "block":
-                block.add(name)
+        dsp, block = self.places(chosen)
         if cell_model is not None:
             totals["cells"] = round(cell_model.get("const", 0) + cell_model.get("lut", 0) * totals["lut"]
                                     + cell_model.get("ff", 0) * totals["ff"])
-        return Allocation(self.names, w_bits, a_bits[:-1], tuple(widths), frozenset(dsp), frozenset(block), totals,
-                          slowest)
+        return Allocation(self.names, w_bits, a_bits[:-1], tuple(widths), dsp, block, totals, slowest)
 
     def bits_for_bops(self, bops_limit):
         """The least-score bits (no hardware) whose bit operations (sum over layers of MACs x w_bits x input

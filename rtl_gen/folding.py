@@ -24,7 +24,7 @@ from hwq.errors import UserError
 from .engine import EnginePlan
 from .plan import BufferPlan, Folding, TopPlan, _prepare, buffer_channels, stage_specs, width_ties
 
-__all__ = ["CELL_FRACTION", "DEFAULT_LUT_FRACTION", "MAX_LANES", "FoldingSearch", "Program", "board_limits", "check_folding",
+__all__ = ["CELL_FRACTION", "DEFAULT_LUT_FRACTION", "MAX_LANES", "ChoiceProgram", "FoldingSearch", "Program", "board_limits", "check_folding",
            "choose_folding"]
 
 # The automatic folding keeps the estimated LUTs within this share of the board's LUTs, and on iCE40 the
@@ -166,7 +166,48 @@ class Program:
         return set(chosen.tolist()), totals
 
 
-class FoldingSearch:
+class ChoiceProgram:
+    """What the folding and the allocation programs share: a :class:`Program` whose variables are ways of
+    building components (``choices``: variable -> (kind, name, plan)), priced for one FPGA ``family``."""
+
+    family: str
+    prog: Program
+    choices: dict
+
+    def _buffer(self, name, buffer, zv, styles):
+        """A buffer (or skip ring) of width choice ``zv``: one variable per place it may live (logic, block
+        RAM), exactly one of them chosen when ``zv`` is."""
+        terms = {}
+        for style in styles:
+            plan = replace(buffer, style=style)
+            v = self.prog.var(plan.resources(self.family))
+            self.choices[v] = ("memory", name, plan)
+            terms[v] = 1
+        self.prog.equal({**terms, zv: -1}, 0)
+
+    def periods(self):
+        """Every distinct period an option forces: the candidate initiation intervals."""
+        return sorted({p for p in self.prog.periods if p > 0})
+
+    def places(self, chosen):
+        """(DSP names, block-RAM memory names) of the chosen variables, as a :class:`Folding` names them."""
+        dsp, block = set(), set()
+        for v in chosen:
+            kind, name, plan = self.choices.get(v, (None, None, None))
+            if kind == "engine":
+                if plan.dsp:
+                    dsp.add(name)
+                if plan.requant_dsp:
+                    dsp.add(f"{name}.requant")
+                block.update(f"{name}.{mem}" for mem, _, _, style in plan.memories if style == "block")
+            elif kind == "add" and plan.prom_style == "block":
+                block.add(f"{name}.prom")
+            elif kind == "memory" and plan.style == "block":
+                block.add(name)
+        return frozenset(dsp), frozenset(block)
+
+
+class FoldingSearch(ChoiceProgram):
     """The folding choices of one IR on one board family, as an integer program (see the module's doc).
 
     ``options``: the word-width options per width index; ``fixed``: {weight layer index: (rows, cols)} the
@@ -264,21 +305,6 @@ class FoldingSearch:
         do not depend on cols; pools' and adds' inputs are ``g``)."""
         return opts[0] if spec.kind == "engine" else g
 
-    def _buffer(self, name, buffer, zv, styles):
-        """A buffer (or skip ring) of width choice ``zv``: logic costs charged on ``zv``; block RAM as a
-        variable that replaces it."""
-        terms = {}
-        for style in styles:
-            plan = replace(buffer, style=style)
-            v = self.prog.var(plan.resources(self.family))
-            self.choices[v] = ("memory", name, plan)
-            terms[v] = 1
-        self.prog.equal({**terms, zv: -1}, 0)
-
-    def periods(self):
-        """Every distinct period an option forces: the candidate initiation intervals."""
-        return sorted({p for p in self.prog.periods if p > 0})
-
     def _top_cost(self, interval):
         """The top's cost per input width when no stage takes longer than ``interval`` cycles (its cycle
         counters need ``bit_length(interval - 1)`` bits: an upper bound, so the budget check is safe)."""
@@ -302,22 +328,7 @@ class FoldingSearch:
             return None
         chosen, totals = found
         widths = [next(g for g, v in zk.items() if v in chosen) for zk in self.z]
-        dsp, block = set(), set()
-        for v in chosen:
-            kind, name, plan = self.choices.get(v, (None, None, None))
-            if kind == "engine":
-                if plan.dsp:
-                    dsp.add(name)
-                if plan.requant_dsp:
-                    dsp.add(f"{name}.requant")
-                for mem, _, _, style in plan.memories:
-                    if style == "block":
-                        block.add(f"{name}.{mem}")
-            elif kind == "add" and plan.prom_style == "block":
-                block.add(f"{name}.prom")
-            elif kind == "memory" and plan.style == "block":
-                block.add(name)
-        return Folding(tuple(widths), frozenset(dsp), frozenset(block)), totals
+        return Folding(tuple(widths), *self.places(chosen)), totals
 
     def fastest(self, limits, cell_model=None, cell_limit=None):
         """(Folding, totals) of the smallest feasible interval (bisection over :meth:`periods`), or None."""
