@@ -15,7 +15,6 @@ An engine at bits it was never exported with is a *proxy*: its accumulator width
 multiply-shift with typical constants), so the allocation's estimate is checked again on the real export.
 """
 
-import itertools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -23,8 +22,8 @@ import numpy as np
 from hwq.errors import UserError
 from hwq.requant import MULTIPLY_SHIFT_MIN_BITS
 
-from .folding import MAX_LANES, RESOURCE_KEYS, ChoiceProgram, Program, _divisors
-from .plan import BufferPlan, TopPlan, _prepare, buffer_channels, stage_specs, width_ties
+from .folding import MAX_LANES, RESOURCE_KEYS, ChoiceProgram, Program, _divisors, engine_variants
+from .plan import BufferPlan, _prepare, buffer_channels, stage_specs, width_ties
 
 __all__ = ["Allocation", "AllocationSearch", "proxy_engine"]
 
@@ -93,7 +92,6 @@ class AllocationSearch(ChoiceProgram):
 
     def __init__(self, ir, family, candidates, acc_bits, w_score, a_score, *, bram_ok=True, dsp_ok=True,
                  progress=None):
-        from boards.model import dsp_eligible
         from hwq.ir import WEIGHT_OPS
 
         if width_ties(ir):
@@ -154,18 +152,8 @@ class AllocationSearch(ChoiceProgram):
                           for (rows, o) in self.y[k_out] if rows * cols <= MAX_LANES]
                 for w, cols, a, rows, o in combos:
                     base = proxy_engine(spec.make(cols, rows), w, a, o, acc_bits(name, w, a))
-                    dsps, rq_dsps = [False], [False]
-                    if dsp_ok and dsp_eligible(family, w, a):
-                        dsps.append(True)
-                    if dsp_ok and base.kind == "multiply_shift" and dsp_eligible(family, base.acc_bits,
-                                                                                 base.mult_bits):
-                        rq_dsps.append(True)
-                    roms = styles if base.rom_words > 1 else ("logic",)
-                    proms = styles if base.n_out_tiles > 1 else ("logic",)
-                    options = []
-                    for dsp, rq_dsp, rom, prom in itertools.product(dsps, rq_dsps, roms, proms):
-                        plan = replace(base, dsp=dsp, rom_style=rom, prom_style=prom, requant_dsp=rq_dsp)
-                        options.append((plan.resources(family), plan.latency + 1, plan))
+                    options = [(plan.resources(family), plan.latency + 1, plan)
+                               for plan in engine_variants(base, family, styles, dsp_ok)]
                     for cost, period, plan in _pareto(options):
                         v = prog.var({**cost, "bops": macs * w * a}, period, score=max(0.0, float(w_score[name][w])) * self.score_scale,
                                      latency=period)
@@ -210,17 +198,7 @@ class AllocationSearch(ChoiceProgram):
     def solve(self, interval, limits, cell_model=None, cell_limit=None, **kw):
         """The program's solution at ``interval`` (see :meth:`Program.solve`) as an :class:`Allocation`, or
         None. The top's counters are priced for ``interval``."""
-        bits = max(1, (interval - 1).bit_length())
-        saved = {}
-        for g, (v, words) in self.top_vars.items():
-            saved[v] = self.prog.costs[v]
-            top = TopPlan(n_stages=self.n_stages, in_words=words, in_width=g, counter_bits=bits).resources(self.family)
-            self.prog.costs[v] = {**saved[v], **{k: top[k] for k in RESOURCE_KEYS}}
-        try:
-            found = self.prog.solve(interval, limits, cell_model, cell_limit, presolve=False, **kw)
-        finally:
-            for v, cost in saved.items():
-                self.prog.costs[v] = cost
+        found = self._solve_at(interval, limits, cell_model, cell_limit, presolve=False, **kw)
         if found is None:
             return None
         chosen, totals = found

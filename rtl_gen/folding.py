@@ -166,6 +166,23 @@ class Program:
         return set(chosen.tolist()), totals
 
 
+def engine_variants(base, family, styles, dsp_ok=True):
+    """Every way to build the engine ``base``: its multipliers on DSP blocks or not (where the family's DSP
+    takes the product), a multiply-shift requantizer's multipliers likewise, and each ROM of more than one
+    word in each of ``styles``."""
+    from boards.model import dsp_eligible
+
+    dsps, rq_dsps = [False], [False]
+    if dsp_ok and base.engine == "systolic" and dsp_eligible(family, base.w_bits, base.a_bits):
+        dsps.append(True)
+    if dsp_ok and base.kind == "multiply_shift" and dsp_eligible(family, base.acc_bits, base.mult_bits):
+        rq_dsps.append(True)
+    roms = styles if base.rom_words > 1 else ("logic",)
+    proms = styles if base.n_out_tiles > 1 else ("logic",)
+    for dsp, rq_dsp, rom, prom in itertools.product(dsps, rq_dsps, roms, proms):
+        yield replace(base, dsp=dsp, rom_style=rom, prom_style=prom, requant_dsp=rq_dsp)
+
+
 class ChoiceProgram:
     """What the folding and the allocation programs share: a :class:`Program` whose variables are ways of
     building components (``choices``: variable -> (kind, name, plan)), priced for one FPGA ``family``."""
@@ -188,6 +205,27 @@ class ChoiceProgram:
     def periods(self):
         """Every distinct period an option forces: the candidate initiation intervals."""
         return sorted({p for p in self.prog.periods if p > 0})
+
+    def _top_cost(self, interval):
+        """The top's cost per input width when no stage takes longer than ``interval`` cycles (its cycle
+        counters need ``bit_length(interval - 1)`` bits: an upper bound, so the budget check is safe).
+        ``top_vars``: {input width: (its variable, input words)}."""
+        bits = max(1, (interval - 1).bit_length())
+        return {g: TopPlan(n_stages=self.n_stages, in_words=words, in_width=g, counter_bits=bits).resources(self.family)
+                for g, (_, words) in self.top_vars.items()}
+
+    def _solve_at(self, interval, limits, cell_model=None, cell_limit=None, **kw):
+        """:meth:`Program.solve` with the top's counters priced for ``interval``: (chosen, totals) or None."""
+        top = self._top_cost(interval)
+        saved = {}
+        for g, (zv, _) in self.top_vars.items():
+            saved[zv] = self.prog.costs[zv]
+            self.prog.costs[zv] = {**saved[zv], **{k: top[g][k] for k in RESOURCE_KEYS}}
+        try:
+            return self.prog.solve(interval, limits, cell_model, cell_limit, **kw)
+        finally:
+            for zv, cost in saved.items():
+                self.prog.costs[zv] = cost
 
     def places(self, chosen):
         """(DSP names, block-RAM memory names) of the chosen variables, as a :class:`Folding` names them."""
@@ -215,7 +253,6 @@ class FoldingSearch(ChoiceProgram):
     """
 
     def __init__(self, ir, family, options, fixed=(), *, bram_ok=True, dsp_ok=True):
-        from boards.model import dsp_eligible
 
         self.family = family
         self.prog = prog = Program()
@@ -255,17 +292,7 @@ class FoldingSearch(ChoiceProgram):
                     for rows in options[k_out]:
                         if rows * cols > MAX_LANES and i not in dict(fixed):
                             continue
-                        base = spec.make(cols, rows)
-                        dsps, rq_dsps = [False], [False]
-                        if dsp_ok and base.engine == "systolic" and dsp_eligible(family, base.w_bits, base.a_bits):
-                            dsps.append(True)
-                        if dsp_ok and base.kind == "multiply_shift" and dsp_eligible(family, base.acc_bits,
-                                                                                     base.mult_bits):
-                            rq_dsps.append(True)
-                        roms = styles if base.rom_words > 1 else ("logic",)
-                        proms = styles if base.n_out_tiles > 1 else ("logic",)
-                        for dsp, rq_dsp, rom, prom in itertools.product(dsps, rq_dsps, roms, proms):
-                            plan = replace(base, dsp=dsp, rom_style=rom, prom_style=prom, requant_dsp=rq_dsp)
+                        for plan in engine_variants(spec.make(cols, rows), family, styles, dsp_ok):
                             v = prog.var(plan.resources(family), plan.latency + 1)
                             self.choices[v] = ("engine", name, plan)
                             by_cols.setdefault(cols, {})[v] = 1
@@ -305,25 +332,9 @@ class FoldingSearch(ChoiceProgram):
         do not depend on cols; pools' and adds' inputs are ``g``)."""
         return opts[0] if spec.kind == "engine" else g
 
-    def _top_cost(self, interval):
-        """The top's cost per input width when no stage takes longer than ``interval`` cycles (its cycle
-        counters need ``bit_length(interval - 1)`` bits: an upper bound, so the budget check is safe)."""
-        bits = max(1, (interval - 1).bit_length())
-        return {g: TopPlan(n_stages=self.n_stages, in_words=words, in_width=g, counter_bits=bits).resources(self.family)
-                for g, (_, words) in self.top_vars.items()}
-
     def solve(self, interval, limits, cell_model=None, cell_limit=None):
         """The cheapest folding whose interval is at most ``interval``: (Folding, totals) or None."""
-        top = self._top_cost(interval)
-        saved = {}
-        for g, (zv, _) in self.top_vars.items():
-            saved[zv] = self.prog.costs[zv]
-            self.prog.costs[zv] = {k: top[g][k] for k in RESOURCE_KEYS}
-        try:
-            found = self.prog.solve(interval, limits, cell_model, cell_limit)
-        finally:
-            for zv, cost in saved.items():
-                self.prog.costs[zv] = cost
+        found = self._solve_at(interval, limits, cell_model, cell_limit)
         if found is None:
             return None
         chosen, totals = found
