@@ -182,9 +182,11 @@ def _point(a):
 
 def plan_allocation(model, data, ir, board, *, lut_budget=None, ff_budget=None, interval_limit=None,
                     latency_limit=None, candidates=DEFAULT_CANDIDATES, sensitivity="loss", cost="estimator",
-                    frontier=True, log=print):
+                    frontier=True, log=print, reuse=None):
     """The allocation of a trained :class:`hwq.models.QuantNet` (``ir``: its export, for the shapes) without
-    training: {"allocation", "search", "sensitivity", "uniform", "frontier", "limits"}."""
+    training: {"allocation", "search", "sensitivity", "uniform", "frontier", "limits"}. ``reuse``: an earlier
+    result for the same model, board and candidates, whose sensitivity and program are reused (a
+    tightened budget changes only the limits). ``frontier=False`` skips the frontier and the uniform baselines."""
     from rtl_gen.allocation import AllocationSearch
 
     from .sensitivity import layer_sensitivity
@@ -194,14 +196,17 @@ def plan_allocation(model, data, ir, board, *, lut_budget=None, ff_budget=None, 
     bad = [b for b in candidates if not 1 <= b <= 8]
     if bad or not candidates:
         raise UserError(f"--candidates: expected bitwidths in 1..8, found {list(candidates)}")
-    t = time.perf_counter()
-    sens = layer_sensitivity(model, data, candidates, sensitivity)
-    log(f"sensitivity ({sensitivity}) of {len(sens.weights)} layers x {len(candidates)} bitwidths on "
-        f"{sens.samples} calibration samples ({time.perf_counter() - t:.1f} s)")
-    t = time.perf_counter()
-    search = AllocationSearch(ir, board.family, candidates, _acc_bits_fn(model, ir.input_bits), sens.weights,
-                              sens.acts, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0)
-    log(f"allocation program: {search.n_vars} choices of bits and folding ({time.perf_counter() - t:.1f} s)")
+    if reuse is not None:
+        sens, search = reuse["sensitivity"], reuse["search"]
+    else:
+        t = time.perf_counter()
+        sens = layer_sensitivity(model, data, candidates, sensitivity)
+        log(f"sensitivity ({sensitivity}) of {len(sens.weights)} layers x {len(candidates)} bitwidths on "
+            f"{sens.samples} calibration samples ({time.perf_counter() - t:.1f} s)")
+        t = time.perf_counter()
+        search = AllocationSearch(ir, board.family, candidates, _acc_bits_fn(model, ir.input_bits), sens.weights,
+                                  sens.acts, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0)
+        log(f"allocation program: {search.n_vars} choices of bits and folding ({time.perf_counter() - t:.1f} s)")
     limits, cell_model, cell_limit = _limits(board, lut_budget, ff_budget)
     speed = dict(interval_limit=interval_limit, latency_limit=latency_limit)
     t = time.perf_counter()
@@ -213,7 +218,7 @@ def plan_allocation(model, data, ir, board, *, lut_budget=None, ff_budget=None, 
         raise _infeasible(search, board, limits, cell_model, cell_limit, interval_limit, latency_limit)
     log(f"allocated ({cost}, {time.perf_counter() - t:.1f} s): {_bits_text(alloc)}; estimated {alloc.totals['lut']} "
         f"LUT, interval {alloc.interval} cycles")
-    uniform = _uniform(search, candidates, ir.input_bits, limits, cell_model, cell_limit, **speed)
+    uniform = _uniform(search, candidates, ir.input_bits, limits, cell_model, cell_limit, **speed) if frontier else None
     return {"allocation": alloc, "search": search, "sensitivity": sens, "limits": limits,
             "cell_limit": cell_limit, "cell_model": cell_model, "uniform": uniform,
             "frontier": _frontier(search, limits, cell_model, cell_limit, interval_limit, latency_limit, log)
@@ -369,7 +374,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
         tightened = plan_allocation(model, data, ir, board, lut_budget=program_budget, ff_budget=ff_budget,
                                     interval_limit=interval_limit, latency_limit=latency_limit,
                                     candidates=candidates, sensitivity=sensitivity, cost=cost, frontier=False,
-                                    log=log)
+                                    log=log, reuse=plan)
         alloc = tightened["allocation"]
         if _key(alloc) in tried:
             log(f"round {r}: a tighter budget gives the same design; stopping")
