@@ -284,6 +284,10 @@ def plot(match, path):
     plt.close(fig)
 
 
+def _acc(value):
+    return "-" if value is None else f"{value:.4f}"
+
+
 def markdown(res, args):
     s = res["summary"]
     lines = ["# Hardware-aware bit allocation", "",
@@ -299,13 +303,15 @@ def markdown(res, args):
     for m in res["matched"]:
         bits = f"{m['mixed_bits']['w']} / {m['mixed_bits']['a']}" if m["mixed_bits"] else "-"
         lines.append(f"| {m['data']} | {m['board']} | {m['seed']} | {m['interval_limit']} | {m['lut_budget']} | "
-                     f"{m['mixed_acc']} | {bits} | {m['synth_lut']} | {m['est_lut']} | {m['bops_acc']} | "
-                     f"{m['uniform_best_acc']} ({m['uniform_best_bits']}) |")
+                     f"{_acc(m['mixed_acc'])} | {bits} | {m['synth_lut']} | {m['est_lut']} | {_acc(m['bops_acc'])} | "
+                     f"{_acc(m['uniform_best_acc'])} ({m['uniform_best_bits']}) |")
     if res.get("cnn_check"):
         c = res["cnn_check"]
         lines += ["", (f"Allocated digits CNN on ice40-up5k (budget {c['lut_budget']}): placed {c['placed']} "
                       f"(Fmax {c['fmax_mhz']} MHz), {c['samples']} test images bit-exact {c['bit_exact']}, cycles "
                       f"equal {c['cycles_equal']}.")]
+    if res.get("partial"):
+        lines += ["", "**Partial**: the run was cut short; the rows above are the points finished so far."]
     lines += ["", "![accuracy against LUTs](allocate.png)", ""]
     return "\n".join(lines)
 
@@ -337,19 +343,25 @@ def main(argv=None):
                     rows += run_model_seed(bench, model, seed, args.boards)
                 except UserError as exc:
                     rows.append({"model": model, "seed": seed, "error": str(exc)})
-        match = matched(rows)
-        res = {"candidates": list(CANDIDATES), "targets": {f"{m}@{b}": t for (m, b), t in TARGETS.items()},
-               "rows": rows, "matched": match, "summary": summary(match, rows),
-               "cnn_check": check_cnn(bench, rows) if "cnn" in args.models else None,
-               "seconds": round(time.perf_counter() - t0, 1)}
-    res["summary"]["cnn_placed_bit_exact"] = (res["cnn_check"] or {}).get("placed") and \
-        (res["cnn_check"] or {}).get("bit_exact")
+                write_results(args, rows, None, t0, partial=True)  # what is done so far, if the run is cut short
+        check = check_cnn(bench, rows) if "cnn" in args.models else None
+    write_results(args, rows, check, t0)
+
+
+def write_results(args, rows, check, t0, *, partial=False):
+    match = matched(rows)
+    res = {"candidates": list(CANDIDATES), "targets": {f"{m}@{b}": t for (m, b), t in TARGETS.items()},
+           "partial": partial, "rows": rows, "matched": match, "summary": summary(match, rows), "cnn_check": check,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    res["summary"]["cnn_placed_bit_exact"] = bool(check and check["placed"] and check["bit_exact"]
+                                                  and check["cycles_equal"]) if check else None
     write_json(args.out, res)
     png = Path(args.markdown).with_suffix(".png")
     plot(match, png)
     write_text(args.markdown, markdown(res, args))
-    print(json.dumps(res["summary"], indent=1))
-    print(f"wrote {args.out}, {args.markdown}, {png}")
+    if not partial:
+        print(json.dumps(res["summary"], indent=1))
+        print(f"wrote {args.out}, {args.markdown}, {png}")
 
 
 if __name__ == "__main__":
