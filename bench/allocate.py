@@ -47,7 +47,7 @@ MODELS = {
                                                           epochs_float=60, epochs_qat=20, lr_float=1e-3)},
 }
 # speed targets: initiation interval (cycles) per model and board
-TARGETS = {("cnn", "ice40-up5k"): 2400, ("cnn", "ecp5-25f"): 600,
+TARGETS = {("cnn", "ice40-up5k"): 2400, ("cnn", "ecp5-25f"): 1200,
            ("mlp1d", "ice40-up5k"): 400, ("mlp1d", "ecp5-25f"): 100}
 BUDGET_POINTS = (0.2, 0.45, 0.75)
 CANDIDATES = (1, 2, 3, 4, 6, 8)
@@ -284,15 +284,20 @@ def plot(match, path):
     plt.close(fig)
 
 
+def _command(args):
+    return (f"python bench/allocate.py --models {' '.join(args.models)} --boards {' '.join(args.boards)} "
+            f"--seeds {' '.join(map(str, args.seeds))}" + (" --append" if args.append else ""))
+
+
 def _acc(value):
     return "-" if value is None else f"{value:.4f}"
 
 
-def markdown(res, args):
+def markdown(res, _args):
     s = res["summary"]
     lines = ["# Hardware-aware bit allocation", "",
-             (f"Made by `python bench/allocate.py --models {' '.join(args.models)} --boards {' '.join(args.boards)} "
-             f"--seeds {' '.join(map(str, args.seeds))}`; raw numbers in `bench/results/allocate.json`."), "",
+             "Made by " + ", then ".join(f"`{c}`" for c in res["runs"]) + "; raw numbers in "
+             "`bench/results/allocate.json`.", "",
              __doc__.split("\n\n", 2)[2].strip(), "",
              (f"Summary: {s['points']} budget points; estimator-priced allocation at least as accurate as the best "
              f"uniform design fitting by synthesis: {s['mixed_at_least_uniform']} (worst margin "
@@ -324,6 +329,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "allocate.json"))
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "results" / "allocate.md"))
     ap.add_argument("--work", help="keep the runs, IRs and RTL here (default: a temporary directory)")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of --out for the (model, board, seed) this run does not redo")
     args = ap.parse_args(argv)
     for m in args.models:
         for b in args.boards:
@@ -337,6 +344,12 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="hwq-alloc-") as tmp:
         bench = Bench(args.work or tmp, log)
         rows = []
+        args.runs = [_command(args)]
+        if args.append and Path(args.out).is_file():
+            old = json.loads(Path(args.out).read_text())
+            redo = {(m, b, sd) for m in args.models for b in args.boards for sd in args.seeds}
+            rows = [r for r in old["rows"] if (r.get("model"), r.get("board"), r.get("seed")) not in redo]
+            args.runs = old.get("runs", []) + args.runs
         for model in args.models:
             for seed in args.seeds:
                 try:
@@ -344,14 +357,16 @@ def main(argv=None):
                 except UserError as exc:
                     rows.append({"model": model, "seed": seed, "error": str(exc)})
                 write_results(args, rows, None, t0, partial=True)  # what is done so far, if the run is cut short
-        check = check_cnn(bench, rows) if "cnn" in args.models else None
+        check = check_cnn(bench, rows) if "cnn" in args.models and "ice40-up5k" in args.boards else None
+        if check is None and args.append and Path(args.out).is_file():
+            check = json.loads(Path(args.out).read_text()).get("cnn_check")
     write_results(args, rows, check, t0)
 
 
 def write_results(args, rows, check, t0, *, partial=False):
     match = matched(rows)
     res = {"candidates": list(CANDIDATES), "targets": {f"{m}@{b}": t for (m, b), t in TARGETS.items()},
-           "partial": partial, "rows": rows, "matched": match, "summary": summary(match, rows), "cnn_check": check,
+           "partial": partial, "runs": args.runs, "rows": rows, "matched": match, "summary": summary(match, rows), "cnn_check": check,
            "seconds": round(time.perf_counter() - t0, 1)}
     res["summary"]["cnn_placed_bit_exact"] = bool(check and check["placed"] and check["bit_exact"]
                                                   and check["cycles_equal"]) if check else None
