@@ -48,7 +48,7 @@ MODELS = {
 }
 # speed targets: initiation interval (cycles) per model and board
 TARGETS = {("cnn", "ice40-up5k"): 2400, ("cnn", "ecp5-25f"): 1200,
-           ("mlp1d", "ice40-up5k"): 400, ("mlp1d", "ecp5-25f"): 100}
+           ("mlp1d", "ice40-up5k"): 400, ("mlp1d", "ecp5-25f"): 250}
 BUDGET_POINTS = (0.2, 0.45, 0.75)
 CANDIDATES = (1, 2, 3, 4, 6, 8)
 ROUNDS = 3
@@ -141,7 +141,8 @@ def run_point(bench, model, seed, board, search, cfg, data, float_state, limits_
         d, acc, ir = bench.train(model, seed, cfg, data, float_state, w_bits, a_bits)
         rec = bench.synth(d, ir, board, found, budget)
         uniform.append({"bits": b, "fits_estimate": True, "acc": acc, "est_lut": rec["est"]["totals"]["lut"],
-                        "synth_lut": rec["syn"]["total"]["lut"], "fits_by_synthesis": _fits(rec, budget)})
+                        "synth_lut": rec["syn"]["total"]["lut"], "fits_by_synthesis": _fits(rec, budget),
+                        "interval": rec["est"]["initiation_interval_cycles"]})
         bench.log(f"  uniform W{b}/A{b}: acc {acc:.4f}, yosys {rec['syn']['total']['lut']}")
     out["uniform"] = uniform
     return out
@@ -218,7 +219,11 @@ def matched(rows):
                     "bops_bits": {"w": b["w_bits"], "a": b["a_bits"]} if b else None,
                     "uniform_best_acc": best["acc"] if best else None,
                     "uniform_best_bits": best["bits"] if best else None,
-                    "synth_lut": m["synth_lut"] if m else None, "est_lut": m["est_lut"] if m else None})
+                    "synth_lut": m["synth_lut"] if m else None, "est_lut": m["est_lut"] if m else None,
+                    "mixed_interval": m["interval"] if m else None,
+                    "bops_synth_lut": b["synth_lut"] if b else None, "bops_interval": b["interval"] if b else None,
+                    "uniform_best_synth_lut": best["synth_lut"] if best else None,
+                    "uniform_best_interval": best.get("interval") if best else None})
     return out
 
 
@@ -266,18 +271,24 @@ def plot(match, path):
     import matplotlib.pyplot as plt
 
     keys = sorted({(m["model"], m["board"]) for m in match})
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.5 * max(1, len(keys)), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=False):
+    cols = max(1, len(keys))
+    fig, axes = plt.subplots(2, cols, figsize=(4.5 * cols, 7), squeeze=False)
+    series = (("mixed", "mixed (estimator)", "o"), ("bops", "mixed (BOPs)", "s"), ("uniform_best", "best uniform", "^"))
+    for col, key in enumerate(keys):
         pts = [m for m in match if (m["model"], m["board"]) == key]
-        for field, label, marker in (("mixed_acc", "mixed (estimator)", "o"), ("bops_acc", "mixed (BOPs)", "s"),
-                                     ("uniform_best_acc", "best uniform", "^")):
-            xs = [m["synth_lut"] if field == "mixed_acc" else m["lut_budget"] for m in pts if m[field] is not None]
-            ys = [m[field] for m in pts if m[field] is not None]
-            ax.scatter(xs, ys, label=label, marker=marker)
-        ax.set_title(f"{key[0]} on {key[1]}")
-        ax.set_xlabel("LUTs (yosys for mixed; budget for the others)")
-        ax.set_ylabel("test accuracy (golden model)")
-        ax.grid(alpha=0.3)
+        for row, (axis, label_x) in enumerate((("synth_lut", "LUTs (yosys)"),
+                                               ("interval", "initiation interval (cycles)"))):
+            ax = axes[row][col]
+            for prefix, label, marker in series:
+                x_key = f"{prefix}_{axis}" if (prefix, axis) != ("mixed", "synth_lut") else "synth_lut"
+                xy = [(m.get(x_key), m[f"{prefix}_acc"]) for m in pts
+                      if m.get(x_key) is not None and m[f"{prefix}_acc"] is not None]
+                if xy:
+                    ax.scatter(*zip(*xy, strict=True), label=label, marker=marker)
+            ax.set_title(f"{key[0]} on {key[1]}")
+            ax.set_xlabel(label_x)
+            ax.set_ylabel("test accuracy (golden model)")
+            ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -331,7 +342,15 @@ def main(argv=None):
     ap.add_argument("--work", help="keep the runs, IRs and RTL here (default: a temporary directory)")
     ap.add_argument("--append", action="store_true",
                     help="keep the rows of --out for the (model, board, seed) this run does not redo")
+    ap.add_argument("--replot", action="store_true", help="only remake the markdown and the plot from --out")
     args = ap.parse_args(argv)
+    if args.replot:
+        res = json.loads(Path(args.out).read_text())
+        res["matched"] = matched(res["rows"])
+        write_json(args.out, res)
+        plot(res["matched"], Path(args.markdown).with_suffix(".png"))
+        write_text(args.markdown, markdown(res, args))
+        return
     for m in args.models:
         for b in args.boards:
             if (m, b) not in TARGETS:
