@@ -343,9 +343,15 @@ def main(argv=None):
     ap.add_argument("--append", action="store_true",
                     help="keep the rows of --out for the (model, board, seed) this run does not redo")
     ap.add_argument("--replot", action="store_true", help="only remake the markdown and the plot from --out")
+    ap.add_argument("--check-cnn", action="store_true", help="with --replot: place and simulate the allocated CNN")
     args = ap.parse_args(argv)
     if args.replot:
         res = json.loads(Path(args.out).read_text())
+        if args.check_cnn:  # the check again, on the RTL the rows point to (their --work must still exist)
+            res["cnn_check"] = check_cnn(None, res["rows"])
+            res["summary"] = summary(matched(res["rows"]), res["rows"])
+            c = res["cnn_check"]
+            res["summary"]["cnn_placed_bit_exact"] = bool(c and c["placed"] and c["bit_exact"] and c["cycles_equal"])
         res["matched"] = matched(res["rows"])
         write_json(args.out, res)
         plot(res["matched"], Path(args.markdown).with_suffix(".png"))
@@ -363,9 +369,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="hwq-alloc-") as tmp:
         bench = Bench(args.work or tmp, log)
         rows = []
-        args.runs = [_command(args)]
+        args.runs, old_check = [_command(args)], None
         if args.append and Path(args.out).is_file():
             old = json.loads(Path(args.out).read_text())
+            old_check = old.get("cnn_check")
             redo = {(m, b, sd) for m in args.models for b in args.boards for sd in args.seeds}
             rows = [r for r in old["rows"] if (r.get("model"), r.get("board"), r.get("seed")) not in redo]
             args.runs = old.get("runs", []) + args.runs
@@ -377,8 +384,7 @@ def main(argv=None):
                     rows.append({"model": model, "seed": seed, "error": str(exc)})
                 write_results(args, rows, None, t0, partial=True)  # what is done so far, if the run is cut short
         check = check_cnn(bench, rows) if "cnn" in args.models and "ice40-up5k" in args.boards else None
-        if check is None and args.append and Path(args.out).is_file():
-            check = json.loads(Path(args.out).read_text()).get("cnn_check")
+        check = check or old_check
     write_results(args, rows, check, t0)
 
 

@@ -295,6 +295,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
     from . import golden
     from .data import load_dataset
     from .export import export_model, export_run
+    from .flow import check_torch_integer
     from .models import QuantNet
     from .train import TrainConfig, _net_config, load_run, pretrain, train
 
@@ -342,11 +343,20 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
         real = export_run(out / "run", out / "ir")
         gdata = load_dataset(real.dataset, input_bits=real.input_bits)
         acc = float((golden.run(real, gdata.x_test).argmax(1) == gdata.y_test).mean())
+        check = check_torch_integer(out / "run", real, gdata.x_test)
+        differ = check["fake_quant_mismatches"] / len(gdata.y_test)
+        if not check["equal"] or differ > 0.01:
+            log(f"round {r}: WARNING: the exported integers differ from the trained model (torch integer path "
+                f"{'equal' if check['equal'] else 'DIFFERENT'}; {check['fake_quant_mismatches']} of "
+                f"{len(gdata.y_test)} predictions differ from fake-quant): golden accuracy {acc:.4f} against "
+                f"fake-quant {metrics['accuracy']['fake_quant']:.4f}")
         folding, est, load = _real_design(real, board, alloc, budget)
         measured = {"source": "estimate", "lut": est["totals"]["lut"], "fits": est["fits"]}
         entry = {"round": r, "program_lut_budget": round(program_budget), "bits": alloc.to_json()["layers"],
                  "program": alloc.to_json(), "accuracy": {"fake_quant": metrics["accuracy"]["fake_quant"],
                                                           "golden": acc},
+                 "integer_check": {k: check[k] for k in ("equal", "fake_quant_mismatches", "logit_ties",
+                                                         "multiply_shift_rounding", "unexplained")},
                  "estimate": est["totals"], "folding": folding.to_json(),
                  "interval": est["initiation_interval_cycles"], "latency": load + est["latency_cycles"]}
         if synth:
