@@ -319,7 +319,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
                            sensitivity=sensitivity, cost=cost, log=log)
     alloc = plan["allocation"]
     uniform = {b: (a.to_json() if a else None) for b, a in plan["uniform"].items()}
-    start = _learned_start(run_dir, cfg, plan, board, ir.input_bits, interval_limit, latency_limit, log)
+    learned = _learned_start(run_dir, cfg, plan, board, ir.input_bits, interval_limit, latency_limit, log)
     fitting = [b for b, a in plan["uniform"].items() if a is not None]
     log(f"uniform bits that fit: {', '.join(f'W{b}/A{b}' for b in sorted(fitting)) or 'none'}")
     if dry_run:
@@ -397,7 +397,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
                    "cells": plan["cell_limit"], "interval_cycles": interval_limit, "latency_cycles": latency_limit},
         "sensitivity_table": plan["sensitivity"].to_json(),
         "uniform": {str(b): v for b, v in uniform.items()},
-        "sinareq_start": start,
+        "sinareq_start": learned,
         "frontier": plan["frontier"],
         "rounds": history,
         "final": {"bits": final["bits"], "accuracy": final["accuracy"], "estimate": final["estimate"],

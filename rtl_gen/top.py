@@ -57,7 +57,10 @@ def stage_bram_blocks(stage, family, *, last=False):
     memories = [m for m in getattr(stage.plan, "memories", []) if m[3] == "block"]
     if not memories:
         return 0
-    engine = build_stage(stage, to_register=last)
+    try:
+        engine = build_stage(stage, to_register=last)
+    except ValueError:  # a layer the engines cannot build (e.g. 9-bit stored weights): the plan's full widths
+        return stage.plan.bram_blocks(family)
     engine._MustUse__silence = True  # built for its ROMs' contents only, never elaborated: no "unused" warning
     total = 0
     for name, depth, _, _ in memories:

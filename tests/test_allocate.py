@@ -182,3 +182,19 @@ def test_flow_allocate(tmp_path):
         if layer["name"] in alloc["bits"]:
             assert layer["w_bits"] == alloc["bits"][layer["name"]]["w_bits"]
     assert "Bit allocation" in (tmp_path / "flow" / "report.html").read_text()
+
+
+def test_allocate_from_sinareq_learned_bits(tmp_path, capsys):
+    """A SINAREQ run with learned bits: they are priced as the starting point, and the allocation trains
+    from the run's float warm-up."""
+    from hwq.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(method="sinareq", sinareq_learn_bits=True, w_bits=8, a_bits=4, epochs_float=2, epochs_qat=2),
+          run, show_progress=False)
+    code = main(["allocate", str(run), "--candidates", "2,4", "--epochs", "1", "--out", str(tmp_path / "alloc")])
+    err = capsys.readouterr().err
+    assert code in (0, 1), err
+    report = json.loads((run / "allocate.json").read_text())
+    start = report["sinareq_start"]
+    assert start is not None and len(start["w_bits"]) == 3 and "SINAREQ's learned bits" in err
