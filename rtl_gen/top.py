@@ -5,7 +5,11 @@ hardware: the input loader, the engines, the buffers and skip rings, the handsha
 counters.
 """
 
+import gc
+import warnings
+
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import UnusedElaboratable
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -57,11 +61,17 @@ def stage_bram_blocks(stage, family, *, last=False):
     memories = [m for m in getattr(stage.plan, "memories", []) if m[3] == "block"]
     if not memories:
         return 0
-    try:
-        engine = build_stage(stage, to_register=last)
-    except ValueError:  # a layer the engines cannot build (e.g. 9-bit stored weights): the plan's full widths
-        return stage.plan.bram_blocks(family)
-    engine._MustUse__silence = True  # built for its ROMs' contents only, never elaborated: no "unused" warning
+    with warnings.catch_warnings():  # built for its ROMs' contents only, never elaborated: no "unused" warning
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        try:
+            engine = build_stage(stage, to_register=last)
+        except ValueError:  # a layer the engines cannot build (e.g. 9-bit stored weights)
+            engine = None
+        if engine is None:
+            gc.collect()  # the half-built engine sits in reference cycles: free it inside the filter
+    if engine is None:
+        return stage.plan.bram_blocks(family)  # the plan's full widths
+    engine._MustUse__silence = True
     total = 0
     for name, depth, _, _ in memories:
         words = engine.weight_rom() if name == "wrom" else engine.param_rom()
