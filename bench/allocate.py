@@ -133,7 +133,7 @@ def run_point(bench, model, seed, board, search, cfg, data, float_state, limits_
     uniform = []
     for b in sorted(CANDIDATES, reverse=True):
         limits, cm, cl = limits_of(budget)
-        w_bits, a_bits = [b] * n, [search_input_bits(search)] + [b] * (n - 1)
+        w_bits, a_bits = [b] * n, [search.boundary_bits[0][0]] + [b] * (n - 1)
         found = search.solve(interval, limits, cm, cl, exclude=search.bits_mask(w_bits, a_bits))
         if found is None:
             uniform.append({"bits": b, "fits_estimate": False})
@@ -146,10 +146,6 @@ def run_point(bench, model, seed, board, search, cfg, data, float_state, limits_
         bench.log(f"  uniform W{b}/A{b}: acc {acc:.4f}, yosys {rec['syn']['total']['lut']}")
     out["uniform"] = uniform
     return out
-
-
-def search_input_bits(search):
-    return next(iter(search.y[0]))[1]
 
 
 def run_model_seed(bench, model, seed, boards):

@@ -105,9 +105,9 @@ def _infeasible(search, board, limits, cell_model, cell_limit, interval_limit, l
     return UserError(f"no bits and folding fit {board.name} within {limits['lut']:.0f} LUTs{target}: {need}; {best}")
 
 
-def _fits(search, alloc, limits, cell_model, cell_limit, interval_limit, latency_limit):
-    """The fastest, then smallest, design of ``alloc``'s bits within the limits, or None."""
-    mask = search.bits_mask(alloc.w_bits, alloc.a_bits)
+def _fits(search, w_bits, a_bits, limits, cell_model, cell_limit, interval_limit, latency_limit):
+    """The fastest, then smallest, design of these bits within the limits, or None."""
+    mask = search.bits_mask(w_bits, a_bits)
     return search.fastest(limits, cell_model=cell_model, cell_limit=cell_limit, interval_limit=interval_limit,
                           latency_limit=latency_limit, exclude=mask)
 
@@ -116,7 +116,7 @@ def _bops_allocation(search, limits, cell_model, cell_limit, interval_limit, lat
     """The bit-operations baseline: least score under a BOPs budget (no hardware in the program), with the
     largest BOPs budget whose bits fit the board (bisection on the budget); then the fastest design of
     those bits within the limits, as the estimator's folding places it."""
-    top = min(interval_limit or max(search.periods()), max(search.periods()))
+    top = search.interval_cap(interval_limit)
     widest = max(b for bits in search.boundary_bits for b in bits if b is not None)
     hi = sum(search.macs.values()) * widest * 8  # more than any choice's bit operations
     lo, best, checked = 0.0, None, {}
@@ -140,16 +140,13 @@ def _bops_allocation(search, limits, cell_model, cell_limit, interval_limit, lat
             break
     if best is None:
         return None
-    from rtl_gen.allocation import Allocation
-
-    probe = Allocation(search.names, *best, (), frozenset(), frozenset(), {}, 0)
-    return _fits(search, probe, limits, cell_model, cell_limit, interval_limit, latency_limit)
+    return _fits(search, *best, limits, cell_model, cell_limit, interval_limit, latency_limit)
 
 
 def _uniform(search, candidates, input_bits, limits, cell_model, cell_limit, interval_limit, latency_limit):
     """{bits: the smallest design at uniform W=A=bits within the limits and the speed target, or None}."""
     n = len(search.names)
-    top = min(interval_limit or max(search.periods()), max(search.periods()))
+    top = search.interval_cap(interval_limit)
     out = {}
     for b in sorted(candidates, reverse=True):
         mask = search.bits_mask([b] * n, [input_bits] + [b] * (n - 1))
@@ -160,7 +157,7 @@ def _uniform(search, candidates, input_bits, limits, cell_model, cell_limit, int
 def _frontier(search, limits, cell_model, cell_limit, interval_limit, latency_limit, log):
     """Least-score points against the LUT budget (fractions of it) and against the interval limit."""
     lut, interval = [], []
-    top = min(interval_limit or max(search.periods()), max(search.periods()))
+    top = search.interval_cap(interval_limit)
     for frac in FRONTIER_FRACTIONS:
         budget = limits["lut"] * frac
         a = search.solve(top, {**limits, "lut": budget}, cell_model, cell_limit, minimize="score",
@@ -236,7 +233,7 @@ def _learned_start(run_dir, cfg, plan, board, input_bits, interval_limit, latenc
     learned = load_bits_file(Path(run_dir) / "bits.yaml", search.names)
     w_bits = [learned[n][0] for n in search.names]
     a_bits = [input_bits] + [learned[n][1] for n in search.names[1:]]
-    top = min(interval_limit or max(search.periods()), max(search.periods()))
+    top = search.interval_cap(interval_limit)
     outside = [b for b in w_bits + a_bits[1:] if b not in search.boundary_bits[1] + [input_bits]]
     found = None if outside else search.solve(top, plan["limits"], plan["cell_model"], plan["cell_limit"],
                                               latency_limit=latency_limit, exclude=search.bits_mask(w_bits, a_bits))

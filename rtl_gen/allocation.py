@@ -273,13 +273,16 @@ class AllocationSearch(ChoiceProgram):
                 hi, best = mid, found
         return best
 
+    def interval_cap(self, interval_limit=None):
+        """The interval the program runs at for a user's limit: the limit, or the slowest option's period."""
+        slowest = max(self.periods())
+        return min(interval_limit or slowest, slowest)
+
     def best(self, limits, *, interval_limit=None, latency_limit=None, cell_model=None, cell_limit=None,
              exclude=None):
         """The least-score allocation within the limits; among those, the fastest; then the fewest LUTs."""
-        interval_limit = interval_limit or max(self.periods())
         kw = dict(latency_limit=latency_limit, exclude=exclude)
-        first = self.solve(min(interval_limit, max(self.periods())), limits, cell_model, cell_limit,
-                           minimize="score", **kw)
+        first = self.solve(self.interval_cap(interval_limit), limits, cell_model, cell_limit, minimize="score", **kw)
         if first is None:
             return None
         s = first.totals["score"] * self.score_scale
@@ -288,12 +291,11 @@ class AllocationSearch(ChoiceProgram):
 
     def smallest(self, *, interval_limit=None, latency_limit=None, cell_model=None, exclude=None, limits=None):
         """The fewest-LUT allocation (any bits) within the speed limits and the hard ``limits``."""
-        interval_limit = min(interval_limit or max(self.periods()), max(self.periods()))
-        return self.solve(interval_limit, limits or {}, cell_model, None, latency_limit=latency_limit,
+        return self.solve(self.interval_cap(interval_limit), limits or {}, cell_model, None, latency_limit=latency_limit,
                           exclude=exclude)
 
     def fastest(self, limits, *, cell_model=None, cell_limit=None, interval_limit=None, latency_limit=None,
                 exclude=None):
         """The allocation with the smallest interval within the limits (any bits not excluded), fewest LUTs."""
-        return self._fastest(limits, interval_limit or max(self.periods()), cell_model, cell_limit,
+        return self._fastest(limits, self.interval_cap(interval_limit), cell_model, cell_limit,
                              latency_limit=latency_limit, exclude=exclude)
