@@ -21,22 +21,23 @@ Activations are unsigned codes 0..2^b-1 (after ReLU) or signed two's complement.
 
 import operator
 
-__all__ = ["W_GRIDS", "act_levels", "check_bits", "code_range", "is_bipolar", "max_int", "min_int", "range_bits",
+__all__ = ["MAX_W_STORAGE_BITS", "W_GRIDS", "act_levels", "check_bits", "code_range", "is_bipolar", "max_int", "min_int", "range_bits",
            "signed_width", "weight_codes", "weight_range", "weight_storage_bits"]
 
 MIN_BITS = 1
 MAX_BITS = 8
 W_GRIDS = ("int", "odd")
+MAX_W_STORAGE_BITS = 9  # weight_storage_bits(8, "odd"): 8-bit odd-grid codes reach +-255; engines take up to this
 
 
-def check_bits(bits, *, name="bits"):
-    """Return ``bits`` as an int, or raise if it is not an integer in 1..8."""
+def check_bits(bits, *, name="bits", top=MAX_BITS):
+    """Return ``bits`` as an int, or raise if it is not an integer in 1..``top`` (8 unless told)."""
     try:
         value = operator.index(bits)
     except TypeError:
-        raise TypeError(f"{name} must be an integer in {MIN_BITS}..{MAX_BITS}, not {bits!r}") from None
-    if isinstance(bits, bool) or not MIN_BITS <= value <= MAX_BITS:
-        raise ValueError(f"{name} must be an integer in {MIN_BITS}..{MAX_BITS}, not {bits!r}")
+        raise TypeError(f"{name} must be an integer in {MIN_BITS}..{top}, not {bits!r}") from None
+    if isinstance(bits, bool) or not MIN_BITS <= value <= top:
+        raise ValueError(f"{name} must be an integer in {MIN_BITS}..{top}, not {bits!r}")
     return value
 
 
@@ -51,8 +52,9 @@ def max_int(bits, signed):
 
 
 def weight_range(w_bits):
-    """(lowest, highest) integer weight; 1 bit is binary {-1, +1} (0 is not a level)."""
-    w_bits = check_bits(w_bits, name="w_bits")
+    """(lowest, highest) integer weight held in ``w_bits`` storage bits (up to :data:`MAX_W_STORAGE_BITS`);
+    1 bit is binary {-1, +1} (0 is not a level)."""
+    w_bits = check_bits(w_bits, name="w_bits", top=MAX_W_STORAGE_BITS)
     if w_bits == 1:
         return -1, 1
     return min_int(w_bits, True), max_int(w_bits, True)

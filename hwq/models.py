@@ -252,10 +252,9 @@ class QLayer(nn.Module):
 
     def direction(self, in_scale):
         """Per output channel, +1 if ``requant`` is non-decreasing in the accumulator, -1 if not."""
-        if self.bn is None:
-            return torch.ones(self.weight.shape[0], dtype=torch.int64)
-        m, _ = self.bn_affine()
-        return torch.where(m * self.acc_scale(in_scale) >= 0, 1, -1).to(torch.int64)
+        s = torch.as_tensor(self.acc_scale(in_scale)).detach().expand(self.weight.shape[0])
+        m = self.bn_affine()[0] if self.bn is not None else torch.ones_like(s)
+        return torch.where(m * s >= 0, 1, -1).to(torch.int64)
 
 
 class MaxPool(nn.Module):

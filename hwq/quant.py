@@ -330,10 +330,12 @@ class LSQAct(ActQuantizer):
 
     @property
     def scale(self):
-        return self.step
+        return self.step.abs().clamp_min(1e-12)
 
     def _scaled_step(self, x):
-        return grad_scale(self.step, 1.0 / math.sqrt(x.numel() * self.top))
+        # |s| as in LSQWeight: a step that Adam moves below zero would map negative inputs to positive
+        # codes and flip the monotonicity that export's thresholds rely on.
+        return grad_scale(self.step, 1.0 / math.sqrt(x.numel() * self.top)).abs().clamp_min(1e-12)
 
     def codes(self, x):
         return uniform_codes(x, self._scaled_step(x), 0, self.top)
@@ -373,10 +375,13 @@ class PACTAct(ActQuantizer):
 
     @property
     def scale(self):
-        return self.alpha / self.top
+        return self._alpha() / self.top
+
+    def _alpha(self):
+        return self.alpha.abs().clamp_min(1e-8)  # a clip below zero would leave no level; see LSQAct
 
     def codes(self, x):
-        return _PACTCodes.apply(x, self.alpha, self.top)
+        return _PACTCodes.apply(x, self._alpha(), self.top)
 
 
 def _pact_codes(x, alpha, top):

@@ -4,6 +4,8 @@ from amaranth import Module, Mux, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hwq.intrange import MAX_W_STORAGE_BITS
+
 from ._check import check_int
 from .arith import lut_mul
 
@@ -40,7 +42,7 @@ class ProcessingElement(wiring.Component):
     latency = 1
 
     def __init__(self, *, w_bits, a_bits, acc_bits, a_signed=False, dsp=False):
-        self.w_bits = check_int("w_bits", w_bits, 1, 8)
+        self.w_bits = check_int("w_bits", w_bits, 1, MAX_W_STORAGE_BITS)
         self.a_bits = check_int("a_bits", a_bits, 1, 8)
         self.acc_bits = check_int("acc_bits", acc_bits, 2, 64)
         self.a_signed = bool(a_signed)

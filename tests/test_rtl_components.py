@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 from boards.calibrate import cnn_ir
 from hwq import golden
 from hwq.errors import UserError
-from hwq.intrange import max_int, min_int, weight_range
+from hwq.intrange import max_int, min_int, range_bits, weight_range
 from hwq.ir import accumulator_bounds, validate
 from rtl_gen.engine import EnginePlan, LayerEngine
 from rtl_gen.folding import DEFAULT_LUT_FRACTION, choose_folding
@@ -34,7 +34,7 @@ def _pe_weight_bits(w, w_bits):
     return (1 if w > 0 else 0) if w_bits == 1 else w & ((1 << w_bits) - 1)
 
 
-@pytest.mark.parametrize("w_bits,a_bits", [(1, 1), (1, 4), (2, 2), (2, 4), (4, 4), (8, 8), (3, 7)])
+@pytest.mark.parametrize("w_bits,a_bits", [(1, 1), (1, 4), (2, 2), (2, 4), (4, 4), (8, 8), (3, 7), (9, 8)])
 def test_pe_multiply_accumulate(w_bits, a_bits):
     rng = np.random.default_rng(w_bits * 10 + a_bits)
     acc_bits = w_bits + a_bits + 4
@@ -57,7 +57,7 @@ def test_pe_multiply_accumulate(w_bits, a_bits):
     _run(dut, tb)
 
 
-@pytest.mark.parametrize("rows,cols,w_bits,a_bits", [(1, 1, 2, 2), (3, 5, 4, 3), (4, 4, 1, 2), (2, 3, 8, 8)])
+@pytest.mark.parametrize("rows,cols,w_bits,a_bits", [(1, 1, 2, 2), (3, 5, 4, 3), (4, 4, 1, 2), (2, 3, 8, 8), (2, 2, 9, 3)])
 def test_systolic_array_with_skewed_inputs(rows, cols, w_bits, a_bits):
     rng = np.random.default_rng(rows * cols)
     acc_bits = w_bits + a_bits + 4
@@ -221,6 +221,24 @@ def test_worst_case_accumulation_and_signed_minimum(w_bits, a_bits):
     _check_network(ir, [1, 2, 2, 5], _inputs(rng, ir, 2))
 
 
+def test_eight_bit_odd_grid_weights_take_nine_storage_bits():
+    """UniQ/SINAREQ's 8-bit mid-rise codes are the odd integers in -255..255: 9 bits in the engines."""
+    rng = np.random.default_rng(9)
+    ir = random_ir(rng, [10, 6, 3], [8, 8], [4, 3], extreme=True)
+    for layer in ir.layers:
+        w = ir.tensors[layer.weights].astype(np.int16)
+        ir.tensors[layer.weights] = np.where(rng.random(w.shape) < 0.5, -255, 2 * w + 1).astype(np.int16)
+        layer.w_grid = "odd"
+        lo, hi = accumulator_bounds(ir, layer)
+        layer.acc_bits = range_bits(int(lo.min()), int(hi.max()))
+        if layer.requant_kind == "bias":  # the logits layer: its output is the accumulator plus the bias
+            b = ir.tensors[layer.bias]
+            layer.out_bits = range_bits(int((lo + b).min()), int((hi + b).max()))
+    validate(ir, "test")
+    plan, _ = _check_network(ir, [2, 3, 1], _inputs(rng, ir, 3))
+    assert [s.plan.w_bits for s in plan.stages] == [9, 9]
+
+
 def test_decreasing_channels_are_compared_negated():
     """A channel with a negative batch-norm multiplier (sign -1): q = #{k : -acc >= T[k]}."""
     rng = np.random.default_rng(4)
@@ -304,10 +322,11 @@ _unused = pytest.mark.filterwarnings("ignore:.*created but never used")
 
 @_unused
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(w_bits=0, a_bits=2, acc_bits=8), ValueError, r"w_bits must be an integer 1..8, not 0"),
+    (dict(w_bits=0, a_bits=2, acc_bits=8), ValueError, r"w_bits must be an integer 1..9, not 0"),
     (dict(w_bits=2, a_bits=9, acc_bits=8), ValueError, r"a_bits must be an integer 1..8, not 9"),
+    (dict(w_bits=10, a_bits=2, acc_bits=8), ValueError, r"w_bits must be an integer 1..9, not 10"),
     (dict(w_bits=2, a_bits=2, acc_bits=1), ValueError, r"acc_bits must be an integer 2..64, not 1"),
-    (dict(w_bits=2.0, a_bits=2, acc_bits=8), TypeError, r"w_bits must be an integer 1..8, not 2.0"),
+    (dict(w_bits=2.0, a_bits=2, acc_bits=8), TypeError, r"w_bits must be an integer 1..9, not 2.0"),
 ])
 def test_pe_constructor_errors(kwargs, error, message):
     with pytest.raises(error, match=message):

@@ -116,3 +116,23 @@ def test_synthetic_dataset_trains_and_exports(tmp_path):
     net, _ = load_run(tmp_path / "run")
     ir = export_model(net, dataset="synthetic")
     assert np.array_equal(net.integer_forward(torch.from_numpy(data.x_test)).numpy(), golden.run(ir, data.x_test))
+
+
+@pytest.mark.parametrize("method", ["lsq", "pact"])
+def test_a_learned_step_below_zero_exports_bit_exact(tmp_path, digits, float_states, method):
+    """Adam can push a small LSQ step (or PACT clip) below zero; the quantizers use its magnitude, so the
+    model, its thresholds and the golden model still agree (a negative step once flipped the next
+    layer's monotonicity and the golden model fell to chance while the check called it rounding)."""
+    cfg = TrainConfig(model="mlp", method=method, w_bits=3, a_bits=3, epochs_float=3, epochs_qat=1, seed=0)
+    train(cfg, tmp_path / "run", show_progress=False, float_state=float_states("mlp"), data=digits)
+    net, _ = load_run(tmp_path / "run")
+    x = torch.from_numpy(digits.x_test.astype(np.int64))
+    with torch.no_grad():
+        before = net(x)
+        for q in (m.out_q for m in net.modules() if getattr(m, "out_q", None) is not None):
+            p = q.step if method == "lsq" else q.alpha
+            p.neg_()
+        assert torch.equal(net(x), before)
+    ir = export_model(net, method=method)
+    check = check_model_integer(net, ir, digits.x_test)
+    assert check["equal"] and check["fake_quant_mismatches"] == 0, check
