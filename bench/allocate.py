@@ -44,7 +44,7 @@ from hwq.fileio import write_json, write_text, write_yaml  # noqa: E402
 MODELS = {
     "cnn": {"label": "digits CNN", "cfg": dict(model="cnn", dataset="digits", epochs_float=30, epochs_qat=20)},
     "mlp1d": {"label": "MNIST-1D MLP (100-100)", "cfg": dict(model="mlp", dataset="mnist1d", hidden=(100, 100),
-                                                          epochs_float=60, epochs_qat=20, lr_float=1e-3)},
+                                                          epochs_float=60, epochs_qat=20)},
 }
 # speed targets: initiation interval (cycles) per model and board
 TARGETS = {("cnn", "ice40-up5k"): 2400, ("cnn", "ecp5-25f"): 1200,

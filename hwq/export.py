@@ -150,7 +150,7 @@ def export_model(model, *, dataset="digits", method="lsq", requant="auto"):
     model.eval()
     layers, tensors = [], {}
     # Per produced value: (name, shape, bits, signed, scale).
-    cur = ("input", list(cfg.in_shape), cfg.input_bits, False, model.input_scale)
+    cur = ("input", list(cfg.in_shape), cfg.input_bits, cfg.input_signed, model.input_scale)
     outputs = []
     for node in model.nodes:
         name, shape, bits, signed, scale = cur
@@ -178,7 +178,7 @@ def export_model(model, *, dataset="digits", method="lsq", requant="auto"):
         cur = (layer.name, list(layer.out_shape), layer.out_bits, layer.out_signed, out_scale)
         outputs.append(cur)
     return IR(model=cfg.model, dataset=dataset, method=method, input_shape=list(cfg.in_shape),
-              input_bits=cfg.input_bits, input_signed=False, input_scale=float(cfg.input_scale),
+              input_bits=cfg.input_bits, input_signed=cfg.input_signed, input_scale=float(cfg.input_scale),
               layers=layers, tensors=tensors)
 
 

@@ -84,6 +84,7 @@ class NetConfig:
     n_classes: int = 10
     input_bits: int = 4
     input_scale: float = 1.0 / 15
+    input_signed: bool = False  # two's complement input codes
     hidden: list = field(default_factory=lambda: [32, 16])  # mlp widths
     channels: list = field(default_factory=lambda: [16, 32])  # cnn/resnet widths
     w_bits: list = field(default_factory=lambda: [2, 2, 2])

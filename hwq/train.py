@@ -155,8 +155,8 @@ def _net_config(cfg, data):
     w_bits, a_bits = resolve_bits(cfg, names, data.input_bits)
     wq, aq, pc = quantizer_names(cfg.method, w_bits, a_bits)
     return NetConfig(model=cfg.model, in_shape=in_shape, n_classes=data.n_classes, input_bits=data.input_bits,
-                     input_scale=data.input_scale, hidden=list(cfg.hidden), channels=list(cfg.channels),
-                     w_bits=w_bits, a_bits=a_bits, wq=wq, aq=aq, per_channel=pc)
+                     input_scale=data.input_scale, input_signed=data.input_signed, hidden=list(cfg.hidden),
+                     channels=list(cfg.channels), w_bits=w_bits, a_bits=a_bits, wq=wq, aq=aq, per_channel=pc)
 
 
 def pretrain(cfg, data=None, *, tick=None):

@@ -251,6 +251,7 @@ class EnginePlan:
     offset_bits: int = 0
     shift: int = 0
     requant_dsp: bool = False  # multiply-shift: the requantizers' multipliers are DSP blocks (one per row)
+    a_signed: bool = False  # two's complement input codes (a signed network input, e.g. MNIST-1D's samples)
 
     @property
     def out_h(self):
@@ -677,7 +678,13 @@ class LayerEngine(wiring.Component):
 
         # Input word (arrives with tags[1]); zero padding outside the image.
         word = Signal.like(self.rd_data, name="x_word")
-        m.d.comb += word.eq(Mux(tags[1].pad, 0, self.rd_data))
+        if p.a_signed and p.a_bits > 1:
+            # buffers hold level indices (code - lo: offset binary); flipping the top bit gives the two's
+            # complement code the array multiplies, and padding is code 0
+            top = 1 << (p.a_bits - 1)
+            m.d.comb += [word[c].eq(Mux(tags[1].pad, 0, self.rd_data[c] ^ top)) for c in range(p.cols)]
+        else:
+            m.d.comb += word.eq(Mux(tags[1].pad, 0, self.rd_data))
 
         # ---- datapath ----------------------------------------------------------------------------
         # One weight ROM read with the issue tag's address; its data arrives with the input word (tags[1]).
@@ -690,7 +697,8 @@ class LayerEngine(wiring.Component):
         col_w = [wport.data[c * col_bits:(c + 1) * col_bits] for c in range(cols)]
         if p.engine == "systolic":
             m.submodules.array = core = SystolicArray(rows=rows, cols=cols, w_bits=p.w_bits, a_bits=p.a_bits,
-                                                      acc_bits=p.acc_bits, dsp=p.dsp)
+                                                      acc_bits=p.acc_bits, dsp=p.dsp,
+                                                      a_signed=p.a_signed and p.a_bits > 1)
             for c in range(cols):
                 # column c works c cycles behind column 0: its weights come skewed in the ROM, its input
                 # word is delayed c cycles here

@@ -263,8 +263,6 @@ def _check_layer(layer, names, prev, ops):
     """The hardware is a chain: each layer reads the one before it; a residual add also reads an
     earlier layer's output (its skip) from a ring. ``ops``: {layer name: op} of the layers so far."""
     where = f"layer '{layer.name}'"
-    if layer.op in WEIGHT_OPS and layer.a_signed and not layer.binary:
-        raise UserError(f"{where}: signed multi-bit input codes have no RTL engine yet")
     if prev not in names:
         raise UserError(f"{where} reads {names}, not the layer before it ('{prev}'): the RTL is a chain of layers "
                         f"where only a residual add also reads an earlier layer")
@@ -287,8 +285,6 @@ def _skip_name(names, prev):
 def _layout_steps(ir):
     """Walk the IR: [(layer, the names it reads, input (C, H, W) in buffer order, flattened?)] for
     every layer."""
-    if ir.input_signed and ir.input_bits > 1:
-        raise UserError("signed multi-bit network inputs have no RTL engine yet")
     shape = tuple(ir.input_shape) if len(ir.input_shape) == 3 else (ir.input_shape[0], 1, 1)
     steps, flat_from, prev, ops = [], None, "input", {}
     for layer, names in ir.wired():
@@ -407,7 +403,8 @@ def stage_specs(ir, prepared=None):
                 engine="xnor" if layer.binary else "systolic", in_channels=c, in_h=h, in_w=w,
                 out_channels=layer.out_shape[0], kernel=layer.kernel if conv else 1,
                 stride=layer.stride if conv else 1, padding=layer.padding if conv else 0, w_bits=layer.w_storage_bits,
-                a_bits=layer.a_bits, acc_bits=layer.acc_bits, out_bits=layer.out_bits, kind=kind, **requant)
+                a_bits=layer.a_bits, a_signed=layer.a_signed, acc_bits=layer.acc_bits, out_bits=layer.out_bits,
+                kind=kind, **requant)
 
             def make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic", requant_dsp=False, common=common,
                      **_):

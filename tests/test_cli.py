@@ -78,19 +78,37 @@ def test_local_mnist_files_are_read(tmp_path, monkeypatch):
 
 def test_mnist1d_is_generated_offline_with_the_published_sizes(tmp_path, monkeypatch):
     """MNIST-1D from the mnist1d package's templates and default arguments (no download), cached after the
-    first generation: 4,000 / 1,000 sequences of 40 samples as 8-bit codes, ten balanced-ish classes."""
+    first generation: 4,000 / 1,000 sequences of 40 samples as signed 8-bit codes, ten balanced-ish classes.
+    A short training exports with signed inputs, and the golden model equals the integer path and the QONNX
+    file run by qonnx's executor."""
     import numpy as np
 
+    from hwq import golden
     from hwq.data import load_dataset
+    from hwq.export import export_model
+    from hwq.flow import check_model_integer
+    from hwq.qonnx_export import run_qonnx, write_qonnx
+    from hwq.train import TrainConfig, load_run, train
 
     monkeypatch.setenv("HWQ_DATA", str(tmp_path))
     d = load_dataset("mnist1d")
     assert (d.x_train.shape, d.x_test.shape, d.input_bits, d.image_shape) == ((4000, 40), (1000, 40), 8, (1, 1, 40))
-    assert d.x_train.min() >= 0 and d.x_train.max() <= 255 and np.unique(d.x_train).size > 200
+    assert d.input_signed and d.x_train.min() == -128 and d.x_train.max() == 127 and np.unique(d.x_train).size > 200
     assert sorted(np.unique(d.y_train)) == list(range(10)) and np.bincount(d.y_train).min() > 300
     assert (tmp_path / "mnist1d" / "mnist1d-default.npz").is_file()
     again = load_dataset("mnist1d")
     assert np.array_equal(again.x_test, d.x_test) and np.array_equal(again.y_train, d.y_train)
+
+    cfg = TrainConfig(dataset="mnist1d", w_bits=4, a_bits=4, epochs_float=3, epochs_qat=1)
+    metrics = train(cfg, tmp_path / "run", show_progress=False, data=d)
+    assert metrics["accuracy"]["fake_quant"] > 0.2  # chance is 0.1
+    net, _ = load_run(tmp_path / "run")
+    ir = export_model(net, dataset="mnist1d")
+    assert ir.input_signed and ir.layers[0].a_signed
+    check = check_model_integer(net, ir, d.x_test)
+    assert check["equal"] and check["unexplained"] == 0, check
+    write_qonnx(ir, tmp_path / "model.onnx")
+    assert np.array_equal(run_qonnx(tmp_path / "model.onnx", d.x_test, ir.input_shape), golden.run(ir, d.x_test))
 
 
 def test_resnet_runs_through_rtl_and_sim_and_its_add_is_not_a_layer_alone(tmp_path, capsys):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from boards.calibrate import cnn_ir
+from boards.calibrate import cnn_ir, network_ir, random_layer
 from hwq import golden
 from hwq.errors import UserError
-from hwq.intrange import max_int, min_int, range_bits, weight_range
-from hwq.ir import accumulator_bounds, validate
+from hwq.intrange import act_levels, max_int, min_int, range_bits, weight_range
+from hwq.ir import Layer, accumulator_bounds, validate
 from rtl_gen.engine import EnginePlan, LayerEngine
 from rtl_gen.folding import DEFAULT_LUT_FRACTION, choose_folding
 from rtl_gen.pe import ProcessingElement
@@ -119,6 +119,8 @@ def run_top(ir, widths, X, *, stall=None):
     outs, accepts, valids, counters = [], [], [], []
     clock = [0]
     order = input_word_indices(plan.input_shape, plan.buffers[0].lanes)
+    lo, step, _ = act_levels(ir.input_bits, ir.input_signed)
+    X = (np.asarray(X, dtype=np.int64) - lo) // step  # the top takes level indices
 
     async def drive(ctx):  # counts its own cycles, like the monitor: both start at cycle 0
         cycle = 0
@@ -237,6 +239,32 @@ def test_eight_bit_odd_grid_weights_take_nine_storage_bits():
     validate(ir, "test")
     plan, _ = _check_network(ir, [2, 3, 1], _inputs(rng, ir, 3))
     assert [s.plan.w_bits for s in plan.stages] == [9, 9]
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_signed_multi_bit_inputs(conv):
+    """Signed 8-bit network inputs (MNIST-1D's samples) and a signed 3-bit hidden code: buffers hold level
+    indices, the engine multiplies two's complement codes; extreme inputs (-128 and 127 everywhere), and
+    zero padding is code 0."""
+    rng = np.random.default_rng(11)
+    if conv:
+        l0, t0 = random_layer(rng, "c0", 2, 4, 4, 8, 3, op="conv2d", in_shape=[2, 5, 5], in_signed=True,
+                              out_signed=True)
+        fl = Layer(name="flat", op="flatten", in_shape=[4, 5, 5], out_shape=[100], a_bits=3, a_signed=True,
+                   out_bits=3, out_signed=True)
+        l1, t1 = random_layer(rng, "l1", 100, 5, 3, 3, None, in_signed=True)
+        ir = network_ir([l0, fl, l1], {**t0, **t1}, input_bits=8, input_shape=[2, 5, 5])
+        widths = [2, 4, 5, 1]
+    else:
+        l0, t0 = random_layer(rng, "l0", 12, 6, 4, 8, 3, in_signed=True, out_signed=True)
+        l1, t1 = random_layer(rng, "l1", 6, 4, 3, 3, None, in_signed=True)
+        ir = network_ir([l0, l1], {**t0, **t1}, input_bits=8)
+        widths = [3, 2, 1]
+    ir = replace(ir, input_signed=True)
+    validate(ir, "test")
+    x = rng.integers(-128, 128, size=(4, ir.in_features))
+    x[0], x[1] = -128, 127
+    _check_network(ir, widths, x)
 
 
 def test_decreasing_channels_are_compared_negated():

@@ -235,3 +235,20 @@ def test_inputs_out_of_range_are_a_clear_error(small_design):
     bad[1, 3] = 2**ir.input_bits
     with pytest.raises(UserError, match=f"input sample 1, feature 3: {2**ir.input_bits} is not a 4-bit unsigned code"):
         simulate(ir, rtl, inputs=bad)
+
+
+def test_signed_network_inputs_are_bit_exact_in_verilator(tmp_path):
+    """Signed 8-bit inputs (MNIST-1D's codes) go in as level indices and come out bit-exact, extremes included."""
+    from dataclasses import replace
+
+    from boards.calibrate import network_ir, random_layer
+
+    rng = np.random.default_rng(5)
+    l0, t0 = random_layer(rng, "l0", 16, 8, 4, 8, 3, in_signed=True)
+    l1, t1 = random_layer(rng, "l1", 8, 4, 3, 3, None)
+    ir = replace(network_ir([l0, l1], {**t0, **t1}, input_bits=8), input_signed=True)
+    generate_rtl(ir, load_board("ice40-up5k"), tmp_path / "rtl", folding=[4, 2, 1])
+    x = rng.integers(-128, 128, size=(20, 16))
+    x[0], x[1] = -128, 127
+    res = simulate(ir, tmp_path / "rtl", inputs=x)
+    assert res["bit_exact"] and res["samples"] == 20, res["first_mismatch"]
