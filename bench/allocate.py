@@ -340,15 +340,22 @@ def main(argv=None):
                     help="keep the rows of --out for the (model, board, seed) this run does not redo")
     ap.add_argument("--replot", action="store_true", help="only remake the markdown and the plot from --out")
     ap.add_argument("--check-cnn", action="store_true", help="with --replot: place and simulate the allocated CNN")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                    help="with --replot: add the rows (and runs) of these results files, e.g. from runs made in parallel")
     args = ap.parse_args(argv)
     if args.replot:
         res = json.loads(Path(args.out).read_text())
+        for other in map(json.loads, (Path(f).read_text() for f in args.merge)):
+            res["rows"] += other["rows"]
+            res["runs"] += other["runs"]
+            res["cnn_check"] = res.get("cnn_check") or other.get("cnn_check")
+            res["seconds"] = max(res["seconds"], other["seconds"])
         if args.check_cnn:  # the check again, on the RTL the rows point to (their --work must still exist)
             res["cnn_check"] = check_cnn(None, res["rows"])
-            res["summary"] = summary(matched(res["rows"]), res["rows"])
-            c = res["cnn_check"]
-            res["summary"]["cnn_placed_bit_exact"] = bool(c and c["placed"] and c["bit_exact"] and c["cycles_equal"])
         res["matched"] = matched(res["rows"])
+        res["summary"] = summary(res["matched"], res["rows"])
+        c = res.get("cnn_check")
+        res["summary"]["cnn_placed_bit_exact"] = bool(c["placed"] and c["bit_exact"] and c["cycles_equal"]) if c else None
         write_json(args.out, res)
         plot(res["matched"], Path(args.markdown).with_suffix(".png"))
         write_text(args.markdown, markdown(res, args))
