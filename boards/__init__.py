@@ -1,5 +1,6 @@
 """Board descriptions: one YAML file per board in this package; users may point at their own file."""
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -13,6 +14,18 @@ DEFAULT_BOARD = "ice40-up5k"
 FAMILIES = ("ice40", "ecp5", "xilinx7")
 SYNTH_COMMANDS = {"ice40": "synth_ice40", "ecp5": "synth_ecp5", "xilinx7": "synth_xilinx"}
 PNR_TOOLS = {"ice40": "nextpnr-ice40", "ecp5": "nextpnr-ecp5"}
+# The options a board file may give the tools (anything else could run a script: yosys' ``;`` and
+# ``tee``, nextpnr's ``--pre-pack script.py``). Each maps to the values it takes (None: a flag).
+SYNTH_OPTIONS = {
+    "ice40": {"-dsp": None, "-abc9": None, "-abc2": None, "-noflatten": None, "-nocarry": None, "-nobram": None,
+              "-spram": None, "-device": ("hx", "lp", "u")},
+    "ecp5": {"-abc9": None, "-abc2": None, "-noflatten": None, "-nodsp": None, "-nobram": None, "-nolutram": None,
+             "-nowidelut": None},
+    "xilinx7": {"-family": ("xc7", "xcup", "xcu", "xc6s"), "-flatten": None, "-nolutram": None, "-nobram": None,
+                "-nodsp": None, "-nocarry": None, "-nosrl": None, "-abc9": None, "-widemux": ("4", "5", "6", "7", "8")},
+}
+PNR_DEVICE = {"ice40": re.compile(r"--(lp|hx|up|u)\d+k"), "ecp5": re.compile(r"--(um5g-|um-)?\d+k")}
+PNR_OPTIONS = {"--package": re.compile(r"[A-Za-z0-9]{2,16}"), "--speed": re.compile(r"[6-8]")}
 RESOURCES = ("lut", "ff", "bram", "dsp")  # the resource kinds every count and estimate uses
 
 
@@ -69,15 +82,15 @@ def _parse(path, raw):
     counts = {}
     for name in (*RESOURCES, "bram_bits"):
         counts[name] = field(name, int, "a non-negative integer")
-        if counts[name] < 0:
-            raise UserError(f"{path}: field '{name}': expected a non-negative integer, found {counts[name]}")
+        low = 1 if name in ("lut", "ff", "bram_bits") else 0  # a block RAM of 0 bits would divide by zero
+        if counts[name] < low:
+            raise UserError(f"{path}: field '{name}': expected {'a positive' if low else 'a non-negative'} integer, "
+                            f"found {counts[name]}")
     clock = field("clock_mhz", (int, float), "a positive number (MHz)")
     if clock <= 0:
         raise UserError(f"{path}: field 'clock_mhz': expected a positive number (MHz), found {clock}")
     synth = field("yosys_synth", str, f"a yosys command starting with {SYNTH_COMMANDS[family]}")
-    if synth.split()[0] != SYNTH_COMMANDS[family]:
-        raise UserError(f"{path}: field 'yosys_synth': expected a command starting with {SYNTH_COMMANDS[family]} "
-                        f"for family {family}, found {synth!r}")
+    _check_synth(path, family, synth)
     if "pnr" not in raw:
         raise UserError(f"{path}: field 'pnr' is missing ({{tool: ..., args: [...]}} or null)")
     pnr = raw["pnr"]
@@ -87,6 +100,7 @@ def _parse(path, raw):
         if not ok:
             expected = f"{{tool: {PNR_TOOLS[family]}, args: [...]}} or null" if family in PNR_TOOLS else "null"
             raise UserError(f"{path}: field 'pnr': expected {expected}, found {pnr!r}")
+        _check_pnr_args(path, family, pnr["args"])
     return Board(
         name=field("name", str, "the board's name"),
         description=field("description", str, "a one-line description"),
@@ -98,6 +112,41 @@ def _parse(path, raw):
         path=str(path),
         **counts,
     )
+
+
+def _check_synth(path, family, text):
+    """``yosys_synth`` is the family's synthesis command and options from :data:`SYNTH_OPTIONS`, nothing else."""
+    words, options = text.split(), SYNTH_OPTIONS[family]
+    expected = (f"{SYNTH_COMMANDS[family]} followed by options from {', '.join(options)} (for family {family}; "
+                f"see boards/__init__.py)")
+    if not words or words[0] != SYNTH_COMMANDS[family]:
+        raise UserError(f"{path}: field 'yosys_synth': expected {expected}, found {text!r}")
+    k = 1
+    while k < len(words):
+        word = words[k]
+        if word not in options:
+            raise UserError(f"{path}: field 'yosys_synth': option {word!r} is not allowed; expected {expected}")
+        if options[word] is not None:
+            if k + 1 >= len(words) or words[k + 1] not in options[word]:
+                got = words[k + 1] if k + 1 < len(words) else "nothing"
+                raise UserError(f"{path}: field 'yosys_synth': {word} takes one of {', '.join(options[word])}, "
+                                f"found {got!r}")
+            k += 1
+        k += 1
+
+
+def _check_pnr_args(path, family, args):
+    """nextpnr arguments: the device flag, ``--package NAME`` and ``--speed N`` (see :data:`PNR_OPTIONS`)."""
+    expected = f"a device flag such as {'--up5k' if family == 'ice40' else '--25k'}, --package NAME or --speed N"
+    k = 0
+    while k < len(args):
+        arg = args[k]
+        if PNR_DEVICE[family].fullmatch(arg):
+            k += 1
+            continue
+        if arg not in PNR_OPTIONS or k + 1 >= len(args) or not PNR_OPTIONS[arg].fullmatch(args[k + 1]):
+            raise UserError(f"{path}: field 'pnr.args': {arg!r} is not allowed here; expected {expected}")
+        k += 2
 
 
 def load_board(name_or_path):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from hwq.errors import UserError
-from hwq.fileio import cache_dir, write_json
+from hwq.fileio import cache_dir, read_cache, write_cache
 
 __all__ = ["HARNESS_TOP", "PnrError", "harness_verilog", "pack_cells", "place_and_route"]
 
@@ -64,16 +64,16 @@ def _netlist(rtl_dir, info, board, work, timeout):
         raise UserError("yosys not found; install it with `sudo apt-get install -y yosys`")
     from rtl_gen.emit import verilog_sources
 
-    from .synth import read_verilog, verilog_inputs
+    from .synth import check_module_names, stage_sources, verilog_inputs
 
     sources, _ = verilog_inputs(verilog_sources(rtl_dir, info))
+    check_module_names([info["top"]], Path(rtl_dir) / "rtl.json")
     (work / "harness.v").write_text(harness_verilog(info))
     netlist = work / "net.json"
-    script = f"{read_verilog([*sources, work / 'harness.v'])}; {board.yosys_synth} -top {HARNESS_TOP} -json {netlist}"
+    script = f"{stage_sources([*sources, work / 'harness.v'], work)}; {board.yosys_synth} -top {HARNESS_TOP} -json net.json"
     t0 = time.perf_counter()
-    # in the RTL folder: the memories' $readmemh paths are relative to it
-    proc = subprocess.run([yosys, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
-                          cwd=sources[0].parent)
+    # in the work folder, where the memories' $readmemh paths (mem/...) were copied
+    proc = subprocess.run([yosys, "-q", "-p", script], capture_output=True, text=True, timeout=timeout, cwd=work)
     if proc.returncode != 0:
         raise RuntimeError(f"yosys failed:\n{proc.stderr[-2000:]}")
     return netlist, time.perf_counter() - t0
@@ -101,8 +101,9 @@ def pack_cells(rtl_dir, info, board, *, timeout=3600, cache=True):
     nextpnr = _tool(board.pnr["tool"])
     key = _key(rtl_dir, info, board, "pack")
     cached = cache_dir("pnr") / f"{key}-pack.json"
-    if cache and cached.is_file():
-        return json.loads(cached.read_text())["cells"]
+    hit = read_cache(cached) if cache else None
+    if hit is not None:
+        return hit["cells"]
     with tempfile.TemporaryDirectory(prefix="hwq-pack-") as work:
         work = Path(work)
         netlist, _ = _netlist(rtl_dir, info, board, work, timeout)
@@ -116,7 +117,7 @@ def pack_cells(rtl_dir, info, board, *, timeout=3600, cache=True):
     key_name = {"ice40": "ICESTORM_LC", "ecp5": "TRELLIS_COMB"}[board.family]
     cells = util[key_name]["used"]
     if cache:
-        write_json(cached, {"cells": cells})
+        write_cache(cached, {"cells": cells})
     return cells
 
 
@@ -130,8 +131,9 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
         raise UserError(f"board {board.name}: no open place-and-route tool for family {board.family}")
     nextpnr = _tool(board.pnr["tool"])
     cached = cache_dir("pnr") / f"{_key(rtl_dir, info, board, seed)}.json"
-    if cache and cached.is_file():
-        return {**json.loads(cached.read_text()), "cached": True}
+    hit = read_cache(cached) if cache else None
+    if hit is not None:
+        return {**hit, "cached": True}
     with tempfile.TemporaryDirectory(prefix="hwq-pnr-") as work:
         work = Path(work)
         netlist, t_synth = _netlist(rtl_dir, info, board, work, timeout)
@@ -161,7 +163,7 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
         "cached": False,
     }
     if cache:
-        write_json(cached, result)
+        write_cache(cached, result)
     return result
 
 

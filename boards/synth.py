@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 
 from hwq.errors import UserError
-from hwq.fileio import cache_dir, write_json
+from hwq.fileio import cache_dir, read_cache, write_cache
+from hwq.names import NAME_EXPECTED, is_name
 
 from . import RESOURCES
 
-__all__ = ["CELL_KINDS", "count_resources", "read_verilog", "synthesize", "verilog_inputs", "yosys_version"]
+__all__ = ["CELL_KINDS", "check_module_names", "count_resources", "stage_sources", "synthesize", "verilog_inputs",
+           "yosys_version"]
 
 # cell type -> (resource kind, how many of it one cell is)
 CELL_KINDS = {
@@ -95,9 +97,28 @@ def verilog_inputs(verilog):
     return sources, data
 
 
-def read_verilog(sources):
-    """The yosys command that reads these Verilog files (absolute paths: yosys may run elsewhere)."""
-    return "read_verilog " + " ".join(f'"{Path(p).resolve()}"' for p in sources)
+def stage_sources(sources, work):
+    """Copy the Verilog files into ``work`` as ``src0.v``, ``src1.v``, ... with the memory files beside the
+    first (``mem/``), and return the yosys command that reads them. Tools then run in ``work`` on names
+    that hwq chose: no user path (spaces, quotes, ``;``) ever reaches a yosys script."""
+    work = Path(work)
+    names = []
+    for k, src in enumerate(sources):
+        names.append(f"src{k}.v")
+        shutil.copyfile(src, work / names[-1])
+    mem = Path(sources[0]).parent / "mem"
+    if mem.is_dir():
+        (work / "mem").mkdir(exist_ok=True)
+        for f in mem.glob("*.hex"):
+            shutil.copyfile(f, work / "mem" / f.name)
+    return "read_verilog " + " ".join(names)
+
+
+def check_module_names(names, where):
+    """Module names that go into a yosys script: identifiers, possibly dotted (``hwq_top.fc1``)."""
+    for name in names:
+        if not all(is_name(part) for part in str(name).split(".")):
+            raise UserError(f"{where}: module name {name!r} is not {NAME_EXPECTED} (dotted paths allowed)")
 
 
 def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
@@ -111,21 +132,22 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
     if exe is None:
         raise UserError("yosys not found; install it with `sudo apt-get install -y yosys` (or run `make install` as root)")
     sources, data = verilog_inputs(verilog)
+    check_module_names([top, *keep], sources[0])
     keep_cmd = f"setattr -mod -set keep_hierarchy 1 {' '.join(keep)}; " if keep else ""
     script_tail = f"{board.yosys_synth} -top {top}"
     key = hashlib.sha256(data + repr((top, keep_cmd, script_tail, yosys_version())).encode())
     cached = cache_dir("synth") / f"{key.hexdigest()[:20]}.json"
-    if cache and cached.is_file():
-        result = json.loads(cached.read_text())
+    result = read_cache(cached) if cache else None
+    if result is not None:
         result["cached"] = True
         return result
     with tempfile.TemporaryDirectory(prefix="hwq-synth-") as work:
         stat = Path(work, "stat.json")
-        script = f"{read_verilog(sources)}; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o {stat} stat -json"
+        script = f"{stage_sources(sources, work)}; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o stat.json stat -json"
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
-                                  check=False, cwd=sources[0].parent)
+                                  check=False, cwd=work)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"yosys took longer than {timeout} s on {sources[0]}") from None
         seconds = time.perf_counter() - t0
@@ -148,5 +170,5 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
         "cached": False,
     }
     if cache:
-        write_json(cached, result)
+        write_cache(cached, result)
     return result

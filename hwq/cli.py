@@ -145,7 +145,7 @@ def _requant_summary(layer):
 def cmd_export(args):
     from .export import export_run
 
-    ir = export_run(args.run, args.out, requant=args.requant, qonnx=args.qonnx)
+    ir = export_run(args.run, args.out, requant=args.requant, qonnx=args.qonnx, force=args.force)
     files = "manifest.yaml, tensors.npz" + (" and model.onnx (QONNX)" if args.qonnx else "")
     print(f"wrote {args.out}: {files}")
     for la in ir.layers:
@@ -218,7 +218,7 @@ def cmd_rtl(args):
 
     board = load_board(args.board)
     ir = load_ir(args.ir)
-    info = generate_rtl(ir, board, args.out, **_folding(args))
+    info = generate_rtl(ir, board, args.out, **_folding(args), force=args.force)
     arrays = ", ".join(f"{la['name']} {la['engine']} {la['array'][0]}x{la['array'][1]}"
                        + (" on DSPs" if la.get("dsp") else "")
                        for la in info["layers"] if la["stage"] is not None)
@@ -268,16 +268,20 @@ def _mismatch_text(first):
 
 
 def cmd_sim(args):
-    from sim.runner import simulate
+    from sim.runner import select_inputs, simulate
 
     from .fileio import write_json
     from .ir import load_ir
 
     ir = load_ir(args.ir)
+    inputs = _read_codes(args.inputs, ir) if args.inputs else None
+    if inputs is None:
+        select_inputs(ir, args.samples, args.data)  # too many samples is an error before the announcement
     what = f"layer {args.layer}" if args.layer else "the network"
-    print(f"simulating {args.samples} samples through {what} with Verilator (a design's first build takes "
-          f"10-20 s, then it is cached) ...", flush=True)
-    res = simulate(ir, args.rtl, samples=args.samples, data=args.data, layer=args.layer,
+    n = len(inputs) if inputs is not None else args.samples
+    print(f"simulating {n} {'samples from ' + args.inputs if args.inputs else 'samples'} through {what} with "
+          f"Verilator (a design's first build takes 10-20 s, then it is cached) ...", flush=True)
+    res = simulate(ir, args.rtl, samples=args.samples, inputs=inputs, data=args.data, layer=args.layer,
                    backpressure=args.backpressure, seed=args.seed, waves=args.waves, testbench=args.testbench)
     out = args.out or Path(args.rtl) / ("sim.json" if args.layer is None else f"sim-{args.layer}.json")
     write_json(out, res)
@@ -328,7 +332,7 @@ def cmd_flow(args):
     cfg = _train_config(args)
     report = run_flow(args.out, board=board, train_cfg=cfg, samples=args.samples, **_folding(args),
                       synth=args.synth, log=lambda msg: print(msg, file=sys.stderr),
-                      allocate_options=_allocate_options(args) if args.allocate else None)
+                      allocate_options=_allocate_options(args) if args.allocate else None, force=args.force)
     _print_summary(report)
     print(f"wrote {Path(args.out) / 'report.json'} and report.html")
     ok = report["bit_exact"]["rtl_vs_golden"] and report["bit_exact"]["golden_vs_torch_integer"]
@@ -444,7 +448,9 @@ def build_parser():
 
     p = sub.add_parser("export", help="run directory -> integer IR (manifest.yaml + tensors.npz)")
     p.add_argument("run", help="run directory from `hwq train`")
-    p.add_argument("--out", required=True, help="IR directory to write")
+    p.add_argument("--out", required=True, help="IR directory to write (replaced whole; see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the output folder even if it is not empty and was not written by hwq")
     p.add_argument("--requant", choices=REQUANT_POLICIES, default="auto",
                    help="requantization per layer: auto = thresholds up to 4-bit outputs, multiply-shift above "
                         "(where it can express the layer); or one kind for all (default: auto)")
@@ -462,7 +468,9 @@ def build_parser():
     p = sub.add_parser("rtl", help="IR -> Verilog (top.v, a file per layer, memory files, rtl.json) for a board")
     p.add_argument("ir", help="IR directory from `hwq export`")
     _add_board(p)
-    p.add_argument("--out", required=True, help="RTL directory to write")
+    p.add_argument("--out", required=True, help="RTL directory to write (replaced whole; see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the output folder even if it is not empty and was not written by hwq")
     p.set_defaults(func=cmd_rtl)
 
     p = sub.add_parser("estimate", help="resource and latency estimate of an IR on a board")
@@ -475,6 +483,9 @@ def build_parser():
     p.add_argument("ir", help="IR directory from `hwq export`")
     p.add_argument("rtl", help="RTL directory from `hwq rtl`")
     p.add_argument("--samples", type=_positive, default=100, help="samples to simulate (default: 100)")
+    p.add_argument("--inputs", metavar="X.npy",
+                   help="simulate these input codes instead (as `hwq golden --inputs` takes them; --samples and "
+                        "--data are then ignored)")
     p.add_argument("--data", choices=DATA_SPLITS, default="test",
                    help="dataset split the samples come from; 'all' is the test split, then the training split "
                         "(default: test)")
@@ -511,6 +522,8 @@ def build_parser():
                         "retrain at them and build that design")
     _add_allocate_args(p)
     p.add_argument("--out", required=True, help="directory to write everything into")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT/ir and OUT/rtl even if they are not empty and were not written by hwq")
     p.set_defaults(func=cmd_flow)
 
     p = sub.add_parser(

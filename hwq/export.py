@@ -188,7 +188,7 @@ def multiply_shift_params(ir):
             for la in ir.layers if la.requant_kind == "multiply_shift"}
 
 
-def export_run(run_dir, out_dir, *, requant="auto", qonnx=False):
+def export_run(run_dir, out_dir, *, requant="auto", qonnx=False, force=False):
     """Export a run directory to an IR directory (with ``model.onnx`` in QONNX form if ``qonnx``);
     return the IR."""
     model, ckpt = load_run(run_dir)
@@ -203,5 +203,5 @@ def export_run(run_dir, out_dir, *, requant="auto", qonnx=False):
 
         def extra(tmp):
             write_qonnx(ir, tmp / "model.onnx")
-    save_ir(ir, out_dir, extra=extra)
+    save_ir(ir, out_dir, extra=extra, force=force)
     return ir

@@ -20,6 +20,7 @@ from .train import TrainConfig, load_run, train
 __all__ = ["REPORT_FORMAT", "check_model_integer", "check_torch_integer", "run_flow"]
 
 REPORT_FORMAT = "hwq-report/1"
+FLOW_RESULTS = ("report.json", "report.html", "sim.json", "estimate.json")  # synthesis writes into rtl/
 
 
 def check_model_integer(model, ir, inputs):
@@ -80,8 +81,12 @@ def _report_layers(ir, rtl_info, est, sim, syn):
 
 
 def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None, lut_budget=None,
-             synth=False, log=print, show_progress=True, allocate_options=None):
+             synth=False, log=print, show_progress=True, allocate_options=None, force=False):
     """Run every stage into ``out_dir``; return the report dict (also written to report.json).
+
+    The previous run's report and stage results in ``out_dir`` are removed before the first stage, so
+    a flow that is interrupted never leaves a report that describes other files. ``force``: replace
+    ``ir/`` and ``rtl/`` folders that hwq did not write.
 
     ``allocate_options``: after training, allocate the bits for ``board`` (:func:`hwq.allocate.allocate`'s
     keyword arguments) and build the allocated design (its retrained run in ``out_dir/allocated``)."""
@@ -90,6 +95,8 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
 
     out = Path(out_dir)
     timings = {}
+    for name in FLOW_RESULTS:
+        (out / name).unlink(missing_ok=True)
 
     t = time.perf_counter()
     metrics = train(train_cfg, out / "run", show_progress=show_progress)
@@ -109,7 +116,7 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
         metrics = json.loads((run_dir / "metrics.json").read_text())
 
     t = time.perf_counter()
-    ir = export_run(run_dir, out / "ir")
+    ir = export_run(run_dir, out / "ir", force=force)
     timings["export"] = round(time.perf_counter() - t, 3)
     data = load_dataset(ir.dataset, input_bits=ir.input_bits)
     gold_out = golden.run(ir, data.x_test)
@@ -120,7 +127,7 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
         f"{check['fake_quant_mismatches']} ({_explained(check)})")
 
     t = time.perf_counter()
-    rtl_info = generate_rtl(ir, board, out / "rtl", fold=fold, lut_budget=lut_budget, folding=folding)
+    rtl_info = generate_rtl(ir, board, out / "rtl", fold=fold, lut_budget=lut_budget, folding=folding, force=force)
     timings["rtl"] = round(time.perf_counter() - t, 3)
     log(f"generated Verilog -> {out / 'rtl'}/ (top.v, a file per layer, memory files in mem/)")
 
@@ -128,6 +135,8 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     write_json(out / "estimate.json", est)
 
     n = len(data.x_test) if samples is None else min(samples, len(data.x_test))
+    if samples is not None and samples > n:
+        log(f"--samples {samples}: the {ir.dataset} test set has {n} samples; simulating all of them")
     log(f"simulating {n} samples with Verilator (a design's first build takes 10-20 s) ...")
     t = time.perf_counter()
     sim = simulate(ir, out / "rtl", inputs=data.x_test[:n], labels=data.y_test[:n])

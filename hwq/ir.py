@@ -29,9 +29,10 @@ from .intrange import (
     weight_codes,
     weight_storage_bits,
 )
+from .names import NAME_EXPECTED, is_name
 from .requant import MAX_SHIFT, PRODUCT_LIMIT, thresholds_of
 
-__all__ = ["IR", "IR_FORMAT", "Layer", "accumulator_bounds", "atomic_dir", "input_codes", "load_ir",
+__all__ = ["IR", "IR_FORMAT", "OUTPUT_MARKER", "Layer", "accumulator_bounds", "atomic_dir", "input_codes", "load_ir",
            "requant_thresholds", "save_ir"]
 
 IR_FORMAT = "hwq-ir/2"
@@ -187,13 +188,29 @@ class IR:
 _MISSING = object()
 
 
+OUTPUT_MARKER = ".hwq-output"  # in every folder atomic_dir writes: hwq may replace it next time
+
+
 @contextmanager
-def atomic_dir(path):
-    """Yield a temporary directory; on success it replaces ``path`` whole, on failure it is removed."""
-    path = Path(path)
+def atomic_dir(path, *, force=False):
+    """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole (the old folder
+    is removed only after the new one is in place), on failure it is removed and ``path`` is untouched.
+
+    A non-empty folder that hwq did not write (no :data:`OUTPUT_MARKER` in it) is never replaced unless
+    ``force``; neither is the current folder or one that holds it."""
+    path = Path(path).absolute()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path}: exists and is not a folder; choose another output folder")
+        if Path.cwd().resolve().is_relative_to(path.resolve()):
+            raise UserError(f"{path}: is the current folder (or holds it); choose another output folder")
+        if not force and not (path / OUTPUT_MARKER).is_file() and any(path.iterdir()):
+            raise UserError(f"{path}: not empty and not written by hwq; choose another output folder, or pass "
+                            f"--force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        (tmp / OUTPUT_MARKER).write_text("written by hwq; hwq replaces this folder when asked to write here again\n")
         yield tmp
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
@@ -207,11 +224,11 @@ def atomic_dir(path):
         raise
 
 
-def save_ir(ir, out_dir, *, extra=None):
+def save_ir(ir, out_dir, *, extra=None, force=False):
     """Write ``manifest.yaml`` and ``tensors.npz`` (and whatever ``extra(tmp_dir)`` writes, e.g.
-    ``model.onnx``); the directory appears whole or not at all."""
+    ``model.onnx``); the directory appears whole or not at all (see :func:`atomic_dir` for ``force``)."""
     validate(ir, Path(out_dir) / "manifest.yaml")
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force=force) as tmp:
         (tmp / "manifest.yaml").write_text(yaml.safe_dump(ir.to_manifest(), sort_keys=False))
         np.savez(tmp / "tensors.npz", **ir.tensors)
         if extra is not None:
@@ -269,13 +286,15 @@ class _Fields:
 
 def _parse_layer(path, index, raw):
     f = _Fields(path, f"layers[{index}]", raw)
-    name = f.get("name", str, "a layer name")
+    name = f.get("name", str, NAME_EXPECTED)
+    if not is_name(name) or name == "input":
+        f.fail("name", NAME_EXPECTED + ", not 'input'", name)
     f.where = f"layer '{name}'"
     op = f.get("op", str)
     if op not in OPS:
         f.fail("op", f"one of {', '.join(OPS)}", op)
     inputs = f.get("inputs", list, "a list of layer names", default=None)
-    if inputs is not None and not all(isinstance(i, str) for i in inputs):
+    if inputs is not None and not all(is_name(i) for i in inputs):
         f.fail("inputs", "a list of layer names", inputs)
     layer = Layer(name=name, op=op, inputs=inputs, in_shape=f.shape("in_shape"), out_shape=f.shape("out_shape"),
                   a_bits=f.bits("a_bits"), a_signed=f.get("a_signed", bool), out_bits=f.get("out_bits", int),
@@ -409,7 +428,11 @@ def validate(ir, path, *, logits=True):
     ``logits``: the last layer must produce logits (a whole network; False for a lone layer)."""
     produced = {"input": (list(ir.input_shape), ir.input_bits, ir.input_signed)}
     for i, (layer, inputs) in enumerate(ir.wired()):
+        if not is_name(layer.name) or layer.name == "input":
+            _fail(f"{path}: layers[{i}]", "name", NAME_EXPECTED + ", not 'input'", repr(layer.name))
         where = f"{path}: layer '{layer.name}'"
+        if layer.name in produced:
+            _fail(where, "name", "a name no other layer has", repr(layer.name))
         if len(inputs) != (2 if layer.op == "add" else 1):
             _fail(where, "inputs", f"{2 if layer.op == 'add' else 1} layer name(s)", inputs)
         for name in inputs:

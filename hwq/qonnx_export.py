@@ -129,7 +129,12 @@ def to_qonnx(ir, *, batch=1):
         ann = onnx.StringStringEntryProto(key="finn_datatype", value=dtype)
         model.graph.quantization_annotation.append(
             onnx.TensorAnnotation(tensor_name=tensor, quant_parameter_tensor_names=[ann]))
-    model = onnx.shape_inference.infer_shapes(model)
+    # qonnx's shape inference knows its own ops (Quant, MultiThreshold), so the file carries every
+    # tensor's shape and runs in qonnx's execute_onnx as written
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    model = ModelWrapper(model).transform(InferShapes()).model
     onnx.checker.check_model(model)
     return model
 

@@ -6,7 +6,6 @@ loaded with ``$readmemh``) and ``rtl.json`` (every engine's parameters, the file
 runs there (``hwq sim`` does). :func:`verilog_sources` lists the Verilog files in reading order.
 """
 
-import json
 import re
 import time
 from dataclasses import asdict
@@ -14,8 +13,9 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from hwq.fileio import write_json
+from hwq.fileio import read_json, write_json
 from hwq.ir import atomic_dir
+from hwq.names import inside
 
 from .add import AddPlan
 from .engine import EnginePlan
@@ -88,8 +88,8 @@ def verilog_sources(rtl_dir, info=None):
     directories written before there were per-layer files)."""
     rtl_dir = Path(rtl_dir)
     if info is None:
-        info = json.loads((rtl_dir / "rtl.json").read_text())
-    return [rtl_dir / f for f in info.get("files", ["top.v"]) if f.endswith(".v")]
+        info = read_json(rtl_dir / "rtl.json")
+    return [inside(rtl_dir, f) for f in info.get("files", ["top.v"]) if f.endswith(".v")]
 
 
 def _stage_info(stage, index, skips, family):
@@ -159,10 +159,10 @@ def describe(plan, ir, board, folding):
     }
 
 
-def generate_rtl(ir, board, out_dir, *, fold=None, lut_budget=None, folding=None):
+def generate_rtl(ir, board, out_dir, *, fold=None, lut_budget=None, folding=None, force=False):
     """Choose the folding (or take ``folding``: a :class:`rtl_gen.plan.Folding` or just the word widths),
     write the Verilog, memory files and ``rtl.json`` into ``out_dir`` (replacing it whole); return the
-    rtl.json dict."""
+    rtl.json dict. ``force``: replace a non-empty folder that hwq did not write (:func:`hwq.ir.atomic_dir`)."""
     t0 = time.perf_counter()
     folding = as_folding(folding) if folding else choose_folding(ir, board, lut_budget=lut_budget, fold=fold)
     plan = network_plan(ir, folding)
@@ -173,9 +173,9 @@ def generate_rtl(ir, board, out_dir, *, fold=None, lut_budget=None, folding=None
     files = split_verilog(text, [s.layer.name for s in plan.stages])
     info["memory_files"] = sorted(f for f in files if f.startswith(f"{MEM_DIR}/"))
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, force=force) as tmp:
         Path(tmp, MEM_DIR).mkdir()
         for path, content in files.items():
-            Path(tmp, path).write_text(content)
+            inside(tmp, path).write_text(content)
         write_json(Path(tmp, "rtl.json"), info)
     return info

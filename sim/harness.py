@@ -19,10 +19,11 @@ A small C++ main (:data:`MAIN_CPP`) toggles the clock and evaluates the model un
 import hashlib
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from hwq.fileio import cache_dir
+from hwq.fileio import cache_dir, cache_lock, file_digest, write_text
 
 from .verilator import WARNING_FLAGS, setup_verilator
 
@@ -169,9 +170,16 @@ def build_harness(rtl_dir, info, *, waves=False):
     args = [*WARNING_FLAGS, "-Wno-BLKSEQ", "-Wno-MULTIDRIVEN", *(["--trace"] if waves else [])]
     key = hashlib.sha256(data + harness.encode() + MAIN_CPP.encode() + repr(args).encode())
     build_dir = cache_dir("verilator") / f"tb-{key.hexdigest()[:16]}"
-    exe = build_dir / "obj" / "hwq_sim"
-    if exe.is_file():
-        return exe, True
+    with cache_lock(build_dir):  # one build per key at a time; another process's finished build is reused
+        return _build_locked(build_dir, harness, sources, args)
+
+
+def _build_locked(build_dir, harness, sources, args):
+    exe, digest = build_dir / "obj" / "hwq_sim", build_dir / "hwq_sim.sha256"
+    if exe.is_file() and digest.is_file():
+        if digest.read_text().strip() == file_digest(exe):
+            return exe, True
+        print(f"warning: {exe}: damaged cached simulator; rebuilding it", file=sys.stderr)
     shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir(parents=True)
     (build_dir / "harness.v").write_text(harness)
@@ -185,6 +193,7 @@ def build_harness(rtl_dir, info, *, waves=False):
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0 or not exe.is_file():
         raise RuntimeError(f"Verilator build failed; see {log}")
+    write_text(digest, file_digest(exe) + "\n")  # written last: an entry without it is incomplete
     return exe, False
 
 

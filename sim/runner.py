@@ -13,6 +13,7 @@ handshake, an independent check of the harness).
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -23,8 +24,9 @@ import numpy as np
 from hwq import golden
 from hwq.data import load_dataset
 from hwq.errors import UserError
-from hwq.fileio import cache_dir
+from hwq.fileio import cache_dir, cache_lock, read_json
 from hwq.intrange import act_levels
+from hwq.names import NAME_EXPECTED, is_name
 
 from . import DATA_SPLITS, TESTBENCHES
 from .harness import build_harness, design_sources, run_harness
@@ -66,16 +68,35 @@ def _public_ports_vlt(path, top):
     return path
 
 
+_FILE_NAME = re.compile(r"(mem/)?[A-Za-z0-9_][A-Za-z0-9_.]*")  # what emit writes: top.v, fc1.v, mem/<path>.hex
+
+
+def _check_rtl_info(path, info):
+    """The fields of rtl.json that become file names, module names or tool arguments: names only, never
+    paths out of the folder or script text (an RTL folder is code, but its JSON should not be a way in)."""
+    if not isinstance(info, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(info).__name__}")
+    if not is_name(info.get("top")):
+        raise UserError(f"{path}: field 'top': expected {NAME_EXPECTED}, found {info.get('top')!r}")
+    layers = info.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(la, dict) and is_name(la.get("name")) for la in layers):
+        raise UserError(f"{path}: field 'layers': expected a list of layers whose names are {NAME_EXPECTED}")
+    for key in ("files", "memory_files"):
+        files = info.get(key, [])
+        bad = [f for f in files if not isinstance(f, str) or not _FILE_NAME.fullmatch(f) or ".." in f] \
+            if isinstance(files, list) else [files]
+        if bad:
+            raise UserError(f"{path}: field '{key}': {bad[0]!r} is not a file name in the RTL folder")
+
+
 def load_rtl(rtl_dir):
     """Read ``rtl.json`` and check that the files it lists (Verilog, memory contents) are there."""
     rtl_dir = Path(rtl_dir)
     info_path = rtl_dir / "rtl.json"
     if not info_path.is_file() or not (rtl_dir / "top.v").is_file():
         raise UserError(f"{rtl_dir}: no top.v/rtl.json here; make them with `hwq rtl IR --out {rtl_dir}`")
-    try:
-        info = json.loads(info_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{info_path}: not valid JSON (line {exc.lineno})") from None
+    info = read_json(info_path)
+    _check_rtl_info(info_path, info)
     missing = [f for f in (*info.get("files", ()), *info.get("memory_files", ())) if not (rtl_dir / f).is_file()]
     if missing:
         raise UserError(f"{info_path}: field 'files': {', '.join(missing)} missing from {rtl_dir}; "
@@ -94,6 +115,11 @@ def build(rtl_dir, info, *, waves=False):
     args = [*BUILD_ARGS, "--trace"] if waves else BUILD_ARGS
     key = hashlib.sha256(data + repr((top, args, BUILD_RECIPE)).encode()).hexdigest()[:16]
     build_dir = cache_dir("verilator") / key
+    with cache_lock(build_dir):
+        return _build_locked(build_dir, top, sources, args, waves)
+
+
+def _build_locked(build_dir, top, sources, args, waves):
     marker = build_dir / ".hwq-built"
     if marker.is_file():
         return build_dir, True

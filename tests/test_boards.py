@@ -35,10 +35,21 @@ def _bundled(name):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda b: b.pop("lut"), "field 'lut' is missing"),
-    (lambda b: b.update(ff=-1), "field 'ff': expected a non-negative integer, found -1"),
+    (lambda b: b.update(ff=-1), "field 'ff': expected a positive integer, found -1"),
+    (lambda b: b.update(dsp=-1), "field 'dsp': expected a non-negative integer, found -1"),
+    (lambda b: b.update(bram_bits=0), "field 'bram_bits': expected a positive integer, found 0"),
     (lambda b: b.update(family="virtex2"), "field 'family': expected one of ice40, ecp5, xilinx7, found 'virtex2'"),
     (lambda b: b.update(clock_mhz=0), "field 'clock_mhz': expected a positive number (MHz), found 0"),
-    (lambda b: b.update(yosys_synth="synth_ecp5"), "field 'yosys_synth': expected a command starting with synth_ice40"),
+    (lambda b: b.update(yosys_synth="synth_ecp5"), "field 'yosys_synth': expected synth_ice40 followed by options"),
+    # what once ran a shell command during `hwq synth`: only whitelisted options reach yosys
+    (lambda b: b.update(yosys_synth="synth_ice40 -run :begin ; exec -- touch M ; synth_ice40"),
+     "field 'yosys_synth': option '-run' is not allowed"),
+    (lambda b: b.update(yosys_synth="synth_ice40 -dsp;tee -o x stat"), "option '-dsp;tee' is not allowed"),
+    (lambda b: b.update(yosys_synth="synth_ice40 -device xx"), "-device takes one of hx, lp, u, found 'xx'"),
+    (lambda b: b.update(pnr={"tool": "nextpnr-ice40", "args": ["--up5k", "--pre-pack", "evil.py"]}),
+     "field 'pnr.args': '--pre-pack' is not allowed here"),
+    (lambda b: b.update(pnr={"tool": "nextpnr-ice40", "args": ["--package", "../x"]}),
+     "field 'pnr.args': '--package' is not allowed here"),
     (lambda b: b.update(pnr={"tool": "nextpnr-ecp5", "args": []}), "field 'pnr': expected {tool: nextpnr-ice40"),
     (lambda b: b.update(bram="lots"), "field 'bram': expected a non-negative integer, found 'lots'"),
 ])
@@ -48,6 +59,13 @@ def test_bad_board_files_are_one_line(tmp_path, edit, message):
         load_board(path)
     text = str(exc.value)
     assert message in text and str(path) in text and "\n" not in text
+
+
+def test_board_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "board.yaml"
+    path.write_bytes(_bundled("ice40-up5k").read_bytes() + b"# \xff\xfe\n")
+    with pytest.raises(UserError, match=r"board.yaml: not UTF-8 text \(byte \d+\)$"):
+        load_board(path)
 
 
 def test_user_board_file_and_missing_file(tmp_path):

@@ -78,14 +78,14 @@ def test_yosys_synthesizes_the_verilog(small_design, tmp_path):
     import shutil
     import subprocess
 
-    from boards.synth import read_verilog
+    from boards.synth import stage_sources
 
     if shutil.which("yosys") is None:
         pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
     _, rtl, _ = small_design
     stat = tmp_path / "stat.txt"
-    script = f"{read_verilog(verilog_sources(rtl))}; synth_ice40 -top hwq_top; tee -q -o {stat} stat"
-    proc = subprocess.run(["yosys", "-q", "-p", script], capture_output=True, text=True, timeout=600)
+    script = f"{stage_sources(verilog_sources(rtl), tmp_path)}; synth_ice40 -top hwq_top; tee -q -o stat.txt stat"
+    proc = subprocess.run(["yosys", "-q", "-p", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "SB_LUT4" in stat.read_text()
 

@@ -1,0 +1,240 @@
+"""Untrusted files stay data, and outputs never destroy what a user had: each test reproduces an attack or a
+fault that once worked (issue 22) and checks that it now ends in a one-line error, or recovers."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from hwq.cli import main
+from hwq.fileio import cache_dir, read_cache, write_cache
+from hwq.ir import OUTPUT_MARKER, save_ir
+
+from .conftest import random_ir
+
+
+def _one_line_error(capsys, code, *parts):
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for part in parts:
+        assert part in err, err
+    return err
+
+
+@pytest.fixture
+def ir_dir(tmp_path):
+    ir = random_ir(np.random.default_rng(3), [12, 6, 4], [3, 2], [4, 2])
+    save_ir(ir, tmp_path / "ir")
+    return tmp_path / "ir"
+
+
+def _rename_layer(ir_dir, new):
+    path = ir_dir / "manifest.yaml"
+    m = yaml.safe_load(path.read_text())
+    m["layers"][0]["name"] = new
+    path.write_text(yaml.safe_dump(m))
+
+
+@pytest.mark.parametrize("name", ["../../evil", "fc 1", "fc;1", 'fc"1', "1fc", "input", "x" * 65, "fc1/../x"])
+def test_layer_names_are_identifiers(tmp_path, ir_dir, capsys, name):
+    """An IR layer named ``../../evil`` once made `hwq rtl` write ``evil.v`` outside --out; names with a
+    space, ``;`` or a quote crashed or broke the Verilog."""
+    _rename_layer(ir_dir, name)
+    out = tmp_path / "a" / "b" / "rtl"
+    code = main(["rtl", str(ir_dir), "--out", str(out)])
+    _one_line_error(capsys, code, "manifest.yaml", "field 'name'", "a name of ASCII letters")
+    assert not (tmp_path / "a").exists() and not list(tmp_path.rglob("evil*"))
+
+
+def test_duplicate_layer_names_are_refused(ir_dir, tmp_path, capsys):
+    path = ir_dir / "manifest.yaml"
+    m = yaml.safe_load(path.read_text())
+    m["layers"][1]["name"] = m["layers"][0]["name"]
+    m["layers"][1].pop("inputs", None)
+    path.write_text(yaml.safe_dump(m))
+    code = main(["estimate", str(ir_dir)])
+    _one_line_error(capsys, code, "manifest.yaml", "unique layer names")
+
+
+def test_rtl_json_cannot_inject_into_yosys_or_leave_the_folder(ir_dir, tmp_path, capsys, monkeypatch):
+    """Layer names from rtl.json once went into the yosys script (``setattr ... keep_hierarchy``)."""
+    monkeypatch.chdir(tmp_path)
+    rtl = tmp_path / "rtl"
+    assert main(["rtl", str(ir_dir), "--out", str(rtl)]) == 0
+    capsys.readouterr()
+    info_path = rtl / "rtl.json"
+    good = json.loads(info_path.read_text())
+    for edit, part in [
+        (lambda i: i["layers"][0].update(name="l0; exec -- touch M;"), "field 'layers'"),
+        (lambda i: i.update(top="hwq_top; exec -- touch M"), "field 'top'"),
+        (lambda i: i["files"].append("../../outside.v"), "field 'files'"),
+        (lambda i: i["memory_files"].append("/etc/passwd"), "field 'memory_files'"),
+    ]:
+        info = json.loads(json.dumps(good))
+        edit(info)
+        info_path.write_text(json.dumps(info))
+        code = main(["synth", str(rtl)])
+        _one_line_error(capsys, code, "rtl.json", part)
+        assert not (tmp_path / "M").exists()
+
+
+def test_a_folder_hwq_did_not_write_is_not_replaced_without_force(ir_dir, tmp_path, capsys, monkeypatch):
+    """`hwq rtl --out d` and `hwq export --out d` once deleted everything in d."""
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    code = main(["rtl", str(ir_dir), "--out", str(mine)])
+    _one_line_error(capsys, code, "not empty and not written by hwq", "--force")
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir", "mine"]  # no temporary folder left behind
+    # an empty folder is fine, and so is replacing what hwq wrote itself
+    (tmp_path / "empty").mkdir()
+    assert main(["rtl", str(ir_dir), "--out", str(tmp_path / "empty")]) == 0
+    assert (tmp_path / "empty" / OUTPUT_MARKER).is_file()
+    assert main(["rtl", str(ir_dir), "--out", str(tmp_path / "empty")]) == 0
+    # --force replaces it whole
+    assert main(["rtl", str(ir_dir), "--out", str(mine), "--force"]) == 0
+    assert not (mine / "thesis.tex").exists() and (mine / "top.v").is_file()
+
+
+def test_out_dot_is_refused_and_leaves_nothing(ir_dir, tmp_path, capsys, monkeypatch):
+    """`--out .` once crashed and left a ``..old.*`` folder."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / OUTPUT_MARKER).write_text("")  # even a folder hwq wrote is not replaced while it is the current one
+    monkeypatch.chdir(work)
+    code = main(["rtl", str(ir_dir), "--out", "."])
+    _one_line_error(capsys, code, "is the current folder")
+    assert sorted(p.name for p in work.iterdir()) == [OUTPUT_MARKER]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir", "w"]
+
+
+def test_an_interrupted_flow_leaves_no_report_of_an_earlier_run(tmp_path, monkeypatch):
+    """A second flow killed mid-way once left the first flow's report claiming bit-exactness."""
+    import hwq.flow
+
+    out = tmp_path / "flow"
+    out.mkdir()
+    for name in hwq.flow.FLOW_RESULTS:
+        (out / name).write_text('{"bit_exact": {"rtl_vs_golden": true}}')
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hwq.flow, "train", killed)
+    from boards import load_board
+    from hwq.train import TrainConfig
+
+    with pytest.raises(KeyboardInterrupt):
+        hwq.flow.run_flow(out, board=load_board("ice40-up5k"), train_cfg=TrainConfig(), log=lambda m: None,
+                          show_progress=False)
+    assert not any((out / name).exists() for name in hwq.flow.FLOW_RESULTS)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit", "garbage"])
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path, capsys, damage):
+    path = tmp_path / "entry.json"
+    write_cache(path, {"lut": 100, "cells": {"SB_LUT4": 100}})
+    assert read_cache(path) == {"lut": 100, "cells": {"SB_LUT4": 100}}
+    text = path.read_text()
+    if damage == "truncate":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "edit":
+        path.write_text(text.replace("100", "1"))  # a figure changed by hand is not trusted
+    else:
+        path.write_bytes(b"\xff\xfe\x00garbage")
+    assert read_cache(path) is None
+    assert "damaged cache entry; rebuilding it" in capsys.readouterr().err
+    assert not path.exists()
+
+
+def test_an_unwritable_cache_falls_back_with_a_warning(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("HWQ_CACHE", str(blocker / "cache"))
+    path = cache_dir("synth")
+    assert path.is_dir() and not path.is_relative_to(blocker)
+    assert "is not writable; using" in capsys.readouterr().err
+
+
+@pytest.mark.synth
+def test_a_truncated_synthesis_cache_entry_is_rebuilt(ir_dir, tmp_path, monkeypatch):
+    if shutil.which("yosys") is None:
+        pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
+    from boards import load_board
+    from hwq.synth import synth_rtl
+
+    monkeypatch.setenv("HWQ_CACHE", str(tmp_path / "cache"))
+    assert main(["rtl", str(ir_dir), "--out", str(tmp_path / "rtl")]) == 0
+    first = synth_rtl(tmp_path / "rtl", load_board("ice40-up5k"), show_progress=False)
+    (entry,) = (tmp_path / "cache" / "synth").glob("*.json")
+    entry.write_text(entry.read_text()[:40])
+    again = synth_rtl(tmp_path / "rtl", load_board("ice40-up5k"), show_progress=False)
+    assert again["total"] == first["total"] and not again["cached"]
+
+
+def test_exported_onnx_runs_in_qonnx_as_written(ir_dir, tmp_path):
+    """model.onnx once needed the user to run qonnx's InferShapes before execute_onnx would take it."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+
+    from hwq import golden
+    from hwq.ir import load_ir
+    from hwq.qonnx_export import write_qonnx
+
+    ir = load_ir(ir_dir)
+    write_qonnx(ir, tmp_path / "model.onnx")
+    x = np.random.default_rng(0).integers(0, 16, size=(1, *ir.input_shape))
+    out = execute_onnx(ModelWrapper(str(tmp_path / "model.onnx")), {"input": x.astype(np.float32)})["logits"]
+    assert np.array_equal(out.astype(np.int64), golden.run(ir, x.reshape(1, -1)))
+
+
+def _sim_cli(ir_dir, rtl, x_path, cache):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HWQ_CACHE": str(cache)}
+    return subprocess.Popen([sys.executable, "-m", "hwq", "sim", str(ir_dir), str(rtl), "--inputs", str(x_path),
+                             "--out", str(rtl.parent / f"sim-{os.urandom(4).hex()}.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+@pytest.fixture
+def sim_design(ir_dir, tmp_path):
+    rtl = tmp_path / "rtl"
+    assert main(["rtl", str(ir_dir), "--out", str(rtl)]) == 0
+    x = np.random.default_rng(1).integers(0, 16, size=(30, 12))
+    np.save(tmp_path / "x.npy", x)
+    return rtl, tmp_path / "x.npy"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(5))
+def test_two_simultaneous_sims_on_an_empty_cache_both_succeed(ir_dir, sim_design, tmp_path, trial):
+    """Two `hwq sim` of one design on an empty cache once failed with "Verilator build failed" (a
+    check-then-delete without a lock); builds of one key now wait for each other."""
+    rtl, x = sim_design
+    cache = tmp_path / f"cache{trial}"
+    procs = [_sim_cli(ir_dir, rtl, x, cache) for _ in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0 and "bit-exact (30 of 30 samples)" in out, out
+
+
+def test_a_truncated_simulator_binary_is_rebuilt(ir_dir, sim_design, tmp_path, capsys):
+    """A truncated cached simulator once made every later `hwq sim` fail with exit -11."""
+    rtl, x = sim_design
+    cache = tmp_path / "cache"
+    first = _sim_cli(ir_dir, rtl, x, cache)
+    assert first.wait(timeout=600) == 0, first.stdout.read()
+    (exe,) = cache.glob("verilator/tb-*/obj/hwq_sim")
+    exe.write_bytes(exe.read_bytes()[:4096])
+    again = _sim_cli(ir_dir, rtl, x, cache)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0 and "bit-exact (30 of 30 samples)" in out, out
+    assert "damaged cached simulator; rebuilding it" in out
