@@ -6,6 +6,7 @@ per-layer bits used; for SINAREQ with learned bits, the learned ones). Determini
 ``seed`` on a given machine and thread count.
 """
 
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -139,11 +140,22 @@ def resolve_bits(cfg, names, input_bits):
     return w, a
 
 
+def train_threads():
+    """Threads torch trains with: 1 unless ``HWQ_TRAIN_THREADS`` says otherwise. With more threads, torch's
+    parallel reductions add in an order that depends on the thread count, so weights trained on a 2-core
+    and a 4-core machine would differ; with one they are bit-identical."""
+    text = os.environ.get("HWQ_TRAIN_THREADS", "1")
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"HWQ_TRAIN_THREADS: expected a positive integer, found {text!r}")
+    return int(text)
+
+
 def _seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(train_threads())
 
 
 def _net_config(cfg, data):

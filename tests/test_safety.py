@@ -238,3 +238,25 @@ def test_a_truncated_simulator_binary_is_rebuilt(ir_dir, sim_design, tmp_path, c
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0 and "bit-exact (30 of 30 samples)" in out, out
     assert "damaged cached simulator; rebuilding it" in out
+
+
+def test_training_does_not_depend_on_the_thread_count(tmp_path):
+    """`hwq train --seed 0` once gave other weights with OMP_NUM_THREADS=1 than with 2 (parallel reductions
+    add in another order); training now runs on one thread unless HWQ_TRAIN_THREADS says otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    states = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"t{threads}"
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        env.pop("HWQ_TRAIN_THREADS", None)
+        proc = subprocess.run([sys.executable, "-m", "hwq", "train", "--seed", "0", "--epochs-float", "3",
+                               "--epochs-qat", "2", "--out", str(out)], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        states.append(torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"])
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
