@@ -5,6 +5,7 @@ validates every field and tensor and raises :class:`~hwq.errors.UserError` namin
 and the field.
 """
 
+import hashlib
 import io
 import math
 import shutil
@@ -32,8 +33,19 @@ from .intrange import (
 from .names import NAME_EXPECTED, is_name
 from .requant import MAX_SHIFT, PRODUCT_LIMIT, thresholds_of
 
-__all__ = ["IR", "IR_FORMAT", "OUTPUT_MARKER", "Layer", "accumulator_bounds", "atomic_dir", "input_codes", "load_ir",
-           "requant_thresholds", "save_ir"]
+__all__ = [
+    "IR",
+    "IR_FORMAT",
+    "OUTPUT_MARKER",
+    "Layer",
+    "accumulator_bounds",
+    "atomic_dir",
+    "input_codes",
+    "ir_digest",
+    "load_ir",
+    "requant_thresholds",
+    "save_ir",
+]
 
 IR_FORMAT = "hwq-ir/2"
 WEIGHT_OPS = ("linear", "conv2d")
@@ -222,6 +234,17 @@ def atomic_dir(path, *, force=False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def ir_digest(ir):
+    """SHA-256 of what an IR means: its manifest and every tensor's name, dtype, shape and bytes. RTL
+    records it (``rtl.json``'s ``ir_sha256``) so a simulation can tell that it was given another IR."""
+    h = hashlib.sha256(yaml.safe_dump(ir.to_manifest(), sort_keys=True).encode())
+    for name in sorted(ir.tensors):
+        t = np.ascontiguousarray(ir.tensors[name])
+        h.update(f"{name}:{t.dtype.str}:{t.shape}".encode())
+        h.update(t.tobytes())
+    return h.hexdigest()
 
 
 def save_ir(ir, out_dir, *, extra=None, force=False):

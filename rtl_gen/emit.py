@@ -6,6 +6,7 @@ loaded with ``$readmemh``) and ``rtl.json`` (every engine's parameters, the file
 runs there (``hwq sim`` does). :func:`verilog_sources` lists the Verilog files in reading order.
 """
 
+import hashlib
 import re
 import time
 from dataclasses import asdict
@@ -14,7 +15,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from hwq.fileio import read_json, write_json
-from hwq.ir import atomic_dir
+from hwq.ir import atomic_dir, ir_digest
 from hwq.names import inside
 
 from .add import AddPlan
@@ -172,6 +173,9 @@ def generate_rtl(ir, board, out_dir, *, fold=None, lut_budget=None, folding=None
     info = describe(plan, ir, board, folding)
     files = split_verilog(text, [s.layer.name for s in plan.stages])
     info["memory_files"] = sorted(f for f in files if f.startswith(f"{MEM_DIR}/"))
+    # provenance: the IR it came from, and every file's contents (checked by hwq sim and hwq synth)
+    info["ir_sha256"] = ir_digest(ir)
+    info["file_sha256"] = {f: hashlib.sha256(files[f].encode()).hexdigest() for f in sorted(files)}
     info["seconds"] = round(time.perf_counter() - t0, 3)
     with atomic_dir(out_dir, force=force) as tmp:
         Path(tmp, MEM_DIR).mkdir()

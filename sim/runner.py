@@ -24,8 +24,9 @@ import numpy as np
 from hwq import golden
 from hwq.data import load_dataset
 from hwq.errors import UserError
-from hwq.fileio import cache_dir, cache_lock, read_json
+from hwq.fileio import cache_dir, cache_lock, file_digest, read_json
 from hwq.intrange import act_levels
+from hwq.ir import ir_digest
 from hwq.names import NAME_EXPECTED, is_name
 
 from . import DATA_SPLITS, TESTBENCHES
@@ -89,8 +90,10 @@ def _check_rtl_info(path, info):
             raise UserError(f"{path}: field '{key}': {bad[0]!r} is not a file name in the RTL folder")
 
 
-def load_rtl(rtl_dir):
-    """Read ``rtl.json`` and check that the files it lists (Verilog, memory contents) are there."""
+def load_rtl(rtl_dir, ir=None):
+    """Read ``rtl.json`` and check that the files it lists (Verilog, memory contents) are there and
+    unchanged (``file_sha256``), and, given the ``ir`` it is to be checked against, that it was generated
+    from that IR (``ir_sha256``). Folders written before hwq recorded these are not checked."""
     rtl_dir = Path(rtl_dir)
     info_path = rtl_dir / "rtl.json"
     if not info_path.is_file() or not (rtl_dir / "top.v").is_file():
@@ -101,6 +104,18 @@ def load_rtl(rtl_dir):
     if missing:
         raise UserError(f"{info_path}: field 'files': {', '.join(missing)} missing from {rtl_dir}; "
                         f"regenerate it with `hwq rtl IR --out {rtl_dir}`")
+    sums = info.get("file_sha256", {})
+    if not isinstance(sums, dict):
+        raise UserError(f"{info_path}: field 'file_sha256': expected a mapping of file names to SHA-256 sums")
+    for name, digest in sums.items():
+        if name not in (*info.get("files", ()), *info.get("memory_files", ())):
+            raise UserError(f"{info_path}: field 'file_sha256': {name!r} is not one of the folder's files")
+        if file_digest(rtl_dir / name) != digest:
+            raise UserError(f"{rtl_dir / name}: changed since `hwq rtl` wrote it (its SHA-256 differs from "
+                            f"rtl.json's); regenerate the folder with `hwq rtl IR --out {rtl_dir}`")
+    if ir is not None and info.get("ir_sha256") not in (None, ir_digest(ir)):
+        raise UserError(f"{rtl_dir}: generated from another IR (rtl.json's ir_sha256 differs from this IR's); "
+                        f"give the IR it was made from, or regenerate it with `hwq rtl IR --out {rtl_dir}`")
     return info
 
 
@@ -287,7 +302,7 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
         raise UserError(f"--backpressure must be in [0, 1), not {backpressure}")
     if testbench not in TESTBENCHES:
         raise UserError(f"testbench must be one of {', '.join(TESTBENCHES)}, not {testbench!r}")
-    info = load_rtl(rtl_dir)
+    info = load_rtl(rtl_dir, ir)
     split = None  # the dataset split, when the inputs come from the dataset
     if inputs is None:
         inputs, labels = select_inputs(ir, samples, data)

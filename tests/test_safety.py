@@ -260,3 +260,21 @@ def test_training_does_not_depend_on_the_thread_count(tmp_path):
         states.append(torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"])
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_rtl_records_where_it_came_from(ir_dir, sim_design, tmp_path, capsys):
+    """`hwq sim cnn/ir mlp/rtl` was once reported as an RTL mismatch, and a truncated or non-hex memory
+    file passed the folder check; rtl.json now records the IR's and every file's SHA-256."""
+    rtl, x = sim_design
+    other = random_ir(np.random.default_rng(4), [12, 6, 4], [3, 2], [4, 2])
+    save_ir(other, tmp_path / "other-ir")
+    code = main(["sim", str(tmp_path / "other-ir"), str(rtl), "--inputs", str(x)])
+    _one_line_error(capsys, code, "generated from another IR")
+    hexfile = sorted((rtl / "mem").glob("*.hex"))[0]
+    good = hexfile.read_text()
+    for damage in (good[: len(good) // 2], good.replace("0", "g", 1) if "0" in good else "zz\n"):
+        hexfile.write_text(damage)
+        code = main(["sim", str(ir_dir), str(rtl), "--inputs", str(x)])
+        _one_line_error(capsys, code, hexfile.name, "changed since `hwq rtl` wrote it")
+        code = main(["synth", str(rtl)])
+        _one_line_error(capsys, code, hexfile.name, "changed since `hwq rtl` wrote it")
