@@ -218,7 +218,13 @@ def cmd_rtl(args):
 
     board = load_board(args.board)
     ir = load_ir(args.ir)
-    info = generate_rtl(ir, board, args.out, **_folding(args), force=args.force)
+    import math
+
+    from .progress import status
+
+    n = sum(math.prod(la.weight_shape()) for la in ir.layers if la.weights)
+    with status(f"choosing the folding and generating Verilog for {n:,} weights", enabled=n > 100_000):
+        info = generate_rtl(ir, board, args.out, **_folding(args), force=args.force)
     arrays = ", ".join(f"{la['name']} {la['engine']} {la['array'][0]}x{la['array'][1]}"
                        + (" on DSPs" if la.get("dsp") else "")
                        for la in info["layers"] if la["stage"] is not None)

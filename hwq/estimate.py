@@ -15,6 +15,8 @@ from rtl_gen.folding import choose_folding
 from rtl_gen.plan import as_folding, network_plan
 from rtl_gen.top import stage_bram_blocks
 
+from .ir import check_size
+
 __all__ = ["estimate"]
 
 
@@ -23,6 +25,7 @@ def estimate(ir, board, *, fold=None, lut_budget=None, folding=None):
     with the folding ``hwq rtl`` would choose (or ``folding``: a Folding, rtl.json's ``folding`` or widths)."""
     from boards.model import cells
 
+    check_size(ir)
     folding = as_folding(folding) if folding else choose_folding(ir, board, lut_budget=lut_budget, fold=fold)
     plan = network_plan(ir, folding)
     by_name = {s.layer.name: s for s in plan.stages}

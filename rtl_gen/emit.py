@@ -15,7 +15,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from hwq.fileio import read_json, write_json
-from hwq.ir import atomic_dir, ir_digest
+from hwq.ir import atomic_dir, check_size, ir_digest
 from hwq.names import inside
 
 from .add import AddPlan
@@ -165,6 +165,7 @@ def generate_rtl(ir, board, out_dir, *, fold=None, lut_budget=None, folding=None
     write the Verilog, memory files and ``rtl.json`` into ``out_dir`` (replacing it whole); return the
     rtl.json dict. ``force``: replace a non-empty folder that hwq did not write (:func:`hwq.ir.atomic_dir`)."""
     t0 = time.perf_counter()
+    check_size(ir)
     folding = as_folding(folding) if folding else choose_folding(ir, board, lut_budget=lut_budget, fold=fold)
     plan = network_plan(ir, folding)
     check_folding(plan, board)

@@ -278,3 +278,22 @@ def test_rtl_records_where_it_came_from(ir_dir, sim_design, tmp_path, capsys):
         _one_line_error(capsys, code, hexfile.name, "changed since `hwq rtl` wrote it")
         code = main(["synth", str(rtl)])
         _one_line_error(capsys, code, hexfile.name, "changed since `hwq rtl` wrote it")
+
+
+def test_a_network_over_the_size_limit_is_refused_before_any_work(tmp_path, capsys):
+    """An IR with a 4096 x 4096 linear layer: `hwq estimate` once said it fits, then `hwq rtl` ran past
+    120 s and 4.9 GB. Both now refuse it at once (the IR is checked before folding or generation)."""
+    from boards.calibrate import network_ir, random_layer
+
+    rng = np.random.default_rng(0)
+    l0, t0 = random_layer(rng, "l0", 4096, 4096, 1, 1, 1, in_signed=True, out_signed=True)
+    l1, t1 = random_layer(rng, "l1", 4096, 10, 1, 1, None, in_signed=True)
+    from dataclasses import replace
+
+    ir = replace(network_ir([l0, l1], {**t0, **t1}, input_bits=1), input_signed=True)
+    save_ir(ir, tmp_path / "ir")
+    for argv in (["estimate", str(tmp_path / "ir"), "--board", "xc7a100t"],
+                 ["rtl", str(tmp_path / "ir"), "--board", "xc7a100t", "--out", str(tmp_path / "rtl")]):
+        code = main(argv)
+        _one_line_error(capsys, code, "16,818,176 weights", "up to 4,000,000")
+    assert not (tmp_path / "rtl").exists()
