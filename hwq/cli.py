@@ -1,6 +1,7 @@
 """The ``hwq`` command line. Every command prints what it wrote; bad input exits 2 with one line."""
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -563,6 +564,7 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args) or 0
     except UserError as exc:
@@ -571,6 +573,21 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("hwq: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("hwq: terminated", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised as an exception so that cleanup runs on the way out: temporary folders are removed
+    and tool subprocesses (yosys, Verilator, nextpnr: ``subprocess.run`` kills its child when interrupted)
+    end with hwq."""
+
+
+def _terminated(signum, frame):
+    raise _Terminated
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ fault that once worked (issue 22) and checks that it now ends in a one-line erro
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,3 +298,40 @@ def test_a_network_over_the_size_limit_is_refused_before_any_work(tmp_path, caps
         code = main(argv)
         _one_line_error(capsys, code, "16,818,176 weights", "up to 4,000,000")
     assert not (tmp_path / "rtl").exists()
+
+
+@pytest.mark.synth
+def test_a_terminated_synthesis_leaves_no_folder_or_process_behind(tmp_path):
+    """A killed `hwq synth` once left its temporary synthesis folder behind (and yosys running)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if shutil.which("yosys") is None:
+        pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
+    ir = random_ir(np.random.default_rng(2), [256, 64, 10], [4, 4], [4, 4])
+    save_ir(ir, tmp_path / "ir")
+    assert main(["rtl", str(tmp_path / "ir"), "--board", "xc7a35t", "--out", str(tmp_path / "rtl")]) == 0
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "HWQ_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "hwq", "synth", str(tmp_path / "rtl"), "--board", "xc7a35t"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp.glob("hwq-synth-*/src0.v")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "synthesis ended before it could be terminated"
+    time.sleep(1.0)  # yosys is running now
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "hwq: terminated" in err, err
+    assert not list(tmp.iterdir())
+
+    def cwd(proc_dir):
+        try:
+            return os.readlink(proc_dir / "cwd")
+        except OSError:  # the process ended meanwhile
+            return ""
+    assert not [p.name for p in Path("/proc").glob("[0-9]*") if str(tmp) in cwd(p)]  # yosys ended with hwq
