@@ -7,6 +7,7 @@ the Verilog and the script in ``$HWQ_CACHE/synth`` (default ``~/.cache/hwq/synth
 import functools
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,8 +21,8 @@ from hwq.names import NAME_EXPECTED, is_name
 
 from . import RESOURCES
 
-__all__ = ["CELL_KINDS", "check_module_names", "count_resources", "stage_sources", "synthesize", "verilog_inputs",
-           "yosys_version"]
+__all__ = ["CELL_KINDS", "check_module_names", "count_resources", "stage_sources", "synthesize", "tool_env",
+           "verilog_inputs", "yosys_version"]
 
 # cell type -> (resource kind, how many of it one cell is)
 CELL_KINDS = {
@@ -114,6 +115,22 @@ def stage_sources(sources, work):
     return "read_verilog " + " ".join(names)
 
 
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_/.+-]+")
+
+
+def tool_env():
+    """The environment for yosys and nextpnr, with a temporary folder whose path they can handle: yosys
+    pastes ``$TMPDIR`` unquoted into ABC's command line, so a space or ``;`` there breaks synthesis."""
+    tmp = tempfile.gettempdir()
+    if _SAFE_PATH.fullmatch(tmp):
+        return None  # inherit
+    for cand in ("/tmp", "/var/tmp"):
+        if os.path.isdir(cand) and os.access(cand, os.W_OK | os.X_OK):
+            return {**os.environ, "TMPDIR": cand}
+    raise UserError(f"TMPDIR {tmp!r}: yosys cannot work in a folder whose path has spaces or symbols; set "
+                    f"TMPDIR to a path of letters, digits and / _ . + -")
+
+
 def check_module_names(names, where):
     """Module names that go into a yosys script: identifiers, possibly dotted (``hwq_top.fc1``)."""
     for name in names:
@@ -141,13 +158,14 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
     if result is not None:
         result["cached"] = True
         return result
-    with tempfile.TemporaryDirectory(prefix="hwq-synth-") as work:
+    env = tool_env()
+    with tempfile.TemporaryDirectory(prefix="hwq-synth-", dir=env and env["TMPDIR"]) as work:
         stat = Path(work, "stat.json")
         script = f"{stage_sources(sources, work)}; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o stat.json stat -json"
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
-                                  check=False, cwd=work)
+                                  check=False, cwd=work, env=env)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"yosys took longer than {timeout} s on {sources[0]}") from None
         seconds = time.perf_counter() - t0

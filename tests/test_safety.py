@@ -335,3 +335,23 @@ def test_a_terminated_synthesis_leaves_no_folder_or_process_behind(tmp_path):
         except OSError:  # the process ended meanwhile
             return ""
     assert not [p.name for p in Path("/proc").glob("[0-9]*") if str(tmp) in cwd(p)]  # yosys ended with hwq
+
+
+@pytest.mark.synth
+def test_a_temporary_folder_with_a_space_does_not_break_synthesis(ir_dir, tmp_path, monkeypatch):
+    """yosys pastes $TMPDIR unquoted into ABC's command line; a TMPDIR with a space once broke `hwq synth`."""
+    import tempfile
+
+    if shutil.which("yosys") is None:
+        pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
+    from boards import load_board
+    from hwq.synth import synth_rtl
+
+    odd = tmp_path / "with space;and semicolon"
+    odd.mkdir()
+    monkeypatch.setenv("TMPDIR", str(odd))
+    monkeypatch.setattr(tempfile, "tempdir", str(odd))
+    monkeypatch.setenv("HWQ_CACHE", str(tmp_path / "cache"))
+    assert main(["rtl", str(ir_dir), "--out", str(tmp_path / "rtl")]) == 0
+    res = synth_rtl(tmp_path / "rtl", load_board("ice40-up5k"), show_progress=False)
+    assert res["total"]["lut"] > 0 and not res["cached"]
