@@ -12,8 +12,21 @@ import yaml
 
 from .errors import UserError
 
-__all__ = ["atomic_path", "cache_dir", "cache_lock", "file_digest", "read_cache", "read_json", "read_text", "read_yaml", "write_cache", "write_json",
-           "write_text", "write_yaml"]
+__all__ = [
+    "atomic_path",
+    "cache_dir",
+    "cache_lock",
+    "file_digest",
+    "read_cache",
+    "read_json",
+    "read_text",
+    "read_yaml",
+    "umask_mode",
+    "write_cache",
+    "write_json",
+    "write_text",
+    "write_yaml",
+]
 
 
 def cache_dir(kind):
@@ -38,6 +51,15 @@ def cache_dir(kind):
 _WARNED = set()
 
 
+def umask_mode(directory=False):
+    """The mode a new file (or folder) gets from the umask, as ``open`` and ``mkdir`` would give it.
+    Temporary names are created private (0600/0700); outputs are set to this before they are renamed into
+    place, so a colleague can read a report as with any other file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -47,6 +69,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from .errors import UserError
-from .fileio import read_yaml
+from .fileio import read_yaml, umask_mode
 from .golden import accumulator_range
 from .intrange import (
     W_GRIDS,
@@ -226,6 +226,7 @@ def atomic_dir(path, *, force=False):
     try:
         (tmp / OUTPUT_MARKER).write_text("written by hwq; hwq replaces this folder when asked to write here again\n")
         yield tmp
+        tmp.chmod(umask_mode(directory=True))  # mkdtemp made it private
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             path.rename(old / "x")

@@ -355,3 +355,19 @@ def test_a_temporary_folder_with_a_space_does_not_break_synthesis(ir_dir, tmp_pa
     assert main(["rtl", str(ir_dir), "--out", str(tmp_path / "rtl")]) == 0
     res = synth_rtl(tmp_path / "rtl", load_board("ice40-up5k"), show_progress=False)
     assert res["total"]["lut"] > 0 and not res["cached"]
+
+
+def test_outputs_are_readable_by_others_as_the_umask_allows(ir_dir, tmp_path):
+    """Outputs were once written with mode 0600/0700 (the temporary names' modes), so a colleague could not
+    open a report."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert main(["rtl", str(ir_dir), "--out", str(tmp_path / "rtl")]) == 0
+        assert main(["estimate", str(ir_dir), "--out", str(tmp_path / "est.json")]) == 0
+    finally:
+        os.umask(old)
+    for path, mode in [(tmp_path / "rtl", 0o755), (tmp_path / "rtl" / "rtl.json", 0o644), (tmp_path / "est.json", 0o644)]:
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
