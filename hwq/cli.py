@@ -3,6 +3,7 @@
 import argparse
 import signal
 import sys
+import textwrap
 from pathlib import Path
 
 from sim import DATA_SPLITS, TESTBENCHES
@@ -439,6 +440,54 @@ def _print_summary(report):
                   f"fits {report['board']}: {t['fits']}")
 
 
+# Per subcommand: what it reads and writes, and examples (shown by `hwq COMMAND --help`).
+COMMAND_HELP = {
+    "boards": (("Print the bundled boards: family, part, LUTs, flip-flops, block RAMs, DSPs and clock. Reads "
+               "boards/*.yaml; writes nothing. Any command's --board also takes the path of your own board "
+               "YAML (fields as in boards/ice40-up5k.yaml)."),
+               ["hwq boards"]),
+    "train": (("Quantization-aware training: a float warm-up, then the method's QAT at the chosen bits. Reads "
+              "the dataset (bundled or under $HWQ_DATA); writes OUT/checkpoint.pt, OUT/metrics.json and "
+              "OUT/bits.yaml."),
+              ["hwq train --out run", "hwq train --model cnn --method uniq --bits 4/4 --first-last 8 --out run",
+               "hwq train --bits-file my-bits.yaml --out run"]),
+    "export": (("Export a trained run to the integer IR: integer weights, batch-norm folded, requantization as "
+               "thresholds or multiply-shift, accumulator widths proven. Reads RUN; writes OUT/manifest.yaml "
+               "and OUT/tensors.npz (and OUT/model.onnx with --qonnx)."),
+               ["hwq export run --out ir", "hwq export run --out ir --qonnx"]),
+    "golden": (("Run the golden model (numpy integers) of an IR. Reads IR and an .npy of input codes; writes "
+               "the logits (or one layer's output codes) as an int64 .npy."),
+               ["hwq golden ir --inputs x.npy --out logits.npy"]),
+    "rtl": (("Generate Verilog for a board: the folding (channels per cycle), DSP and block-RAM choices that "
+            "fit the LUT budget, one engine per layer in a layer-pipelined top. Reads IR; writes OUT/top.v, "
+            "OUT/<layer>.v, OUT/mem/*.hex and OUT/rtl.json."),
+            ["hwq rtl ir --board ice40-up5k --out rtl", "hwq rtl ir --fold fc1=4x8 --lut-budget 3000 --out rtl"]),
+    "estimate": (("Estimate resources (calibrated against yosys) and cycles (exact) per layer for a board, with "
+                 "the folding hwq rtl would choose. Reads IR; prints a table, and writes JSON with --out."),
+                 ["hwq estimate ir --board xc7a35t", "hwq estimate ir --board ice40-up5k --out est.json"]),
+    "sim": (("Simulate the RTL cycle by cycle with Verilator and compare every output integer with the golden "
+            "model, and every layer's cycle count with the estimate. Reads IR and RTL; writes RTL/sim.json."),
+            ["hwq sim ir rtl --samples 100", "hwq sim ir rtl --layer conv2", "hwq sim ir rtl --inputs x.npy"]),
+    "synth": (("Synthesize the RTL with yosys for its board (resources per layer and in total) and, with --pnr, "
+              "place and route it with nextpnr (Fmax). Reads RTL; writes RTL/synth.json."),
+              ["hwq synth rtl", "hwq synth rtl --pnr"]),
+    "flow": (("Every stage in one run: train, export, check, generate, estimate, simulate (and synthesize with "
+             "--synth, allocate bits with --allocate). Writes OUT/run, OUT/ir, OUT/rtl, OUT/estimate.json, "
+             "OUT/sim.json, OUT/report.json and OUT/report.html."),
+             ["hwq flow --out out/demo", "hwq flow --model cnn --bits 2/2 --first-last 8 --board ecp5-25f --out out/cnn",
+              "hwq flow --model cnn --allocate --min-throughput 5000 --out out/alloc"]),
+}
+
+
+def _describe(sub):
+    for name, parser in sub.choices.items():
+        if name in COMMAND_HELP:
+            text, examples = COMMAND_HELP[name]
+            parser.description = parser.description or textwrap.fill(text, 88)
+            parser.epilog = parser.epilog or "examples:\n" + "\n".join(f"  {e}" for e in examples)
+            parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser():
     parser = _Parser(prog="hwq", description="Quantized neural network in, verified FPGA accelerator out. "
                      "Run `hwq flow --out DIR` for the whole flow on the bundled digits dataset.")
@@ -555,6 +604,7 @@ def build_parser():
                    help="print the chosen bits, the estimate, the uniform baselines and the frontier; train nothing")
     p.add_argument("--out", help="directory for bits.yaml, the retrained run and its IR (default: RUN/allocated)")
     p.set_defaults(func=cmd_allocate)
+    _describe(sub)
     return parser
 
 

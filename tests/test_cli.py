@@ -242,3 +242,13 @@ def test_sim_one_layer_and_the_whole_network_from_the_command_line(trained_ir, t
     assert "bit-exact (20 of 20 samples)" in capsys.readouterr().out
     assert main(["sim", str(ir_dir), str(tmp_path / "rtl"), "--samples", "400"]) == 2
     assert "the digits test split has 360 samples; --data all has 1797" in capsys.readouterr().err
+
+
+def test_every_subcommand_says_what_it_reads_and_writes_with_an_example(capsys):
+    from hwq.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        text = parser.format_help()
+        assert parser.description and len(parser.description) > 60, name
+        assert "example" in text and f"hwq {name}" in text.split("example")[-1], name
