@@ -63,6 +63,7 @@ class Fitter:
     batch_size: int
     generator: torch.Generator
     steps_done: int = field(default=0, init=False)  # over every fit call: short stages still tick per epoch
+    _epoch: list = field(default_factory=lambda: [0.0, 0, 0], init=False)  # loss sum, correct, samples
 
     @property
     def steps_per_epoch(self):
@@ -87,7 +88,12 @@ class Fitter:
         while done < total:
             model.train()
             for xb, yb in self.batches():
-                loss = F.cross_entropy(model(xb), yb)
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                if tick is not None:  # the epoch's running loss and training accuracy, for the progress line
+                    self._epoch[0] += float(loss.detach()) * len(yb)
+                    self._epoch[1] += int((logits.detach().argmax(1) == yb).sum())
+                    self._epoch[2] += len(yb)
                 if extra_loss is not None:
                     loss = loss + extra_loss(done / self.steps_per_epoch)
                 opt.zero_grad()
@@ -99,7 +105,9 @@ class Fitter:
                 done += 1
                 self.steps_done += 1
                 if tick is not None and self.steps_done % self.steps_per_epoch == 0:
-                    tick()
+                    loss_sum, correct, seen = self._epoch
+                    tick(loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
+                    self._epoch[:] = [0.0, 0, 0]
                 if done >= total:
                     break
 

@@ -209,7 +209,7 @@ def train(cfg: TrainConfig, out_dir, *, show_progress=True, float_state=None, da
     t0 = time.perf_counter()
     data = data or load_dataset(cfg.dataset)
     ticks = (0 if float_state else cfg.epochs_float) + cfg.epochs_qat
-    with progress_bar(f"train {cfg.model}/{cfg.method}", total=ticks, enabled=show_progress) as tick:
+    with progress_bar(f"train {cfg.model}/{cfg.method} epoch", total=ticks, enabled=show_progress, lines=True) as tick:
         if float_state is None:
             float_state = pretrain(cfg, data, tick=tick)
         _seed_everything(cfg.seed)

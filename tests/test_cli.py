@@ -252,3 +252,15 @@ def test_every_subcommand_says_what_it_reads_and_writes_with_an_example(capsys):
         text = parser.format_help()
         assert parser.description and len(parser.description) > 60, name
         assert "example" in text and f"hwq {name}" in text.split("example")[-1], name
+
+
+def test_training_prints_a_line_per_epoch_when_not_on_a_terminal(tmp_path):
+    """In a pipe, a CI log or a notebook (`!hwq flow`), nothing was printed until training ended."""
+    import re
+
+    proc = subprocess.run([sys.executable, "-m", "hwq", "train", "--epochs-float", "2", "--epochs-qat", "3", "--out",
+                           str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "epoch:" in ln]
+    assert [int(re.search(r"epoch: (\d+)/5", ln).group(1)) for ln in lines] == [1, 2, 3, 4, 5]
+    assert all(re.search(r"loss \d+\.\d{4}  acc \d\.\d{4}", ln) for ln in lines), lines
