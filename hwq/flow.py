@@ -2,7 +2,9 @@
 
 import html
 import json
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,13 @@ from boards import RESOURCES
 
 from . import golden
 from .data import load_dataset
+from .errors import UserError
 from .estimate import estimate
 from .export import export_model, export_run, multiply_shift_params
 from .fileio import write_json, write_text
 from .train import TrainConfig, load_run, train
 
-__all__ = ["REPORT_FORMAT", "check_model_integer", "check_torch_integer", "run_flow"]
+__all__ = ["REPORT_FORMAT", "check_fits_first", "check_model_integer", "check_torch_integer", "run_flow"]
 
 REPORT_FORMAT = "hwq-report/1"
 FLOW_RESULTS = ("report.json", "report.html", "sim.json", "estimate.json")  # synthesis writes into rtl/
@@ -80,6 +83,57 @@ def _report_layers(ir, rtl_info, est, sim, syn):
     return rows
 
 
+def _untrained_ir(cfg, data):
+    """The IR of ``cfg``'s network with untrained weights (quantizers initialised, no epochs): its shapes,
+    bits and accumulator widths are the trained network's, which is what fitting a board depends on."""
+    with tempfile.TemporaryDirectory(prefix="hwq-fitcheck-") as tmp:
+        train(replace(cfg, epochs_float=0, epochs_qat=0, sinareq_learn_bits=False), Path(tmp) / "run",
+              show_progress=False, data=data)
+        model, _ = load_run(Path(tmp) / "run")
+    return export_model(model, dataset=cfg.dataset, method=cfg.method)
+
+
+def check_fits_first(cfg, board, *, lut_budget=None, fold=None):
+    """Before training: refuse a network that no folding fits on ``board`` (the same search ``hwq rtl`` runs,
+    on the untrained network), naming the boards it fits and the uniform bits that fit this board."""
+    from boards import known_boards, load_board
+    from rtl_gen.folding import choose_folding
+
+    data = load_dataset(cfg.dataset)
+    ir = _untrained_ir(cfg, data)
+    try:
+        choose_folding(ir, board, lut_budget=lut_budget, fold=fold)
+        return
+    except UserError as exc:
+        reason = str(exc)
+    fits_on = []
+    for name in known_boards():
+        other = load_board(name)
+        if other.name != board.name and other.family in ("ice40", "ecp5", "xilinx7"):
+            try:
+                choose_folding(ir, other, fold=fold)
+                fits_on.append((other.lut, name))
+            except UserError:
+                pass
+    bits = None
+    if cfg.bits_file is None and cfg.w_bits == cfg.a_bits:
+        for b in range(cfg.w_bits - 1, 0, -1):
+            try:
+                choose_folding(_untrained_ir(replace(cfg, w_bits=b, a_bits=b), data), board, lut_budget=lut_budget,
+                               fold=fold)
+                bits = b
+                break
+            except UserError:
+                continue
+    hints = ["raise --lut-budget"] if lut_budget is not None else []
+    if bits is not None:
+        hints.append(f"--bits {bits}/{bits} fits {board.name}")
+    if fits_on:
+        hints.append(f"at these bits it fits {', '.join(n for _, n in sorted(fits_on)[:3])}")
+    hints.append("or try --allocate to choose each layer's bits for this board")
+    raise UserError(f"checked before training: {reason.split(': raise')[0]}; {'; '.join(hints)}")
+
+
 def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None, lut_budget=None,
              synth=False, log=print, show_progress=True, allocate_options=None, force=False):
     """Run every stage into ``out_dir``; return the report dict (also written to report.json).
@@ -97,6 +151,8 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     timings = {}
     for name in FLOW_RESULTS:
         (out / name).unlink(missing_ok=True)
+    if allocate_options is None:
+        check_fits_first(train_cfg, board, lut_budget=lut_budget, fold=fold)
 
     t = time.perf_counter()
     metrics = train(train_cfg, out / "run", show_progress=show_progress)

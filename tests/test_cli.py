@@ -264,3 +264,13 @@ def test_training_prints_a_line_per_epoch_when_not_on_a_terminal(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if "epoch:" in ln]
     assert [int(re.search(r"epoch: (\d+)/5", ln).group(1)) for ln in lines] == [1, 2, 3, 4, 5]
     assert all(re.search(r"loss \d+\.\d{4}  acc \d\.\d{4}", ln) for ln in lines), lines
+
+
+def test_a_network_that_cannot_fit_is_refused_before_training(tmp_path, capsys):
+    """A network too large for the board once failed only after training had finished."""
+    code = main(["flow", "--bits", "6/6", "--lut-budget", "150", "--out", str(tmp_path / "f")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "checked before training: no folding of this network fits ice40-up5k within 150 LUTs" in err[0]
+    assert "raise --lut-budget" in err[0] and "it fits ice40-hx8k" in err[0]
+    assert not (tmp_path / "f" / "run").exists()  # nothing was trained
