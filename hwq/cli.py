@@ -342,7 +342,7 @@ def cmd_flow(args):
                       synth=args.synth, log=lambda msg: print(msg, file=sys.stderr),
                       allocate_options=_allocate_options(args) if args.allocate else None, force=args.force)
     _print_summary(report)
-    print(f"wrote {Path(args.out) / 'report.json'} and report.html")
+    print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.html'} (open it in a browser)")
     ok = report["bit_exact"]["rtl_vs_golden"] and report["bit_exact"]["golden_vs_torch_integer"]
     return 0 if ok else 1
 
@@ -580,6 +580,9 @@ def build_parser():
     p.add_argument("--out", required=True, help="directory to write everything into")
     p.add_argument("--force", action="store_true",
                    help="replace OUT/ir and OUT/rtl even if they are not empty and were not written by hwq")
+    p.add_argument("--config", metavar="FLOW.yaml",
+                   help="take options from a YAML file (keys are the option names: `model: cnn`, `bits: 2/2`, "
+                        "`synth: true`); options on the command line override it; examples in examples/")
     p.set_defaults(func=cmd_flow)
 
     p = sub.add_parser(
@@ -608,8 +611,60 @@ def build_parser():
     return parser
 
 
+def _config_argv(argv, parser):
+    """``hwq flow --config FLOW.yaml ...``: the file's options as command-line words, placed before the
+    command line's own (which therefore win); checked with the same one-line errors."""
+    if not argv or argv[0] != "flow":
+        return argv
+    rest, path = [], None
+    k = 1
+    while k < len(argv):
+        if argv[k] == "--config" and k + 1 < len(argv):
+            path, k = argv[k + 1], k + 2
+        elif argv[k].startswith("--config="):
+            path, k = argv[k].split("=", 1)[1], k + 1
+        else:
+            rest.append(argv[k])
+            k += 1
+    if path is None:
+        return argv
+    from .fileio import read_yaml
+
+    if not Path(path).is_file():
+        raise UserError(f"{path}: config file not found")
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of flow options (e.g. `model: cnn`), found {type(raw).__name__}")
+    flow = next(a for a in parser._actions if a.dest == "command").choices["flow"]
+    actions = {s: a for a in flow._actions for s in a.option_strings}
+    words = []
+    for key, value in raw.items():
+        flag = "--" + str(key).replace("_", "-")
+        action = actions.get(flag)
+        if action is None or flag in ("--config", "--help"):
+            known = sorted(s[2:] for s in actions if s.startswith("--") and s not in ("--config", "--help"))
+            raise UserError(f"{path}: unknown option {key!r}; flow options: {', '.join(known)}")
+        if action.nargs == 0:  # a switch
+            if not isinstance(value, bool):
+                raise UserError(f"{path}: option {key!r}: expected true or false, found {value!r}")
+            words += [flag] if value else []
+        elif isinstance(value, list):
+            words += [w for v in value for w in (flag, str(v))]  # e.g. fold: [conv1=4x8, conv2=8x8]
+        elif value is None or isinstance(value, dict):
+            raise UserError(f"{path}: option {key!r}: expected a value, found {value!r}")
+        else:
+            words += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
+    return ["flow", *words, *rest]
+
+
 def main(argv=None):
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = _config_argv(argv, parser)
+    except UserError as exc:
+        print(f"hwq: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

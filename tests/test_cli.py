@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -274,3 +275,38 @@ def test_a_network_that_cannot_fit_is_refused_before_training(tmp_path, capsys):
     assert "checked before training: no folding of this network fits ice40-up5k within 150 LUTs" in err[0]
     assert "raise --lut-budget" in err[0] and "it fits ice40-hx8k" in err[0]
     assert not (tmp_path / "f" / "run").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("content, message", [
+    ("modle: cnn\n", "flow.yaml: unknown option 'modle'; flow options: "),
+    ("synth: yes please\n", "flow.yaml: option 'synth': expected true or false, found 'yes please'"),
+    ("- model\n", "flow.yaml: expected a mapping of flow options"),
+    ("bits: 9/2\n", "argument --bits"),
+    ("model: [\n", "flow.yaml: not valid YAML"),
+])
+def test_bad_flow_config_is_one_line(tmp_path, capsys, content, message):
+    (tmp_path / "flow.yaml").write_text(content)
+    try:
+        code = main(["flow", "--config", str(tmp_path / "flow.yaml"), "--out", str(tmp_path / "o")])
+    except SystemExit as exc:  # argparse's own check of a value, as on the command line
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", [pytest.param(e, marks=pytest.mark.slow) if "allocated" in e.name or "ecp5" in e.name
+                                     else e for e in EXAMPLES], ids=[e.stem for e in EXAMPLES])
+def test_each_example_config_runs(tmp_path, example, capsys):
+    """examples/*.yaml through `hwq flow --config` with few epochs (the command line overrides the file)."""
+    code = main(["flow", "--config", str(example), "--epochs-float", "1", "--epochs-qat", "1", "--samples", "40",
+                 "--out", str(tmp_path / "o")])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["bit_exact"]["rtl_vs_golden"]
+    import yaml
+
+    cfg = yaml.safe_load(example.read_text())
+    assert report["board"] == cfg["board"] and report["model"] == cfg["model"]
