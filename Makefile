@@ -7,7 +7,7 @@ TORCH  := torch==2.13.0
 DEMO_OUT ?= out/demo
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-all bench lint clean yosys
+.PHONY: install demo test test-all bench lint clean yosys chromium
 
 install: $(STAMP) yosys
 
@@ -32,13 +32,22 @@ yosys:
 		|| echo "hwq: could not install yosys; synthesis checks will be skipped"; \
 	else echo "hwq: yosys not found; for synthesis run: sudo apt-get install -y yosys"; fi
 
+# Headless Chromium renders report.html in a test of `make test-all` (not needed otherwise).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "hwq: installing chromium (apt-get) for the report test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+		|| echo "hwq: could not install chromium; the report screenshot test will be skipped"; \
+	else echo "hwq: chromium not found; for the report screenshot test run: sudo apt-get install -y chromium"; fi
+
 demo: install
 	$(VENV)/bin/hwq flow --out $(DEMO_OUT)
 
 test: install
 	$(PY) -m pytest -q
 
-test-all: install
+test-all: install chromium
 	$(PY) -m pytest -q -m ""
 
 bench: install

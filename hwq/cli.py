@@ -340,7 +340,8 @@ def cmd_flow(args):
     cfg = _train_config(args)
     report = run_flow(args.out, board=board, train_cfg=cfg, samples=args.samples, **_folding(args),
                       synth=args.synth, log=lambda msg: print(msg, file=sys.stderr),
-                      allocate_options=_allocate_options(args) if args.allocate else None, force=args.force)
+                      allocate_options=_allocate_options(args) if args.allocate else None, force=args.force,
+                      command=args.command_line)
     _print_summary(report)
     print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.html'} (open it in a browser)")
     ok = report["bit_exact"]["rtl_vs_golden"] and report["bit_exact"]["golden_vs_torch_integer"]
@@ -413,7 +414,7 @@ def _print_summary(report):
     from rich.console import Console
     from rich.table import Table
 
-    from .flow import _array_text, _bits_text, _or_dash
+    from .report import _array_text, _bits_text, _or_dash
 
     table = Table(title=f"hwq: {report['model']} on {report['dataset']} -> {report['board']}")
     for col in ("layer", "W/A/out", "acc", "array", "LUT est", "FF est", "cycles est", "cycles sim"):
@@ -666,6 +667,7 @@ def main(argv=None):
         print(f"hwq: error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.command_line = ["hwq", *argv]  # with a --config file's options written out
     if args.command is None:
         parser.print_help()
         return 2

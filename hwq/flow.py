@@ -1,6 +1,6 @@
 """``hwq flow``: train, export, check, generate RTL, estimate, simulate; write report.json and report.html."""
 
-import html
+import datetime
 import json
 import tempfile
 import time
@@ -12,12 +12,13 @@ import torch
 
 from boards import RESOURCES
 
-from . import golden
+from . import __version__, golden
 from .data import load_dataset
 from .errors import UserError
 from .estimate import estimate
 from .export import export_model, export_run, multiply_shift_params
 from .fileio import write_json, write_text
+from .report import render_html
 from .train import TrainConfig, load_run, train
 
 __all__ = ["REPORT_FORMAT", "check_fits_first", "check_model_integer", "check_torch_integer", "run_flow"]
@@ -135,12 +136,12 @@ def check_fits_first(cfg, board, *, lut_budget=None, fold=None):
 
 
 def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None, lut_budget=None,
-             synth=False, log=print, show_progress=True, allocate_options=None, force=False):
+             synth=False, log=print, show_progress=True, allocate_options=None, force=False, command=None):
     """Run every stage into ``out_dir``; return the report dict (also written to report.json).
 
     The previous run's report and stage results in ``out_dir`` are removed before the first stage, so
     a flow that is interrupted never leaves a report that describes other files. ``force``: replace
-    ``ir/`` and ``rtl/`` folders that hwq did not write.
+    ``ir/`` and ``rtl/`` folders that hwq did not write. ``command``: the command line, for the report.
 
     ``allocate_options``: after training, allocate the bits for ``board`` (:func:`hwq.allocate.allocate`'s
     keyword arguments) and build the allocated design (its retrained run in ``out_dir/allocated``)."""
@@ -221,6 +222,10 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     report = {
         "format": REPORT_FORMAT,
         "board": board.name, "model": ir.model, "dataset": ir.dataset, "method": ir.method,
+        "hwq_version": __version__, "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "board_resources": {**{k: getattr(board, k) for k in RESOURCES},
+                            "cells": board.lut if board.family == "ice40" else None},
         "accuracy": {
             "float": metrics["accuracy"]["float"],
             "fake_quant": metrics["accuracy"]["fake_quant"],
@@ -255,6 +260,8 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
             "initiation_interval_cycles_sim": ii,
             "clock_mhz": board.clock_mhz,
             "throughput_inferences_per_s": round(board.clock_mhz * 1e6 / ii, 1) if ii else None,
+            "throughput_at_fmax_per_s": (round(syn["pnr"]["fmax_mhz"] * 1e6 / ii, 1)
+                                         if ii and syn and syn["pnr"] and syn["pnr"].get("fmax_mhz") else None),
         },
         "timings_s": timings,
         "allocation": None if allocation is None else {
@@ -265,102 +272,3 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     write_json(out / "report.json", report)
     write_text(out / "report.html", render_html(report))
     return report
-
-
-def _array_text(array):
-    return f"{array[0]}x{array[1]}" if array else "-"
-
-
-def _or_dash(value):
-    return "-" if value is None else str(value)
-
-
-def _bits_text(layer):
-    """W/A/out bits of a report layer; "-" where a layer has none (no weights: maxpool, add, flatten)."""
-    return "/".join(_or_dash(layer[k]) for k in ("w_bits", "a_bits", "out_bits"))
-
-
-def render_html(report):
-    """A self-contained HTML page with the report's figures."""
-    e = html.escape
-    acc, be, tot = report["accuracy"], report["bit_exact"], report["totals"]
-    syn = lambda la, k: la["synth"][k] if la["synth"] else "-"  # noqa: E731
-    rows = "".join(
-        f"<tr><td>{e(la['name'])}</td><td>{e(la['engine'])}</td><td>{_bits_text(la)}</td>"
-        f"<td>{_or_dash(la['acc_bits'])}</td><td>{_array_text(la['array'])}</td><td>{la['estimate']['lut']}</td>"
-        f"<td>{syn(la, 'lut')}</td><td>{la['estimate']['ff']}</td><td>{syn(la, 'ff')}</td>"
-        f"<td>{la['estimate']['cycles']}</td><td>{la['sim']['cycles']}</td></tr>"
-        for la in report["layers"])
-    top = report["top"]
-    rows += (f"<tr><td>(top)</td><td></td><td></td><td></td><td></td><td>{top['estimate']['lut']}</td>"
-             f"<td>{top['synth']['lut'] if top['synth'] else '-'}</td><td>{top['estimate']['ff']}</td>"
-             f"<td>{top['synth']['ff'] if top['synth'] else '-'}</td><td></td><td></td></tr>")
-    if tot["synth"]:
-        synth_line = f"yosys: {tot['synth']['lut']} LUT, {tot['synth']['ff']} FF, {tot['synth']['bram']} BRAM, {tot['synth']['dsp']} DSP."
-        cells = ((tot.get("pnr") or {}).get("utilization") or {}).get("ICESTORM_LC")
-        if cells:
-            synth_line += f" nextpnr: {cells['used']} of {cells['available']} logic cells."
-        if tot.get("fmax_mhz"):
-            synth_line += f" Fmax {tot['fmax_mhz']} MHz."
-    else:
-        synth_line = "Synthesis not run (hwq flow --synth runs it)."
-    est_t = tot["estimate"]
-    est_line = (f"Estimated {est_t['lut']} LUT, {est_t['ff']} FF, {est_t['bram']:g} BRAM, {est_t['dsp']} DSP"
-                + (f", {est_t['cells']} logic cells" if "cells" in est_t else "") + ".")
-    block = report.get("folding", {}).get("block", [])
-    dsp = report.get("folding", {}).get("dsp", [])
-    places = (f"In block RAM: {e(', '.join(block)) if block else 'nothing'}. On DSP blocks: "
-              f"{e(', '.join(dsp)) if dsp else 'nothing'}.")
-    verdict = "bit-exact" if be["rtl_vs_golden"] else f"MISMATCH: {e(str(be['first_mismatch']))}"
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>hwq report: {e(report['model'])} on {e(report['board'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}th{{background:#eee}}td:first-child{{text-align:left}}</style>
-</head><body>
-<h1>hwq report</h1>
-<p>{e(report['model'])} on {e(report['dataset'])}, method {e(report['method'])}, board {e(report['board'])}</p>
-<h2>Accuracy</h2>
-<table><tr><th>float</th><th>fake-quant</th><th>golden ({acc['golden_samples']})</th><th>RTL ({acc['rtl_samples']})</th></tr>
-<tr><td>{acc['float']:.4f}</td><td>{acc['fake_quant']:.4f}</td><td>{acc['golden']:.4f}</td><td>{acc['rtl']:.4f}</td></tr></table>
-<h2>Checks</h2>
-<ul><li>RTL vs golden over {be['samples']} samples: <b>{verdict}</b></li>
-<li>PyTorch integer path vs golden: <b>{'equal' if be['golden_vs_torch_integer'] else 'DIFFERENT'}</b></li>
-<li>fake-quant vs golden prediction mismatches: {be['fake_quant_prediction_mismatches']}
-({be['fake_quant_mismatches_logit_ties']} logit ties, {be['fake_quant_mismatches_multiply_shift_rounding']} multiply-shift
-rounding, {be['fake_quant_mismatches_unexplained']} unexplained)</li></ul>
-<h2>Layers</h2>
-<table><tr><th>layer</th><th>engine</th><th>W/A/out bits</th><th>acc bits</th><th>array</th><th>LUT (est.)</th>
-<th>LUT (yosys)</th><th>FF (est.)</th><th>FF (yosys)</th><th>cycles (est.)</th><th>cycles (sim)</th></tr>{rows}</table>
-<h2>Totals</h2>
-<p>Latency {tot['latency_cycles_sim']} cycles (simulated), {tot['initiation_interval_cycles_sim']} cycles between inputs;
-{tot['throughput_inferences_per_s']} inferences/s at the board's {tot['clock_mhz']} MHz clock (not a measured Fmax).
-{est_line} {synth_line} {places}
-{'Fits' if tot['fits'] else 'Does NOT fit'} the board.</p>
-{_allocation_html(report.get("allocation"))}
-</body></html>
-"""
-
-
-def _allocation_html(alloc):
-    """The allocation's section of the report: the chosen bits, the budget, the frontier it explored."""
-    if not alloc:
-        return ""
-    e = html.escape
-    lim = alloc["limits"]
-    bits = "".join(f"<tr><td>{e(n)}</td><td>{b['w_bits']}</td><td>{b['a_bits']}</td></tr>"
-                   for n, b in alloc["bits"].items())
-    front = "".join(
-        f"<tr><td>{p['lut_budget']}</td>" + (f"<td>{p['score']:.4g}</td><td>{p['lut']}</td><td>{p['interval']}</td>"
-                                            f"<td>{e(str(p['w_bits']))}</td><td>{e(str(p['a_bits']))}</td></tr>"
-                                            if p["feasible"] else "<td colspan=5>infeasible</td></tr>")
-        for p in (alloc.get("frontier") or {}).get("lut", []))
-    speed = ", ".join(f"{k.replace('_', ' ')} at most {v}" for k, v in
-                      (("interval_cycles", lim.get("interval_cycles")), ("latency_cycles", lim.get("latency_cycles")))
-                      if v is not None) or "no speed target"
-    return f"""<h2>Bit allocation</h2>
-<p>Chosen by <code>hwq allocate</code> ({e(alloc['cost'])} cost, {e(alloc['sensitivity'])} sensitivity) within
-{lim['lut']:.0f} LUTs, {e(speed)}, in {alloc['rounds']} round(s); {'meets' if alloc['meets_budget'] else 'MISSES'}
-the budget. Input bits (a) of each layer are its producer's output bits.</p>
-<table><tr><th>layer</th><th>weight bits</th><th>input bits</th></tr>{bits}</table>
-<h3>Frontier (least sensitivity at each LUT budget, as the program estimates it)</h3>
-<table><tr><th>LUT budget</th><th>sensitivity</th><th>LUT</th><th>interval</th><th>W</th><th>A</th></tr>{front}</table>"""

@@ -39,3 +39,46 @@ def test_report_html_shows_the_verdict(report):
     out, _ = report
     page = (out / "report.html").read_text()
     assert "bit-exact" in page and "<table>" in page
+
+
+@pytest.mark.synth
+def test_report_html_renders_in_headless_chromium_with_its_figures(tmp_path):
+    """A small flow with synthesis and place and route: report.html has at least five figures, refers to
+    nothing on the network (every image is inline), shows the measured Fmax, and renders in Chromium."""
+    import shutil
+    import subprocess
+    from html.parser import HTMLParser
+
+    if shutil.which("yosys") is None:
+        pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (`make test-all` installs it as root; else: sudo apt-get install -y chromium)")
+    from hwq.cli import main
+
+    out = tmp_path / "flow"
+    assert main(["flow", "--epochs-float", "2", "--epochs-qat", "1", "--samples", "20", "--synth", "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    report = json.loads((out / "report.json").read_text())
+
+    class Refs(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.urls, self.figures = [], 0
+
+        def handle_starttag(self, tag, attrs):
+            self.figures += tag == "figure"
+            self.urls += [v for k, v in attrs if k in ("src", "href", "srcset", "data", "action") and v]
+
+    refs = Refs()
+    refs.feed(page)
+    assert refs.figures >= 5
+    assert all(u.startswith("data:") or u.startswith("#") for u in refs.urls), refs.urls
+    assert "url(" not in page and "@import" not in page
+    fmax = report["totals"]["fmax_mhz"]
+    assert fmax and f"measured Fmax of {fmax} MHz" in page
+    shot = tmp_path / "report.png"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,2600",
+                           f"--screenshot={shot}", (out / "report.html").as_uri()], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and shot.stat().st_size > 50_000, proc.stderr[-2000:]
