@@ -213,17 +213,17 @@ def _read_codes(path, ir):
 
 
 def cmd_rtl(args):
+    import math
+
     from boards import load_board
     from rtl_gen.emit import generate_rtl
 
-    from .ir import load_ir
+    from .ir import check_size, load_ir
+    from .progress import status
 
     board = load_board(args.board)
     ir = load_ir(args.ir)
-    import math
-
-    from .progress import status
-
+    check_size(ir)  # a network too large is one line, before the announcement
     n = sum(math.prod(la.weight_shape()) for la in ir.layers if la.weights)
     with status(f"choosing the folding and generating Verilog for {n:,} weights", enabled=n > 100_000):
         info = generate_rtl(ir, board, args.out, **_folding(args), force=args.force)

@@ -1,6 +1,8 @@
 """Shared fixtures: a small trained run, its IR, and random IRs for hardware tests."""
 
+import numpy as np
 import pytest
+import yaml
 
 from boards.calibrate import network_ir, random_layer
 from hwq.intrange import max_int, min_int
@@ -42,6 +44,22 @@ def random_ir(rng, sizes, w_bits, a_bits, input_bits=4, extreme=False):
         tensors.update(t)
         in_bits = layer.out_bits
     return network_ir(layers, tensors, input_bits=input_bits, dataset="digits")
+
+
+@pytest.fixture
+def ir_dir(tmp_path):
+    """A small random IR saved in tmp_path/ir (12-6-4, W2/2, 4-bit inputs)."""
+    ir = random_ir(np.random.default_rng(0), [12, 6, 4], [2, 2], [4, 2])
+    save_ir(ir, tmp_path / "ir")
+    return tmp_path / "ir"
+
+
+def edit_manifest(ir_dir, edit):
+    """Apply ``edit`` to an IR folder's manifest (as a user with an editor might)."""
+    path = ir_dir / "manifest.yaml"
+    m = yaml.safe_load(path.read_text())
+    edit(m)
+    path.write_text(yaml.safe_dump(m, sort_keys=False))
 
 
 def random_inputs(rng, ir, n):

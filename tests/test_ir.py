@@ -1,25 +1,10 @@
 import numpy as np
 import pytest
-import yaml
 
 from hwq.errors import UserError
 from hwq.ir import load_ir, save_ir
 
-from .conftest import random_ir
-
-
-@pytest.fixture
-def ir_dir(tmp_path):
-    ir = random_ir(np.random.default_rng(0), [12, 6, 4], [2, 2], [4, 2])
-    save_ir(ir, tmp_path / "ir")
-    return tmp_path / "ir"
-
-
-def _edit_manifest(ir_dir, edit):
-    path = ir_dir / "manifest.yaml"
-    m = yaml.safe_load(path.read_text())
-    edit(m)
-    path.write_text(yaml.safe_dump(m, sort_keys=False))
+from .conftest import edit_manifest, random_ir
 
 
 def _edit_tensors(ir_dir, edit):
@@ -46,7 +31,7 @@ def test_roundtrip(ir_dir):
     (lambda m: m["layers"][0].update(weights="nope"), r"layer 'l0': tensor 'nope' is missing from tensors.npz"),
 ])
 def test_bad_manifest_is_one_line(ir_dir, edit, message):
-    _edit_manifest(ir_dir, edit)
+    edit_manifest(ir_dir, edit)
     _assert_rejected(ir_dir, message)
 
 
@@ -136,7 +121,7 @@ def bin_dir(binary_ms_ir, tmp_path):
     (lambda m: m["layers"][2].update(out_shape=[10, 1, 1]), r"layer 'fc3': field 'out_shape': expected \[10\]"),
 ])
 def test_bad_fields_of_binary_and_multiply_shift_layers(bin_dir, edit, message):
-    _edit_manifest(bin_dir, edit)
+    edit_manifest(bin_dir, edit)
     _assert_rejected(bin_dir, message)
 
 
@@ -158,7 +143,7 @@ def test_cli_reports_a_bad_ir_in_one_line_with_nonzero_exit(bin_dir, tmp_path):
     import subprocess
     import sys
 
-    _edit_manifest(bin_dir, lambda m: m["layers"][1]["requant"].update(shift=-1))
+    edit_manifest(bin_dir, lambda m: m["layers"][1]["requant"].update(shift=-1))
     np.save(tmp_path / "x.npy", np.zeros((2, 64), dtype=np.int64))
     r = subprocess.run([sys.executable, "-m", "hwq", "golden", str(bin_dir), "--inputs", str(tmp_path / "x.npy"),
                         "--out", str(tmp_path / "y.npy")], capture_output=True, text=True)

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from hwq.cli import main
 from hwq.fileio import cache_dir, read_cache, write_cache
 from hwq.ir import OUTPUT_MARKER, save_ir
 
-from .conftest import random_ir
+from .conftest import edit_manifest, random_ir
 
 
 def _one_line_error(capsys, code, *parts):
@@ -25,18 +24,8 @@ def _one_line_error(capsys, code, *parts):
     return err
 
 
-@pytest.fixture
-def ir_dir(tmp_path):
-    ir = random_ir(np.random.default_rng(3), [12, 6, 4], [3, 2], [4, 2])
-    save_ir(ir, tmp_path / "ir")
-    return tmp_path / "ir"
-
-
 def _rename_layer(ir_dir, new):
-    path = ir_dir / "manifest.yaml"
-    m = yaml.safe_load(path.read_text())
-    m["layers"][0]["name"] = new
-    path.write_text(yaml.safe_dump(m))
+    edit_manifest(ir_dir, lambda m: m["layers"][0].update(name=new))
 
 
 @pytest.mark.parametrize("name", ["../../evil", "fc 1", "fc;1", 'fc"1', "1fc", "input", "x" * 65, "fc1/../x"])
@@ -51,11 +40,10 @@ def test_layer_names_are_identifiers(tmp_path, ir_dir, capsys, name):
 
 
 def test_duplicate_layer_names_are_refused(ir_dir, tmp_path, capsys):
-    path = ir_dir / "manifest.yaml"
-    m = yaml.safe_load(path.read_text())
-    m["layers"][1]["name"] = m["layers"][0]["name"]
-    m["layers"][1].pop("inputs", None)
-    path.write_text(yaml.safe_dump(m))
+    def rename(m):
+        m["layers"][1]["name"] = m["layers"][0]["name"]
+        m["layers"][1].pop("inputs", None)
+    edit_manifest(ir_dir, rename)
     code = main(["estimate", str(ir_dir)])
     _one_line_error(capsys, code, "manifest.yaml", "unique layer names")
 
