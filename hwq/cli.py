@@ -416,21 +416,28 @@ def _print_summary(report):
 
     from .report import _array_text, _bits_text, _or_dash
 
-    table = Table(title=f"hwq: {report['model']} on {report['dataset']} -> {report['board']}")
-    for col in ("layer", "W/A/out", "acc", "array", "LUT est", "FF est", "cycles est", "cycles sim"):
-        table.add_column(col, justify="right")
-    for la in report["layers"]:
-        e = la["estimate"]
-        table.add_row(la["name"], _bits_text(la), _or_dash(la["acc_bits"]),
-                      _array_text(la["array"]), str(e["lut"]), str(e["ff"]), str(e["cycles"]),
-                      str(la["sim"]["cycles"]))
     t = report["totals"]
-    top = report["top"]["estimate"]
-    table.add_row("(top)", "", "", "", str(top["lut"]), str(top["ff"]), "", "")
-    table.add_row("total", "", "", "", str(t["estimate"]["lut"]), str(t["estimate"]["ff"]),
-                  str(t["latency_cycles_estimate"]), str(t["latency_cycles_sim"]))
+    synth = t["synth"] is not None  # yosys columns only when synthesis ran
+    table = Table(title=f"hwq: {report['model']} on {report['dataset']} -> {report['board']}")
+    cols = ["layer", "W/A/out", "acc", "array", "LUT est", *(["LUT yosys"] if synth else []), "FF est",
+            *(["FF yosys"] if synth else []), "cycles est", "cycles sim"]
+    for col in cols:
+        table.add_column(col, justify="right")
+
+    def row(name, bits, acc, array, est, syn, cycles):
+        lut = [str(est["lut"]), *([str(syn["lut"]) if syn else "-"] if synth else [])]
+        ff = [str(est["ff"]), *([str(syn["ff"]) if syn else "-"] if synth else [])]
+        table.add_row(name, bits, acc, array, *lut, *ff, *cycles)
+    for la in report["layers"]:
+        row(la["name"], _bits_text(la), _or_dash(la["acc_bits"]), _array_text(la["array"]), la["estimate"],
+            la["synth"], [str(la["estimate"]["cycles"]), str(la["sim"]["cycles"])])
+    row("(top)", "", "", "", report["top"]["estimate"], report["top"]["synth"], ["", ""])
+    row("total", "", "", "", t["estimate"], t["synth"], [str(t["latency_cycles_estimate"]), str(t["latency_cycles_sim"])])
     console = Console()
     console.print(table)
+    if t.get("fmax_mhz"):
+        console.print(f"Fmax {t['fmax_mhz']} MHz (nextpnr): {t.get('throughput_at_fmax_per_s') or 0:,.0f} inferences/s "
+                      f"at it, {t['throughput_inferences_per_s']:,.0f}/s at the board's {t['clock_mhz']:g} MHz clock")
     acc, be = report["accuracy"], report["bit_exact"]
     console.print(f"accuracy ({acc['golden_samples']} test samples): float {acc['float']:.4f}  "
                   f"fake-quant {acc['fake_quant']:.4f}  golden {acc['golden']:.4f}")
