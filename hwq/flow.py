@@ -1,10 +1,11 @@
 """``hwq flow``: train, export, check, generate RTL, estimate, simulate; write report.json and report.html."""
 
 import datetime
+import hashlib
 import json
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,24 @@ def _report_layers(ir, rtl_info, est, sim, syn):
     return rows
 
 
+TRAIN_KEY_FILE = "train-key.txt"  # in a flow's run/: what the run was trained with
+
+
+def _train_key(cfg):
+    """What a trained run depends on: every training option and hwq's version (not the board)."""
+    return hashlib.sha256(json.dumps([__version__, asdict(cfg)], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _reusable_run(run_dir, key):
+    """The metrics of ``run_dir`` when it was trained (completely: its key is written last) with ``key``."""
+    try:
+        if (run_dir / TRAIN_KEY_FILE).read_text().strip() == key and (run_dir / "checkpoint.pt").is_file():
+            return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _untrained_ir(cfg, data):
     """The IR of ``cfg``'s network with untrained weights (quantizers initialised, no epochs): its shapes,
     bits and accumulator widths are the trained network's, which is what fitting a board depends on."""
@@ -156,7 +175,16 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
         check_fits_first(train_cfg, board, lut_budget=lut_budget, fold=fold)
 
     t = time.perf_counter()
-    metrics = train(train_cfg, out / "run", show_progress=show_progress)
+    key = _train_key(train_cfg)
+    reused = _reusable_run(out / "run", key)
+    if reused is not None:
+        metrics = reused
+        log(f"reusing {out / 'run'}: trained by this hwq with the same options (training does not depend on the "
+            f"board; delete {out / 'run'} to train again)")
+    else:
+        (out / "run" / TRAIN_KEY_FILE).unlink(missing_ok=True)
+        metrics = train(train_cfg, out / "run", show_progress=show_progress)
+        write_text(out / "run" / TRAIN_KEY_FILE, key + "\n")
     timings["train"] = round(time.perf_counter() - t, 3)
     log(f"trained {train_cfg.model} ({train_cfg.method}, W{train_cfg.w_bits}/A{train_cfg.a_bits}) -> {out / 'run'}  "
         f"float {metrics['accuracy']['float']:.4f}, fake-quant {metrics['accuracy']['fake_quant']:.4f}")

@@ -82,3 +82,20 @@ def test_report_html_renders_in_headless_chromium_with_its_figures(tmp_path):
                            f"--screenshot={shot}", (out / "report.html").as_uri()], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and shot.stat().st_size > 50_000, proc.stderr[-2000:]
+
+
+def test_a_second_flow_on_another_board_reuses_the_training(report):
+    """Training does not depend on the board: re-running with only the board changed reuses the run (its
+    key says it was trained by this hwq with the same options); changed options train again."""
+    out, first = report
+    logs = []
+    again = run_flow(out, board=load_board("xc7a35t"), train_cfg=TrainConfig(epochs_float=8, epochs_qat=8),
+                     samples=120, log=logs.append, show_progress=False)
+    assert any(m.startswith(f"reusing {out / 'run'}") for m in logs), logs
+    assert again["board"] == "xc7a35t"
+    assert all(again["accuracy"][k] == first["accuracy"][k] for k in ("float", "fake_quant", "golden"))
+    assert again["timings_s"]["train"] < 1.0 and again["bit_exact"]["rtl_vs_golden"]
+    logs.clear()
+    run_flow(out, board=load_board("ice40-up5k"), train_cfg=TrainConfig(epochs_float=8, epochs_qat=7),
+             samples=20, log=logs.append, show_progress=False)
+    assert not any(m.startswith("reusing") for m in logs)
