@@ -7,6 +7,7 @@ and the field.
 
 import hashlib
 import io
+import json
 import math
 import shutil
 import tempfile
@@ -205,6 +206,24 @@ _MISSING = object()
 OUTPUT_MARKER = ".hwq-output"  # in every folder atomic_dir writes: hwq may replace it next time
 
 
+def _earlier_output(path):
+    """A folder written by an hwq from before the marker: only the files an IR or RTL folder holds."""
+    names = {p.name for p in path.iterdir()}
+    if "manifest.yaml" in names:
+        return names <= {"manifest.yaml", "tensors.npz", "model.onnx"}
+    if "rtl.json" not in names:
+        return False
+    try:
+        info = json.loads((path / "rtl.json").read_text(encoding="utf-8"))
+        listed = {f for f in info.get("files", []) if "/" not in f}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+    known = all(n in listed or n in ("rtl.json", "synth.json", "sim.json", "mem") or
+                (n.startswith("sim-") and n.endswith(".json")) for n in names)
+    mem = path / "mem"
+    return known and (not mem.exists() or (mem.is_dir() and all(p.suffix == ".hex" for p in mem.iterdir())))
+
+
 @contextmanager
 def atomic_dir(path, *, force=False):
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole (the old folder
@@ -218,7 +237,7 @@ def atomic_dir(path, *, force=False):
             raise UserError(f"{path}: exists and is not a folder; choose another output folder")
         if Path.cwd().resolve().is_relative_to(path.resolve()):
             raise UserError(f"{path}: is the current folder (or holds it); choose another output folder")
-        if not force and not (path / OUTPUT_MARKER).is_file() and any(path.iterdir()):
+        if not force and not (path / OUTPUT_MARKER).is_file() and any(path.iterdir()) and not _earlier_output(path):
             raise UserError(f"{path}: not empty and not written by hwq; choose another output folder, or pass "
                             f"--force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)

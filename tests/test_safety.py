@@ -359,3 +359,20 @@ def test_outputs_are_readable_by_others_as_the_umask_allows(ir_dir, tmp_path):
         os.umask(old)
     for path, mode in [(tmp_path / "rtl", 0o755), (tmp_path / "rtl" / "rtl.json", 0o644), (tmp_path / "est.json", 0o644)]:
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
+def test_folders_from_an_hwq_before_the_marker_are_replaced_but_not_with_a_users_file(ir_dir, tmp_path, capsys):
+    """IR and RTL folders written before hwq marked its outputs hold only hwq's files: they are replaced
+    without --force; one file of the user's in them and they are not."""
+    from hwq.ir import OUTPUT_MARKER
+
+    rtl = tmp_path / "rtl"
+    assert main(["rtl", str(ir_dir), "--out", str(rtl)]) == 0
+    (rtl / OUTPUT_MARKER).unlink()
+    (rtl / "sim.json").write_text("{}")
+    assert main(["rtl", str(ir_dir), "--out", str(rtl)]) == 0
+    (rtl / OUTPUT_MARKER).unlink()
+    (rtl / "notes.txt").write_text("mine")
+    code = main(["rtl", str(ir_dir), "--out", str(rtl)])
+    _one_line_error(capsys, code, "not empty and not written by hwq")
+    assert (rtl / "notes.txt").read_text() == "mine"
