@@ -376,3 +376,10 @@ def test_folders_from_an_hwq_before_the_marker_are_replaced_but_not_with_a_users
     code = main(["rtl", str(ir_dir), "--out", str(rtl)])
     _one_line_error(capsys, code, "not empty and not written by hwq")
     assert (rtl / "notes.txt").read_text() == "mine"
+
+
+def test_a_cache_entry_from_before_digests_is_rebuilt_quietly(tmp_path, capsys):
+    path = tmp_path / "entry.json"
+    path.write_text(json.dumps({"lut": 100}))  # the format before entries carried a digest
+    assert read_cache(path) is None and not path.exists()
+    assert capsys.readouterr().err == ""
