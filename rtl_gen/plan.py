@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwq.errors import UserError
-from hwq.intrange import signed_width
+from hwq.intrange import is_bipolar, signed_width
 from hwq.ir import WEIGHT_OPS, input_codes, requant_thresholds
 
 from .add import AddPlan, add_thresholds
@@ -263,6 +263,9 @@ def _check_layer(layer, names, prev, ops):
     """The hardware is a chain: each layer reads the one before it; a residual add also reads an
     earlier layer's output (its skip) from a ring. ``ops``: {layer name: op} of the layers so far."""
     where = f"layer '{layer.name}'"
+    if layer.op in WEIGHT_OPS and is_bipolar(layer.a_bits, layer.a_signed) and not layer.binary:
+        raise UserError(f"{where}: bipolar (-1/+1) input codes with {layer.w_bits}-bit weights have no RTL engine yet "
+                        f"(the XNOR core takes 1-bit weights; the systolic array multiplies two's complement codes)")
     if prev not in names:
         raise UserError(f"{where} reads {names}, not the layer before it ('{prev}'): the RTL is a chain of layers "
                         f"where only a residual add also reads an earlier layer")

@@ -267,6 +267,18 @@ def test_signed_multi_bit_inputs(conv):
     _check_network(ir, widths, x)
 
 
+def test_bipolar_inputs_to_multi_bit_weights_are_refused():
+    """Signed multi-bit inputs have an engine; bipolar (-1/+1) inputs only with 1-bit weights (the XNOR core).
+    Once the signed-input work lifted the old refusal, such a layer simulated wrong by one; it is refused."""
+    rng = np.random.default_rng(1)
+    l0, t0 = random_layer(rng, "l0", 8, 4, 3, 1, 2, in_signed=True)
+    l1, t1 = random_layer(rng, "l1", 4, 3, 2, 2, None)
+    ir = replace(network_ir([l0, l1], {**t0, **t1}, input_bits=1), input_signed=True)
+    validate(ir, "test")
+    with pytest.raises(UserError, match=r"layer 'l0': bipolar \(-1/\+1\) input codes with 3-bit weights"):
+        network_plan(ir, [2, 2, 1])
+
+
 def test_decreasing_channels_are_compared_negated():
     """A channel with a negative batch-norm multiplier (sign -1): q = #{k : -acc >= T[k]}."""
     rng = np.random.default_rng(4)
