@@ -11,14 +11,13 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from hwq.errors import UserError
 from hwq.fileio import cache_dir, read_cache, write_cache
 
-from .synth import tool_env
+from .synth import tool_work
 
 __all__ = ["HARNESS_TOP", "PnrError", "harness_verilog", "pack_cells", "place_and_route"]
 
@@ -59,7 +58,7 @@ def _tool(name):
     return exe
 
 
-def _netlist(rtl_dir, info, board, work, timeout):
+def _netlist(rtl_dir, info, board, work, env, timeout):
     """Synthesize the harnessed design flat into ``work/net.json``; return (its path, seconds)."""
     yosys = shutil.which("yosys")
     if yosys is None:
@@ -76,15 +75,10 @@ def _netlist(rtl_dir, info, board, work, timeout):
     t0 = time.perf_counter()
     # in the work folder, where the memories' $readmemh paths (mem/...) were copied
     proc = subprocess.run([yosys, "-q", "-p", script], capture_output=True, text=True, timeout=timeout, cwd=work,
-                          env=tool_env())
+                          env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"yosys failed:\n{proc.stderr[-2000:]}")
     return netlist, time.perf_counter() - t0
-
-
-def _tool_tmp():
-    env = tool_env()
-    return env and env["TMPDIR"]
 
 
 def _key(rtl_dir, info, board, *extra):
@@ -112,13 +106,11 @@ def pack_cells(rtl_dir, info, board, *, timeout=3600, cache=True):
     hit = read_cache(cached) if cache else None
     if hit is not None:
         return hit["cells"]
-    with tempfile.TemporaryDirectory(prefix="hwq-pack-", dir=_tool_tmp()) as work:
-        work = Path(work)
-        netlist, _ = _netlist(rtl_dir, info, board, work, timeout)
+    with tool_work("hwq-pack-") as (work, env):
+        netlist, _ = _netlist(rtl_dir, info, board, work, env, timeout)
         cmd = [nextpnr, *board.pnr["args"], "--json", netlist.name, "--pack-only", "--report", "report.json", "--quiet",
                *_unconstrained(board)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work,
-                          env=tool_env())
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work, env=env)
         report = work / "report.json"
         if proc.returncode != 0 or not report.is_file():
             raise PnrError(f"{board.pnr['tool']} --pack-only: {(proc.stderr + proc.stdout).strip()[-300:]}")
@@ -143,16 +135,14 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
     hit = read_cache(cached) if cache else None
     if hit is not None:
         return {**hit, "cached": True}
-    with tempfile.TemporaryDirectory(prefix="hwq-pnr-", dir=_tool_tmp()) as work:
-        work = Path(work)
-        netlist, t_synth = _netlist(rtl_dir, info, board, work, timeout)
+    with tool_work("hwq-pnr-") as (work, env):
+        netlist, t_synth = _netlist(rtl_dir, info, board, work, env, timeout)
         report = work / "report.json"
         # relative paths, run in the work folder: the WebAssembly builds see only the working directory
         cmd = [nextpnr, *board.pnr["args"], "--json", netlist.name, "--freq", f"{board.clock_mhz:g}",
                "--report", report.name, "--timing-allow-fail", "--seed", str(seed), "--quiet", *_unconstrained(board)]
         t1 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work,
-                          env=tool_env())
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work, env=env)
         if proc.returncode != 0 or not report.is_file():
             text = proc.stderr + proc.stdout
             errors = [ln.strip() for ln in text.splitlines() if ln.startswith("ERROR")] or [text.strip()[-300:]]

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from hwq.errors import UserError
@@ -22,7 +23,7 @@ from hwq.names import NAME_EXPECTED, is_name
 from . import RESOURCES
 
 __all__ = ["CELL_KINDS", "check_module_names", "count_resources", "stage_sources", "synthesize", "tool_env",
-           "verilog_inputs", "yosys_version"]
+           "tool_work", "verilog_inputs", "yosys_version"]
 
 # cell type -> (resource kind, how many of it one cell is)
 CELL_KINDS = {
@@ -131,6 +132,14 @@ def tool_env():
                     f"TMPDIR to a path of letters, digits and / _ . + -")
 
 
+@contextmanager
+def tool_work(prefix):
+    """(a temporary folder to run yosys or nextpnr in, their environment): both from :func:`tool_env`."""
+    env = tool_env()
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=env and env["TMPDIR"]) as work:
+        yield Path(work), env
+
+
 def check_module_names(names, where):
     """Module names that go into a yosys script: identifiers, possibly dotted (``hwq_top.fc1``)."""
     for name in names:
@@ -158,9 +167,8 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
     if result is not None:
         result["cached"] = True
         return result
-    env = tool_env()
-    with tempfile.TemporaryDirectory(prefix="hwq-synth-", dir=env and env["TMPDIR"]) as work:
-        stat = Path(work, "stat.json")
+    with tool_work("hwq-synth-") as (work, env):
+        stat = work / "stat.json"
         script = f"{stage_sources(sources, work)}; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o stat.json stat -json"
         t0 = time.perf_counter()
         try:

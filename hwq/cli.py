@@ -213,8 +213,6 @@ def _read_codes(path, ir):
 
 
 def cmd_rtl(args):
-    import math
-
     from boards import load_board
     from rtl_gen.emit import generate_rtl
 
@@ -223,8 +221,7 @@ def cmd_rtl(args):
 
     board = load_board(args.board)
     ir = load_ir(args.ir)
-    check_size(ir)  # a network too large is one line, before the announcement
-    n = sum(math.prod(la.weight_shape()) for la in ir.layers if la.weights)
+    n = check_size(ir)  # a network too large is one line, before the announcement
     with status(f"choosing the folding and generating Verilog for {n:,} weights", enabled=n > 100_000):
         info = generate_rtl(ir, board, args.out, **_folding(args), force=args.force)
     arrays = ", ".join(f"{la['name']} {la['engine']} {la['array'][0]}x{la['array'][1]}"

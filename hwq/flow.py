@@ -129,7 +129,7 @@ def check_fits_first(cfg, board, *, lut_budget=None, fold=None):
     fits_on = []
     for name in known_boards():
         other = load_board(name)
-        if other.name != board.name and other.family in ("ice40", "ecp5", "xilinx7"):
+        if other.name != board.name:
             try:
                 choose_folding(ir, other, fold=fold)
                 fits_on.append((other.lut, name))

@@ -262,13 +262,14 @@ MAX_WEIGHTS = 4_000_000  # what hwq generates hardware for; see check_size
 
 
 def check_size(ir):
-    """Refuse, before any work, a network too large to generate here: generation takes about 30 s and
-    0.4 GB of memory per million weights (measured: a 1024-1024-10 MLP, 30 s, 0.42 GB), so
+    """The network's weight count; refuse, before any work, a network too large to generate here:
+    generation takes about 30 s and 0.4 GB of memory per million weights (measured: a 1024-1024-10 MLP, 30 s, 0.42 GB), so
     :data:`MAX_WEIGHTS` (4 million, more than FINN's CNV-w1a1) bounds it at about two minutes and 2 GB."""
     n = sum(math.prod(layer.weight_shape()) for layer in ir.layers if layer.weights)
     if n > MAX_WEIGHTS:
         raise UserError(f"the IR has {n:,} weights; hwq generates and estimates networks of up to {MAX_WEIGHTS:,} "
                         f"(generation needs about 30 s and 0.4 GB per million weights)")
+    return n
 
 
 def ir_digest(ir):

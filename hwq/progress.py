@@ -25,8 +25,8 @@ def progress_bar(description, total, *, enabled=True, lines=False):
 
         def line(n=1, **info):
             done[0] += n
-            print(f"{description}: {done[0]}/{total}  {_fields(info)}  ({time.perf_counter() - t0:.1f} s)".replace(
-                "    ", "  "), file=sys.stderr, flush=True)
+            parts = (f"{description}: {done[0]}/{total}", _fields(info), f"({time.perf_counter() - t0:.1f} s)")
+            print("  ".join(p for p in parts if p), file=sys.stderr, flush=True)
         yield line
         return
     from rich.progress import (

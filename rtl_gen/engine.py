@@ -678,7 +678,8 @@ class LayerEngine(wiring.Component):
 
         # Input word (arrives with tags[1]); zero padding outside the image.
         word = Signal.like(self.rd_data, name="x_word")
-        if p.a_signed and p.a_bits > 1:
+        signed_x = p.a_signed and p.a_bits > 1  # bipolar 1-bit inputs reach only the XNOR core (plan._check_layer)
+        if signed_x:
             # buffers hold level indices (code - lo: offset binary); flipping the top bit gives the two's
             # complement code the array multiplies, and padding is code 0
             top = 1 << (p.a_bits - 1)
@@ -698,7 +699,7 @@ class LayerEngine(wiring.Component):
         if p.engine == "systolic":
             m.submodules.array = core = SystolicArray(rows=rows, cols=cols, w_bits=p.w_bits, a_bits=p.a_bits,
                                                       acc_bits=p.acc_bits, dsp=p.dsp,
-                                                      a_signed=p.a_signed and p.a_bits > 1)
+                                                      a_signed=signed_x)
             for c in range(cols):
                 # column c works c cycles behind column 0: its weights come skewed in the ROM, its input
                 # word is delayed c cycles here
