@@ -352,13 +352,7 @@ def main(argv=None):
             res["seconds"] = max(res["seconds"], other["seconds"])
         if args.check_cnn:  # the check again, on the RTL the rows point to (their --work must still exist)
             res["cnn_check"] = check_cnn(None, res["rows"])
-        res["matched"] = matched(res["rows"])
-        res["summary"] = summary(res["matched"], res["rows"])
-        c = res.get("cnn_check")
-        res["summary"]["cnn_placed_bit_exact"] = bool(c["placed"] and c["bit_exact"] and c["cycles_equal"]) if c else None
-        write_json(args.out, res)
-        plot(res["matched"], Path(args.markdown).with_suffix(".png"))
-        write_text(args.markdown, markdown(res, args))
+        _write(args, res)
         return
     for m in args.models:
         for b in args.boards:
@@ -392,19 +386,25 @@ def main(argv=None):
 
 
 def write_results(args, rows, check, t0, *, partial=False):
-    match = matched(rows)
     res = {"candidates": list(CANDIDATES), "targets": {f"{m}@{b}": t for (m, b), t in TARGETS.items()},
-           "partial": partial, "runs": args.runs, "rows": rows, "matched": match, "summary": summary(match, rows), "cnn_check": check,
+           "partial": partial, "runs": args.runs, "rows": rows, "cnn_check": check,
            "seconds": round(time.perf_counter() - t0, 1)}
-    res["summary"]["cnn_placed_bit_exact"] = bool(check and check["placed"] and check["bit_exact"]
-                                                  and check["cycles_equal"]) if check else None
-    write_json(args.out, res)
-    png = Path(args.markdown).with_suffix(".png")
-    plot(match, png)
-    write_text(args.markdown, markdown(res, args))
+    _write(args, res)
     if not partial:
         print(json.dumps(res["summary"], indent=1))
-        print(f"wrote {args.out}, {args.markdown}, {png}")
+        print(f"wrote {args.out}, {args.markdown}, {Path(args.markdown).with_suffix('.png')}")
+
+
+def _write(args, res):
+    """Derive ``matched`` and ``summary`` from the rows and the CNN check, then write the JSON, the plot and
+    the markdown (a run and ``--replot`` alike)."""
+    res["matched"] = matched(res["rows"])
+    res["summary"] = summary(res["matched"], res["rows"])
+    c = res.get("cnn_check")
+    res["summary"]["cnn_placed_bit_exact"] = bool(c["placed"] and c["bit_exact"] and c["cycles_equal"]) if c else None
+    write_json(args.out, res)
+    plot(res["matched"], Path(args.markdown).with_suffix(".png"))
+    write_text(args.markdown, markdown(res, args))
 
 
 if __name__ == "__main__":
