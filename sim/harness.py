@@ -13,7 +13,10 @@ Backpressure test mode (``stall`` = s in 1..255): ``o.ready`` is low with probab
 cycle and input words arrive after random gaps (a 32-bit LFSR seeded by ``seed``), so the handshakes are
 exercised at full simulation speed.
 
-A small C++ main (:data:`MAIN_CPP`) toggles the clock and evaluates the model until ``$finish``.
+The harness is plain Verilog-2005 (paths are byte vectors, not SystemVerilog strings), so the same file
+runs in Verilator, where a small C++ main (:data:`MAIN_CPP`) toggles the clock and evaluates the model
+until ``$finish``, and in Icarus Verilog under ``-g2005`` or ``-g2012`` rules (:func:`build_icarus`), where
+a clock module (:data:`ICARUS_CLOCK`) instantiates it: the generated Verilog is checked under both standards.
 """
 
 import hashlib
@@ -23,13 +26,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+from hwq.errors import UserError
 from hwq.fileio import cache_dir, cache_lock, file_digest, write_text
 
 from .verilator import WARNING_FLAGS, setup_verilator
 
-__all__ = ["HARNESS_TOP", "MAIN_CPP", "build_harness", "design_sources", "harness_verilog", "run_harness"]
+__all__ = ["HARNESS_TOP", "ICARUS_CLOCK", "ICARUS_STANDARDS", "MAIN_CPP", "build_harness", "build_icarus",
+           "design_sources", "harness_verilog", "run_harness"]
 
 HARNESS_TOP = "hwq_tb"
+ICARUS_STANDARDS = ("2005", "2012")  # iverilog -g2005 (Verilog-2005), -g2012 (SystemVerilog-2012)
+PATH_BYTES = 4096  # the longest file path the harness takes in a plusarg (Linux PATH_MAX)
 
 MAIN_CPP = r"""// hwq simulation main: toggle the clock until the harness calls $finish.
 #include <memory>
@@ -67,7 +74,7 @@ module hwq_tb(input clk);
   {top} dut(.clk(clk), .rst(rst), .i__payload(i_payload), .i__valid(i_valid), .i__ready(i_ready),
             .o__payload(o_payload), .o__valid(o_valid), .o__ready(o_ready), .cycles(cycles));
 
-  string inputs_path, results_path, waves_path;
+  reg [8*{path_bytes}-1:0] inputs_path, results_path, waves_path;
   integer fin, fout, n_total = 0, n_words = 1, stall = 0, n_loaded = 0, n_taken = 0, n_out = 0, idle = 0;
   reg [63:0] timeout = 64'd1000000;
   reg [63:0] cyc = 64'd0, valid_since = 64'd0, last_progress = 64'd0;
@@ -146,7 +153,15 @@ _WAVES = """
 
 def harness_verilog(top, in_width, out_width, cycles_width, *, waves=False):
     """The harness module ``hwq_tb`` around ``top`` with these port widths."""
-    return _TEMPLATE.format(top=top, in_w=in_width, out_w=out_width, cyc_w=cycles_width, waves=_WAVES if waves else "")
+    return _TEMPLATE.format(top=top, in_w=in_width, out_w=out_width, cyc_w=cycles_width, path_bytes=PATH_BYTES,
+                            waves=_WAVES if waves else "")
+
+
+def _harness_for(info, waves):
+    """The harness around the design that ``info`` (rtl.json) describes."""
+    return harness_verilog(info["top"], info["input"]["word_lanes"] * info["input"]["bits"],
+                           info["output"]["features"] * info["output"]["bits"],
+                           info.get("counter_bits", 32) * len(info["stages"]), waves=waves)
 
 
 def design_sources(rtl_dir, info):
@@ -163,10 +178,7 @@ def build_harness(rtl_dir, info, *, waves=False):
     the harness, the main and the build options; return (executable, cached?)."""
     setup_verilator()
     sources, data = design_sources(rtl_dir, info)
-    n_stages = len(info["stages"])
-    harness = harness_verilog(info["top"], info["input"]["word_lanes"] * info["input"]["bits"],
-                              info["output"]["features"] * info["output"]["bits"],
-                              info.get("counter_bits", 32) * n_stages, waves=waves)
+    harness = _harness_for(info, waves)
     args = [*WARNING_FLAGS, "-Wno-BLKSEQ", "-Wno-MULTIDRIVEN", *(["--trace"] if waves else [])]
     key = hashlib.sha256(data + harness.encode() + MAIN_CPP.encode() + repr(args).encode())
     build_dir = cache_dir("verilator") / f"tb-{key.hexdigest()[:16]}"
@@ -197,14 +209,47 @@ def _build_locked(build_dir, harness, sources, args):
     return exe, False
 
 
-def run_harness(exe, rtl_dir, words, n_samples, *, stall=0, seed=1, timeout=1_000_000, waves=None):
-    """Run the harness on packed input words (ints; ``n_samples`` samples of equally many words), in
-    ``rtl_dir`` (where the memories' ``$readmemh`` paths point); return the parsed results file:
+ICARUS_CLOCK = f"""// hwq: the clock for the harness in an event-driven simulator (Verilator's C++ main toggles it)
+module hwq_clock;
+  reg clk = 1'b0;
+  always #5 clk = ~clk;
+  {HARNESS_TOP} tb(.clk(clk));
+endmodule
+"""
+
+
+def build_icarus(rtl_dir, info, standard, work, *, waves=False):
+    """Compile the harness and the design with Icarus Verilog under ``standard`` (``"2005"``: Verilog-2005
+    rules, ``"2012"``: SystemVerilog-2012 rules) into the folder ``work``; return the command that runs it
+    (for :func:`run_harness`). Compiling takes a second or two, so nothing is cached."""
+    if standard not in ICARUS_STANDARDS:
+        raise UserError(f"the Icarus Verilog standard must be one of {', '.join(ICARUS_STANDARDS)}, not {standard!r}")
+    if shutil.which("iverilog") is None or shutil.which("vvp") is None:
+        raise UserError("Icarus Verilog (iverilog, vvp) is not installed; install it: sudo apt-get install -y iverilog")
+    sources, _ = design_sources(rtl_dir, info)
+    harness, vvp = Path(work, "harness.v"), Path(work, "hwq_sim.vvp")
+    harness.write_text(_harness_for(info, waves) + "\n" + ICARUS_CLOCK)
+    cmd = ["iverilog", f"-g{standard}", "-s", "hwq_clock", "-o", str(vvp), str(harness), *map(str, sources)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not vvp.is_file():
+        raise RuntimeError(f"Icarus Verilog (-g{standard}) could not compile the design:\n"
+                           f"{(proc.stdout + proc.stderr)[-3000:]}")
+    return ["vvp", "-n", str(vvp)]
+
+
+def run_harness(cmd, rtl_dir, words, n_samples, *, stall=0, seed=1, timeout=1_000_000, waves=None):
+    """Run the harness (``cmd``: the Verilator executable, or the command :func:`build_icarus` returned)
+    on packed input words (ints; ``n_samples`` samples of equally many words), in ``rtl_dir`` (where the
+    memories' ``$readmemh`` paths point); return the parsed results file:
     {"accept": [cycle], "valid": [cycle], "payload": [int], "counters": [int], "simulated_cycles": n}."""
+    cmd = [str(c) for c in cmd] if isinstance(cmd, list | tuple) else [str(cmd)]
     with tempfile.TemporaryDirectory(prefix="hwq-sim-") as work:
         inputs, results = Path(work, "inputs.hex"), Path(work, "results.txt")
         inputs.write_text("".join(f"{w:x}\n" for w in words))
-        cmd = [str(exe), f"+inputs={inputs}", f"+results={results}", f"+n={n_samples}",
+        for path in (inputs, results, *([] if waves is None else [Path(waves).resolve()])):
+            if len(str(path).encode()) > PATH_BYTES:
+                raise UserError(f"{path}: longer than the {PATH_BYTES} bytes the harness takes for a path")
+        cmd = [*cmd, f"+inputs={inputs}", f"+results={results}", f"+n={n_samples}",
                f"+words={len(words) // n_samples}", f"+stall={stall}",
                f"+seed={seed}", f"+timeout={timeout}"]
         if waves is not None:

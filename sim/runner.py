@@ -29,8 +29,8 @@ from hwq.intrange import act_levels
 from hwq.ir import ir_digest
 from hwq.names import NAME_EXPECTED, is_name
 
-from . import DATA_SPLITS, TESTBENCHES
-from .harness import build_harness, design_sources, run_harness
+from . import DATA_SPLITS, SIMULATORS, TESTBENCHES
+from .harness import build_harness, build_icarus, design_sources, run_harness
 from .verilator import WARNING_FLAGS, setup_verilator
 
 __all__ = ["SIM_FORMAT", "build", "compare", "load_rtl", "select_inputs", "simulate"]
@@ -288,7 +288,7 @@ def _mismatch(first, layer, shape):
 
 
 def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test", golden_ir=None, layer=None,
-             backpressure=0.0, seed=0, waves=None, testbench="harness"):
+             backpressure=0.0, seed=0, waves=None, testbench="harness", simulator="verilator"):
     """Simulate input samples through the RTL in ``rtl_dir`` (or through one ``layer`` of it); return the
     sim.json dict.
 
@@ -297,11 +297,17 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
     one to prove a corrupted design is caught. ``backpressure`` (0..1) is the probability that the
     output is not taken on a cycle, with random gaps between inputs (``seed``). ``waves`` is the path of
     a VCD waveform file to write (None: no waveforms). ``testbench``: "harness" or "cocotb".
+    ``simulator``: "verilator", or Icarus Verilog under Verilog-2005 or SystemVerilog-2012 rules
+    ("icarus-2005", "icarus-2012"; the harness only, and some hundred times slower than Verilator).
     """
     if not 0 <= backpressure < 1:
         raise UserError(f"--backpressure must be in [0, 1), not {backpressure}")
     if testbench not in TESTBENCHES:
         raise UserError(f"testbench must be one of {', '.join(TESTBENCHES)}, not {testbench!r}")
+    if simulator not in SIMULATORS:
+        raise UserError(f"--simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
+    if simulator != "verilator" and testbench != "harness":
+        raise UserError(f"--simulator {simulator} runs the Verilog harness only; the cocotb testbench runs in Verilator")
     info = load_rtl(rtl_dir, ir)
     split = None  # the dataset split, when the inputs come from the dataset
     if inputs is None:
@@ -336,11 +342,14 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
         stall = 0 if backpressure == 0 else min(255, max(1, round(backpressure * 256)))
         t0 = time.perf_counter()
         if testbench == "harness":
-            exe, cached = build_harness(sim_dir, design, waves=waves is not None)
+            if simulator == "verilator":
+                cmd, cached = build_harness(sim_dir, design, waves=waves is not None)
+            else:
+                cmd, cached = build_icarus(sim_dir, design, simulator.split("-")[1], work, waves=waves is not None), False
             t_build = time.perf_counter() - t0
             t1 = time.perf_counter()
             # a generous watchdog: no progress for this many cycles is a hang
-            rec = run_harness(exe, sim_dir, words, n_samples, stall=stall, seed=seed + 1, waves=waves,
+            rec = run_harness(cmd, sim_dir, words, n_samples, stall=stall, seed=seed + 1, waves=waves,
                               timeout=10 * (design["latency_cycles"] + design["input"]["load_cycles"]) + 1000)
         else:
             build_dir, cached = build(sim_dir, design, waves=waves is not None)
@@ -373,6 +382,7 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
         "format": SIM_FORMAT,
         "layer": layer,
         "testbench": testbench,
+        "simulator": simulator,
         "data": split,
         "samples": n_samples,
         "backpressure": backpressure,

@@ -1,11 +1,14 @@
 """Verilator: the generated Verilog, simulated cycle by cycle (free-running harness and cocotb), against the
 golden model; whole networks and single layers."""
 
+import shutil
+
 import numpy as np
 import pytest
 
 from boards import load_board
 from hwq import golden
+from hwq.errors import UserError
 from rtl_gen.emit import generate_rtl, verilog_sources
 from sim.runner import compare, load_rtl, simulate
 
@@ -111,13 +114,78 @@ def test_cocotb_testbench_sees_what_the_harness_sees(small_design):
         assert fast[key] == slow[key], key
 
 
-@pytest.mark.parametrize("testbench", ["harness", "cocotb"])
-def test_waveforms_are_written(small_design, tmp_path, testbench):
+def _needs_icarus():
+    if shutil.which("iverilog") is None:
+        pytest.skip("Icarus Verilog is not installed (make installs it as root; else: sudo apt-get install -y iverilog)")
+
+
+@pytest.mark.parametrize("testbench, simulator", [("harness", "verilator"), ("cocotb", "verilator"),
+                                                  ("harness", "icarus-2012")])
+def test_waveforms_are_written(small_design, tmp_path, testbench, simulator):
+    if simulator != "verilator":
+        _needs_icarus()
     ir, rtl, x = small_design
-    res = simulate(ir, rtl, inputs=x[:3], waves=tmp_path / "run.vcd", testbench=testbench)
+    res = simulate(ir, rtl, inputs=x[:3], waves=tmp_path / "run.vcd", testbench=testbench, simulator=simulator)
     assert res["bit_exact"]
     text = (tmp_path / "run.vcd").read_text()
     assert "$enddefinitions" in text and "o__valid" in text
+
+
+# ---- portability: the same harness in Icarus Verilog under Verilog-2005 and SystemVerilog-2012 rules --------
+
+@pytest.mark.parametrize("standard", ["2005", "2012"])
+def test_demo_network_is_bit_exact_in_icarus(trained_ir, tmp_path, standard):
+    """The demo network (the default MLP, folded for the default board) on 20 digits test samples in Icarus
+    Verilog: bit-exact against the golden model, with the cycles Verilator measures."""
+    _needs_icarus()
+    ir = trained_ir[1]
+    generate_rtl(ir, load_board("ice40-up5k"), tmp_path / "rtl")
+    res = simulate(ir, tmp_path / "rtl", samples=20, simulator=f"icarus-{standard}")
+    assert res["simulator"] == f"icarus-{standard}" and res["samples"] == 20
+    assert res["bit_exact"] and res["mismatched_samples"] == 0, res["first_mismatch"]
+    ref = simulate(ir, tmp_path / "rtl", samples=20)
+    for key in ("layers", "latency_cycles", "initiation_interval_cycles", "simulated_cycles", "accuracy"):
+        assert res[key] == ref[key], key
+
+
+@pytest.mark.parametrize("seed", [0, 5])  # a resnet (conv, add, pool) on the UP5K; a CNN on the Artix-7
+def test_random_networks_are_bit_exact_under_systemverilog_rules(seed, tmp_path):
+    """Line buffers, skip rings, pools, DSP products and block RAM (random foldings) in Icarus -g2012."""
+    from boards.calibrate import random_network
+
+    _needs_icarus()
+    rng = np.random.default_rng(seed)
+    board = load_board(["ice40-up5k", "ecp5-25f", "xc7a35t"][seed % 3])
+    ir, folding = random_network(rng, board)
+    assert {"conv2d", "maxpool"} <= {la.op for la in ir.layers}
+    generate_rtl(ir, board, tmp_path / "rtl", folding=folding)
+    res = simulate(ir, tmp_path / "rtl", inputs=random_inputs(rng, ir, 3), simulator="icarus-2012")
+    assert res["bit_exact"], res["first_mismatch"]
+    assert all(la["cycles"] == la["estimate_cycles"] for la in res["layers"])
+
+
+def test_yosys_time0_trick_hangs_under_systemverilog_rules(small_design, tmp_path, monkeypatch):
+    """Why the emitter rewrites yosys' time-0 register: with it left in, the design never produces an
+    output under SystemVerilog-2012 rules (its combinational blocks never run), so the test above can fail."""
+    import rtl_gen.emit
+
+    _needs_icarus()
+    ir, rtl, x = small_design
+    assert not any("dump_module" in p.read_text() for p in verilog_sources(rtl))
+    monkeypatch.setattr(rtl_gen.emit, "_portable", lambda text: text)
+    generate_rtl(ir, load_board("ice40-up5k"), tmp_path / "rtl", folding=[5, 4, 4, 3])
+    assert any("dump_module" in p.read_text() for p in verilog_sources(tmp_path / "rtl"))
+    with pytest.raises(RuntimeError, match="stopped making progress"):
+        simulate(ir, tmp_path / "rtl", inputs=x[:2], simulator="icarus-2012")
+    assert simulate(ir, tmp_path / "rtl", inputs=x[:2], simulator="icarus-2005")["bit_exact"]
+
+
+def test_icarus_runs_the_harness_only(small_design):
+    ir, rtl, x = small_design
+    with pytest.raises(UserError, match="cocotb testbench runs in Verilator"):
+        simulate(ir, rtl, inputs=x[:2], testbench="cocotb", simulator="icarus-2012")
+    with pytest.raises(UserError, match="--simulator must be one of"):
+        simulate(ir, rtl, inputs=x[:2], simulator="iverilog")
 
 
 @pytest.mark.parametrize("binary", [False, True])
