@@ -49,10 +49,16 @@ chromium:
 demo: install
 	$(VENV)/bin/hwq flow --out $(DEMO_OUT)
 
-test: install
+# Brevitas (and onnxoptimizer, which its QONNX export needs) for the import tests only: not for the demo.
+TEST_STAMP := $(VENV)/.hwq-test-installed
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(PIP) install -e ".[dev,brevitas]"
+	@touch $@
+
+test: install $(TEST_STAMP)
 	$(PY) -m pytest -q
 
-test-all: install chromium
+test-all: install $(TEST_STAMP) chromium
 	$(PY) -m pytest -q -m ""
 
 bench: install

@@ -150,6 +150,33 @@ def cmd_export(args):
     ir = export_run(args.run, args.out, requant=args.requant, qonnx=args.qonnx, force=args.force)
     files = "manifest.yaml, tensors.npz" + (" and model.onnx (QONNX)" if args.qonnx else "")
     print(f"wrote {args.out}: {files}")
+    _print_layers(ir)
+
+
+def cmd_import(args):
+    import json
+
+    import numpy as np
+
+    from .fileio import file_digest
+    from .ir import save_ir
+    from .qonnx_import import check_import, check_inputs, lower_qonnx
+
+    ir, model = lower_qonnx(args.model, dataset=args.dataset, requant=args.requant)
+    codes = _read_codes(args.inputs, ir) if args.inputs else check_inputs(ir, args.samples)
+    print(f"checking {len(codes)} samples: qonnx's executor on {args.model} against hwq's golden model ...", flush=True)
+    check = check_import(model, ir, np.asarray(codes).reshape(len(codes), -1), args.model)
+    check.update(source=str(args.model), source_sha256=file_digest(args.model),
+                 inputs=args.inputs or (f"{args.dataset} test split" if args.dataset != "none" else "random codes"))
+    save_ir(ir, args.out, force=args.force,
+            extra=lambda tmp: (tmp / "import.json").write_text(json.dumps(check, indent=2) + "\n"))
+    print(f"equal: every logit of {check['samples']} samples (largest difference {check['max_error_steps']:.2g} of "
+          f"one integer step, float32 rounding)")
+    print(f"wrote {args.out}: manifest.yaml, tensors.npz, import.json")
+    _print_layers(ir)
+
+
+def _print_layers(ir):
     for la in ir.layers:
         what = (f"W{la.w_bits}/A{la.a_bits}->{la.out_bits} acc{la.acc_bits}" if la.weights
                 else f"A{la.a_bits}->{la.out_bits} acc{la.acc_bits}" if la.op == "add" else f"A{la.a_bits}")
@@ -464,6 +491,13 @@ COMMAND_HELP = {
                "thresholds or multiply-shift, accumulator widths proven. Reads RUN; writes OUT/manifest.yaml "
                "and OUT/tensors.npz (and OUT/model.onnx with --qonnx)."),
                ["hwq export run --out ir", "hwq export run --out ir --qonnx"]),
+    "import": (("Import a quantized model in QONNX form (Brevitas' export_qonnx, qonnx's converters, hwq export "
+               "--qonnx): scales folded, requantization as thresholds or multiply-shift, accumulator widths "
+               "proven, then checked: qonnx's executor and hwq's golden model must give the same logits. Ops: "
+               "Quant, BipolarQuant, MultiThreshold, Gemm, MatMul, Conv, BatchNormalization, Relu, Clip, Add, "
+               "Sub, Mul, Div, MaxPool, Flatten, Reshape, Identity. Reads MODEL.onnx; writes OUT/manifest.yaml, "
+               "OUT/tensors.npz and OUT/import.json."),
+               ["hwq import model.onnx --out ir", "hwq import model.onnx --dataset digits --out ir"]),
     "golden": (("Run the golden model (numpy integers) of an IR. Reads IR and an .npy of input codes; writes "
                "the logits (or one layer's output codes) as an int64 .npy."),
                ["hwq golden ir --inputs x.npy --out logits.npy"]),
@@ -523,6 +557,22 @@ def build_parser():
     p.add_argument("--qonnx", action="store_true",
                    help="also write model.onnx in QONNX form (Quant, BipolarQuant, MultiThreshold)")
     p.set_defaults(func=cmd_export)
+
+    from .data import DATASETS
+
+    p = sub.add_parser("import", help="QONNX model (Brevitas export_qonnx, qonnx, FINN) -> integer IR, checked")
+    p.add_argument("model", help="the .onnx file (QONNX: Quant, BipolarQuant, MultiThreshold nodes)")
+    p.add_argument("--out", required=True, help="IR directory to write (replaced whole; see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the output folder even if it is not empty and was not written by hwq")
+    p.add_argument("--dataset", default="none", choices=("none", *DATASETS),
+                   help="the dataset the model takes (hwq sim's default inputs, and the check's); none: give "
+                        "hwq sim --inputs (default: none, random codes for the check)")
+    p.add_argument("--inputs", metavar="X.npy", help="check on these input codes instead")
+    p.add_argument("--samples", type=_positive, default=64, help="samples for the check (default: 64)")
+    p.add_argument("--requant", choices=REQUANT_POLICIES, default="auto",
+                   help="requantization per layer, as for hwq export (default: auto)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("golden", help="run the golden (integer numpy) model of an IR on input codes")
     p.add_argument("ir", help="IR directory from `hwq export`")

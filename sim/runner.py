@@ -174,6 +174,8 @@ def select_inputs(ir, samples, data="test"):
         raise UserError(f"--data must be one of {', '.join(DATA_SPLITS)}, not {data!r}")
     if samples < 1:
         raise UserError(f"--samples must be at least 1, not {samples}")
+    if ir.dataset == "none":
+        raise UserError("the IR names no dataset (hwq import without --dataset); give the input codes with --inputs X.npy")
     ds = load_dataset(ir.dataset, input_bits=ir.input_bits)
     parts = {"test": [(ds.x_test, ds.y_test)], "train": [(ds.x_train, ds.y_train)],
              "all": [(ds.x_test, ds.y_test), (ds.x_train, ds.y_train)]}[data]
