@@ -369,10 +369,11 @@ def cmd_flow(args):
     report = run_flow(args.out, board=board, train_cfg=cfg, samples=args.samples, **_folding(args),
                       synth=args.synth, log=lambda msg: print(msg, file=sys.stderr),
                       allocate_options=_allocate_options(args) if args.allocate else None, force=args.force,
-                      command=args.command_line)
+                      command=args.command_line, onnx=args.onnx)
     _print_summary(report)
     print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.html'} (open it in a browser)")
-    ok = report["bit_exact"]["rtl_vs_golden"] and report["bit_exact"]["golden_vs_torch_integer"]
+    be = report["bit_exact"]
+    ok = be["rtl_vs_golden"] and (be["golden_vs_qonnx"] if args.onnx else be["golden_vs_torch_integer"])
     return 0 if ok else 1
 
 
@@ -467,13 +468,15 @@ def _print_summary(report):
         console.print(f"Fmax {t['fmax_mhz']} MHz (nextpnr): {t.get('throughput_at_fmax_per_s') or 0:,.0f} inferences/s "
                       f"at it, {t['throughput_inferences_per_s']:,.0f}/s at the board's {t['clock_mhz']:g} MHz clock")
     acc, be = report["accuracy"], report["bit_exact"]
-    console.print(f"accuracy ({acc['golden_samples']} test samples): float {acc['float']:.4f}  "
-                  f"fake-quant {acc['fake_quant']:.4f}  golden {acc['golden']:.4f}")
+    trained = f"float {acc['float']:.4f}  fake-quant {acc['fake_quant']:.4f}  " if acc["float"] is not None else ""
+    console.print(f"accuracy ({acc['golden_samples']} test samples): {trained}golden {acc['golden']:.4f}")
     console.print(f"on the {acc['rtl_samples']} simulated samples: RTL {acc['rtl']:.4f}, "
                   f"golden {acc['golden_on_rtl_samples']:.4f}")
     console.print(f"RTL vs golden: {'bit-exact' if be['rtl_vs_golden'] else 'MISMATCH'} over {be['samples']} samples; "
-                  f"torch integer vs golden: {'equal' if be['golden_vs_torch_integer'] else 'DIFFERENT'}; "
-                  f"fits {report['board']}: {t['fits']}")
+                  + (f"qonnx vs golden: {'equal' if be['golden_vs_qonnx'] else 'DIFFERENT'}; "
+                     if be.get("golden_vs_qonnx") is not None else
+                     f"torch integer vs golden: {'equal' if be['golden_vs_torch_integer'] else 'DIFFERENT'}; ")
+                  + f"fits {report['board']}: {t['fits']}")
 
 
 # Per subcommand: what it reads and writes, and examples (shown by `hwq COMMAND --help`).
@@ -641,6 +644,8 @@ def build_parser():
                    help="after training at --bits, choose every layer's bits for the board (as `hwq allocate`), "
                         "retrain at them and build that design")
     _add_allocate_args(p)
+    p.add_argument("--onnx", metavar="MODEL.onnx",
+                   help="import this QONNX model (as `hwq import`; it takes --dataset's inputs) instead of training")
     p.add_argument("--out", required=True, help="directory to write everything into")
     p.add_argument("--force", action="store_true",
                    help="replace OUT/ir and OUT/rtl even if they are not empty and were not written by hwq")

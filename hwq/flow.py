@@ -1,4 +1,5 @@
-"""``hwq flow``: train, export, check, generate RTL, estimate, simulate; write report.json and report.html."""
+"""``hwq flow``: train, export, check, generate RTL, estimate, simulate; write report.json and report.html.
+With ``onnx``, the network is imported from a QONNX file (:mod:`hwq.qonnx_import`) instead of trained."""
 
 import datetime
 import hashlib
@@ -155,7 +156,7 @@ def check_fits_first(cfg, board, *, lut_budget=None, fold=None):
 
 
 def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None, lut_budget=None,
-             synth=False, log=print, show_progress=True, allocate_options=None, force=False, command=None):
+             synth=False, log=print, show_progress=True, allocate_options=None, force=False, command=None, onnx=None):
     """Run every stage into ``out_dir``; return the report dict (also written to report.json).
 
     The previous run's report and stage results in ``out_dir`` are removed before the first stage, so
@@ -163,14 +164,24 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     ``ir/`` and ``rtl/`` folders that hwq did not write. ``command``: the command line, for the report.
 
     ``allocate_options``: after training, allocate the bits for ``board`` (:func:`hwq.allocate.allocate`'s
-    keyword arguments) and build the allocated design (its retrained run in ``out_dir/allocated``)."""
-    from rtl_gen.emit import generate_rtl
-    from sim.runner import simulate
+    keyword arguments) and build the allocated design (its retrained run in ``out_dir/allocated``).
 
+    ``onnx``: import this QONNX file (its inputs are ``train_cfg.dataset``'s) instead of training; the
+    report's float and fake-quant accuracies are then null, and the import's check (qonnx's executor
+    against the golden model on the whole test split) stands where the PyTorch integer path's does."""
     out = Path(out_dir)
     timings = {}
     for name in FLOW_RESULTS:
         (out / name).unlink(missing_ok=True)
+    if onnx is not None:
+        if allocate_options is not None:
+            raise UserError("--allocate retrains the network; it cannot be combined with --onnx")
+        t = time.perf_counter()
+        imported = _imported(out, onnx, train_cfg.dataset, log, force)
+        timings["import"] = round(time.perf_counter() - t, 3)
+        return _finish(out, board, *imported, samples=samples, fold=fold,
+                       lut_budget=lut_budget, folding=None, synth=synth, log=log, show_progress=show_progress,
+                       force=force, command=command, timings=timings, allocation=None)
     if allocate_options is None:
         check_fits_first(train_cfg, board, lut_budget=lut_budget, fold=fold)
 
@@ -210,7 +221,37 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     log(f"exported IR -> {out / 'ir'}  golden {acc_golden:.4f}, torch integer path "
         f"{'equal' if check['equal'] else 'DIFFERENT'}, fake-quant prediction mismatches "
         f"{check['fake_quant_mismatches']} ({_explained(check)})")
+    return _finish(out, board, ir, metrics, check, None, samples=samples, fold=fold, lut_budget=lut_budget,
+                   folding=folding, synth=synth, log=log, show_progress=show_progress, force=force, command=command,
+                   timings=timings, allocation=allocation)
 
+
+def _imported(out, onnx, dataset, log, force):
+    """Import ``onnx`` into ``out/ir``, checked on ``dataset``'s whole test split: (ir, metrics, check,
+    import check) for :func:`_finish`."""
+    from .ir import save_ir
+    from .qonnx_import import check_import, lower_qonnx
+
+    ir, model = lower_qonnx(onnx, dataset=dataset)
+    data = load_dataset(dataset, input_bits=ir.input_bits)
+    log(f"checking the import on {len(data.x_test)} {dataset} test samples: qonnx's executor against hwq's golden "
+        f"model ...")
+    qcheck = check_import(model, ir, data.x_test.reshape(len(data.x_test), -1), onnx)
+    qcheck.update(source=str(onnx), inputs=f"{dataset} test split")
+    save_ir(ir, out / "ir", force=force, extra=lambda tmp: write_json(tmp / "import.json", qcheck))
+    log(f"imported {onnx} -> {out / 'ir'}  every logit equal to qonnx's ({qcheck['samples']} samples)")
+    none = {k: None for k in ("equal", "fake_quant_mismatches", "logit_ties", "multiply_shift_rounding", "unexplained")}
+    return ir, {"accuracy": {"float": None, "fake_quant": None}}, none, qcheck
+
+
+def _finish(out, board, ir, metrics, check, qcheck, *, samples, fold, lut_budget, folding, synth, log, show_progress,
+            force, command, timings, allocation):
+    """The stages after the IR: golden accuracy, RTL, estimate, simulation, synthesis; the report."""
+    from rtl_gen.emit import generate_rtl
+    from sim.runner import simulate
+
+    data = load_dataset(ir.dataset, input_bits=ir.input_bits)
+    acc_golden = float((golden.run(ir, data.x_test).argmax(1) == data.y_test).mean())
     t = time.perf_counter()
     rtl_info = generate_rtl(ir, board, out / "rtl", fold=fold, lut_budget=lut_budget, folding=folding, force=force)
     timings["rtl"] = round(time.perf_counter() - t, 3)
@@ -263,8 +304,10 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
             "rtl": sim["accuracy"],
             "rtl_samples": n,
         },
+        "source": {"kind": "trained"} if qcheck is None else {"kind": "qonnx", **qcheck},
         "bit_exact": {
             "golden_vs_torch_integer": check["equal"],
+            "golden_vs_qonnx": None if qcheck is None else qcheck["equal"],
             "rtl_vs_golden": sim["bit_exact"],
             "samples": n,
             "first_mismatch": sim["first_mismatch"],

@@ -604,11 +604,17 @@ def check_import(model, ir, codes, path):
 def lower_qonnx(path, *, dataset="none", requant="auto"):
     """(IR, the cleaned qonnx model) of the QONNX file at ``path``: a one-line error for anything that
     hwq cannot represent exactly."""
+    from .data import DATASETS, load_dataset
     from .ir import validate
 
     model = load_qonnx(path)
     ir = _Importer(model, path, requant, dataset).run()
     validate(ir, path)
+    if dataset in DATASETS:
+        x = load_dataset(dataset, input_bits=ir.input_bits).x_test
+        if math.prod(x.shape[1:]) != ir.in_features:
+            raise UserError(f"{path}: the model takes {ir.in_features} input features; the {dataset} dataset has "
+                            f"{math.prod(x.shape[1:])}")
     return ir, model
 
 

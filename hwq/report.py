@@ -83,13 +83,10 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}th{{background:
 {figs}
 <h2>Accuracy</h2>
 <table><tr><th>float</th><th>fake-quant</th><th>golden ({acc['golden_samples']})</th><th>RTL ({acc['rtl_samples']})</th></tr>
-<tr><td>{acc['float']:.4f}</td><td>{acc['fake_quant']:.4f}</td><td>{acc['golden']:.4f}</td><td>{acc['rtl']:.4f}</td></tr></table>
+<tr><td>{_acc_text(acc['float'])}</td><td>{_acc_text(acc['fake_quant'])}</td><td>{acc['golden']:.4f}</td><td>{acc['rtl']:.4f}</td></tr></table>
 <h2>Checks</h2>
 <ul><li>RTL vs golden over {be['samples']} samples: <b>{verdict}</b></li>
-<li>PyTorch integer path vs golden: <b>{'equal' if be['golden_vs_torch_integer'] else 'DIFFERENT'}</b></li>
-<li>fake-quant vs golden prediction mismatches: {be['fake_quant_prediction_mismatches']}
-({be['fake_quant_mismatches_logit_ties']} logit ties, {be['fake_quant_mismatches_multiply_shift_rounding']} multiply-shift
-rounding, {be['fake_quant_mismatches_unexplained']} unexplained)</li></ul>
+{_source_checks(report)}</ul>
 <h2>Layers</h2>
 <table><tr><th>layer</th><th>engine</th><th>W/A/out bits</th><th>acc bits</th><th>array</th><th>LUT (est.)</th>
 <th>LUT (yosys)</th><th>FF (est.)</th><th>FF (yosys)</th><th>cycles (est.)</th><th>cycles (sim)</th></tr>{rows}</table>
@@ -215,10 +212,28 @@ def _fig_estimate_vs_synth(report):
     return _png(fig)
 
 
+def _acc_text(value):
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _source_checks(report):
+    """The checks of where the IR came from: the PyTorch integer path (trained), or qonnx's executor."""
+    be, source = report["bit_exact"], report.get("source") or {"kind": "trained"}
+    if source["kind"] == "qonnx":
+        return (f"<li>imported from {html.escape(source['source'])}: qonnx's executor vs golden on "
+                f"{source['samples']} samples ({html.escape(source['inputs'])}): "
+                f"<b>{'equal' if be['golden_vs_qonnx'] else 'DIFFERENT'}</b></li>")
+    return (f"<li>PyTorch integer path vs golden: <b>{'equal' if be['golden_vs_torch_integer'] else 'DIFFERENT'}</b></li>"
+            f"<li>fake-quant vs golden prediction mismatches: {be['fake_quant_prediction_mismatches']} "
+            f"({be['fake_quant_mismatches_logit_ties']} logit ties, {be['fake_quant_mismatches_multiply_shift_rounding']} "
+            f"multiply-shift rounding, {be['fake_quant_mismatches_unexplained']} unexplained)</li>")
+
+
 def _fig_accuracy(report):
     acc = report["accuracy"]
     steps = [("float", acc["float"]), ("fake-quant", acc["fake_quant"]), ("golden", acc["golden"]),
              (f"RTL ({acc['rtl_samples']})", acc["rtl"])]
+    steps = [(s, v) for s, v in steps if v is not None]  # an imported model has no float or fake-quant figure
     fig, ax = _axes(5.0, 2.8)
     ax.plot([s for s, _ in steps], [v for _, v in steps], marker="o", color="#54a24b")
     for i, (_, v) in enumerate(steps):

@@ -190,3 +190,30 @@ def test_import_check_catches_a_wrong_lowering(tmp_path, monkeypatch):
     ir.tensors[ir.layers[0].thresholds][0, 0] += 1  # level 1 of channel 0 now needs one more
     with pytest.raises(UserError, match="not reproduced in integers"):
         qi.check_import(loaded, ir, np.arange(16).repeat(4).reshape(16, 4), tmp_path / "m.onnx")
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, capsys):
+    """An ONNX file whose weights point at a file outside its folder is not read (onnx checks the path)."""
+    t = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+    t.data_location = TensorProto.EXTERNAL
+    t.ClearField("raw_data")
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "../secret.bin"
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 16)
+    (tmp_path / "m").mkdir()
+    g = helper.make_graph([], "g", [], [helper.make_tensor_value_info("w", TensorProto.FLOAT, [4])], [t])
+    (tmp_path / "m" / "m.onnx").write_bytes(helper.make_model(g).SerializeToString())
+    assert main(["import", str(tmp_path / "m" / "m.onnx"), "--out", str(tmp_path / "ir")]) == 2
+    err = capsys.readouterr().err
+    assert "points outside the directory" in err and not (tmp_path / "ir").exists()
+
+
+def test_flow_takes_an_onnx_model(trained_ir, tmp_path):
+    """`hwq flow --onnx`: import (checked on the whole test split) instead of training, then the same stages."""
+    write_qonnx(trained_ir[1], tmp_path / "m.onnx")
+    assert main(["flow", "--onnx", str(tmp_path / "m.onnx"), "--samples", "50", "--out", str(tmp_path / "out")]) == 0
+    r = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert r["source"]["kind"] == "qonnx" and r["source"]["samples"] == 360 and r["bit_exact"]["golden_vs_qonnx"]
+    assert r["bit_exact"]["rtl_vs_golden"] and r["accuracy"]["float"] is None
+    assert not (tmp_path / "out" / "run").exists()
+    assert "executor vs golden on 360 samples (digits test split): <b>equal" in (tmp_path / "out" / "report.html").read_text()
