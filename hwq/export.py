@@ -21,7 +21,7 @@ import torch
 from .golden import accumulator_range
 from .intrange import act_levels, code_range, is_bipolar, range_bits, signed_width
 from .ir import IR, Layer, conv_out_side, save_ir
-from .models import Add, Flatten, MaxPool, QLayer
+from .models import Add, Flatten, MaxPool, QLayer, pair
 from .requant import MULTIPLY_SHIFT_MIN_BITS, REQUANT_POLICIES, fit_multiply_shift, signed_range
 from .train import load_run
 
@@ -100,9 +100,12 @@ def export_qlayer(node, in_shape, bits, signed, scale, *, requant="auto", inputs
     a_lo, a_hi = code_range(bits, signed)
     acc_lo, acc_hi = (torch.from_numpy(r) for r in accumulator_range(w.reshape(len(w), -1).numpy(), a_lo, a_hi))
     if node.kind == "conv2d":
-        side = [conv_out_side(s, node.kernel, node.stride, node.padding) for s in in_shape[1:]]
-        out_shape = [w.shape[0], *side]
-        geo = dict(kernel=node.kernel, stride=node.stride, padding=node.padding)
+        (kh, kw), (ph, pw) = pair(node.kernel), pair(node.padding)
+        out_shape = [w.shape[0], conv_out_side(in_shape[1], kh, node.stride, ph),
+                     conv_out_side(in_shape[2], kw, node.stride, pw)]
+        geo = dict(kernel=kw, stride=node.stride, padding=pw)
+        if (kh, ph) != (kw, pw):  # rectangular (a 1-D convolution: kernel_h 1, padding_h 0)
+            geo.update(kernel_h=kh, padding_h=ph)
     else:
         out_shape, geo = [w.shape[0]], {}
     tensors[f"{node.name}.weight"] = w.numpy().astype("int8" if node.wq.grid == "int" else "int16")

@@ -55,10 +55,12 @@ def accumulator_range(weights, a_lo, a_hi):
 
 
 def conv2d(x, w, stride, padding):
-    """Integer 2-D convolution (cross-correlation, as PyTorch) of (N, C, H, W) by (O, C, k, k)."""
-    k = w.shape[-1]
-    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    win = sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]  # N, C, Ho, Wo, k, k
+    """Integer 2-D convolution (cross-correlation, as PyTorch) of (N, C, H, W) by (O, C, kh, kw);
+    ``padding``: zeros on each side, one number or (rows, columns). A 1-D convolution is the case H = kh = 1."""
+    kh, kw = w.shape[-2:]
+    ph, pw = (padding, padding) if np.isscalar(padding) else padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]  # N, C, Ho, Wo, kh, kw
     return np.einsum("nchwuv,ocuv->nohw", win, w, optimize=True)
 
 
@@ -104,11 +106,11 @@ def run_layer(layer, tensors, x, others=()):
     if op in ("linear", "conv2d"):
         w = tensors[layer.weights].astype(np.int64)
         if layer.xnor:
-            acc = xnor_popcount(x, w, layer.stride if op == "conv2d" else None, layer.padding or 0)
+            acc = xnor_popcount(x, w, layer.stride if op == "conv2d" else None, layer.padding_hw)
         elif op == "linear":
             acc = x @ w.T
         else:
-            acc = conv2d(x, w, layer.stride, layer.padding)
+            acc = conv2d(x, w, layer.stride, layer.padding_hw)
         return _requant(layer, tensors, acc)
     if op == "add":
         return _requant(layer, tensors, x + others[0])

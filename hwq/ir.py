@@ -77,9 +77,11 @@ class Layer:
     w_grid: str = "int"
     acc_bits: int | None = None
     weights: str | None = None  # key in tensors
-    kernel: int | None = None  # conv2d, maxpool
+    kernel: int | None = None  # conv2d, maxpool (conv2d: the kernel's width; its height is kernel_h)
     stride: int | None = None
-    padding: int | None = None
+    padding: int | None = None  # conv2d: columns of zeros left and right (rows: padding_h)
+    kernel_h: int | None = None  # conv2d with a rectangular kernel (1 for a 1-D convolution); None: = kernel
+    padding_h: int | None = None  # rows of zeros above and below; None: = padding
     requant_kind: str | None = None  # "thresholds"/"multiply_shift" (codes), "bias" (logits), None: none
     thresholds: str | None = None
     signs: str | None = None  # per-channel +1/-1: compare sign * acc >= T (None: all +1)
@@ -122,9 +124,20 @@ class Layer:
     def w_storage_bits(self):
         return weight_storage_bits(self.w_bits, self.w_grid)
 
+    @property
+    def kernel_hw(self):
+        """(height, width) of a conv2d's kernel: ``kernel_h`` (default ``kernel``) by ``kernel``."""
+        return (self.kernel if self.kernel_h is None else self.kernel_h), self.kernel
+
+    @property
+    def padding_hw(self):
+        """(rows, columns) of zero padding on each side of a conv2d's input."""
+        pad = self.padding or 0
+        return (pad if self.padding_h is None else self.padding_h), pad
+
     def weight_shape(self):
         if self.op == "conv2d":
-            return (self.out_shape[0], self.in_shape[0], self.kernel, self.kernel)
+            return (self.out_shape[0], self.in_shape[0], *self.kernel_hw)
         return (self.out_features, self.in_features)
 
     def to_manifest(self):
@@ -142,6 +155,8 @@ class Layer:
             m["stride"] = self.stride
         if self.op == "conv2d":
             m["padding"] = self.padding
+            if self.kernel_hw[0] != self.kernel or self.padding_hw[0] != self.padding_hw[1]:
+                m["kernel_h"], m["padding_h"] = self.kernel_hw[0], self.padding_hw[0]
         if self.xnor:
             m["xnor"] = {**XNOR_ENCODING, "n": self.fan_in}
         if self.requant_kind is not None:
@@ -374,6 +389,8 @@ def _parse_layer(path, index, raw):
         layer.stride = f.positive("stride")
     if op == "conv2d":
         layer.padding = f.positive("padding", 0)
+        layer.kernel_h = f.positive("kernel_h") if "kernel_h" in raw else None
+        layer.padding_h = f.positive("padding_h", 0) if "padding_h" in raw else None
     if "xnor" in raw:
         _parse_xnor(f, layer)
     if op in (*WEIGHT_OPS, "add"):
@@ -449,9 +466,8 @@ def _expected_out_shape(layer, in_shape):
         return list(in_shape)
     if layer.op == "maxpool":
         return [c, conv_out_side(h, layer.kernel, layer.stride, 0), conv_out_side(w, layer.kernel, layer.stride, 0)]
-    o = layer.out_shape[0]
-    return [o, conv_out_side(h, layer.kernel, layer.stride, layer.padding),
-            conv_out_side(w, layer.kernel, layer.stride, layer.padding)]
+    (kh, kw), (ph, pw) = layer.kernel_hw, layer.padding_hw
+    return [layer.out_shape[0], conv_out_side(h, kh, layer.stride, ph), conv_out_side(w, kw, layer.stride, pw)]
 
 
 def input_codes(ir, layer):

@@ -41,9 +41,9 @@ from .quant import (
     round_ste,
 )
 
-__all__ = ["MODELS", "NetConfig", "QLayer", "QuantNet", "build_model", "layer_names"]
+__all__ = ["MODELS", "NetConfig", "QLayer", "QuantNet", "build_model", "layer_names", "pair"]
 
-MODELS = ("mlp", "cnn", "resnet")
+MODELS = ("mlp", "cnn", "resnet", "cnn1d")
 BIAS_LIMIT = 2.0**31 - 1
 RESIDUAL_EXTRA_BITS = 2  # the residual branch is requantized to (skip bits + 2) signed bits
 
@@ -58,6 +58,11 @@ ACT_QUANT = {"lsq": LSQAct, "uniq": UniQAct, "pact": PACTAct, "dorefa": DoReFaAc
              "sparse": SparseAct, "fixed": FixedStepAct}
 
 
+def pair(value):
+    """(height, width) of a kernel or padding given as one number or a pair."""
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
 def layer_names(model, n_hidden=2):
     """Names of the weight layers of a model, input to output."""
     if model == "mlp":
@@ -66,6 +71,8 @@ def layer_names(model, n_hidden=2):
         return ["conv1", "conv2", "fc"]
     if model == "resnet":
         return ["conv1", "res1a", "res1b", "conv2", "fc"]
+    if model == "cnn1d":
+        return ["conv1", "conv2", "conv3", "fc"]
     raise ValueError(f"unknown model {model!r}")
 
 
@@ -126,9 +133,10 @@ class QLayer(nn.Module):
     def __init__(self, name, kind, n_in, n_out, wq, out_q, *, kernel=3, stride=1, padding=1, bn=True):
         super().__init__()
         self.name, self.kind = name, kind
+        # kernel and padding: one number, or (height, width) / (rows, columns): (1, k) and (0, p) for 1-D signals
         self.kernel, self.stride, self.padding = kernel, stride, padding
         if kind == "conv2d":
-            self.weight = nn.Parameter(torch.empty(n_out, n_in, kernel, kernel))
+            self.weight = nn.Parameter(torch.empty(n_out, n_in, *pair(kernel)))
         else:
             self.weight = nn.Parameter(torch.empty(n_out, n_in))
         self.bias = nn.Parameter(torch.zeros(n_out))
@@ -344,6 +352,13 @@ class QuantNet(nn.Module):
             side = cfg.in_shape[1] // 4
             nodes = [qlayer(0, "conv2d", c_in, c1), MaxPool("pool1"), qlayer(1, "conv2d", c1, c2),
                      MaxPool("pool2"), Flatten("flatten"), qlayer(2, "linear", c2 * side * side, cfg.n_classes)]
+        elif cfg.model == "cnn1d":  # MNIST-1D's CNN: three strided 1-D convolutions over (C, 1, L), then linear
+            c_in, (c1, c2), length = cfg.in_shape[0], cfg.channels, cfg.in_shape[-1]
+            nodes = []
+            for i, (n_in, n_out, k) in enumerate(((c_in, c1, 5), (c1, c2, 3), (c2, c2, 3))):
+                nodes.append(qlayer(i, "conv2d", n_in, n_out, kernel=(1, k), stride=2, padding=(0, 1)))
+                length = (length + 2 - k) // 2 + 1
+            nodes += [Flatten("flatten"), qlayer(3, "linear", c2 * length, cfg.n_classes)]
         else:  # resnet
             c_in, (c1, c2) = cfg.in_shape[0], cfg.channels
             side = cfg.in_shape[1] // 4

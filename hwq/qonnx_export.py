@@ -106,9 +106,9 @@ def to_qonnx(ir, *, batch=1):
         if layer.op == "linear":
             out = _requant(g, ir, layer, g.node("MatMul", [x, _weights(g, ir, layer)], f"{layer.name}.acc"), layout)
         elif layer.op == "conv2d":
-            k, p = layer.kernel, layer.padding
-            acc = g.node("Conv", [x, _weights(g, ir, layer)], f"{layer.name}.acc", kernel_shape=[k, k],
-                         strides=[layer.stride] * 2, pads=[p] * 4)
+            (ph, pw) = layer.padding_hw
+            acc = g.node("Conv", [x, _weights(g, ir, layer)], f"{layer.name}.acc", kernel_shape=list(layer.kernel_hw),
+                         strides=[layer.stride] * 2, pads=[ph, pw, ph, pw])
             out = _requant(g, ir, layer, acc, layout)
         elif layer.op == "add":
             out = _requant(g, ir, layer, g.node("Add", [x, produced[names[1]]], f"{layer.name}.acc"), layout)

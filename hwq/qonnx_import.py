@@ -297,7 +297,9 @@ class _Importer:
         acc_lo, acc_hi = accumulator_range(codes.reshape(out, -1), a_lo, a_hi)
         name = self.new_name("fc" if op == "linear" else "conv")
         if op == "conv2d":
-            out_shape = [out, *(conv_out_side(s, geo["kernel"], geo["stride"], geo["padding"]) for s in x.shape[1:])]
+            kh, ph = geo.get("kernel_h", geo["kernel"]), geo.get("padding_h", geo["padding"])
+            out_shape = [out, conv_out_side(x.shape[1], kh, geo["stride"], ph),
+                         conv_out_side(x.shape[2], geo["kernel"], geo["stride"], geo["padding"])]
         else:
             out_shape = [out]
         tensors = {f"{name}.weight": codes.astype("int8" if w.grid == "int" else "int16")}
@@ -337,21 +339,30 @@ class _Importer:
         self.weight_layer(node, x, _transposed(self.weights_in(node, 1)), None, "linear", {})
 
     def on_conv(self, node):
+        """2-D convolutions (square or rectangular kernels) and 1-D ones, which become 2-D over (C, 1, L)
+        with a 1 x k kernel."""
         x = self.codes_in(node)
         w = self.weights_in(node, 1)
-        if len(x.shape) != 3 or w.codes.ndim != 4:
-            self.fail(node, f"only 2-D convolutions are supported (input of shape {x.shape})")
+        one_d = w.codes.ndim == 3
+        if len(x.shape) != 3 or w.codes.ndim not in (3, 4) or (one_d and x.shape[1] != 1):
+            self.fail(node, f"only 1-D and 2-D convolutions are supported (input of shape {x.shape})")
+        dims = 1 if one_d else 2
         k = list(self.attr(node, "kernel_shape", w.codes.shape[2:]))
-        strides = list(self.attr(node, "strides", [1, 1]))
-        pads = list(self.attr(node, "pads", [0, 0, 0, 0]))
-        if self.attr(node, "group", 1) != 1 or any(d != 1 for d in self.attr(node, "dilations", [1, 1])):
+        strides = list(self.attr(node, "strides", [1] * dims))
+        pads = list(self.attr(node, "pads", [0] * 2 * dims))
+        if self.attr(node, "group", 1) != 1 or any(d != 1 for d in self.attr(node, "dilations", [1] * dims)):
             self.fail(node, "groups and dilations must be 1")
-        if k[0] != k[1] or strides[0] != strides[1] or len(set(pads)) != 1:
-            self.fail(node, f"square kernels, equal strides and equal padding on every side are supported "
-                            f"(kernel {k}, strides {strides}, pads {pads})")
+        if one_d:  # (O, C, k) -> (O, C, 1, k); the height is 1: no padding, any stride
+            w = Weights(codes=w.codes[:, :, None, :], step=w.step, bits=w.bits, grid=w.grid, value=w.value[:, :, None])
+            k, strides, pads = [1, k[0]], [strides[0]] * 2, [0, pads[0], 0, pads[1]]
+        if strides[0] != strides[1] or pads[:2] != pads[2:]:
+            self.fail(node, f"equal strides and the same padding before and after are supported (strides {strides}, "
+                            f"pads {pads})")
         bias = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        self.weight_layer(node, x, w, bias, "conv2d", dict(kernel=int(k[0]), stride=int(strides[0]),
-                                                            padding=int(pads[0])))
+        geo = dict(kernel=int(k[1]), stride=int(strides[0]), padding=int(pads[1]))
+        if (k[0], pads[0]) != (k[1], pads[1]):
+            geo.update(kernel_h=int(k[0]), padding_h=int(pads[0]))
+        self.weight_layer(node, x, w, bias, "conv2d", geo)
 
     def on_affine(self, node):
         """Mul/Div/Add/Sub by a constant, on an accumulator (or Add of two code tensors: a residual add)."""
@@ -489,10 +500,12 @@ class _Importer:
             raise UserError(f"{self.path}: the graph must have one input and one output "
                             f"({len(g.input)} inputs, {len(g.output)} outputs)")
         shape = self.model.get_tensor_shape(g.input[0].name)
-        if not shape or len(shape) not in (2, 4):
-            raise UserError(f"{self.path}: the input must be (batch, features) or (batch, channels, height, width), "
-                            f"not of shape {shape}")
-        self.values[g.input[0].name] = {"float": True, "shape": list(shape[1:])}
+        if not shape or len(shape) not in (2, 3, 4):
+            raise UserError(f"{self.path}: the input must be (batch, features), (batch, channels, length) or "
+                            f"(batch, channels, height, width), not of shape {shape}")
+        # a 1-D signal (C, L) is an image (C, 1, L) in the IR
+        inner = [shape[1], 1, shape[2]] if len(shape) == 3 else list(shape[1:])
+        self.values[g.input[0].name] = {"float": True, "shape": inner}
         handlers = {"Quant": self.on_quant, "BipolarQuant": self.on_quant, "MultiThreshold": self.multithreshold,
                     "Gemm": self.on_gemm, "MatMul": self.on_matmul, "Conv": self.on_conv, "Relu": self.on_relu,
                     "Clip": self.on_clip, "BatchNormalization": self.on_batchnorm, "MaxPool": self.on_maxpool,
@@ -585,7 +598,8 @@ def check_import(model, ir, codes, path):
 
     from . import golden
 
-    x = (np.asarray(codes, dtype=np.float64).reshape(len(codes), *ir.input_shape) * ir.input_scale).astype(np.float32)
+    shape = model.get_tensor_shape(model.graph.input[0].name)[1:]  # the graph's own layout ((C, L) for 1-D)
+    x = (np.asarray(codes, dtype=np.float64).reshape(len(codes), *shape) * ir.input_scale).astype(np.float32)
     batch = model.transform(ChangeBatchSize(len(x))).transform(InferShapes())
     name_in, name_out = batch.graph.input[0].name, batch.graph.output[0].name
     got = np.asarray(execute_onnx(batch, {name_in: x})[name_out], dtype=np.float64).reshape(len(x), -1)

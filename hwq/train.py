@@ -159,9 +159,13 @@ def _seed_everything(seed):
 
 
 def _net_config(cfg, data):
-    if cfg.model != "mlp" and min(data.image_shape[1:]) < 4:
+    if cfg.model in ("cnn", "resnet") and min(data.image_shape[1:]) < 4:
         raise UserError(f"--model {cfg.model}: its 3x3 convolutions and two 2x2 poolings need images of at least "
-                        f"4x4; {data.name} samples are {'x'.join(map(str, data.image_shape[1:]))} (use --model mlp)")
+                        f"4x4; {data.name} samples are {'x'.join(map(str, data.image_shape[1:]))} (use --model mlp, "
+                        f"or cnn1d for 1-D signals)")
+    if cfg.model == "cnn1d" and (data.image_shape[1] != 1 or data.image_shape[2] < 5):
+        raise UserError(f"--model cnn1d: takes 1-D signals (C x 1 x L, L >= 5, e.g. --dataset mnist1d); {data.name} "
+                        f"samples are {'x'.join(map(str, data.image_shape))}")
     in_shape = [data.in_features] if cfg.model == "mlp" else list(data.image_shape)
     names = layer_names(cfg.model, len(cfg.hidden))
     w_bits, a_bits = resolve_bits(cfg, names, data.input_bits)

@@ -233,9 +233,9 @@ class EnginePlan:
     in_h: int
     in_w: int
     out_channels: int
-    kernel: int
+    kernel: int          # the kernel's width (and height, unless kernel_h says otherwise)
     stride: int
-    padding: int
+    padding: int         # zero columns left and right (and rows above and below, unless padding_h)
     w_bits: int
     a_bits: int
     acc_bits: int
@@ -252,10 +252,20 @@ class EnginePlan:
     shift: int = 0
     requant_dsp: bool = False  # multiply-shift: the requantizers' multipliers are DSP blocks (one per row)
     a_signed: bool = False  # two's complement input codes (a signed network input, e.g. MNIST-1D's samples)
+    kernel_h: int | None = None  # a rectangular kernel's height (1 for a 1-D convolution); None: = kernel
+    padding_h: int | None = None  # zero rows above and below; None: = padding
+
+    @property
+    def kh(self):
+        return self.kernel if self.kernel_h is None else self.kernel_h
+
+    @property
+    def ph(self):
+        return self.padding if self.padding_h is None else self.padding_h
 
     @property
     def out_h(self):
-        return conv_out_side(self.in_h, self.kernel, self.stride, self.padding)
+        return conv_out_side(self.in_h, self.kh, self.stride, self.ph)
 
     @property
     def out_w(self):
@@ -272,7 +282,7 @@ class EnginePlan:
 
     @property
     def n_in_tiles(self):
-        return self.kernel * self.kernel * self.in_groups
+        return self.kh * self.kernel * self.in_groups
 
     @property
     def n_out_tiles(self):
@@ -301,7 +311,7 @@ class EnginePlan:
 
     @property
     def macs(self):
-        return self.positions * self.out_channels * self.kernel * self.kernel * self.in_channels
+        return self.positions * self.out_channels * self.kh * self.kernel * self.in_channels
 
     @property
     def lanes(self):
@@ -365,14 +375,14 @@ class EnginePlan:
     @property
     def loop_counts(self):
         """Iterations of the issue loops, innermost first: input group, kx, ky, output tile, ox, oy."""
-        return (self.in_groups, self.kernel, self.kernel, self.n_out_tiles, self.out_w, self.out_h)
+        return (self.in_groups, self.kernel, self.kh, self.n_out_tiles, self.out_w, self.out_h)
 
     @property
     def window_bits(self):
         """Bits of the tracked input pixel (iy, ix), which only a padded convolution needs (its border)."""
-        if self.padding == 0:
+        if self.padding == 0 and self.ph == 0:
             return 0
-        return clog2(self.in_h + self.padding + 1) + clog2(self.in_w + self.padding + 1) + 2
+        return clog2(self.in_h + self.ph + 1) + clog2(self.in_w + self.padding + 1) + 2
 
     @property
     def array(self):
@@ -502,8 +512,8 @@ class LayerEngine(wiring.Component):
     Parameters
     ----------
     plan : EnginePlan
-    weights : array (out_channels, kernel * kernel * in_channels), columns in buffer order
-        ``(ky * kernel + kx) * in_channels + c``; integers in the ``w_bits`` range (1 bit: -1/+1).
+    weights : array (out_channels, kh * kernel * in_channels), columns in buffer order
+        ``(ky * kernel + kx) * in_channels + c`` (``kh``: the kernel's height); integers in the ``w_bits`` range (1 bit: -1/+1).
     thresholds : array (out_channels, 2**out_bits - 1) in the sign domain, with ``signs`` (+1/-1 per
         channel): ``y[o] = #{k : signs[o] * acc[o] >= thresholds[o, k]}``; or None
     bias : array (out_channels,): ``y[o] = acc[o] + bias[o]`` (the logits layer); or None
@@ -518,7 +528,7 @@ class LayerEngine(wiring.Component):
         self.plan = p = plan
         if p.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {p.engine!r}")
-        for name, lo, hi in (("rows", 1, 256), ("cols", 1, 256), ("kernel", 1, 64), ("stride", 1, 64),
+        for name, lo, hi in (("rows", 1, 256), ("cols", 1, 256), ("kernel", 1, 64), ("kh", 1, 64), ("stride", 1, 64),
                              ("in_channels", 1, 1 << 16), ("out_channels", 1, 1 << 16)):
             check_int(name, getattr(p, name), lo, hi)
         check_int("w_bits", p.w_bits, 1, MAX_W_STORAGE_BITS)
@@ -531,7 +541,7 @@ class LayerEngine(wiring.Component):
         if p.engine == "xnor" and (p.w_bits != 1 or p.a_bits != 1):
             raise ValueError("the XNOR engine needs 1-bit weights and 1-bit (bipolar) inputs")
         weights = np.asarray(weights)
-        k_total = p.kernel * p.kernel * p.in_channels
+        k_total = p.kh * p.kernel * p.in_channels
         if weights.shape != (p.out_channels, k_total) or weights.dtype.kind not in "iu":
             raise ValueError(f"weights must be integers of shape ({p.out_channels}, {k_total}), "
                              f"not {weights.dtype} {weights.shape}")
@@ -637,7 +647,8 @@ class LayerEngine(wiring.Component):
         running = Signal()
         with m.If(self.start):
             m.d.sync += [running.eq(1), self.busy.eq(1)]
-        loops = LoopNest.build(m, (p.in_groups, k, k, n_ot, p.out_w, p.out_h), running, ("g", "kx", "ky", "ot", "ox", "oy"))
+        loops = LoopNest.build(m, (p.in_groups, k, p.kh, n_ot, p.out_w, p.out_h), running,
+                               ("g", "kx", "ky", "ot", "ox", "oy"))
         with m.If(running & loops.done):
             m.d.sync += running.eq(0)
         ot = loops.index[3]
@@ -652,10 +663,10 @@ class LayerEngine(wiring.Component):
         # ---- sliding window: the input word's address (and, with padding, the pixel, to find the border)
         s_, G, W = p.stride, p.in_groups, p.in_w
         addr_bits = len(self.rd_addr)
-        base = ((-p.padding * W - p.padding) * G) % (1 << addr_bits)
+        base = ((-p.ph * W - p.padding) * G) % (1 << addr_bits)
         addr = loops.track(m, (1, G, W * G, 0, s_ * G, s_ * W * G), base, unsigned(addr_bits), "in_addr")
-        if p.padding > 0:
-            iy = loops.track(m, (0, 0, 1, 0, 0, s_), -p.padding, signed(clog2(p.in_h + p.padding + 1) + 1), "iy")
+        if p.window_bits:
+            iy = loops.track(m, (0, 0, 1, 0, 0, s_), -p.ph, signed(clog2(p.in_h + p.ph + 1) + 1), "iy")
             ix = loops.track(m, (0, 1, 0, 0, s_, 0), -p.padding, signed(clog2(p.in_w + p.padding + 1) + 1), "ix")
             inside = (iy >= 0) & (iy < p.in_h) & (ix >= 0) & (ix < p.in_w)
         else:  # every window lies inside the image

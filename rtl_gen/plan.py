@@ -304,7 +304,7 @@ def _layout_steps(ir):
 
 
 def _weights_in_buffer_order(ir, layer, shape, flat_from):
-    """(out, k*k*C) weights with columns in buffer order: (ky, kx, c), or for a linear layer after a
+    """(out, kh*kw*C) weights with columns in buffer order: (ky, kx, c), or for a linear layer after a
     flatten of (C, H, W), (y, x, c) instead of PyTorch's (c, y, x)."""
     w = ir.tensors[layer.weights].astype(np.int64)
     if layer.op == "linear":
@@ -404,8 +404,10 @@ def stage_specs(ir, prepared=None):
                 requant = dict(param_bits=param_bits(layer.acc_bits, table, kind, signs))
             common = dict(
                 engine="xnor" if layer.binary else "systolic", in_channels=c, in_h=h, in_w=w,
-                out_channels=layer.out_shape[0], kernel=layer.kernel if conv else 1,
-                stride=layer.stride if conv else 1, padding=layer.padding if conv else 0, w_bits=layer.w_storage_bits,
+                out_channels=layer.out_shape[0], kernel=layer.kernel_hw[1] if conv else 1,
+                kernel_h=layer.kernel_hw[0] if conv else 1, stride=layer.stride if conv else 1,
+                padding=layer.padding_hw[1] if conv else 0, padding_h=layer.padding_hw[0] if conv else 0,
+                w_bits=layer.w_storage_bits,
                 a_bits=layer.a_bits, a_signed=layer.a_signed, acc_bits=layer.acc_bits, out_bits=layer.out_bits,
                 kind=kind, **requant)
 

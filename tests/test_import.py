@@ -31,6 +31,13 @@ def _brevitas_model(kind, w_bits, a_bits):
     def relu():
         return qnn.QuantReLU(bit_width=a_bits, return_quant_tensor=True)
 
+    if kind == "cnn1d":  # MNIST-1D: signed 8-bit inputs (N, 1, 40), strided 1-D convolutions
+        sig = qnn.QuantIdentity(bit_width=8, return_quant_tensor=True)
+        return nn.Sequential(sig, qnn.QuantConv1d(1, 8, 5, stride=2, padding=1, bias=False, weight_bit_width=w_bits),
+                             nn.BatchNorm1d(8), relu(),
+                             qnn.QuantConv1d(8, 8, 3, stride=2, padding=1, bias=True, weight_bit_width=w_bits),
+                             relu(), nn.Flatten(),
+                             qnn.QuantLinear(80, 10, bias=True, weight_bit_width=w_bits, bias_quant=Int32Bias))
     if kind == "mlp":
         return nn.Sequential(inp, qnn.QuantLinear(64, 32, bias=True, weight_bit_width=w_bits), nn.BatchNorm1d(32),
                              relu(), qnn.QuantLinear(32, 16, bias=True, weight_bit_width=w_bits), relu(),
@@ -43,7 +50,8 @@ def _brevitas_model(kind, w_bits, a_bits):
 
 
 def _train_and_export(kind, w_bits, a_bits, path, epochs=3):
-    """Train on the digits training split (pixels / 16 in [0, 1]) and write QONNX with export_qonnx;
+    """Train on the digits training split (pixel codes / 15 in [0, 1]; MNIST-1D for ``cnn1d``) and write
+    QONNX with export_qonnx;
     return the Brevitas model's test accuracy."""
     pytest.importorskip("brevitas", reason="Brevitas is a test extra: pip install -e '.[brevitas]' (make test does)")
     import torch
@@ -52,9 +60,9 @@ def _train_and_export(kind, w_bits, a_bits, path, epochs=3):
     from hwq.data import load_dataset
 
     torch.manual_seed(0)
-    ds = load_dataset("digits")
-    shape = (-1, 64) if kind == "mlp" else (-1, 1, 8, 8)
-    x, y = torch.tensor(ds.x_train / 15.0, dtype=torch.float32).reshape(shape), torch.tensor(ds.y_train)
+    ds = load_dataset("mnist1d" if kind == "cnn1d" else "digits")
+    shape = {"mlp": (-1, 64), "cnn": (-1, 1, 8, 8), "cnn1d": (-1, 1, 40)}[kind]
+    x, y = torch.tensor(ds.x_train * ds.input_scale, dtype=torch.float32).reshape(shape), torch.tensor(ds.y_train)
     model = _brevitas_model(kind, w_bits, a_bits)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(epochs):
@@ -63,7 +71,7 @@ def _train_and_export(kind, w_bits, a_bits, path, epochs=3):
             torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
             opt.step()
     model.eval()
-    x_test = torch.tensor(ds.x_test / 15.0, dtype=torch.float32).reshape(shape)
+    x_test = torch.tensor(ds.x_test * ds.input_scale, dtype=torch.float32).reshape(shape)
     with torch.no_grad():
         accuracy = float((model(x_test).argmax(1).numpy() == ds.y_test).mean())
     export_qonnx(model, x_test[:1], str(path))
@@ -145,10 +153,9 @@ def _bad_models():
         "average pool": (_graph([QIN, helper.make_node("AveragePool", ["xq"], ["y"], kernel_shape=[2, 2], name="ap")],
                                 COMMON, in_shape=(1, 1, 4, 4), out_shape=(1, 1, 2, 2)),
                          "node 'ap' (AveragePool): unsupported op"),
-        "1-D convolution": (_graph([QIN, _quant("w1", "wq", 2, signed=1, narrow=1),
-                                    helper.make_node("Conv", ["xq", "wq"], ["y"], kernel_shape=[3], name="c1")],
-                                   {**COMMON, "w1": np.ones((2, 1, 3))}, in_shape=(1, 1, 8), out_shape=(1, 2, 6)),
-                            "must be (batch, features) or (batch, channels, height, width)"),
+        "1-D max-pool": (_graph([QIN, helper.make_node("MaxPool", ["xq"], ["y"], kernel_shape=[2], strides=[2],
+                                                       name="mp")], COMMON, in_shape=(1, 1, 8), out_shape=(1, 1, 4)),
+                         "node 'mp' (MaxPool): square 2-D windows with stride = kernel and no padding are supported"),
         "12-bit weights": (_graph([QIN, _quant("w", "wq", 12, signed=1), GEMM], {**COMMON, "b12": 12.0}),
                            "weights of 1 to 8 bits are supported (hwq's range), not 12"),
         "ends in activations": (_graph([QIN, QW, gemm_h, helper.make_node("Relu", ["h"], ["r"], name="relu"),
@@ -217,3 +224,20 @@ def test_flow_takes_an_onnx_model(trained_ir, tmp_path):
     assert r["bit_exact"]["rtl_vs_golden"] and r["accuracy"]["float"] is None
     assert not (tmp_path / "out" / "run").exists()
     assert "executor vs golden on 360 samples (digits test split): <b>equal" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_brevitas_1d_cnn_imports_and_simulates_bit_exact(tmp_path):
+    """Brevitas QuantConv1d layers (ONNX 1-D Conv on (N, C, L)) become 1 x k convolutions over (C, 1, L)."""
+    onnx_path = tmp_path / "cnn1d.onnx"
+    accuracy = _train_and_export("cnn1d", 4, 4, onnx_path, epochs=2)
+    assert accuracy > 0.2
+    assert main(["import", str(onnx_path), "--dataset", "mnist1d", "--samples", "1000", "--out",
+                 str(tmp_path / "ir")]) == 0
+    ir = load_ir(tmp_path / "ir")
+    convs = [la for la in ir.layers if la.op == "conv2d"]
+    assert [la.kernel_hw for la in convs] == [(1, 5), (1, 3)] and ir.input_shape == [1, 1, 40]
+    assert json.loads((tmp_path / "ir" / "import.json").read_text())["samples"] == 1000
+    generate_rtl(ir, load_board("ice40-up5k"), tmp_path / "rtl")
+    res = simulate(ir, tmp_path / "rtl", samples=100)
+    assert res["bit_exact"], res["first_mismatch"]
+    assert all(la["cycles"] == la["estimate_cycles"] for la in res["layers"])

@@ -482,14 +482,15 @@ def test_network_top_multiplies_and_shifts(trained_run, on_dsp):
 
 def test_verilog_is_split_per_layer_with_memory_files(tmp_path):
     """`hwq rtl`'s files hold exactly Amaranth's modules: top.v the top, LAYER.v each layer's modules, and
-    the memory files the words the inline initialisation had (put back, every module text is the same)."""
+    the memory files the words the inline initialisation had (put back, every module text is the same, but
+    for the portability rewrite: combinational blocks read clk, memories count their addresses up)."""
     import json
     import re
 
     from amaranth.back import verilog
 
     from boards import load_board
-    from rtl_gen.emit import generate_rtl, verilog_sources
+    from rtl_gen.emit import _portable, generate_rtl, verilog_sources
 
     rng = np.random.default_rng(3)
     ir = _cnn_ir(rng, c=(4, 8))
@@ -499,7 +500,7 @@ def test_verilog_is_split_per_layer_with_memory_files(tmp_path):
     assert "mem/conv2.wrom.hex" in info["memory_files"] and "mem/fc.prom.hex" in info["memory_files"]
     original = verilog.convert(NetworkTop(network_plan(ir, [1, 4, 4, 2])), name="hwq_top", emit_src=False)
     module = re.compile(r"((?:\(\*[^\n]*\*\)\n)*)module ([^\s(]+) ?\(.*?^endmodule\n", re.S | re.M)
-    want = {m.group(2): m.group(0) for m in module.finditer(original)}
+    want = {m.group(2): _portable(m.group(0)) for m in module.finditer(original)}
     got = {}
     for name in info["files"]:
         text = (tmp_path / "rtl" / name).read_text()
@@ -507,10 +508,11 @@ def test_verilog_is_split_per_layer_with_memory_files(tmp_path):
             mod = m.group(2).lstrip("\\")
             assert name == "top.v" if mod == "hwq_top" else name == f"{mod.split('.')[1]}.v"
             body = m.group(0)
-            for reg, msb, mem, path in re.findall(r"(  reg \[(\d+):0\] (\S+) \[\d+:0\];\n)  initial \$readmemh\(\"([^\"]+)\", \S+\);\n", body):
+            for reg, msb, mem, depth, path in re.findall(r"(  reg \[(\d+):0\] (\S+) \[0:(\d+)\];\n)  initial \$readmemh\(\"([^\"]+)\", \S+\);\n", body):
                 words = (tmp_path / "rtl" / path).read_text().split()
                 inline = "".join(f"    {mem}[{k}] = {int(msb) + 1}'h{w.lstrip('0') or '0'};\n" for k, w in enumerate(words))
-                body = body.replace(f"{reg}  initial $readmemh(\"{path}\", {mem});\n", f"{reg}  initial begin\n{inline}  end\n")
+                body = body.replace(f"{reg}  initial $readmemh(\"{path}\", {mem});\n",
+                                    f"  reg [{msb}:0] {mem} [{depth}:0];\n  initial begin\n{inline}  end\n")
             got[m.group(2)] = body
     assert json.loads((tmp_path / "rtl" / "rtl.json").read_text())["memory_files"] == info["memory_files"]
     assert got.keys() == want.keys()

@@ -320,3 +320,23 @@ def test_signed_network_inputs_are_bit_exact_in_verilator(tmp_path):
     x[0], x[1] = -128, 127
     res = simulate(ir, tmp_path / "rtl", inputs=x)
     assert res["bit_exact"] and res["samples"] == 20, res["first_mismatch"]
+
+
+def test_1d_cnn_is_bit_exact_and_cycles_match(tmp_path):
+    """MNIST-1D's CNN (strided 1 x k convolutions over (C, 1, L), signed 8-bit inputs), briefly trained: the
+    network and one layer alone, bit-exact with every stage's cycles equal to the estimate."""
+    from hwq.data import load_dataset
+    from hwq.export import export_model
+    from hwq.train import TrainConfig, load_run, train
+
+    data = load_dataset("mnist1d")
+    train(TrainConfig(model="cnn1d", dataset="mnist1d", w_bits=2, a_bits=2, epochs_float=1, epochs_qat=1),
+          tmp_path / "run", show_progress=False, data=data)
+    ir = export_model(load_run(tmp_path / "run")[0], dataset="mnist1d")
+    info = generate_rtl(ir, load_board("ice40-up5k"), tmp_path / "rtl")
+    res = simulate(ir, tmp_path / "rtl", samples=100)
+    assert res["bit_exact"] and res["samples"] == 100, res["first_mismatch"]
+    assert all(la["cycles"] == la["estimate_cycles"] for la in res["layers"])
+    assert res["latency_cycles"] == info["latency_cycles"]
+    alone = simulate(ir, tmp_path / "rtl", samples=30, layer="conv2")
+    assert alone["bit_exact"], alone["first_mismatch"]

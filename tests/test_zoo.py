@@ -136,3 +136,24 @@ def test_a_learned_step_below_zero_exports_bit_exact(tmp_path, digits, float_sta
     ir = export_model(net, method=method)
     check = check_model_integer(net, ir, digits.x_test)
     assert check["equal"] and check["fake_quant_mismatches"] == 0, check
+
+
+@pytest.mark.parametrize(("method", "bits"), [("lsq", "4/4"), ("uniq", "2/2"), ("tsq", "2/2")])
+def test_1d_cnn_on_mnist1d_exports_bit_exact(tmp_path, method, bits):
+    """The 1-D CNN (1 x k kernels over (C, 1, L)) on MNIST-1D's signed 8-bit inputs: golden == PyTorch integer
+    path == qonnx's executor on all 1,000 test sequences."""
+    data = load_dataset("mnist1d")
+    w, a = (int(v) for v in bits.split("/"))
+    cfg = TrainConfig(model="cnn1d", dataset="mnist1d", method=method, w_bits=w, a_bits=a, epochs_float=2,
+                      epochs_qat=1, seed=0)
+    train(cfg, tmp_path / "run", show_progress=False, data=data)
+    net, _ = load_run(tmp_path / "run")
+    ir = export_model(net, dataset="mnist1d", method=method)
+    assert [la.kernel_hw for la in ir.layers if la.op == "conv2d"] == [(1, 5), (1, 3), (1, 3)]
+    assert ir.input_shape == [1, 1, 40] and ir.input_signed
+    check = check_model_integer(net, ir, data.x_test)
+    assert check["equal"] and check["unexplained"] == 0, check
+    save_ir(ir, tmp_path / "ir", extra=lambda d: write_qonnx(ir, d / "model.onnx"))
+    back = load_ir(tmp_path / "ir")
+    assert np.array_equal(run_qonnx(tmp_path / "ir" / "model.onnx", data.x_test, ir.input_shape),
+                          golden.run(back, data.x_test))
