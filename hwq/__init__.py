@@ -2,13 +2,13 @@
 
 The stages are ``hwq.train`` (QAT), ``hwq.export`` (integers -> IR), ``hwq.golden`` (integer reference),
 with ``rtl_gen`` (Amaranth generators), ``sim`` (Verilator + cocotb) and ``boards`` beside this package.
-The Python API (``hwq.train``, ``hwq.load``, ``hwq.import_qonnx``, ``hwq.export`` and the
+The Python API (``hwq.Design.train``, ``hwq.load``, ``hwq.import_qonnx``, ``hwq.Design.from_model`` and the
 :class:`hwq.api.Design` they return) is in :mod:`hwq.api`; docs/api.md shows it.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Design", "export", "import_qonnx", "load", "train"]
+__all__ = ["Design", "import_qonnx", "load"]
 
 
 def __getattr__(name):

@@ -1,11 +1,11 @@
 """hwq's Python API: one object, :class:`Design`, from a network to checked hardware.
 
-Get a design by training (:func:`train`), from an IR folder (:func:`load`), from a QONNX file
-(:func:`import_qonnx`) or from your own PyTorch model of hwq's layers (:func:`export`); then call its
-stages, each of which returns plain data (dicts of numbers, strings and lists, as the CLI's JSON files)::
+Get a design by training (:meth:`Design.train`), from an IR folder (:func:`load`), from a QONNX file
+(:func:`import_qonnx`) or from a trained hwq model (:meth:`Design.from_model`); then call its stages,
+each of which returns plain data (dicts of numbers, strings and lists, as the CLI's JSON files)::
 
     import hwq
-    d = hwq.train("out/run", model="mlp", bits="2/2", epochs_float=5, epochs_qat=5)
+    d = hwq.Design.train("out", model="mlp", bits="2/2", epochs_float=5, epochs_qat=5)
     d.estimate("ice40-up5k")          # resources and cycles, per layer and in total
     d.rtl("ice40-up5k", "out/rtl")    # Verilog; returns rtl.json
     d.simulate(samples=50)            # Verilator against the golden model; returns sim.json
@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["Design", "export", "import_qonnx", "load", "train"]
+__all__ = ["Design", "import_qonnx", "load"]
 
 
 class Design:
@@ -39,6 +39,34 @@ class Design:
     def __repr__(self):
         layers = ", ".join(f"{la.name}:{la.op}" for la in self.ir.layers)
         return f"Design({self.ir.model} on {self.ir.dataset}: {layers})"
+
+    @classmethod
+    def train(cls, out, *, requant="auto", show_progress=False, **options):
+        """Train (``options``: :class:`hwq.train.TrainConfig`'s fields, e.g. ``model="cnn"``, ``bits="2/2"``
+        or ``w_bits=2, a_bits=2``, ``method="uniq"``, ``epochs_qat=20``) into ``out/run`` and export the
+        IR to ``out/ir``; return the design. (A classmethod: ``hwq.train`` is the training module.)"""
+        from .export import export_run
+        from .train import TrainConfig, parse_bits
+        from .train import train as train_run
+
+        if "bits" in options:
+            options["w_bits"], options["a_bits"] = parse_bits(options.pop("bits"))
+        out = Path(out)
+        metrics = train_run(TrainConfig(**options), out / "run", show_progress=show_progress)
+        ir = export_run(out / "run", out / "ir", requant=requant)
+        return cls(ir, out / "ir", metrics=metrics, source={"kind": "trained", "run": str(out / "run")})
+
+    @classmethod
+    def from_model(cls, model, out=None, *, dataset="digits", method="custom", requant="auto"):
+        """The design of a trained :class:`hwq.models.QuantNet` (e.g. ``hwq.train.load_run(RUN)[0]`` after
+        your own fine-tuning), exported to the integer IR (written to ``out`` when given)."""
+        from .export import export_model
+        from .ir import save_ir
+
+        ir = export_model(model, dataset=dataset, method=method, requant=requant)
+        if out is not None:
+            save_ir(ir, out)
+        return cls(ir, None if out is None else Path(out), source={"kind": "pytorch"})
 
     def layers(self):
         """Per layer: name, op, bits and shapes (plain data)."""
@@ -130,24 +158,6 @@ def load(ir_dir):
     return Design(load_ir(ir_dir), Path(ir_dir))
 
 
-def train(out, *, requant="auto", show_progress=False, **options):
-    """Train (``options``: :class:`hwq.train.TrainConfig`'s fields, e.g. ``model="cnn"``, ``bits="2/2"``
-    or ``w_bits=2, a_bits=2``, ``method="uniq"``, ``epochs_qat=20``) into ``out/run`` and export the
-    IR to ``out/ir``; return the design."""
-    from .export import export_run
-    from .train import TrainConfig
-    from .train import train as train_run
-
-    if "bits" in options:
-        from .train import parse_bits
-
-        options["w_bits"], options["a_bits"] = parse_bits(options.pop("bits"))
-    out = Path(out)
-    metrics = train_run(TrainConfig(**options), out / "run", show_progress=show_progress)
-    ir = export_run(out / "run", out / "ir", requant=requant)
-    return Design(ir, out / "ir", metrics=metrics, source={"kind": "trained", "run": str(out / "run")})
-
-
 def import_qonnx(path, out=None, *, dataset="none", requant="auto", inputs=None, samples=64):
     """Import a QONNX file (as ``hwq import``): checked against qonnx's executor on ``inputs`` (codes) or
     generated ones; written to ``out`` when given. Returns the design; ``design.source`` holds the check."""
@@ -161,15 +171,3 @@ def import_qonnx(path, out=None, *, dataset="none", requant="auto", inputs=None,
     if out is not None:
         save_ir(ir, out, extra=lambda tmp: (tmp / "import.json").write_text(json.dumps(source, indent=2) + "\n"))
     return Design(ir, None if out is None else Path(out), source=source)
-
-
-def export(model, out=None, *, dataset="digits", method="custom", requant="auto"):
-    """The design of a trained :class:`hwq.models.QuantNet` (e.g. ``hwq.train.load_run(RUN)[0]`` after your
-    own fine-tuning), exported to the integer IR (written to ``out`` when given)."""
-    from .export import export_model
-    from .ir import save_ir
-
-    ir = export_model(model, dataset=dataset, method=method, requant=requant)
-    if out is not None:
-        save_ir(ir, out)
-    return Design(ir, None if out is None else Path(out), source={"kind": "pytorch"})

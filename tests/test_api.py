@@ -9,6 +9,11 @@ API_DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
 
 def test_api_doc_examples_run(tmp_path, monkeypatch):
+    import importlib
+
+    for stage in ("hwq.export", "hwq.train"):  # imported, as in any session that used them: no name clash
+        importlib.import_module(stage)
+
     blocks = re.findall(r"```python\n(.*?)```", API_DOC.read_text(), re.S)
     assert len(blocks) >= 4
     monkeypatch.chdir(tmp_path)

@@ -14,7 +14,7 @@ from hwq.cli import main
     (["rtl", "ir", "--board", "nope", "--out", "x"], "unknown board 'nope'; known boards: ecp5-25f, ecp5-85f, ice40-hx8k, ice40-up5k, xc7a100t, xc7a35t, xc7z020"),
     (["estimate", "ir", "--board", "nope"], "known boards: ecp5-25f, ecp5-85f"),
     (["export", "does-not-exist", "--out", "x"], "does-not-exist: run directory not found"),
-    (["train", "--dataset", "mnist1d", "--model", "cnn", "--out", "x"], "mnist1d samples are 1x40 (use --model mlp)"),
+    (["train", "--dataset", "mnist1d", "--model", "cnn", "--out", "x"], "mnist1d samples are 1x40 (use --model mlp, or cnn1d for 1-D signals)"),
 ])
 def test_user_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
