@@ -57,14 +57,24 @@ def _bits(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _model_choice(text):
+    from .custom import is_builder_ref
+    from .models import MODELS
+
+    if text in MODELS or is_builder_ref(text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(MODELS)} or FILE.py:FUNCTION, not {text!r}")
+
+
 def _add_train_args(p):
     from .data import DATASETS
     from .train import FIRST_LAST, METHODS, MODELS, NBN_VARIANTS, TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--model", default=d.model, choices=MODELS,
+    p.add_argument("--model", default=d.model, type=_model_choice, metavar="{" + ",".join(MODELS) + ",FILE.py:FUNC}",
                    help="network: mlp (64-32-16-10), cnn (conv-BN-ReLU-pool x2, fc), resnet (cnn with a "
-                        f"residual block) (default: {d.model})")
+                        "residual block), cnn1d (MNIST-1D's CNN for 1-D signals), or your own: FILE.py:FUNC, a "
+                        f"function that builds it from hwq's layers (see hwq/custom.py) (default: {d.model})")
     p.add_argument("--dataset", default=d.dataset, choices=DATASETS,
                    help="dataset (default: digits, bundled with scikit-learn; mnist and cifar10 read local "
                         "files, see README)")

@@ -90,8 +90,12 @@ TRAIN_KEY_FILE = "train-key.txt"  # in a flow's run/: what the run was trained w
 
 
 def _train_key(cfg):
-    """What a trained run depends on: every training option and hwq's version (not the board)."""
-    return hashlib.sha256(json.dumps([__version__, asdict(cfg)], sort_keys=True, default=str).encode()).hexdigest()
+    """What a trained run depends on: every training option, hwq's version and the file of a custom model's
+    builder (not the board)."""
+    from .custom import builder_digest, is_builder_ref
+
+    own = builder_digest(cfg.model) if is_builder_ref(cfg.model) else None
+    return hashlib.sha256(json.dumps([__version__, asdict(cfg), own], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _reusable_run(run_dir, key):

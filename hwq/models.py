@@ -100,9 +100,12 @@ class NetConfig:
     aq: list = field(default_factory=lambda: ["lsq"] * 3)
     per_channel: list = field(default_factory=lambda: [False] * 3)
     bn: bool = True  # batch-norm after hidden conv layers (False once folded into the weights)
+    spec: list | None = None  # model "custom": the layers a builder recorded (hwq.custom), as plain data
 
     def __post_init__(self):
-        if self.model not in MODELS:
+        if self.model == "custom" and not self.spec:
+            raise ValueError("a custom model needs its recorded layers (spec)")
+        if self.model not in (*MODELS, "custom"):
             raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
         n = len(self.names)
         for name in ("w_bits", "a_bits", "wq", "aq", "per_channel"):
@@ -115,6 +118,10 @@ class NetConfig:
 
     @property
     def names(self):
+        if self.model == "custom":
+            from .custom import spec_names
+
+            return spec_names(self.spec)
         return layer_names(self.model, len(self.hidden))
 
     def to_dict(self):
@@ -352,6 +359,19 @@ class QuantNet(nn.Module):
             side = cfg.in_shape[1] // 4
             nodes = [qlayer(0, "conv2d", c_in, c1), MaxPool("pool1"), qlayer(1, "conv2d", c1, c2),
                      MaxPool("pool2"), Flatten("flatten"), qlayer(2, "linear", c2 * side * side, cfg.n_classes)]
+        elif cfg.model == "custom":  # recorded by a builder (hwq.custom); the last layer gives the logits
+            nodes, i = [], 0
+            for la in cfg.spec:
+                if la["op"] == "conv2d":
+                    nodes.append(qlayer(i, "conv2d", la["in"], la["out"], kernel=tuple(la["kernel"]),
+                                        stride=la["stride"], padding=tuple(la["padding"])))
+                elif la["op"] == "linear":
+                    nodes.append(qlayer(i, "linear", la["in"], la["out"]))
+                elif la["op"] == "maxpool":
+                    nodes.append(MaxPool(la["name"], la["kernel"]))
+                else:
+                    nodes.append(Flatten(la["name"]))
+                i += la["op"] in ("conv2d", "linear")
         elif cfg.model == "cnn1d":  # MNIST-1D's CNN: three strided 1-D convolutions over (C, 1, L), then linear
             c_in, (c1, c2), length = cfg.in_shape[0], cfg.channels, cfg.in_shape[-1]
             nodes = []
@@ -454,6 +474,6 @@ class QuantNet(nn.Module):
 def build_model(config_dict):
     """Rebuild a model from the ``config`` stored in a checkpoint."""
     fields = dict(config_dict)
-    if fields.get("model") not in MODELS:
+    if fields.get("model") not in (*MODELS, "custom"):
         raise ValueError(f"unknown model {fields.get('model')!r}")
     return QuantNet(NetConfig(**fields))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .custom import is_builder_ref, record, spec_names
 from .data import load_dataset
 from .errors import UserError
 from .fileio import atomic_path, read_yaml, write_json, write_yaml
@@ -110,8 +111,9 @@ class TrainConfig:
         for name, value, known in (("model", self.model, MODELS), ("method", self.method, METHODS),
                                    ("first-last", self.first_last, FIRST_LAST),
                                    ("nbn-variant", self.nbn_variant, NBN_VARIANTS)):
-            if value not in known:
-                raise UserError(f"--{name}: unknown value {value!r}; expected one of {', '.join(known)}")
+            if value not in known and not (name == "model" and is_builder_ref(value)):
+                more = " or path/to/file.py:function (your own network, docs in hwq/custom.py)" if name == "model" else ""
+                raise UserError(f"--{name}: unknown value {value!r}; expected one of {', '.join(known)}{more}")
         for name in ("epochs_float", "epochs_qat", "batch_size", "nbn_groups"):
             low = 1 if name in ("batch_size", "nbn_groups") else 0
             if getattr(self, name) < low:
@@ -158,7 +160,9 @@ def _seed_everything(seed):
     torch.set_num_threads(train_threads())
 
 
-def _net_config(cfg, data):
+def _net_config(cfg, data, built=None):
+    """The NetConfig of ``cfg`` on ``data``; ``built``: (spec, input shape) of a custom network already
+    recorded (:func:`hwq.custom.record`), else ``cfg.model`` says which."""
     if cfg.model in ("cnn", "resnet") and min(data.image_shape[1:]) < 4:
         raise UserError(f"--model {cfg.model}: its 3x3 convolutions and two 2x2 poolings need images of at least "
                         f"4x4; {data.name} samples are {'x'.join(map(str, data.image_shape[1:]))} (use --model mlp, "
@@ -166,11 +170,17 @@ def _net_config(cfg, data):
     if cfg.model == "cnn1d" and (data.image_shape[1] != 1 or data.image_shape[2] < 5):
         raise UserError(f"--model cnn1d: takes 1-D signals (C x 1 x L, L >= 5, e.g. --dataset mnist1d); {data.name} "
                         f"samples are {'x'.join(map(str, data.image_shape))}")
-    in_shape = [data.in_features] if cfg.model == "mlp" else list(data.image_shape)
-    names = layer_names(cfg.model, len(cfg.hidden))
+    spec = None
+    if built is not None or is_builder_ref(cfg.model):
+        spec, in_shape = built or record(cfg.model, list(data.image_shape), data.n_classes,
+                                         where=f"--model {cfg.model}")
+        names = spec_names(spec)
+    else:
+        in_shape = [data.in_features] if cfg.model == "mlp" else list(data.image_shape)
+        names = layer_names(cfg.model, len(cfg.hidden))
     w_bits, a_bits = resolve_bits(cfg, names, data.input_bits)
     wq, aq, pc = quantizer_names(cfg.method, w_bits, a_bits)
-    return NetConfig(model=cfg.model, in_shape=in_shape, n_classes=data.n_classes, input_bits=data.input_bits,
+    return NetConfig(model="custom" if spec else cfg.model, spec=spec, in_shape=in_shape, n_classes=data.n_classes, input_bits=data.input_bits,
                      input_scale=data.input_scale, input_signed=data.input_signed, hidden=list(cfg.hidden),
                      channels=list(cfg.channels), w_bits=w_bits, a_bits=a_bits, wq=wq, aq=aq, per_channel=pc)
 
