@@ -126,19 +126,20 @@ class _Importer:
     def inputs_of(self, codes):
         return None if codes.name == (self.layers[-1].name if self.layers else "input") else [codes.name]
 
-    def codes_in(self, node, k=0):
+    def value_in(self, node, kind, k=0):
+        """Input ``k`` of ``node``, which must be a :class:`Codes` or an :class:`Acc` (``kind``)."""
         value = self.values.get(node.input[k])
-        if not isinstance(value, Codes):
-            self.fail(node, f"input {node.input[k]!r} must be quantized activations (the output of a Quant, "
-                            f"BipolarQuant or MultiThreshold node), not {_kind(value)}")
+        if not isinstance(value, kind):
+            what = ("quantized activations (the output of a Quant, BipolarQuant or MultiThreshold node)"
+                    if kind is Codes else "the output of a Gemm, MatMul, Conv or residual Add")
+            self.fail(node, f"input {node.input[k]!r} must be {what}, not {_kind(value)}")
         return value
 
+    def codes_in(self, node, k=0):
+        return self.value_in(node, Codes, k)
+
     def acc_in(self, node, k=0):
-        value = self.values.get(node.input[k])
-        if not isinstance(value, Acc):
-            self.fail(node, f"input {node.input[k]!r} must be the output of a Gemm, MatMul, Conv or residual Add, "
-                            f"not {_kind(value)}")
-        return value
+        return self.value_in(node, Acc, k)
 
     def channel_vector(self, node, value, channels, channel_axis, what):
         """A constant that is one number per channel (or one number) -> float64 (channels,)."""
