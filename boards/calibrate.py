@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -326,30 +325,38 @@ def synthesize_network(ir, folding, board, work, *, cells=False):
     return {"points": points, "total": total, "seconds": syn["seconds"], "folding": folding.to_json()}
 
 
-def sweep_cases(family, designs, seed, *, jobs=2, progress=True):
-    """Synthesize ``designs`` random networks for ``family``; return (board, [(case, record), ...])
-    where a case is (ir, widths) and a record holds every component's plan and yosys counts."""
+def _cases(family, designs, seed):
+    """The sweep's random networks and foldings (a seeded sequence: design k depends on the ones before)."""
     from boards import load_board
 
     board = load_board(FAMILY_BOARDS[family])
     rng = np.random.default_rng(seed)
-    cases = [random_network(rng, board) for _ in range(designs)]
-    cells = board.family in CELL_FAMILIES
+    return board, [random_network(rng, board) for _ in range(designs)]
 
-    def one(case):
-        ir, folding = case
-        with tempfile.TemporaryDirectory(prefix="hwq-cal-") as work:
-            return synthesize_network(ir, folding, board, work, cells=cells)
 
-    records = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for k, rec in enumerate(pool.map(one, cases)):
-            records.append(rec)
-            if progress:
-                print(f"\r{family}: {k + 1}/{designs} designs synthesized", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
-    return board, list(zip(cases, records, strict=True))
+def calibration_point(task):
+    """One design of a calibration sweep, ``{"family", "seed", "index"}``: the index-th random network of the
+    seeded sequence, synthesized (a task of :func:`hwq.sweep.run_tasks`)."""
+    board, cases = _cases(task["family"], task["index"] + 1, task["seed"])
+    ir, folding = cases[-1]
+    with tempfile.TemporaryDirectory(prefix="hwq-cal-") as work:
+        return synthesize_network(ir, folding, board, work, cells=board.family in CELL_FAMILIES)
+
+
+def sweep_cases(family, designs, seed, *, jobs=2, progress=True, ray_address=None, cache=None):
+    """Synthesize ``designs`` random networks for ``family``; return (board, [(case, record), ...])
+    where a case is (ir, widths) and a record holds every component's plan and yosys counts. The designs
+    run as tasks of :func:`hwq.sweep.run_tasks`: ``jobs`` workers on Ray (1: in this process)."""
+    from hwq.sweep import run_tasks
+
+    board, cases = _cases(family, designs, seed)
+    tasks = [{"family": family, "seed": seed, "index": k} for k in range(designs)]
+    log = (lambda msg: print(f"{family}: {msg}", file=sys.stderr, flush=True)) if progress else None
+    results = run_tasks(calibration_point, tasks, workers=jobs, ray_address=ray_address, cache=cache, log=log)
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {designs} calibration designs failed; first: {failed[0]['error']}")
+    return board, list(zip(cases, [r["result"] for r in results], strict=True))
 
 
 def sweep(family, designs, seed, *, jobs=2, progress=True):
