@@ -27,12 +27,6 @@ TARGETS = {"W4A4": 1.0, "W2A2": 3.0, "W1A1": 10.0}  # best method within this ma
 NBN_PAPER = {"nbn": 73.2, "direct": 71.4, "layer": 67.2}  # CIFAR-10, 3 bits (Sher et al., 2023, abstract)
 
 
-def _init_worker():
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _pretrain(job):
     from hwq.data import load_dataset
     from hwq.train import TrainConfig, pretrain
@@ -82,27 +76,30 @@ def _jobs(args):
     return jobs
 
 
+def _run_all(fn, jobs, workers, label):
+    """``fn`` over ``jobs`` through hwq's sweep machinery (Ray with ``workers`` CPUs; 1: in this process)."""
+    from hwq.sweep import run_tasks
+
+    done = [0]
+
+    def log(msg):
+        done[0] += msg.startswith("[")
+        print(f"\r{label}: {done[0]}/{len(jobs)}", end="", file=sys.stderr, flush=True)
+
+    results = run_tasks(fn, jobs, workers=workers, log=log)
+    print(file=sys.stderr)
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:
+        raise SystemExit(f"{len(failed)} runs failed; first: {failed[0]['error']}\n{failed[0].get('traceback', '')}")
+    return [r["result"] for r in results]
+
+
 def run(args):
     t0 = time.perf_counter()
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(args.jobs, initializer=_init_worker) as pool:
-        floats = {s: (st, acc) for s, st, acc in pool.map(_pretrain, [(s, args.epochs_float, args.first_last)
-                                                                      for s in args.seeds])}
-        jobs = [(key, kw, floats[key[-1]]) for key, kw in _jobs(args)]
-        results = {}
-        try:
-            from rich.progress import Progress
-        except ImportError:  # pragma: no cover
-            Progress = None
-        if Progress is not None:
-            with Progress() as progress:
-                task = progress.add_task("QAT runs", total=len(jobs))
-                for key, m in pool.imap_unordered(_train, jobs):
-                    results[key] = m
-                    progress.advance(task)
-        else:
-            for key, m in pool.imap_unordered(_train, jobs):
-                results[key] = m
+    floats = {s: (st, acc) for s, st, acc in _run_all(_pretrain, [(s, args.epochs_float, args.first_last)
+                                                                  for s in args.seeds], args.jobs, "float networks")}
+    jobs = [(key, kw, floats[key[-1]]) for key, kw in _jobs(args)]
+    results = dict(_run_all(_train, jobs, args.jobs, "QAT runs"))
     return floats, results, time.perf_counter() - t0
 
 

@@ -344,6 +344,17 @@ def cmd_sim(args):
     return 0 if res["bit_exact"] else 1
 
 
+def cmd_sweep(args):
+    from .sweep import run_sweep
+
+    report = run_sweep(args.sweep, args.out, workers=args.workers, ray_address=args.ray_address,
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    n = len(report["points"])
+    print(f"{n} points: {n - report['failed']} ok ({report['reused']} reused), {report['failed']} failed, "
+          f"{report['wall_seconds']:.1f} s; wrote {Path(args.out) / 'sweep.json'} and {Path(args.out) / 'sweep.html'}")
+    return 1 if report["failed"] else 0
+
+
 def cmd_synth(args):
     from boards import load_board
 
@@ -528,6 +539,13 @@ COMMAND_HELP = {
     "synth": (("Synthesize the RTL with yosys for its board (resources per layer and in total) and, with --pnr, "
               "place and route it with nextpnr (Fmax). Reads RTL; writes RTL/synth.json."),
               ["hwq synth rtl", "hwq synth rtl --pnr"]),
+    "sweep": (("Run every point of a sweep file (a grid or a list over model, method, bits, board, LUT budget, "
+              "seed) through the chosen stages (train, export, rtl, estimate, sim, synth, pnr), on Ray: this "
+              "machine's cores or a cluster. Finished points are found again by their hash and reused; a failed "
+              "point is recorded with its error. Writes OUT/sweep.json, OUT/sweep.html (accuracy against LUTs "
+              "and throughput, Pareto fronts), OUT/points/<hash>/ and OUT/cache/."),
+              ["hwq sweep examples/sweep.yaml --out out/sweep", "hwq sweep my.yaml --workers 1 --out out/sweep",
+               "hwq sweep my.yaml --ray-address auto --out /shared/sweep"]),
     "flow": (("Every stage in one run: train, export, check, generate, estimate, simulate (and synthesize with "
              "--synth, allocate bits with --allocate). Writes OUT/run, OUT/ir, OUT/rtl, OUT/estimate.json, "
              "OUT/sim.json, OUT/report.json and OUT/report.html."),
@@ -641,6 +659,17 @@ def build_parser():
     _add_board(p, folding=False)
     p.add_argument("--pnr", action="store_true", help="also place and route with nextpnr for Fmax (iCE40, ECP5)")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("sweep", help="many flow points (a grid or a list) on Ray, reused when run again")
+    p.add_argument("sweep", help="sweep file (format hwq-sweep/1; see docs/formats.md and examples/sweep.yaml)")
+    p.add_argument("--out", required=True, help="results folder: sweep.json, sweep.html, points/, cache/")
+    p.add_argument("--workers", type=_positive, default=None,
+                   help="1: run the points one after the other in this process (no Ray); N: a local Ray with N "
+                        "CPUs (default: this machine's cores)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="run on an existing Ray cluster (e.g. ray://head:10001 or auto); --out must then be a "
+                        "folder every node can write")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("flow", help="all stages in one run -> report.json and report.html")
     _add_train_args(p)

@@ -132,6 +132,8 @@ def _cached(cache, fn, task):
 
 
 def _label(task):
+    if not isinstance(task, dict):
+        return str(task)[:80]
     point = task.get("point", task)
     return " ".join(f"{k}={v}" for k, v in point.items() if k not in ("dir", "stages", "samples"))
 
