@@ -293,6 +293,24 @@ def pareto(points, x_key, y_key):
     return front
 
 
+def _row(p):
+    """One table row of a point: its figures, or its error."""
+    import html
+
+    cells = [html.escape(_label(p)), p["status"]]
+    if p["status"] != "ok":
+        cells.append(f"<td colspan=8>{html.escape(p.get('error', ''))}</td>")
+        return "<tr>" + "".join(f"<td>{c}</td>" for c in cells[:2]) + cells[2] + f"<td>{p['seconds']:.1f}</td></tr>"
+    r = p["result"]
+    res = r.get("synth") or r.get("estimate") or {}
+    acc = r["accuracy"].get("golden", r["accuracy"]["fake_quant"])
+    cells += [f"{acc:.4f}", *(str(res.get(k, "-")) for k in ("lut", "ff", "bram", "dsp")),
+              str((r.get("rtl") or r.get("estimate") or {}).get("initiation_interval_cycles", "-")),
+              f"{(r.get('rtl') or r.get('estimate') or {}).get('throughput_per_s', 0):,.0f}",
+              str(r["sim"]["bit_exact"]) if "sim" in r else "-", f"{p['seconds']:.1f}"]
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
 def render_sweep_html(report):
     """A self-contained page: accuracy against LUTs and against throughput per board (Pareto fronts marked),
     and a table of every point."""
@@ -321,10 +339,10 @@ def render_sweep_html(report):
             ax.set_ylabel("accuracy (golden)")
             ax.set_title(f"{board}: Pareto front in red")
             figs.append(f'<img alt="{html.escape(board)}" src="{_png(fig)}">')
-    table = "".join(
-        f"<tr><td>{html.escape(_label(p))}</td><td>{p['status']}</td>"
-        f"<td>{html.escape(json.dumps(p.get('result', p.get('error')))[:400])}</td></tr>" for p in report["points"])
+    table = "".join(_row(p) for p in report["points"])
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>hwq sweep</title></head><body>"
             f"<h1>hwq sweep: {len(report['points'])} points</h1><p>{report['failed']} failed, {report['reused']} "
-            f"reused, {report['wall_seconds']} s</p>{''.join(figs)}<table border=1><tr><th>point</th><th>status</th>"
-            f"<th>result</th></tr>{table}</table></body></html>\n")
+            f"reused, {report['wall_seconds']} s</p>{''.join(figs)}<table border=1 cellpadding=4 style='border-collapse:"
+            f"collapse'><tr><th>point</th><th>status</th><th>accuracy (golden)</th><th>LUT</th><th>FF</th><th>BRAM</th>"
+            f"<th>DSP</th><th>interval (cycles)</th><th>inferences/s</th><th>RTL bit-exact</th><th>seconds</th></tr>"
+            f"{table}</table></body></html>\n")
