@@ -359,9 +359,9 @@ def sweep_cases(family, designs, seed, *, jobs=2, progress=True, ray_address=Non
     return board, list(zip(cases, [r["result"] for r in results], strict=True))
 
 
-def sweep(family, designs, seed, *, jobs=2, progress=True):
+def sweep(family, designs, seed, *, jobs=2, progress=True, ray_address=None):
     """The calibration file's contents: every design's records."""
-    board, results = sweep_cases(family, designs, seed, jobs=jobs, progress=progress)
+    board, results = sweep_cases(family, designs, seed, jobs=jobs, progress=progress, ray_address=ray_address)
     return {"family": family, "board": board.name, "yosys_synth": board.yosys_synth, "seed": seed,
             "designs": [rec for _, rec in results]}
 
@@ -406,7 +406,8 @@ def main(argv=None):
     p.add_argument("--family", required=True, choices=sorted(FAMILY_BOARDS))
     p.add_argument("--designs", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help="Ray workers (1: one design after the other, no Ray)")
+    p.add_argument("--ray-address", help="run the designs on an existing Ray cluster")
     p.add_argument("--out", help="default: boards/calibration/<family>.json")
     p = sub.add_parser("fit", help="fit coefficients from the sweep files")
     p.add_argument("files", nargs="*", help="default: boards/calibration/<family>.json for each family")
@@ -415,7 +416,7 @@ def main(argv=None):
     from hwq.fileio import write_json
 
     if args.cmd == "sweep":
-        data = sweep(args.family, args.designs, args.seed, jobs=args.jobs)
+        data = sweep(args.family, args.designs, args.seed, jobs=args.jobs, ray_address=args.ray_address)
         out = args.out or HERE / f"{args.family}.json"
         write_json(out, data)
         print(f"wrote {out}")
