@@ -162,6 +162,9 @@ class _Importer:
         bits = self.scalar(node, 3, "the bit width")
         if zeropt is None:
             self.fail(node, "the zero point must be a constant")
+        if bits == 1 and self.attr(node, "signed", 1):
+            self.fail(node, "a 1-bit signed Quant gives the codes -1 and 0; hwq's 1-bit signed codes are -1 and +1 "
+                            "(write it as a BipolarQuant)")
         if bits != int(bits) or not 1 <= bits <= 32:
             self.fail(node, f"the bit width must be an integer from 1 to 32, not {bits:g}")
         return dict(scale=scale, zeropt=zeropt, bits=int(bits), signed=bool(self.attr(node, "signed", 1)),

@@ -158,6 +158,8 @@ def _bad_models():
                          "node 'mp' (MaxPool): square 2-D windows with stride = kernel and no padding are supported"),
         "12-bit weights": (_graph([QIN, _quant("w", "wq", 12, signed=1), GEMM], {**COMMON, "b12": 12.0}),
                            "weights of 1 to 8 bits are supported (hwq's range), not 12"),
+        "1-bit signed Quant": (_graph([QIN, _quant("w", "wq", 1, signed=1), GEMM], {**COMMON, "b1": 1.0}),
+                               "a 1-bit signed Quant gives the codes -1 and 0"),
         "ends in activations": (_graph([QIN, QW, gemm_h, helper.make_node("Relu", ["h"], ["r"], name="relu"),
                                         _quant("r", "y", 2)], COMMON),
                                 "the graph's output must be the logits of a last Gemm, MatMul or Conv layer"),
