@@ -544,7 +544,7 @@ COMMAND_HELP = {
               "machine's cores or a cluster. Finished points are found again by their hash and reused; a failed "
               "point is recorded with its error. Writes OUT/sweep.json, OUT/sweep.html (accuracy against LUTs "
               "and throughput, Pareto fronts), OUT/points/<hash>/ and OUT/cache/."),
-              ["hwq sweep examples/sweep.yaml --out out/sweep", "hwq sweep my.yaml --workers 1 --out out/sweep",
+              ["hwq sweep examples/sweeps/mlp-cnn.yaml --out out/sweep", "hwq sweep my.yaml --workers 1 --out out/sweep",
                "hwq sweep my.yaml --ray-address auto --out /shared/sweep"]),
     "flow": (("Every stage in one run: train, export, check, generate, estimate, simulate (and synthesize with "
              "--synth, allocate bits with --allocate). Writes OUT/run, OUT/ir, OUT/rtl, OUT/estimate.json, "
@@ -661,7 +661,7 @@ def build_parser():
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("sweep", help="many flow points (a grid or a list) on Ray, reused when run again")
-    p.add_argument("sweep", help="sweep file (format hwq-sweep/1; see docs/formats.md and examples/sweep.yaml)")
+    p.add_argument("sweep", help="sweep file (format hwq-sweep/1; see docs/formats.md and examples/sweeps/mlp-cnn.yaml)")
     p.add_argument("--out", required=True, help="results folder: sweep.json, sweep.html, points/, cache/")
     p.add_argument("--workers", type=_positive, default=None,
                    help="1: run the points one after the other in this process (no Ray); N: a local Ray with N "

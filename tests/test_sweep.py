@@ -110,3 +110,12 @@ def test_bad_sweep_files_are_one_line_errors(tmp_path, text, message):
     with pytest.raises(UserError, match=None) as e:
         load_sweep(tmp_path / "s.yaml")
     assert message in str(e.value) and str(tmp_path / "s.yaml") in str(e.value)
+
+
+def test_example_sweep_file_is_valid():
+    """examples/sweeps/*.yaml load (points and stages checked) as the README shows them."""
+    examples = sorted((Path(__file__).parent.parent / "examples" / "sweeps").glob("*.yaml"))
+    assert examples
+    for example in examples:
+        points, stages, _ = load_sweep(example)
+        assert points and "train" in stages
