@@ -186,12 +186,12 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
         return _finish(out, board, *imported, samples=samples, fold=fold,
                        lut_budget=lut_budget, folding=None, synth=synth, log=log, show_progress=show_progress,
                        force=force, command=command, timings=timings, allocation=None)
-    if allocate_options is None:
-        check_fits_first(train_cfg, board, lut_budget=lut_budget, fold=fold)
-
     t = time.perf_counter()
     key = _train_key(train_cfg)
     reused = _reusable_run(out / "run", key)
+    if allocate_options is None and reused is None:  # a reused run is checked by hwq rtl below, on its real IR
+        check_fits_first(train_cfg, board, lut_budget=lut_budget, fold=fold)
+    t = time.perf_counter()
     if reused is not None:
         metrics = reused
         log(f"reusing {out / 'run'}: trained by this hwq with the same options (training does not depend on the "
