@@ -161,13 +161,7 @@ def load(ir_dir):
 def import_qonnx(path, out=None, *, dataset="none", requant="auto", inputs=None, samples=64):
     """Import a QONNX file (as ``hwq import``): checked against qonnx's executor on ``inputs`` (codes) or
     generated ones; written to ``out`` when given. Returns the design; ``design.source`` holds the check."""
-    import json
-
-    from .ir import save_ir
     from .qonnx_import import import_qonnx as lower_and_check
 
-    ir, check = lower_and_check(path, dataset=dataset, requant=requant, inputs=inputs, samples=samples)
-    source = {"kind": "qonnx", "source": str(path), **check}
-    if out is not None:
-        save_ir(ir, out, extra=lambda tmp: (tmp / "import.json").write_text(json.dumps(source, indent=2) + "\n"))
-    return Design(ir, None if out is None else Path(out), source=source)
+    ir, check = lower_and_check(path, out, dataset=dataset, requant=requant, inputs=inputs, samples=samples)
+    return Design(ir, None if out is None else Path(out), source={"kind": "qonnx", **check})

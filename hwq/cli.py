@@ -164,22 +164,12 @@ def cmd_export(args):
 
 
 def cmd_import(args):
-    import json
-
-    import numpy as np
-
-    from .fileio import file_digest
-    from .ir import save_ir
-    from .qonnx_import import check_import, check_inputs, lower_qonnx
+    from .qonnx_import import check_and_save, check_inputs, lower_qonnx
 
     ir, model = lower_qonnx(args.model, dataset=args.dataset, requant=args.requant)
-    codes = _read_codes(args.inputs, ir) if args.inputs else check_inputs(ir, args.samples)
+    codes, what = (_read_codes(args.inputs, ir), args.inputs) if args.inputs else check_inputs(ir, args.samples)
     print(f"checking {len(codes)} samples: qonnx's executor on {args.model} against hwq's golden model ...", flush=True)
-    check = check_import(model, ir, np.asarray(codes).reshape(len(codes), -1), args.model)
-    check.update(source=str(args.model), source_sha256=file_digest(args.model),
-                 inputs=args.inputs or (f"{args.dataset} test split" if args.dataset != "none" else "random codes"))
-    save_ir(ir, args.out, force=args.force,
-            extra=lambda tmp: (tmp / "import.json").write_text(json.dumps(check, indent=2) + "\n"))
+    check = check_and_save(model, ir, codes, args.model, args.out, inputs=what, force=args.force)
     print(f"equal: every logit of {check['samples']} samples (largest difference {check['max_error_steps']:.2g} of "
           f"one integer step, float32 rounding)")
     print(f"wrote {args.out}: manifest.yaml, tensors.npz, import.json")

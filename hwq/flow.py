@@ -219,43 +219,44 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
     ir = export_run(run_dir, out / "ir", force=force)
     timings["export"] = round(time.perf_counter() - t, 3)
     data = load_dataset(ir.dataset, input_bits=ir.input_bits)
-    gold_out = golden.run(ir, data.x_test)
-    acc_golden = float((gold_out.argmax(1) == data.y_test).mean())
+    acc_golden = _golden_accuracy(ir, data)
     check = check_torch_integer(run_dir, ir, data.x_test)
     log(f"exported IR -> {out / 'ir'}  golden {acc_golden:.4f}, torch integer path "
         f"{'equal' if check['equal'] else 'DIFFERENT'}, fake-quant prediction mismatches "
         f"{check['fake_quant_mismatches']} ({_explained(check)})")
-    return _finish(out, board, ir, metrics, check, None, samples=samples, fold=fold, lut_budget=lut_budget,
+    return _finish(out, board, ir, metrics, check, None, data, samples=samples, fold=fold, lut_budget=lut_budget,
                    folding=folding, synth=synth, log=log, show_progress=show_progress, force=force, command=command,
-                   timings=timings, allocation=allocation)
+                   timings=timings, allocation=allocation, acc_golden=acc_golden)
 
 
 def _imported(out, onnx, dataset, log, force):
     """Import ``onnx`` into ``out/ir``, checked on ``dataset``'s whole test split: (ir, metrics, check,
-    import check) for :func:`_finish`."""
-    from .ir import save_ir
-    from .qonnx_import import check_import, lower_qonnx
+    import check, the dataset) for :func:`_finish`."""
+    from .qonnx_import import check_and_save, lower_qonnx
 
     ir, model = lower_qonnx(onnx, dataset=dataset)
     data = load_dataset(dataset, input_bits=ir.input_bits)
     log(f"checking the import on {len(data.x_test)} {dataset} test samples: qonnx's executor against hwq's golden "
         f"model ...")
-    qcheck = check_import(model, ir, data.x_test.reshape(len(data.x_test), -1), onnx)
-    qcheck.update(source=str(onnx), inputs=f"{dataset} test split")
-    save_ir(ir, out / "ir", force=force, extra=lambda tmp: write_json(tmp / "import.json", qcheck))
+    qcheck = check_and_save(model, ir, data.x_test, onnx, out / "ir", inputs=f"{dataset} test split", force=force)
     log(f"imported {onnx} -> {out / 'ir'}  every logit equal to qonnx's ({qcheck['samples']} samples)")
     none = {k: None for k in ("equal", "fake_quant_mismatches", "logit_ties", "multiply_shift_rounding", "unexplained")}
-    return ir, {"accuracy": {"float": None, "fake_quant": None}}, none, qcheck
+    return ir, {"accuracy": {"float": None, "fake_quant": None}}, none, qcheck, data
 
 
-def _finish(out, board, ir, metrics, check, qcheck, *, samples, fold, lut_budget, folding, synth, log, show_progress,
-            force, command, timings, allocation):
-    """The stages after the IR: golden accuracy, RTL, estimate, simulation, synthesis; the report."""
+def _golden_accuracy(ir, data):
+    return float((golden.run(ir, data.x_test).argmax(1) == data.y_test).mean())
+
+
+def _finish(out, board, ir, metrics, check, qcheck, data, *, samples, fold, lut_budget, folding, synth, log,
+            show_progress, force, command, timings, allocation, acc_golden=None):
+    """The stages after the IR (``data``: its dataset): golden accuracy (unless given), RTL, estimate,
+    simulation, synthesis; the report."""
     from rtl_gen.emit import generate_rtl
     from sim.runner import simulate
 
-    data = load_dataset(ir.dataset, input_bits=ir.input_bits)
-    acc_golden = float((golden.run(ir, data.x_test).argmax(1) == data.y_test).mean())
+    if acc_golden is None:
+        acc_golden = _golden_accuracy(ir, data)
     t = time.perf_counter()
     rtl_info = generate_rtl(ir, board, out / "rtl", fold=fold, lut_budget=lut_budget, folding=folding, force=force)
     timings["rtl"] = round(time.perf_counter() - t, 3)

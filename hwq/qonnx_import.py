@@ -41,7 +41,8 @@ from .golden import accumulator_range
 from .intrange import code_range, signed_width
 from .ir import IR, Layer, conv_out_side, range_bits
 
-__all__ = ["SUPPORTED_OPS", "check_import", "check_inputs", "import_qonnx", "load_qonnx", "lower_qonnx"]
+__all__ = ["SUPPORTED_OPS", "check_and_save", "check_import", "check_inputs", "import_qonnx", "load_qonnx",
+           "lower_qonnx"]
 
 SUPPORTED_OPS = ("Quant", "BipolarQuant", "MultiThreshold", "Gemm", "MatMul", "Conv", "BatchNormalization", "Relu",
                  "Clip", "Add", "Sub", "Mul", "Div", "MaxPool", "Flatten", "Reshape", "Identity")
@@ -637,20 +638,36 @@ def lower_qonnx(path, *, dataset="none", requant="auto"):
 
 
 def check_inputs(ir, samples=64, seed=0):
-    """Input codes for the import check: the dataset's first test samples when the IR names one of hwq's
-    datasets, else ``samples`` random codes of the input's range."""
+    """(input codes for the import check, what they are): the dataset's first test samples when the IR
+    names one of hwq's datasets, else ``samples`` random codes of the input's range."""
     from .data import DATASETS, load_dataset
 
     if ir.dataset in DATASETS:
-        return load_dataset(ir.dataset, input_bits=ir.input_bits).x_test[:samples]
+        return load_dataset(ir.dataset, input_bits=ir.input_bits).x_test[:samples], f"{ir.dataset} test split"
     lo, hi = code_range(ir.input_bits, ir.input_signed)
     codes = np.random.default_rng(seed).integers(lo, hi + 1, size=(samples, math.prod(ir.input_shape)))
-    return np.where(codes > 0, 1, -1) if (ir.input_bits, ir.input_signed) == (1, True) else codes
+    bipolar = (ir.input_bits, ir.input_signed) == (1, True)
+    return (np.where(codes > 0, 1, -1) if bipolar else codes), "random codes"
 
 
-def import_qonnx(path, *, dataset="none", requant="auto", inputs=None, samples=64, seed=0):
+def check_and_save(model, ir, codes, path, out=None, *, inputs, force=False):
+    """The import check (:func:`check_import`) on ``codes`` with where it came from (``source``, its
+    ``source_sha256``, ``inputs``: what the codes are); when ``out`` is given, the IR is written there with
+    the check as ``import.json``. Returns the check."""
+    from .fileio import file_digest, write_json
+    from .ir import save_ir
+
+    check = check_import(model, ir, np.asarray(codes, dtype=np.int64).reshape(len(codes), -1), path)
+    check.update(source=str(path), source_sha256=file_digest(path), inputs=inputs)
+    if out is not None:
+        save_ir(ir, out, force=force, extra=lambda tmp: write_json(tmp / "import.json", check))
+    return check
+
+
+def import_qonnx(path, out=None, *, dataset="none", requant="auto", inputs=None, samples=64, seed=0, force=False):
     """(IR, check) of the QONNX model at ``path``: ``inputs`` (codes), or else :func:`check_inputs`, run
-    through qonnx's executor and hwq's golden model, must agree (:func:`check_import`)."""
+    through qonnx's executor and hwq's golden model, must agree (:func:`check_and_save`, which writes the
+    IR to ``out`` when given)."""
     ir, model = lower_qonnx(path, dataset=dataset, requant=requant)
-    codes = check_inputs(ir, samples, seed) if inputs is None else inputs
-    return ir, check_import(model, ir, np.asarray(codes, dtype=np.int64).reshape(len(codes), -1), path)
+    codes, what = check_inputs(ir, samples, seed) if inputs is None else (inputs, "given input codes")
+    return ir, check_and_save(model, ir, codes, path, out, inputs=what, force=force)
