@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .intrange import act_levels, check_bits
+from .ir import conv_out_side
 from .quant import (
     AlignedQuant,
     DoReFaAct,
@@ -44,6 +45,7 @@ from .quant import (
 __all__ = ["MODELS", "NetConfig", "QLayer", "QuantNet", "build_model", "layer_names", "pair"]
 
 MODELS = ("mlp", "cnn", "resnet", "cnn1d")
+NET_MODELS = (*MODELS, "custom")  # what a NetConfig may hold: the bundled models, or a recorded custom one
 BIAS_LIMIT = 2.0**31 - 1
 RESIDUAL_EXTRA_BITS = 2  # the residual branch is requantized to (skip bits + 2) signed bits
 
@@ -105,7 +107,7 @@ class NetConfig:
     def __post_init__(self):
         if self.model == "custom" and not self.spec:
             raise ValueError("a custom model needs its recorded layers (spec)")
-        if self.model not in (*MODELS, "custom"):
+        if self.model not in NET_MODELS:
             raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
         n = len(self.names)
         for name in ("w_bits", "a_bits", "wq", "aq", "per_channel"):
@@ -377,7 +379,7 @@ class QuantNet(nn.Module):
             nodes = []
             for i, (n_in, n_out, k) in enumerate(((c_in, c1, 5), (c1, c2, 3), (c2, c2, 3))):
                 nodes.append(qlayer(i, "conv2d", n_in, n_out, kernel=(1, k), stride=2, padding=(0, 1)))
-                length = (length + 2 - k) // 2 + 1
+                length = conv_out_side(length, k, 2, 1)
             nodes += [Flatten("flatten"), qlayer(3, "linear", c2 * length, cfg.n_classes)]
         else:  # resnet
             c_in, (c1, c2) = cfg.in_shape[0], cfg.channels
@@ -474,6 +476,6 @@ class QuantNet(nn.Module):
 def build_model(config_dict):
     """Rebuild a model from the ``config`` stored in a checkpoint."""
     fields = dict(config_dict)
-    if fields.get("model") not in (*MODELS, "custom"):
+    if fields.get("model") not in NET_MODELS:
         raise ValueError(f"unknown model {fields.get('model')!r}")
     return QuantNet(NetConfig(**fields))

@@ -284,8 +284,8 @@ def run_sweep(path, out_dir, *, workers=None, ray_address=None, log=print):
     return report
 
 
-def pareto(points, x_key, y_key):
-    """Indices of the points not dominated in (lower x, higher y)."""
+def pareto(points):
+    """Indices of the (x, y) points not dominated in (lower x, higher y)."""
     front = []
     for i, (x, y) in enumerate(points):
         if not any((x2 <= x and y2 >= y) and (x2, y2) != (x, y) for x2, y2 in points):
@@ -331,7 +331,7 @@ def render_sweep_html(report):
                                  (thr, "inferences/s at the board's clock", True)):
             fig, ax = _axes(5.0, 3.0)
             sign = -1 if log_x else 1  # throughput: higher is better
-            front = set(pareto([(sign * x, a) for x, a in zip(xs, acc, strict=True)], 0, 1))
+            front = set(pareto([(sign * x, a) for x, a in zip(xs, acc, strict=True)]))
             ax.scatter(xs, acc, color=["#e45756" if i in front else "#4c78a8" for i in range(len(xs))])
             if log_x:
                 ax.set_xscale("log")

@@ -145,8 +145,7 @@ class AllocationSearch(ChoiceProgram):
             if spec.kind == "engine":
                 i = k_in
                 base0 = spec.make(1, 1)
-                macs = base0.positions * base0.in_channels * base0.out_channels * base0.kh * base0.kernel
-                self.macs[i] = macs
+                self.macs[i] = macs = base0.macs
                 by_in, by_out = {}, {}
                 combos = [(w, cols, a, rows, o) for w in cands for (cols, a) in self.y[k_in]
                           for (rows, o) in self.y[k_out] if rows * cols <= MAX_LANES]

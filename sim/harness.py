@@ -238,18 +238,17 @@ def build_icarus(rtl_dir, info, standard, work, *, waves=False):
 
 
 def run_harness(cmd, rtl_dir, words, n_samples, *, stall=0, seed=1, timeout=1_000_000, waves=None):
-    """Run the harness (``cmd``: the Verilator executable, or the command :func:`build_icarus` returned)
+    """Run the harness (``cmd``: ``[the Verilator executable]``, or the command :func:`build_icarus` returned)
     on packed input words (ints; ``n_samples`` samples of equally many words), in ``rtl_dir`` (where the
     memories' ``$readmemh`` paths point); return the parsed results file:
     {"accept": [cycle], "valid": [cycle], "payload": [int], "counters": [int], "simulated_cycles": n}."""
-    cmd = [str(c) for c in cmd] if isinstance(cmd, list | tuple) else [str(cmd)]
     with tempfile.TemporaryDirectory(prefix="hwq-sim-") as work:
         inputs, results = Path(work, "inputs.hex"), Path(work, "results.txt")
         inputs.write_text("".join(f"{w:x}\n" for w in words))
         for path in (inputs, results, *([] if waves is None else [Path(waves).resolve()])):
             if len(str(path).encode()) > PATH_BYTES:
                 raise UserError(f"{path}: longer than the {PATH_BYTES} bytes the harness takes for a path")
-        cmd = [*cmd, f"+inputs={inputs}", f"+results={results}", f"+n={n_samples}",
+        cmd = [*map(str, cmd), f"+inputs={inputs}", f"+results={results}", f"+n={n_samples}",
                f"+words={len(words) // n_samples}", f"+stall={stall}",
                f"+seed={seed}", f"+timeout={timeout}"]
         if waves is not None:

@@ -345,7 +345,8 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
         t0 = time.perf_counter()
         if testbench == "harness":
             if simulator == "verilator":
-                cmd, cached = build_harness(sim_dir, design, waves=waves is not None)
+                exe, cached = build_harness(sim_dir, design, waves=waves is not None)
+                cmd = [exe]
             else:
                 cmd, cached = build_icarus(sim_dir, design, simulator.split("-")[1], work, waves=waves is not None), False
             t_build = time.perf_counter() - t0
