@@ -38,12 +38,6 @@ MODELS = {"mlp": {"hidden": (100, 100)}, "cnn1d": {"channels": (16, 32)}}
 PAPER_FLOAT = {"mlp": 68.0, "cnn1d": 94.0}
 
 
-def _init_worker():
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _config(model, **kw):
     from hwq.train import TrainConfig
 
@@ -85,41 +79,23 @@ def _stats(values):
             "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0, "values": [round(v, 2) for v in values]}
 
 
-def _map(pool, fn, jobs, label):
-    from hwq.progress import progress_bar
-
-    out = []
-    with progress_bar(label, len(jobs), lines=True) as tick:
-        for item in pool.imap_unordered(fn, jobs):
-            out.append(item)
-            tick()
-    return out
-
-
 def run(args, work):
+    from hwq.sweep import run_all
+
     t0 = time.perf_counter()
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(args.jobs, initializer=_init_worker) as pool:
-        floats = {k: (st, acc) for k, st, acc in _map(pool, _pretrain, [(m, s, args.epochs_float) for m in MODELS
-                                                                       for s in args.seeds], "float networks")}
-        seed0 = args.seeds[0]
-        screen = dict(_map(pool, _train, [(("cnn1d", method, 2, 2, seed0), dict(method=method, w_bits=2, a_bits=2,
-                                           seed=seed0, epochs_qat=args.epochs_qat), floats[("cnn1d", seed0)],
-                                           str(work / "screen" / method))
-                                          for method in SCREEN], "method screen (1-D CNN, W2/A2)"))
-        ranked = sorted(SCREEN, key=lambda m: -screen[("cnn1d", m, 2, 2, seed0)]["accuracy"]["fake_quant"])
-        best = ranked[:2]
-        jobs = []
-        for model in MODELS:
-            for seed in args.seeds:
-                for method in best:
-                    for w, a in BITS:
-                        key = (model, method, w, a, seed)
-                        if key in screen:
-                            continue
-                        jobs.append((key, dict(method=method, w_bits=w, a_bits=a, seed=seed,
-                                               epochs_qat=args.epochs_qat), floats[(model, seed)], None))
-        results = {**screen, **dict(_map(pool, _train, jobs, "QAT runs"))}
+    floats = {k: (st, acc) for k, st, acc in run_all(_pretrain, [(m, s, args.epochs_float) for m in MODELS
+                                                                for s in args.seeds], workers=args.jobs,
+                                                    label="float networks")}
+    seed0 = args.seeds[0]
+    screen = dict(run_all(_train, [(("cnn1d", method, 2, 2, seed0), dict(method=method, w_bits=2, a_bits=2, seed=seed0,
+                                    epochs_qat=args.epochs_qat), floats[("cnn1d", seed0)], str(work / "screen" / method))
+                                   for method in SCREEN], workers=args.jobs, label="method screen (1-D CNN, W2/A2)"))
+    ranked = sorted(SCREEN, key=lambda m: -screen[("cnn1d", m, 2, 2, seed0)]["accuracy"]["fake_quant"])
+    jobs = [((model, method, w, a, seed), dict(method=method, w_bits=w, a_bits=a, seed=seed, epochs_qat=args.epochs_qat),
+             floats[(model, seed)], None)
+            for model in MODELS for seed in args.seeds for method in ranked[:2] for w, a in BITS
+            if (model, method, w, a, seed) not in screen]
+    results = {**screen, **dict(run_all(_train, jobs, workers=args.jobs, label="QAT runs"))}
     return floats, screen, ranked, results, time.perf_counter() - t0
 
 

@@ -76,30 +76,15 @@ def _jobs(args):
     return jobs
 
 
-def _run_all(fn, jobs, workers, label):
-    """``fn`` over ``jobs`` through hwq's sweep machinery (Ray with ``workers`` CPUs; 1: in this process)."""
-    from hwq.sweep import run_tasks
-
-    done = [0]
-
-    def log(msg):
-        done[0] += msg.startswith("[")
-        print(f"\r{label}: {done[0]}/{len(jobs)}", end="", file=sys.stderr, flush=True)
-
-    results = run_tasks(fn, jobs, workers=workers, log=log)
-    print(file=sys.stderr)
-    failed = [r for r in results if r["status"] != "ok"]
-    if failed:
-        raise SystemExit(f"{len(failed)} runs failed; first: {failed[0]['error']}\n{failed[0].get('traceback', '')}")
-    return [r["result"] for r in results]
-
-
 def run(args):
     t0 = time.perf_counter()
-    floats = {s: (st, acc) for s, st, acc in _run_all(_pretrain, [(s, args.epochs_float, args.first_last)
-                                                                  for s in args.seeds], args.jobs, "float networks")}
+    from hwq.sweep import run_all
+
+    floats = {s: (st, acc) for s, st, acc in run_all(_pretrain, [(s, args.epochs_float, args.first_last)
+                                                                 for s in args.seeds], workers=args.jobs,
+                                                     label="float networks")}
     jobs = [(key, kw, floats[key[-1]]) for key, kw in _jobs(args)]
-    results = dict(_run_all(_train, jobs, args.jobs, "QAT runs"))
+    results = dict(run_all(_train, jobs, workers=args.jobs, label="QAT runs"))
     return floats, results, time.perf_counter() - t0
 
 

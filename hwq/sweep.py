@@ -24,7 +24,8 @@ from . import __version__
 from .errors import UserError
 from .fileio import read_json, write_json, write_text
 
-__all__ = ["POINT_KEYS", "STAGES", "SWEEP_FORMAT", "flow_point", "load_sweep", "run_sweep", "run_tasks", "task_key"]
+__all__ = ["POINT_KEYS", "STAGES", "SWEEP_FORMAT", "flow_point", "load_sweep", "run_all", "run_sweep", "run_tasks",
+           "task_key"]
 
 SWEEP_FORMAT = "hwq-sweep/1"
 STAGES = ("train", "export", "rtl", "estimate", "sim", "synth", "pnr")
@@ -116,6 +117,20 @@ def run_tasks(fn, tasks, *, workers=None, ray_address=None, cache=None, retries=
         if started:
             ray.shutdown()
     return results
+
+
+def run_all(fn, tasks, *, workers=None, label="tasks"):
+    """``fn(task)`` for every task through :func:`run_tasks` (no cache), with a progress line per finished
+    task; the results in order. A failed task stops the whole with its error (benchmarks need every one)."""
+    from .progress import progress_bar
+
+    with progress_bar(label, len(tasks), lines=True) as tick:
+        results = run_tasks(fn, tasks, workers=workers, log=lambda msg: msg.startswith("[") and tick())
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(tasks)} {label} failed; first: {failed[0]['error']}\n"
+                           f"{failed[0].get('traceback', '')}")
+    return [r["result"] for r in results]
 
 
 def _cached(cache, fn, task):
