@@ -64,7 +64,7 @@ def main(argv=None):
         board = load_board(args.board)
         info = generate_rtl(ir, board, work / "rtl")
         print(f"simulating {args.samples} samples (fresh Verilator build) ...", flush=True)
-        fresh = simulate(ir, work / "rtl", samples=min(args.samples, 2), data="all")
+        fresh = simulate(ir, work / "rtl", samples=args.samples, data="all")  # the same build options as below
         cached = simulate(ir, work / "rtl", samples=args.samples, data="all")
         assert not fresh["timings_s"]["build_cached"] and cached["timings_s"]["build_cached"]
         layers = []

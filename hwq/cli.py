@@ -49,7 +49,7 @@ def _non_negative(text):
 
 
 def _bits(text):
-    from .train import parse_bits
+    from .config import parse_bits
 
     try:
         return parse_bits(text)
@@ -58,8 +58,8 @@ def _bits(text):
 
 
 def _model_choice(text):
+    from .config import MODELS
     from .custom import is_builder_ref
-    from .models import MODELS
 
     if text in MODELS or is_builder_ref(text):
         return text
@@ -67,8 +67,8 @@ def _model_choice(text):
 
 
 def _add_train_args(p):
+    from .config import FIRST_LAST, METHODS, MODELS, NBN_VARIANTS, TrainConfig
     from .data import DATASETS
-    from .train import FIRST_LAST, METHODS, MODELS, NBN_VARIANTS, TrainConfig
 
     d = TrainConfig()
     p.add_argument("--model", default=d.model, type=_model_choice, metavar="{" + ",".join(MODELS) + ",FILE.py:FUNC}",
@@ -101,7 +101,7 @@ def _add_train_args(p):
 
 
 def _train_config(args):
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     return TrainConfig(model=args.model, dataset=args.dataset, method=args.method, w_bits=args.bits[0],
                        a_bits=args.bits[1], bits_file=args.bits_file, first_last=args.first_last,
@@ -311,14 +311,14 @@ def cmd_sim(args):
         select_inputs(ir, args.samples, args.data)  # too many samples is an error before the announcement
     what = f"layer {args.layer}" if args.layer else "the network"
     n = len(inputs) if inputs is not None else args.samples
-    how = ("Verilator (a design's first build takes 10-20 s, then it is cached)" if args.simulator == "verilator"
+    how = ("Verilator (each design is built once, then cached)" if args.simulator == "verilator"
            else f"Icarus Verilog under {'SystemVerilog-2012' if args.simulator.endswith('2012') else 'Verilog-2005'} "
                 f"rules (hundreds of times slower than Verilator)")
     print(f"simulating {n} {'samples from ' + args.inputs if args.inputs else 'samples'} through {what} with "
           f"{how} ...", flush=True)
     res = simulate(ir, args.rtl, samples=args.samples, inputs=inputs, data=args.data, layer=args.layer,
                    backpressure=args.backpressure, seed=args.seed, waves=args.waves, testbench=args.testbench,
-                   simulator=args.simulator)
+                   simulator=args.simulator, log=lambda line: print(line, flush=True))
     out = args.out or Path(args.rtl) / ("sim.json" if args.layer is None else f"sim-{args.layer}.json")
     write_json(out, res)
     cyc = ", ".join(f"{la['name']} {la['cycles']}" for la in res["layers"])
@@ -407,7 +407,7 @@ def _positive_float(text):
 
 def _add_allocate_args(p):
     from .allocate import COSTS, DEFAULT_CANDIDATES
-    from .sensitivity import SENSITIVITY_METHODS
+    from .config import SENSITIVITY_METHODS
 
     p.add_argument("--max-latency-cycles", type=_positive, metavar="C",
                    help="speed target: cycles from an input's first word to its logits")

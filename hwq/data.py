@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .fileio import atomic_path
 
 __all__ = ["DATASETS", "Dataset", "data_dir", "load_dataset", "pixels_to_codes"]
 
@@ -74,11 +75,30 @@ def _split(name, codes, labels, input_bits, test_fraction, split_seed, shape, n_
 
 
 def _digits(input_bits, test_fraction, split_seed):
+    from importlib.metadata import version
+
+    # scikit-learn takes 1.5 s to import: the split is kept (per scikit-learn version, since it makes both)
+    cached = data_dir("digits") / (f"digits-{version('scikit-learn')}-b{input_bits}-t{test_fraction}-"
+                                   f"s{split_seed}.npz")
+    try:
+        with np.load(cached) as raw:
+            parts = [raw[k].astype(np.int64) for k in ("x_train", "y_train", "x_test", "y_test")]
+        return Dataset("digits", *parts, input_bits, 1.0 / ((1 << input_bits) - 1), 10, (1, 8, 8))
+    except Exception:  # not kept yet, or damaged (a bad zip, a missing array): made again
+        pass
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     codes = pixels_to_codes(digits.data.astype(np.int64), input_bits)
-    return _split("digits", codes, digits.target.astype(np.int64), input_bits, test_fraction, split_seed, (1, 8, 8))
+    data = _split("digits", codes, digits.target.astype(np.int64), input_bits, test_fraction, split_seed, (1, 8, 8))
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
+    except OSError:  # a read-only data folder: the next load splits again
+        pass
+    return data
 
 
 def _synthetic(input_bits, test_fraction, split_seed, n=700):

@@ -10,18 +10,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from boards import RESOURCES
 
 from . import __version__, golden
+from .config import TrainConfig
 from .data import load_dataset
 from .errors import UserError
 from .estimate import estimate
-from .export import export_model, export_run, multiply_shift_params
-from .fileio import write_json, write_text
-from .report import render_html
-from .train import TrainConfig, load_run, train
+from .fileio import read_json, write_json, write_text
+from .ir import ir_digest, load_ir
+from .report import render_html, warm_up
 
 __all__ = ["REPORT_FORMAT", "check_fits_first", "check_model_integer", "check_torch_integer", "run_flow"]
 
@@ -41,6 +40,10 @@ def check_model_integer(model, ir, inputs):
     the fake-quant prediction: the difference comes from a multiply-shift's rounding-boundary
     deviations) and ``unexplained`` (the rest; should be 0).
     """
+    import torch
+
+    from .export import export_model, multiply_shift_params
+
     x = torch.from_numpy(np.asarray(inputs, dtype=np.int64))
     ms_layers = {la.name: "multiply_shift" for la in ir.layers if la.requant_kind == "multiply_shift"}
     params = multiply_shift_params(export_model(model, requant=ms_layers)) if ms_layers else {}
@@ -60,6 +63,8 @@ def check_model_integer(model, ir, inputs):
 
 def check_torch_integer(run_dir, ir, inputs):
     """:func:`check_model_integer` for a run directory."""
+    from .train import load_run
+
     model, _ = load_run(run_dir)
     return check_model_integer(model, ir, inputs)
 
@@ -111,6 +116,9 @@ def _reusable_run(run_dir, key):
 def _untrained_ir(cfg, data):
     """The IR of ``cfg``'s network with untrained weights (quantizers initialised, no epochs): its shapes,
     bits and accumulator widths are the trained network's, which is what fitting a board depends on."""
+    from .export import export_model
+    from .train import load_run, train
+
     with tempfile.TemporaryDirectory(prefix="hwq-fitcheck-") as tmp:
         train(replace(cfg, epochs_float=0, epochs_qat=0, sinareq_learn_bits=False), Path(tmp) / "run",
               show_progress=False, data=data)
@@ -197,6 +205,8 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
         log(f"reusing {out / 'run'}: trained by this hwq with the same options (training does not depend on the "
             f"board; delete {out / 'run'} to train again)")
     else:
+        from .train import train
+
         (out / "run" / TRAIN_KEY_FILE).unlink(missing_ok=True)
         metrics = train(train_cfg, out / "run", show_progress=show_progress)
         write_text(out / "run" / TRAIN_KEY_FILE, key + "\n")
@@ -216,17 +226,48 @@ def run_flow(out_dir, *, board, train_cfg: TrainConfig, samples=None, fold=None,
         metrics = json.loads((run_dir / "metrics.json").read_text())
 
     t = time.perf_counter()
-    ir = export_run(run_dir, out / "ir", force=force)
+    export_key = None if allocation is not None else key  # the run in out/run was trained with key
+    exported = _reusable_export(out, export_key)
+    if exported is not None:
+        ir, check, acc_golden = exported
+        data = load_dataset(ir.dataset, input_bits=ir.input_bits)
+        log(f"reusing {out / 'ir'}: exported from this run and checked (the checks' results in {out / EXPORT_FILE})")
+    else:
+        from .export import export_run
+
+        (out / EXPORT_FILE).unlink(missing_ok=True)
+        ir = export_run(run_dir, out / "ir", force=force)
+        data = load_dataset(ir.dataset, input_bits=ir.input_bits)
+        acc_golden = _golden_accuracy(ir, data)
+        check = check_torch_integer(run_dir, ir, data.x_test)
+        if export_key is not None:
+            write_json(out / EXPORT_FILE, {"train_key": export_key, "ir_sha256": ir_digest(ir), "check": check,
+                                           "golden_accuracy": acc_golden})
     timings["export"] = round(time.perf_counter() - t, 3)
-    data = load_dataset(ir.dataset, input_bits=ir.input_bits)
-    acc_golden = _golden_accuracy(ir, data)
-    check = check_torch_integer(run_dir, ir, data.x_test)
     log(f"exported IR -> {out / 'ir'}  golden {acc_golden:.4f}, torch integer path "
         f"{'equal' if check['equal'] else 'DIFFERENT'}, fake-quant prediction mismatches "
         f"{check['fake_quant_mismatches']} ({_explained(check)})")
     return _finish(out, board, ir, metrics, check, None, data, samples=samples, fold=fold, lut_budget=lut_budget,
                    folding=folding, synth=synth, log=log, show_progress=show_progress, force=force, command=command,
                    timings=timings, allocation=allocation, acc_golden=acc_golden)
+
+
+EXPORT_FILE = "export-check.json"  # in a flow's folder: the IR's digest and its checks, for a reused run
+
+
+def _reusable_export(out, key):
+    """(IR, the integer-path check, golden accuracy) of ``out/ir`` when it was exported from the run trained
+    with ``key`` and is unchanged since (its digest is the one recorded); else None."""
+    if key is None:
+        return None
+    try:
+        record = read_json(out / EXPORT_FILE)
+        ir = load_ir(out / "ir")
+    except (OSError, ValueError, UserError):
+        return None
+    if not isinstance(record, dict) or record.get("train_key") != key or record.get("ir_sha256") != ir_digest(ir):
+        return None
+    return ir, record["check"], record["golden_accuracy"]
 
 
 def _imported(out, onnx, dataset, log, force):
@@ -268,9 +309,10 @@ def _finish(out, board, ir, metrics, check, qcheck, data, *, samples, fold, lut_
     n = len(data.x_test) if samples is None else min(samples, len(data.x_test))
     if samples is not None and samples > n:
         log(f"--samples {samples}: the {ir.dataset} test set has {n} samples; simulating all of them")
-    log(f"simulating {n} samples with Verilator (a design's first build takes 10-20 s) ...")
+    log(f"simulating {n} samples with Verilator ...")
     t = time.perf_counter()
-    sim = simulate(ir, out / "rtl", inputs=data.x_test[:n], labels=data.y_test[:n])
+    plotting = warm_up()
+    sim = simulate(ir, out / "rtl", inputs=data.x_test[:n], labels=data.y_test[:n], log=log)
     timings["sim"] = round(time.perf_counter() - t, 3)
     write_json(out / "sim.json", sim)
     log(f"simulated {n} samples -> {out / 'sim.json'}  "
@@ -346,5 +388,6 @@ def _finish(out, board, ir, metrics, check, qcheck, data, *, samples, fold, lut_
             "rounds": len(allocation["rounds"]), "frontier": allocation["frontier"]},
     }
     write_json(out / "report.json", report)
+    plotting.join()
     write_text(out / "report.html", render_html(report))
     return report

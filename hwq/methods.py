@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .config import METHODS, NBN_VARIANTS
 from .intrange import weight_codes
 from .quant import FixedStepWeight, UniQWeight, mmse_step, per_channel
 
 __all__ = ["METHODS", "NBN_VARIANTS", "Fitter", "quantizer_names", "run_method"]
 
-METHODS = ("lsq", "uniq", "dorefa", "pact", "xnor", "sinareq", "tsq", "nbn")
-NBN_VARIANTS = ("nbn", "direct", "layer")
 
 _WEIGHT = {"lsq": "lsq", "uniq": "uniq", "dorefa": "dorefa", "pact": "dorefa", "xnor": "xnor",
            "sinareq": "uniq", "tsq": "fixed", "nbn": "fixed"}

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import MODELS, NET_MODELS
 from .intrange import act_levels, check_bits
 from .ir import conv_out_side
 from .quant import (
@@ -44,8 +45,6 @@ from .quant import (
 
 __all__ = ["MODELS", "NetConfig", "QLayer", "QuantNet", "build_model", "layer_names", "pair"]
 
-MODELS = ("mlp", "cnn", "resnet", "cnn1d")
-NET_MODELS = (*MODELS, "custom")  # what a NetConfig may hold: the bundled models, or a recorded custom one
 BIAS_LIMIT = 2.0**31 - 1
 RESIDUAL_EXTRA_BITS = 2  # the residual branch is requantized to (skip bits + 2) signed bits
 

@@ -6,8 +6,22 @@ frontier when allocation ran."""
 import base64
 import html
 import io
+import threading
 
-__all__ = ["figures", "render_html"]
+__all__ = ["figures", "render_html", "warm_up"]
+
+
+def warm_up():
+    """Import matplotlib and draw one small figure (its font cache) in a thread; return the thread. The flow
+    starts it while Verilator compiles (a subprocess: the interpreter is idle) and joins it before drawing:
+    about 1 s of a re-run's 9 s. pyplot is not thread-safe, so nothing else draws until it is joined."""
+    def draw():
+        fig, _ = _axes(1, 1)
+        _png(fig)
+
+    thread = threading.Thread(target=draw, name="hwq-plot-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 def _array_text(array):
     return f"{array[0]}x{array[1]}" if array else "-"

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import SENSITIVITY_METHODS
+
 __all__ = ["SENSITIVITY_METHODS", "Sensitivity", "calibration_split", "layer_sensitivity", "quantize_acts",
            "quantize_weights", "weight_codes"]
 
-SENSITIVITY_METHODS = ("loss", "hessian")
 CALIBRATION_SAMPLES = 512
 HUTCHINSON_SAMPLES = 16
 

@@ -290,7 +290,7 @@ def _mismatch(first, layer, shape):
 
 
 def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test", golden_ir=None, layer=None,
-             backpressure=0.0, seed=0, waves=None, testbench="harness", simulator="verilator"):
+             backpressure=0.0, seed=0, waves=None, testbench="harness", simulator="verilator", log=None):
     """Simulate input samples through the RTL in ``rtl_dir`` (or through one ``layer`` of it); return the
     sim.json dict.
 
@@ -301,6 +301,7 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
     a VCD waveform file to write (None: no waveforms). ``testbench``: "harness" or "cocotb".
     ``simulator``: "verilator", or Icarus Verilog under Verilog-2005 or SystemVerilog-2012 rules
     ("icarus-2005", "icarus-2012"; the harness only, and some hundred times slower than Verilator).
+    ``log``: called with a line per phase of the Verilator harness (build, run with its rate).
     """
     if not 0 <= backpressure < 1:
         raise UserError(f"--backpressure must be in [0, 1), not {backpressure}")
@@ -345,7 +346,8 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
         t0 = time.perf_counter()
         if testbench == "harness":
             if simulator == "verilator":
-                exe, cached = build_harness(sim_dir, design, waves=waves is not None)
+                cycles = n_samples * (design["initiation_interval_cycles"] or 0) + design["latency_cycles"]
+                exe, cached = build_harness(sim_dir, design, waves=waves is not None, cycles=cycles, log=log)
                 cmd = [exe]
             else:
                 cmd, cached = build_icarus(sim_dir, design, simulator.split("-")[1], work, waves=waves is not None), False
@@ -361,6 +363,9 @@ def simulate(ir, rtl_dir, *, samples=100, inputs=None, labels=None, data="test",
             rec = _run_cocotb(build_dir, sim_dir, design, words, n_samples, backpressure=backpressure, seed=seed,
                               waves=waves)
         t_run = time.perf_counter() - t1
+        if log:
+            log(f"  ran {n_samples} samples in {t_run:.1f} s ({n_samples / max(t_run, 1e-6):,.0f} samples/s, "
+                f"{rec['simulated_cycles'] / max(t_run, 1e-6):,.0f} cycles/s)")
 
     n_out, out_bits = design["output"]["features"], design["output"]["bits"]
     got = _unpack(rec["payload"], n_out, out_bits, kind)

@@ -92,9 +92,21 @@ def test_a_second_flow_on_another_board_reuses_the_training(report):
     again = run_flow(out, board=load_board("xc7a35t"), train_cfg=TrainConfig(epochs_float=8, epochs_qat=8),
                      samples=120, log=logs.append, show_progress=False)
     assert any(m.startswith(f"reusing {out / 'run'}") for m in logs), logs
+    assert any(m.startswith(f"reusing {out / 'ir'}") for m in logs), logs  # and the export, with its checks
     assert again["board"] == "xc7a35t"
     assert all(again["accuracy"][k] == first["accuracy"][k] for k in ("float", "fake_quant", "golden"))
+    assert again["bit_exact"]["golden_vs_torch_integer"] and again["bit_exact"]["fake_quant_prediction_mismatches"] \
+        == first["bit_exact"]["fake_quant_prediction_mismatches"]
     assert again["timings_s"]["train"] < 1.0 and again["bit_exact"]["rtl_vs_golden"]
+    # an IR that is not the one recorded (changed since it was exported) is exported and checked again
+    record = json.loads((out / "export-check.json").read_text())
+    (out / "export-check.json").write_text(json.dumps({**record, "ir_sha256": "0" * 64}))
+    logs.clear()
+    run_flow(out, board=load_board("xc7a35t"), train_cfg=TrainConfig(epochs_float=8, epochs_qat=8), samples=20,
+             log=logs.append, show_progress=False)
+    assert any(m.startswith(f"reusing {out / 'run'}") for m in logs) and not any(f"reusing {out / 'ir'}" in m
+                                                                                  for m in logs), logs
+    assert json.loads((out / "export-check.json").read_text()) == record
     logs.clear()
     run_flow(out, board=load_board("ice40-up5k"), train_cfg=TrainConfig(epochs_float=8, epochs_qat=7),
              samples=20, log=logs.append, show_progress=False)

@@ -1,6 +1,7 @@
 """Verilator: the generated Verilog, simulated cycle by cycle (free-running harness and cocotb), against the
 golden model; whole networks and single layers."""
 
+import json
 import shutil
 
 import numpy as np
@@ -10,6 +11,7 @@ from boards import load_board
 from hwq import golden
 from hwq.errors import UserError
 from rtl_gen.emit import generate_rtl, verilog_sources
+from sim.harness import build_harness
 from sim.runner import compare, load_rtl, simulate
 
 from .conftest import random_inputs, random_ir
@@ -218,6 +220,21 @@ def test_a_second_run_reuses_the_build(small_design):
     simulate(ir, rtl, inputs=x[:2])
     res = simulate(ir, rtl, inputs=x[:2])
     assert res["timings_s"]["build_cached"]
+
+
+def test_a_new_design_reuses_verilators_compiled_runtime(small_design, tmp_path, monkeypatch):
+    """Verilator's runtime is compiled once per installation and options; another design's build compiles
+    only the design (its build log names no runtime source), and the simulator it makes is bit-exact."""
+    ir, rtl, x = small_design
+    monkeypatch.setenv("HWQ_CACHE", str(tmp_path / "cache"))
+    logs = []
+    for cycles in (None, 10**9):  # two builds of one design (-O0, -Os): two build folders, one runtime
+        exe, cached = build_harness(rtl, json.loads((rtl / "rtl.json").read_text()), cycles=cycles or 1)
+        assert not cached
+        logs.append((exe.parent.parent / "build.log").read_text())
+    assert "verilated.cpp" in logs[0] and "verilated.cpp" not in logs[1]
+    assert len(list((tmp_path / "cache" / "verilator").glob("runtime-*/verilated.o"))) == 1
+    assert simulate(ir, rtl, inputs=x[:2])["bit_exact"]
 
 
 # ---- one layer on its own (hwq sim --layer) ------------------------------------------------------------
