@@ -44,6 +44,7 @@ class Board:
     yosys_synth: str  # yosys command (and flags) that synthesizes for this part
     pnr: dict | None  # {"tool": "nextpnr-ice40", "args": [...]}, or None where no open tool exists
     path: str
+    platform: str | None = None  # the amaranth-boards platform of the board's pins (hwq.board.PLATFORMS)
 
     def over(self, usage):
         """By how much ``usage`` (lut/ff/bram/dsp) exceeds the board, for each resource it exceeds."""
@@ -101,6 +102,13 @@ def _parse(path, raw):
             expected = f"{{tool: {PNR_TOOLS[family]}, args: [...]}} or null" if family in PNR_TOOLS else "null"
             raise UserError(f"{path}: field 'pnr': expected {expected}, found {pnr!r}")
         _check_pnr_args(path, family, pnr["args"])
+    platform = raw.get("platform")
+    if platform is not None:
+        from hwq.board import PLATFORMS
+
+        if platform not in PLATFORMS:
+            raise UserError(f"{path}: field 'platform': expected one of {', '.join(PLATFORMS)} or null, "
+                            f"found {platform!r}")
     return Board(
         name=field("name", str, "the board's name"),
         description=field("description", str, "a one-line description"),
@@ -110,6 +118,7 @@ def _parse(path, raw):
         yosys_synth=synth,
         pnr=pnr,
         path=str(path),
+        platform=platform,
         **counts,
     )
 

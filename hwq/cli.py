@@ -370,6 +370,91 @@ def cmd_synth(args):
               f"{'met' if p['meets_target'] else 'NOT met'}); placed in {p['seconds']['pnr']:.0f} s")
 
 
+def cmd_board(args):
+    from boards import load_board
+
+    from .board import build_board
+
+    rtl = Path(args.rtl)
+    ir = Path(args.ir) if args.ir else rtl.parent / "ir"
+    if not (ir / "manifest.yaml").is_file():
+        raise UserError(f"{ir}: no IR there (the golden reference `hwq run` compares with); pass --ir IR")
+    record = build_board(rtl, ir, load_board(args.board), args.out, baud=args.baud, bitstream=not args.no_bitstream,
+                         force=args.force, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    _print_board(record, args.out)
+    return 0
+
+
+def _print_board(record, out):
+    made = record["bitstream"] or (record["vivado"] and f"{record['vivado']['script']} (for Vivado)") or "no bitstream"
+    print(f"wrote {out}/: {made}, pins in {record['pin_file']}, {record['link']['baud']} baud UART link "
+          f"(board.json){'' if not record['timing'] else ', timing in timing.json'}")
+    if record["bitstream"] and record["family"] == "ice40":
+        print(f"flash it: iceprog {Path(out) / record['bitstream']}   (or: openFPGALoader -b icebreaker "
+              f"{Path(out) / record['bitstream']})")
+    elif record["bitstream"]:
+        print(f"load it: openFPGALoader -b ulx3s {Path(out) / record['bitstream']}")
+    print(f"then: hwq run {out} --port /dev/ttyUSB1   (or --simulate: the same driver against the simulated board)")
+
+
+def cmd_run(args):
+    import time
+
+    import numpy as np
+
+    from sim.runner import select_inputs
+
+    from . import golden
+    from .board import load_board_dir
+    from .driver import Device
+    from .fileio import atomic_path, write_json
+    from .progress import progress_bar
+
+    record, ir = load_board_dir(args.dir)
+    if args.inputs:
+        x, labels = _read_codes(args.inputs, ir), None
+    else:
+        x, labels = select_inputs(ir, args.samples, "test")
+    x = np.asarray(x, dtype=np.int64).reshape(len(x), -1)
+
+    def run(port, where):
+        with Device.open(args.dir, port, timeout=args.timeout) as dev:
+            print(f"connected to {where}: {record['board']} ({record['platform']}), design {record['link']['design_id']}, "
+                  f"{record['link']['baud']} baud", file=sys.stderr, flush=True)
+            with progress_bar(f"run {len(x)} samples", len(x)) as tick:
+                t = time.perf_counter()
+                got = dev.infer(x, progress=lambda k: tick())
+                return got, time.perf_counter() - t
+
+    if args.simulate:
+        from sim.board_sim import simulated_board
+
+        with simulated_board(args.dir, log=lambda m: print(m, file=sys.stderr, flush=True)) as url:
+            got, seconds = run(url, f"the simulated board ({url})")
+    else:
+        got, seconds = run(args.port, args.port)
+    expected = golden.run(ir, x)
+    equal = bool(np.array_equal(got, expected))
+    bad = np.flatnonzero((got != expected).any(axis=1))
+    result = {"format": "hwq-run/1", "board": record["board"], "port": "simulated" if args.simulate else args.port,
+              "samples": len(x), "bit_exact": equal, "mismatched_samples": len(bad),
+              "first_mismatch": None if equal else int(bad[0]), "seconds": round(seconds, 3),
+              "inferences_per_s": round(len(x) / seconds, 1) if seconds > 0 else None,
+              "accuracy": None if labels is None else float((got.argmax(1) == labels).mean())}
+    out = Path(args.out) if args.out else Path(args.dir) / "run.json"
+    write_json(out, result)
+    if not args.out:
+        with atomic_path(Path(args.dir) / "logits.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, got)
+    rate = (f"{result['inferences_per_s']:,} inferences/s over the link"
+            + (" (wall-clock rate of the simulation, not the board's)" if args.simulate else ""))
+    acc = "" if labels is None else f", accuracy {result['accuracy']:.4f}"
+    verdict = (f"logits equal to the golden model's for all {len(x)} samples" if equal
+               else f"MISMATCH: {len(bad)} samples differ from the golden model (first: sample {bad[0]})")
+    print(f"{verdict}{acc}; {rate}\nwrote {out}")
+    return 0 if equal else 1
+
+
 def cmd_flow(args):
     from boards import load_board
 
@@ -382,6 +467,12 @@ def cmd_flow(args):
                       allocate_options=_allocate_options(args) if args.allocate else None, force=args.force,
                       command=args.command_line, onnx=args.onnx)
     _print_summary(report)
+    if args.bitstream:
+        from .board import build_board
+
+        record = build_board(Path(args.out) / "rtl", Path(args.out) / "ir", board, Path(args.out) / "board",
+                             force=args.force, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        _print_board(record, Path(args.out) / "board")
     print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.html'} (open it in a browser)")
     be = report["bit_exact"]
     ok = be["rtl_vs_golden"] and (be["golden_vs_qonnx"] if args.onnx else be["golden_vs_torch_integer"])
@@ -536,6 +627,18 @@ COMMAND_HELP = {
               "and throughput, Pareto fronts), OUT/points/<hash>/ and OUT/cache/."),
               ["hwq sweep examples/sweeps/mlp-cnn.yaml --out out/sweep", "hwq sweep my.yaml --workers 1 --out out/sweep",
                "hwq sweep my.yaml --ray-address auto --out /shared/sweep"]),
+    "board": (("Wrap the network in a UART host link and the board's clock, reset and LEDs, with the pins "
+               "of an amaranth-boards platform (iCEBreaker, ULX3S, Arty A7), and build the bitstream with open "
+               "tools: yosys, nextpnr at the board's clock (a design that misses it is an error), icepack or "
+               "ecppack. Xilinx: a Vivado Tcl script, an XDC file and an AXI4-Stream wrapper instead. Reads RTL "
+               "and its IR; writes OUT/board.json, OUT/ir, the Verilog, OUT/hwq_board.* and OUT/timing.json."),
+              ["hwq board out/demo/rtl --board ice40-up5k --out out/demo/board",
+               "hwq board rtl --ir ir --board ecp5-85f --out board-ulx3s", "hwq board rtl --board xc7a35t --out arty"]),
+    "run": (("Send input codes to a board over its UART (pyserial), read the logits back, compare them with the "
+             "golden model and report the rate; --simulate runs the same driver against the board folder's "
+             "link and network simulated in Verilator. Reads DIR; writes DIR/run.json and DIR/logits.npy."),
+            ["hwq run out/demo/board --port /dev/ttyUSB1", "hwq run out/demo/board --simulate --samples 100",
+             "hwq run board --port /dev/ttyUSB1 --inputs x.npy --out results.json"]),
     "flow": (("Every stage in one run: train, export, check, generate, estimate, simulate (and synthesize with "
              "--synth, allocate bits with --allocate). Writes OUT/run, OUT/ir, OUT/rtl, OUT/estimate.json, "
              "OUT/sim.json, OUT/report.json and OUT/report.html."),
@@ -650,6 +753,29 @@ def build_parser():
     p.add_argument("--pnr", action="store_true", help="also place and route with nextpnr for Fmax (iCE40, ECP5)")
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("board", help="RTL -> a board folder: UART board top, pins, bitstream, timing")
+    p.add_argument("rtl", help="RTL directory from `hwq rtl` (or a flow's OUT/rtl)")
+    _add_board(p, folding=False)
+    p.add_argument("--ir", help="the IR the RTL was generated from (default: the folder `ir` beside RTL)")
+    p.add_argument("--out", required=True, help="board folder to write")
+    p.add_argument("--baud", type=_positive, default=115200, help="UART baud rate (default: 115200)")
+    p.add_argument("--no-bitstream", action="store_true",
+                   help="write the board top and pin file only (no synthesis, place and route or packing)")
+    p.add_argument("--force", action="store_true", help="replace OUT even if it was not written by hwq")
+    p.set_defaults(func=cmd_board)
+
+    p = sub.add_parser("run", help="send inputs to a board (or its simulation) over the UART; check the logits")
+    p.add_argument("dir", help="board folder from `hwq board` (or a flow's OUT/board)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", help="serial port of the board (e.g. /dev/ttyUSB1) or a pyserial URL")
+    where.add_argument("--simulate", action="store_true",
+                       help="run the board folder's hwq_link.v in Verilator behind a simulated serial line instead")
+    p.add_argument("--inputs", metavar="X.npy", help="input codes (default: the dataset's test split)")
+    p.add_argument("--samples", type=_positive, default=100, help="test samples when no --inputs (default: 100)")
+    p.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds to wait for a reply (default: 10)")
+    p.add_argument("--out", help="results file (default: DIR/run.json, with the logits in DIR/logits.npy)")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("sweep", help="many flow points (a grid or a list) on Ray, reused when run again")
     p.add_argument("sweep", help="sweep file (format hwq-sweep/1; see docs/formats.md and examples/sweeps/mlp-cnn.yaml)")
     p.add_argument("--out", required=True, help="results folder: sweep.json, sweep.html, points/, cache/")
@@ -675,6 +801,9 @@ def build_parser():
     _add_allocate_args(p)
     p.add_argument("--onnx", metavar="MODEL.onnx",
                    help="import this QONNX model (as `hwq import`; it takes --dataset's inputs) instead of training")
+    p.add_argument("--bitstream", action="store_true",
+                   help="also build the board folder OUT/board (as `hwq board`): the UART board top, pin file, "
+                        "bitstream and timing report (iCE40, ECP5), or the Vivado script (Xilinx)")
     p.add_argument("--out", required=True, help="directory to write everything into")
     p.add_argument("--force", action="store_true",
                    help="replace OUT/ir and OUT/rtl even if they are not empty and were not written by hwq")

