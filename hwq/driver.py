@@ -19,8 +19,9 @@ from .errors import UserError
 __all__ = ["Device", "DeviceError"]
 
 
-class DeviceError(RuntimeError):
-    """The device did not answer as the protocol says (a timeout, a wrong frame, another design)."""
+class DeviceError(UserError):
+    """The device did not answer as the protocol says (a timeout, a wrong frame, another design): a wrong
+    port or a board not loaded with the folder's bitstream, told in one line."""
 
 
 class Device:

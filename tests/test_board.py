@@ -75,6 +75,13 @@ def test_hwq_run_simulate_checks_the_logits_and_fails_on_another_design(board_di
     assert "MISMATCH: 3 samples differ" in capsys.readouterr().out
 
 
+def _built_board(tmp_path, demo_rtl):
+    ir_dir, _, rtl = demo_rtl
+    out = tmp_path / "built"
+    assert main(["board", str(rtl), "--ir", str(ir_dir), "--out", str(out), "--no-bitstream"]) == 0
+    return out
+
+
 def test_board_errors_are_one_line(demo_rtl, tmp_path, capsys):
     ir_dir, _, rtl = demo_rtl
     cases = [
@@ -85,6 +92,11 @@ def test_board_errors_are_one_line(demo_rtl, tmp_path, capsys):
         (["board", str(rtl), "--ir", str(tmp_path / "none"), "--out", str(tmp_path / "c")], "no IR there"),
         (["run", str(tmp_path), "--simulate"], "not a board folder"),
     ]
+    built = _built_board(tmp_path, demo_rtl)
+    cases += [(["run", str(built), "--port", str(tmp_path / "no-such-port")], "cannot open the serial port"),
+              # pyserial's loop:// echoes what it is sent: no status reply comes back
+              (["run", str(built), "--port", "loop://", "--timeout", "0.3"],
+               "timed out after 0.3 s waiting for the status reply")]
     for argv, message in cases:
         assert main(argv) != 0
         err = capsys.readouterr().err
