@@ -283,4 +283,8 @@ def load_board_dir(path):
             "design_id", "baud", "protocol", "status_bytes", "word_lanes", "out_features")
     if not isinstance(link, dict) or any(not isinstance(link.get(k), (int, str)) for k in need):
         raise UserError(f"{path / 'board.json'}: field 'link': expected the link's numbers ({', '.join(need)})")
+    shape = link.get("input_shape")
+    if not isinstance(shape, list) or not shape or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise UserError(f"{path / 'board.json'}: field 'link.input_shape': expected a list of positive integers, "
+                        f"found {shape!r}")
     return record, load_ir(path / "ir")
