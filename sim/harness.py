@@ -20,6 +20,7 @@ a clock module (:data:`ICARUS_CLOCK`) instantiates it: the generated Verilog is 
 """
 
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -216,7 +217,11 @@ def _build_locked(build_dir, harness, sources, args, opt, log, *, top=HARNESS_TO
         proc = subprocess.run(verilate, stdout=f, stderr=subprocess.STDOUT, check=False)
         if proc.returncode == 0:
             reused = _reuse_runtime(runtime, obj)  # after Verilator wrote the makefile, which they must be newer than
-            flags = _precompiled_header(runtime, obj, make, opt, f)
+            # a design Verilator splits into several files (VM_PARALLEL_BUILDS = 1) gets its own precompiled
+            # header, which already holds verilated.h (and GCC takes only one per file)
+            classes = (obj / f"V{top}_classes.mk").read_text()
+            flags = opt if re.search(r"^VM_PARALLEL_BUILDS\s*=\s*1", classes, re.M) else \
+                _precompiled_header(runtime, obj, make, opt, f)
             log(f"  compiling the C++ model ({opt}{', Verilator runtime reused' if reused else ''}) ...")
             proc = subprocess.run([*make, f"OPT_FAST={flags}", "hwq_sim"], stdout=f, stderr=subprocess.STDOUT,
                                   check=False)

@@ -222,6 +222,22 @@ def test_a_second_run_reuses_the_build(small_design):
     assert res["timings_s"]["build_cached"]
 
 
+def test_a_design_that_verilator_splits_into_several_files_builds_and_is_exact(small_design, tmp_path, monkeypatch):
+    """A design large enough that Verilator splits its C++ (VM_PARALLEL_BUILDS = 1; here forced with
+    --output-split) uses Verilator's own precompiled header, not hwq's (GCC takes only one per file): the
+    bench's CNN layers once failed to build after hwq's was added."""
+    from sim import harness
+
+    ir, rtl, x = small_design
+    monkeypatch.setenv("HWQ_CACHE", str(tmp_path / "cache"))
+    simulate(ir, rtl, inputs=x[:2])  # an unsplit build first: hwq's header is kept in the cache
+    monkeypatch.setattr(harness, "WARNING_FLAGS", [*harness.WARNING_FLAGS, "--output-split", "5000"])
+    exe, cached = build_harness(rtl, json.loads((rtl / "rtl.json").read_text()), cycles=1000)  # -O0, as above
+    assert not cached and "VM_PARALLEL_BUILDS = 1" in (exe.parent / "Vhwq_tb_classes.mk").read_text()
+    res = simulate(ir, rtl, inputs=x)
+    assert res["bit_exact"] and res["timings_s"]["build_cached"]
+
+
 def test_a_new_design_reuses_verilators_compiled_runtime(small_design, tmp_path, monkeypatch):
     """Verilator's runtime is compiled once per installation and options; another design's build compiles
     only the design (its build log names no runtime source), and the simulator it makes is bit-exact."""
