@@ -130,12 +130,13 @@ def _add_board(p, *, folding=True):
 def cmd_boards(args):
     from boards import DEFAULT_BOARD, known_boards, load_board
 
-    print(f"{'board':<12} {'family':<8} {'LUT':>6} {'FF':>6} {'BRAM':>5} {'DSP':>4} {'MHz':>5}  description")
+    print(f"{'board':<12} {'family':<8} {'LUT':>6} {'FF':>6} {'BRAM':>5} {'DSP':>4} {'MHz':>5}  {'hwq board':<12} "
+          f"description")
     for name in known_boards():
         b = load_board(name)
         mark = "  (default)" if name == DEFAULT_BOARD else ""
         print(f"{b.name:<12} {b.family:<8} {b.lut:>6} {b.ff:>6} {b.bram:>5} {b.dsp:>4} {b.clock_mhz:>5g}  "
-              f"{b.description}{mark}")
+              f"{b.platform or '-':<12} {b.description}{mark}")
 
 
 def cmd_train(args):
