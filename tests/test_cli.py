@@ -1,5 +1,6 @@
 """The command line: bad input gets one line and exit status 2, never a traceback."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -167,11 +168,17 @@ def test_boards_lists_the_default(capsys):
 
 
 def test_help_for_every_command(capsys):
-    for cmd in ("train", "export", "rtl", "estimate", "sim", "synth", "flow", "boards"):
+    from hwq.cli import COMMAND_HELP, build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for cmd in commands:
         with pytest.raises(SystemExit) as exc:
             main([cmd, "--help"])
         assert exc.value.code == 0
-    assert "--samples" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        if cmd in COMMAND_HELP:  # a description of what it reads and writes, and examples
+            assert "examples:" in out and f"hwq {cmd}" in out, cmd
+    assert {"board", "run", "flow", "sim"} <= set(commands) and {"board", "run"} <= set(COMMAND_HELP)
 
 
 def test_estimate_names_the_overrun_and_the_largest_layer(tmp_path, capsys):
