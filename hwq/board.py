@@ -31,7 +31,7 @@ __all__ = ["BOARD_FORMAT", "DEFAULT_BAUD", "PLATFORMS", "build_board", "load_boa
 BOARD_FORMAT = "hwq-board/1"
 DEFAULT_BAUD = 115200
 TOP = "hwq_board"
-# platform name (a board file's ``platform``) -> (amaranth_boards module, class, the LEDs it has)
+# platform name (a board file's ``platform``) -> (amaranth_boards module, class); each has a UART and two LEDs
 PLATFORMS = {
     "icebreaker": ("amaranth_boards.icebreaker", "ICEBreakerPlatform"),
     "ulx3s-85f": ("amaranth_boards.ulx3s", "ULX3S_85F_Platform"),
