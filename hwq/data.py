@@ -74,31 +74,45 @@ def _split(name, codes, labels, input_bits, test_fraction, split_seed, shape, n_
     return Dataset(name, x_tr, y_tr, x_te, y_te, input_bits, 1.0 / ((1 << input_bits) - 1), n_classes, shape)
 
 
+SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _kept_arrays(path, keys, make):
+    """The arrays ``keys`` kept in ``path`` (an .npz in the data folder), else ``make()``'s, kept there for the
+    next load. A damaged file (a bad zip, a missing or pickled array) is made again; a folder that cannot be
+    written is no error (the next load makes them again)."""
+    try:
+        with np.load(path) as raw:
+            return {k: raw[k] for k in keys}
+    except Exception:
+        pass
+    arrays = make()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **{k: arrays[k] for k in keys})
+    except OSError:
+        pass
+    return arrays
+
+
 def _digits(input_bits, test_fraction, split_seed):
     from importlib.metadata import version
 
-    # scikit-learn takes 1.5 s to import: the split is kept (per scikit-learn version, since it makes both)
-    cached = data_dir("digits") / (f"digits-{version('scikit-learn')}-b{input_bits}-t{test_fraction}-"
-                                   f"s{split_seed}.npz")
-    try:
-        with np.load(cached) as raw:
-            parts = [raw[k].astype(np.int64) for k in ("x_train", "y_train", "x_test", "y_test")]
-        return Dataset("digits", *parts, input_bits, 1.0 / ((1 << input_bits) - 1), 10, (1, 8, 8))
-    except Exception:  # not kept yet, or damaged (a bad zip, a missing array): made again
-        pass
-    from sklearn.datasets import load_digits
+    def split():
+        from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    codes = pixels_to_codes(digits.data.astype(np.int64), input_bits)
-    data = _split("digits", codes, digits.target.astype(np.int64), input_bits, test_fraction, split_seed, (1, 8, 8))
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cached) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test, y_test=data.y_test)
-    except OSError:  # a read-only data folder: the next load splits again
-        pass
-    return data
+        digits = load_digits()
+        codes = pixels_to_codes(digits.data.astype(np.int64), input_bits)
+        data = _split("digits", codes, digits.target.astype(np.int64), input_bits, test_fraction, split_seed,
+                      (1, 8, 8))
+        return {k: getattr(data, k) for k in SPLIT_KEYS}
+
+    # scikit-learn takes 1.5 s to import: the split is kept (per scikit-learn version, since it makes both)
+    kept = data_dir("digits") / f"digits-{version('scikit-learn')}-b{input_bits}-t{test_fraction}-s{split_seed}.npz"
+    parts = _kept_arrays(kept, SPLIT_KEYS, split)
+    return Dataset("digits", *(parts[k].astype(np.int64) for k in SPLIT_KEYS), input_bits,
+                   1.0 / ((1 << input_bits) - 1), 10, (1, 8, 8))
 
 
 def _synthetic(input_bits, test_fraction, split_seed, n=700):
@@ -165,20 +179,17 @@ def _cifar10():
 
 
 def _mnist1d():
-    cached = data_dir("mnist1d") / "mnist1d-default.npz"
-    if cached.is_file():
-        raw = np.load(cached)
-    else:
+    keys = ("x", "y", "x_test", "y_test")
+
+    def generate():
         try:
             from mnist1d.data import get_dataset_args, make_dataset
         except ImportError:
             raise UserError("the mnist1d dataset needs the mnist1d package: pip install mnist1d") from None
         data = make_dataset(get_dataset_args())  # the published defaults; generated here, nothing downloaded
-        raw = {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
-        np.savez(tmp, **raw)
-        tmp.replace(cached)
+        return {k: np.asarray(data[k]) for k in keys}
+
+    raw = _kept_arrays(data_dir("mnist1d") / "mnist1d-default.npz", keys, generate)
 
     def codes(x):
         return np.clip(np.rint(np.asarray(x, dtype=np.float64) * 128 / MNIST1D_RANGE), -128, 127).astype(np.int64)
