@@ -19,7 +19,8 @@ from hwq.fileio import cache_dir, read_cache, write_cache
 
 from .synth import tool_work
 
-__all__ = ["HARNESS_TOP", "PnrError", "harness_verilog", "pack_cells", "place_and_route"]
+__all__ = ["HARNESS_TOP", "PnrError", "fmax_mhz", "harness_verilog", "pack_cells", "place_and_route", "run_nextpnr",
+           "utilization"]
 
 
 class PnrError(RuntimeError):
@@ -130,34 +131,24 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
     """
     if board.pnr is None:
         raise UserError(f"board {board.name}: no open place-and-route tool for family {board.family}")
-    nextpnr = _tool(board.pnr["tool"])
+    _tool(board.pnr["tool"])  # a missing nextpnr is told before the synthesis, not after
     cached = cache_dir("pnr") / f"{_key(rtl_dir, info, board, seed)}.json"
     hit = read_cache(cached) if cache else None
     if hit is not None:
         return {**hit, "cached": True}
     with tool_work("hwq-pnr-") as (work, env):
         netlist, t_synth = _netlist(rtl_dir, info, board, work, env, timeout)
-        report = work / "report.json"
-        # relative paths, run in the work folder: the WebAssembly builds see only the working directory
-        cmd = [nextpnr, *board.pnr["args"], "--json", netlist.name, "--freq", f"{board.clock_mhz:g}",
-               "--report", report.name, "--timing-allow-fail", "--seed", str(seed), "--quiet", *_unconstrained(board)]
         t1 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work, env=env)
-        if proc.returncode != 0 or not report.is_file():
-            text = proc.stderr + proc.stdout
-            errors = [ln.strip() for ln in text.splitlines() if ln.startswith("ERROR")] or [text.strip()[-300:]]
-            raise PnrError(f"{board.pnr['tool']}: {'; '.join(errors)}")
-        data = json.loads(report.read_text())
-    fmax = data.get("fmax", {})
-    achieved = [v["achieved"] for v in fmax.values() if "achieved" in v]
+        data = run_nextpnr(board, ["--json", netlist.name, "--freq", f"{board.clock_mhz:g}", "--seed", str(seed),
+                                   *_unconstrained(board)], work, env, timeout)
+    fmax = fmax_mhz(data)
     result = {
         "tool": board.pnr["tool"],
         "args": board.pnr["args"],
-        "fmax_mhz": round(min(achieved), 2) if achieved else None,
+        "fmax_mhz": fmax,
         "target_mhz": board.clock_mhz,
-        "meets_target": bool(achieved) and min(achieved) >= board.clock_mhz,
-        "utilization": {k: {"used": v["used"], "available": v["available"]} for k, v in data.get("utilization", {}).items()
-                        if v.get("used")},
+        "meets_target": fmax is not None and fmax >= board.clock_mhz,
+        "utilization": utilization(data),
         "critical_path": _critical_path(data),
         "seconds": {"synth": round(t_synth, 1), "pnr": round(time.perf_counter() - t1, 1)},
         "cached": False,
@@ -165,6 +156,35 @@ def place_and_route(rtl_dir, info, board, *, timeout=3600, seed=1, cache=True):
     if cache:
         write_cache(cached, result)
     return result
+
+
+def run_nextpnr(board, args, work, env, timeout):
+    """Run the board's nextpnr in ``work`` with its device arguments and ``args`` (relative paths: the
+    WebAssembly builds see only the working directory), timing allowed to fail; return its JSON report, or
+    raise :class:`PnrError` with nextpnr's ERROR lines."""
+    report = work / "report.json"
+    cmd = [_tool(board.pnr["tool"]), *board.pnr["args"], *args, "--report", report.name, "--timing-allow-fail",
+           "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work, env=env)
+    if proc.returncode != 0 or not report.is_file():
+        text = proc.stderr + proc.stdout
+        errors = [ln.strip() for ln in text.splitlines() if ln.startswith("ERROR")] or [text.strip()[-300:]]
+        raise PnrError(f"{board.pnr['tool']}: {'; '.join(errors)}")
+    data = json.loads(report.read_text())
+    report.unlink()
+    return data
+
+
+def fmax_mhz(report):
+    """The slowest clock's achieved frequency in nextpnr's report (MHz, 2 decimals), or None."""
+    achieved = [v["achieved"] for v in report.get("fmax", {}).values() if "achieved" in v]
+    return round(min(achieved), 2) if achieved else None
+
+
+def utilization(report):
+    """The used resources in nextpnr's report: {kind: {used, available}}."""
+    return {k: {"used": v["used"], "available": v["available"]} for k, v in report.get("utilization", {}).items()
+            if v.get("used")}
 
 
 def _critical_path(report):

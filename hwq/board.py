@@ -17,7 +17,6 @@ Only platforms named in :data:`PLATFORMS` are loaded: a board file names one of 
 """
 
 import importlib
-import json
 import shutil
 import subprocess
 import time
@@ -31,12 +30,13 @@ __all__ = ["BOARD_FORMAT", "DEFAULT_BAUD", "PLATFORMS", "build_board", "load_boa
 BOARD_FORMAT = "hwq-board/1"
 DEFAULT_BAUD = 115200
 TOP = "hwq_board"
-# platform name (a board file's ``platform``) -> (amaranth_boards module, class); each has a UART and two LEDs
+# platform name (a board file's ``platform``) -> (amaranth_boards module, class, openFPGALoader's name for the
+# board); each has a UART and two LEDs
 PLATFORMS = {
-    "icebreaker": ("amaranth_boards.icebreaker", "ICEBreakerPlatform"),
-    "ulx3s-85f": ("amaranth_boards.ulx3s", "ULX3S_85F_Platform"),
-    "arty-a7-35": ("amaranth_boards.arty_a7", "ArtyA7_35Platform"),
-    "arty-a7-100": ("amaranth_boards.arty_a7", "ArtyA7_100Platform"),
+    "icebreaker": ("amaranth_boards.icebreaker", "ICEBreakerPlatform", "icebreaker"),
+    "ulx3s-85f": ("amaranth_boards.ulx3s", "ULX3S_85F_Platform", "ulx3s"),
+    "arty-a7-35": ("amaranth_boards.arty_a7", "ArtyA7_35Platform", "arty_a7_35t"),
+    "arty-a7-100": ("amaranth_boards.arty_a7", "ArtyA7_100Platform", "arty_a7_100t"),
 }
 PIN_FILES = {"ice40": ".pcf", "ecp5": ".lpf", "xilinx7": ".xdc"}
 
@@ -50,7 +50,7 @@ def platform_for(board):
     if board.platform not in PLATFORMS:
         raise UserError(f"{board.path}: field 'platform': expected one of {', '.join(PLATFORMS)}, "
                         f"found {board.platform!r}")
-    module, cls = PLATFORMS[board.platform]
+    module, cls, _ = PLATFORMS[board.platform]
     try:
         platform = getattr(importlib.import_module(module), cls)()
     except ImportError:
@@ -205,7 +205,7 @@ def build_board(rtl_dir, ir_dir, board, out_dir, *, baud=DEFAULT_BAUD, bitstream
 def _bitstream(work, board, names, log, timeout):
     """yosys, nextpnr (pins and clock from the platform's files) and the packer, in ``work``; return
     (the bitstream's file name, the timing dict). Raises UserError when the design misses the clock."""
-    from boards.pnr import _tool
+    from boards.pnr import PnrError, _tool, fmax_mhz, run_nextpnr, utilization
     from boards.synth import tool_env
 
     yosys = shutil.which("yosys")
@@ -222,31 +222,22 @@ def _bitstream(work, board, names, log, timeout):
         raise RuntimeError(f"yosys failed on the board top:\n{proc.stderr[-2000:]}")
     t_synth = time.perf_counter() - t
     pins = TOP + PIN_FILES[board.family]
-    device = [a for a in board.pnr["args"]]
     if board.family == "ice40":
-        pnr = [*device, "--pcf", pins, "--asc", f"{TOP}.asc"]
+        pnr = ["--pcf", pins, "--asc", f"{TOP}.asc"]
     else:
-        pnr = [*device, "--lpf", pins, "--textcfg", f"{TOP}.config"]
+        pnr = ["--lpf", pins, "--textcfg", f"{TOP}.config"]
     log(f"placing and routing with {board.pnr['tool']} at the board's {board.clock_mhz:g} MHz clock ...")
     t = time.perf_counter()
-    cmd = [_tool(board.pnr["tool"]), *pnr, "--json", f"{TOP}.json", "--report", "timing.json", "--log", "nextpnr.log",
-           "--quiet", "--timing-allow-fail"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work, env=env)
-    report = work / "timing.json"
-    if proc.returncode != 0 or not report.is_file():
-        errors = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if "ERROR" in ln]
-        raise UserError(f"{board.pnr['tool']} could not place and route the board top on {board.name}: "
-                        f"{'; '.join(errors) or (proc.stderr + proc.stdout)[-300:]}")
-    data = json.loads(report.read_text())
+    try:  # the pin file holds the clock's constraint
+        data = run_nextpnr(board, [*pnr, "--json", f"{TOP}.json", "--log", "nextpnr.log"], work, env, timeout)
+    except PnrError as exc:
+        raise UserError(f"could not place and route the board top on {board.name}: {exc}") from None
     clocks = {name: v for name, v in data.get("fmax", {}).items() if "achieved" in v}
-    worst = min((v["achieved"] for v in clocks.values()), default=None)
-    timing = {"tool": board.pnr["tool"], "clock_mhz": board.clock_mhz,
-              "fmax_mhz": None if worst is None else round(worst, 2),
+    fmax = fmax_mhz(data)
+    timing = {"tool": board.pnr["tool"], "clock_mhz": board.clock_mhz, "fmax_mhz": fmax,
               "clocks": {k: {"achieved_mhz": round(v["achieved"], 2), "constraint_mhz": round(v["constraint"], 2)}
                          for k, v in clocks.items()},
-              "meets": worst is not None and worst >= board.clock_mhz,
-              "utilization": {k: {"used": v["used"], "available": v["available"]}
-                              for k, v in data.get("utilization", {}).items() if v.get("used")},
+              "meets": fmax is not None and fmax >= board.clock_mhz, "utilization": utilization(data),
               "seconds": {"synth": round(t_synth, 1), "pnr": round(time.perf_counter() - t, 1)}}
     write_json(work / "timing.json", timing)
     if not timing["meets"]:

@@ -390,11 +390,12 @@ def _print_board(record, out):
     made = record["bitstream"] or (record["vivado"] and f"{record['vivado']['script']} (for Vivado)") or "no bitstream"
     print(f"wrote {out}/: {made}, pins in {record['pin_file']}, {record['link']['baud']} baud UART link "
           f"(board.json){'' if not record['timing'] else ', timing in timing.json'}")
-    if record["bitstream"] and record["family"] == "ice40":
-        print(f"flash it: iceprog {Path(out) / record['bitstream']}   (or: openFPGALoader -b icebreaker "
-              f"{Path(out) / record['bitstream']})")
-    elif record["bitstream"]:
-        print(f"load it: openFPGALoader -b ulx3s {Path(out) / record['bitstream']}")
+    if record["bitstream"]:
+        from .board import PLATFORMS
+
+        bitstream, loader = Path(out) / record["bitstream"], f"openFPGALoader -b {PLATFORMS[record['platform']][2]}"
+        print(f"flash it: iceprog {bitstream}   (or: {loader} {bitstream})" if record["family"] == "ice40"
+              else f"load it: {loader} {bitstream}")
     print(f"then: hwq run {out} --port /dev/ttyUSB1   (or --simulate: the same driver against the simulated board)")
 
 
@@ -658,6 +659,8 @@ def _describe(sub):
 
 
 def build_parser():
+    from .board import DEFAULT_BAUD
+
     parser = _Parser(prog="hwq", description="Quantized neural network in, verified FPGA accelerator out. "
                      "Run `hwq flow --out DIR` for the whole flow on the bundled digits dataset.")
     parser.add_argument("--version", action="version", version=f"hwq {__version__}")
@@ -759,7 +762,7 @@ def build_parser():
     _add_board(p, folding=False)
     p.add_argument("--ir", help="the IR the RTL was generated from (default: the folder `ir` beside RTL)")
     p.add_argument("--out", required=True, help="board folder to write")
-    p.add_argument("--baud", type=_positive, default=115200, help="UART baud rate (default: 115200)")
+    p.add_argument("--baud", type=_positive, default=DEFAULT_BAUD, help=f"UART baud rate (default: {DEFAULT_BAUD})")
     p.add_argument("--no-bitstream", action="store_true",
                    help="write the board top and pin file only (no synthesis, place and route or packing)")
     p.add_argument("--force", action="store_true", help="replace OUT even if it was not written by hwq")
