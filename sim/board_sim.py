@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
 
 def build_link_sim(board_dir, *, log=None):
     """Build (or reuse) the Verilator simulator of a board folder's ``hwq_link.v`` and network Verilog;
-    return its executable."""
+    return (its executable, the folder's ``board.json``)."""
     from hwq.board import load_board_dir
 
     record, _ = load_board_dir(board_dir)
@@ -131,17 +131,14 @@ def build_link_sim(board_dir, *, log=None):
     with cache_lock(build_dir):
         exe, _ = _build_locked(build_dir, None, sources, args, "-Os", log or (lambda line: None), top=LINK_TOP,
                                main=LINK_MAIN_CPP)
-    return exe
+    return exe, record
 
 
 @contextmanager
 def simulated_board(board_dir, *, log=None):
     """Start the simulated board of ``board_dir``; yield the pyserial URL of its serial line. The simulation
     runs (in the board folder, where its memory files are) until the host closes the connection."""
-    from hwq.board import load_board_dir
-
-    record, _ = load_board_dir(board_dir)
-    exe = build_link_sim(board_dir, log=log)
+    exe, record = build_link_sim(board_dir, log=log)
     proc = subprocess.Popen([str(exe), f"+divisor={int(record['link']['divisor'])}"], cwd=board_dir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
