@@ -1,5 +1,6 @@
 """Calibration sweep: synthesize random networks with yosys and fit the resource model.
 
+    python -m boards.calibrate multipliers                                   # -> boards/calibration/multipliers.json
     python -m boards.calibrate sweep --family ice40 --designs 40 --seed 1    # -> boards/calibration/ice40.json
     python -m boards.calibrate fit                                           # -> boards/calibration/coefficients.json
 
@@ -27,8 +28,9 @@ from hwq.golden import accumulator_range
 from hwq.intrange import code_range, range_bits, signed_width, weight_range
 from hwq.ir import IR, Layer, conv_out_side
 
-__all__ = ["CELL_FAMILIES", "FAMILY_BOARDS", "cnn_ir", "holder", "network_ir", "random_cnn", "random_folding",
-           "random_layer", "random_network", "random_resnet", "resnet_ir", "sweep", "sweep_cases", "synthesize_network"]
+__all__ = ["CELL_FAMILIES", "FAMILY_BOARDS", "cnn_ir", "holder", "measure_multipliers", "multiplier_file", "network_ir",
+           "random_cnn", "random_folding", "random_layer", "random_network", "random_resnet", "resnet_ir", "sweep",
+           "sweep_cases", "synthesize_network"]
 
 HERE = Path(__file__).resolve().parent / "calibration"
 FAMILY_BOARDS = {"ice40": "ice40-up5k", "ecp5": "ecp5-25f", "xilinx7": "xc7a35t"}
@@ -325,6 +327,48 @@ def synthesize_network(ir, folding, board, work, *, cells=False):
     return {"points": points, "total": total, "seconds": syn["seconds"], "folding": folding.to_json()}
 
 
+def measure_multipliers(family):
+    """What yosys makes of one processing element (:class:`rtl_gen.pe.ProcessingElement`: a signed ``w`` bit weight
+    times an ``a`` bit activation in logic, plus the partial sum) for every pair of widths, in one synthesis run
+    with each kept as its own module: ``{multiplier_key: LUTs}``, the table the estimator prices multipliers
+    in logic by (their cost is far from linear in the widths on ECP5 and iCE40)."""
+    from amaranth.back import verilog
+
+    from boards import load_board
+    from boards.synth import synthesize
+    from hwq.intrange import MAX_W_STORAGE_BITS
+    from rtl_gen.arith import multiplier_key
+    from rtl_gen.pe import ProcessingElement
+
+    board = load_board(FAMILY_BOARDS[family])
+    parts = {}
+    for w in range(2, MAX_W_STORAGE_BITS + 1):
+        for a in range(1, 9):
+            for signed in (False, True):
+                name = "m" + multiplier_key(w, a, signed)
+                parts[name] = ProcessingElement(w_bits=w, a_bits=a, acc_bits=w + a + 1, a_signed=signed)
+    with tempfile.TemporaryDirectory(prefix="hwq-mul-") as work:
+        path = Path(work) / "multipliers.v"
+        path.write_text(verilog.convert(holder(parts, "multipliers"), name="multipliers", emit_src=False))
+        syn = synthesize(path, "multipliers", board, keep=[f"multipliers.{k}" for k in parts])
+    return board, {k[1:]: syn["modules"][f"multipliers.{k}"]["lut"] for k in parts}
+
+
+def multiplier_file(families, path):
+    """The multiplier table file with ``families`` (re)measured and the others kept."""
+    from boards.synth import yosys_version
+
+    old = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    out = {"about": "LUTs of one processing element (rtl_gen.pe.ProcessingElement, acc_bits = w + a + 1) per "
+                    "multiplier_key, measured by `python -m boards.calibrate multipliers`",
+           "yosys": yosys_version(), "commands": dict(old.get("commands", {})), "families": dict(old.get("families", {}))}
+    for family in families:
+        board, table = measure_multipliers(family)
+        out["commands"][family] = board.yosys_synth
+        out["families"][family] = table
+    return out
+
+
 def _cases(family, designs, seed):
     """The sweep's random networks and foldings (a seeded sequence: design k depends on the ones before)."""
     from boards import load_board
@@ -378,20 +422,23 @@ def _features(point, kind):
 
 def fit_all(sweep_files):
     """Coefficients per family and resource from sweep files."""
-    from boards.model import fit, fit_correction
+    from boards.model import fit, fit_correction, resolve
 
     out = {}
     for path in sweep_files:
         data = json.loads(Path(path).read_text())
+        family = data["family"]
         pts = [p for d in data["designs"] for p in d["points"]]
-        fam = out.setdefault(data["family"], {"sweep": Path(path).name, "designs": len(data["designs"]),
-                                              "points": len(pts)})
-        fam["lut"] = fit([_features(p, "cost_features") for p in pts], [p["lut"] for p in pts])
-        fam["ff"] = fit([_features(p, "register_bits") for p in pts], [p["ff"] for p in pts])
+        fam = out.setdefault(family, {"sweep": Path(path).name, "designs": len(data["designs"]), "points": len(pts)})
+        # each component's error relative to its design's total: what the estimate is judged by
+        scale = {k: [d["total"][k] for d in data["designs"] for _ in d["points"]] for k in ("lut", "ff")}
+        fam["lut"] = fit([resolve(family, _features(p, "cost_features")) for p in pts], [p["lut"] for p in pts],
+                         scale["lut"])
+        fam["ff"] = fit([_features(p, "register_bits") for p in pts], [p["ff"] for p in pts], scale["ff"])
         # layer engines' LUTs: boosted trees correct what the linear model misses in their structure
         engines = [component_plan(p) for p in pts if p["component"] == "engine"]
-        linear = [sum(fam["lut"].get(k, 0.0) * v for k, v in e.cost_features.items()) for e in engines]
-        fam["lut_correction"] = fit_correction([e.correction_inputs for e in engines],
+        linear = [sum(fam["lut"].get(k, 0.0) * v for k, v in resolve(family, e.cost_features).items()) for e in engines]
+        fam["lut_correction"] = fit_correction([resolve(family, e.correction_inputs) for e in engines],
                                                [p["lut"] for p in pts if p["component"] == "engine"], linear)
         packed = [d["total"] for d in data["designs"] if d["total"].get("cells") is not None]
         if packed:  # packed logic cells as a function of the design's LUTs and flip-flops
@@ -409,13 +456,19 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="Ray workers (1: one design after the other, no Ray)")
     p.add_argument("--ray-address", help="run the designs on an existing Ray cluster")
     p.add_argument("--out", help="default: boards/calibration/<family>.json")
+    p = sub.add_parser("multipliers", help="measure one processing element per pair of widths (the multiplier table)")
+    p.add_argument("--families", nargs="+", default=sorted(FAMILY_BOARDS), choices=sorted(FAMILY_BOARDS))
+    p.add_argument("--out", default=str(HERE / "multipliers.json"))
     p = sub.add_parser("fit", help="fit coefficients from the sweep files")
     p.add_argument("files", nargs="*", help="default: boards/calibration/<family>.json for each family")
     p.add_argument("--out", default=str(HERE / "coefficients.json"))
     args = parser.parse_args(argv)
     from hwq.fileio import write_json
 
-    if args.cmd == "sweep":
+    if args.cmd == "multipliers":
+        write_json(args.out, multiplier_file(args.families, args.out))
+        print(f"wrote {args.out}")
+    elif args.cmd == "sweep":
         data = sweep(args.family, args.designs, args.seed, jobs=args.jobs, ray_address=args.ray_address)
         out = args.out or HERE / f"{args.family}.json"
         write_json(out, data)

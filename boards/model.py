@@ -13,9 +13,11 @@ from importlib import resources
 from hwq.errors import UserError
 
 __all__ = ["BRAM_SHAPES", "DSP_MAX_WIDTHS", "DSP_MIN_PRODUCT_BITS", "bram_blocks", "cells", "coefficients",
-           "correction_log_ratio", "dsp_eligible", "fit", "fit_correction", "plan_resources", "predict"]
+           "correction_log_ratio", "dsp_eligible", "fit", "fit_correction", "multipliers", "plan_resources", "predict",
+           "resolve"]
 
 COEFFICIENTS = "calibration/coefficients.json"
+MULTIPLIERS = "calibration/multipliers.json"
 
 # Block-RAM aspect ratios per family: (cost in blocks, [(depth, width), ...]) for each primitive that yosys
 # maps a memory with one read and one write port to. Xilinx has two primitives (RAMB18E1 counts as half a
@@ -56,16 +58,45 @@ def coefficients():
         raise UserError(f"boards/{COEFFICIENTS} is missing: run `python -m boards.calibrate` to make it") from None
 
 
+@cache
+def multipliers():
+    """The measured multiplier table: ``{"families": {family: {"4x8u": LUTs, ...}}, ...}``: what yosys makes of
+    one processing element (:class:`rtl_gen.pe.ProcessingElement`, its :func:`rtl_gen.arith.lut_mul` product
+    and partial-sum adder) for each pair of operand widths; made by ``python -m boards.calibrate multipliers``."""
+    path = resources.files("boards") / MULTIPLIERS
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"boards/{MULTIPLIERS} is missing: run `python -m boards.calibrate multipliers` to make it") from None
+
+
+def resolve(family, features):
+    """``features`` with every measured one (``"name@key": count``, key of :func:`rtl_gen.arith.multiplier_key`)
+    turned into ``"name": count x the family's measured LUTs for key``, summed over keys; others unchanged."""
+    out = {}
+    for name, value in features.items():
+        if "@" in name:
+            name, key = name.split("@", 1)
+            if value:
+                table = multipliers()["families"].get(family, {})
+                if key not in table:
+                    raise UserError(f"no measured {key} multiplier for FPGA family {family!r} in boards/{MULTIPLIERS}: "
+                                    "run `python -m boards.calibrate multipliers`")
+                value = value * table[key]
+        out[name] = out.get(name, 0) + value
+    return out
+
+
 def predict(family, resource, features, correction=None):
     """Estimate of ``resource`` ("lut"/"ff") for a component with these named features; ``correction``: the
     named inputs of the family's correction trees for this resource, if it has them (layer engines' LUTs)."""
     model = coefficients().get(family, {}).get(resource)
     if model is None:
         raise UserError(f"no calibrated {resource} model for FPGA family {family!r} in boards/{COEFFICIENTS}")
-    value = sum(model.get(name, 0.0) * v for name, v in features.items())
+    value = sum(model.get(name, 0.0) * v for name, v in resolve(family, features).items())
     trees = coefficients().get(family, {}).get(f"{resource}_correction")
     if correction is not None and trees:
-        value *= math.exp(correction_log_ratio(trees, correction))
+        value *= math.exp(correction_log_ratio(trees, resolve(family, correction)))
     return round(value)
 
 
@@ -135,11 +166,11 @@ def fit_correction(inputs, actual, linear, seed=0):
     return {"inputs": names, "init": float(model.init_.constant_[0][0]), "rate": model.learning_rate, "trees": trees}
 
 
-def fit(rows, targets):
+def fit(rows, targets, scale=None):
     """Non-negative least squares: coefficients (dict) such that sum(c * row) ~ target, in relative error.
 
-    Each equation is divided by its target, so large and small designs weigh alike (the goal is a
-    small relative error on every design).
+    Each equation is divided by its ``scale`` (default: its target), so large and small designs weigh alike
+    (the goal is a small relative error on every design; a component's scale is its design's total).
     """
     import numpy as np
     from scipy.optimize import nnls
@@ -147,6 +178,6 @@ def fit(rows, targets):
     names = sorted({k for r in rows for k in r})
     a = np.array([[r.get(k, 0) for k in names] for r in rows], dtype=float)
     b = np.array(targets, dtype=float)
-    w = 1.0 / np.maximum(b, 1.0)
+    w = 1.0 / np.maximum(b if scale is None else np.asarray(scale, dtype=float), 1.0)
     coef, _ = nnls(a * w[:, None], b * w)
     return {k: float(c) for k, c in zip(names, coef, strict=True) if c > 0}

@@ -11,7 +11,7 @@ import math
 
 from amaranth import Mux, Signal
 
-__all__ = ["adder_tree", "const_mul", "lut_mul", "partial_products", "tree_levels"]
+__all__ = ["adder_tree", "const_mul", "lut_mul", "multiplier_key", "partial_products", "tree_levels"]
 
 
 def partial_products(a, b):
@@ -62,6 +62,12 @@ def lut_mul(a, b):
     narrower operand summed by a balanced adder tree (about as many LUTs as yosys' own soft multiplier,
     measured on iCE40, ECP5 and 7-series, 2..8 bits)."""
     return adder_tree(partial_products(a, b))
+
+
+def multiplier_key(w_bits, a_bits, a_signed):
+    """The name of a processing element's :func:`lut_mul` of a signed ``w_bits`` weight by an ``a_bits``
+    activation in the measured multiplier table (``boards/calibration/multipliers.json``), e.g. ``"4x8u"``."""
+    return f"{w_bits}x{a_bits}{'s' if a_signed else 'u'}"
 
 
 def const_mul(value, k):

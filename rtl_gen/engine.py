@@ -13,7 +13,7 @@ from hwq.intrange import MAX_W_STORAGE_BITS, range_bits, signed_width, weight_ra
 from hwq.ir import conv_out_side
 
 from ._check import check_int
-from .arith import tree_levels
+from .arith import multiplier_key, tree_levels
 from .loops import LoopNest
 from .requant import MultiplyShiftRequantizer, ThresholdRequantizer
 from .systolic import SystolicArray
@@ -122,8 +122,10 @@ def requantize(m, name, acc, acc_bits, params, param_bits, out_bits):
 @dataclass(frozen=True)
 class ArrayPlan:
     """Cost of an engine's datapath core: a rows x cols :class:`SystolicArray` (multipliers in logic, or on DSP
-    blocks with ``dsp``) or an :class:`XnorPopcount` core (``engine="xnor"``). ``const_weights``: the weights
-    come from a one- or two-word ROM, so synthesis folds them into the multipliers."""
+    blocks with ``dsp``) or an :class:`XnorPopcount` core (``engine="xnor"``). ``live_bits``: the weight bits
+    (lane, bit) that are 1 in some word of the weight ROM; the others are constant zeros, which synthesis removes
+    with their partial products (a one-word ROM's weights are constants: only their set bits are left); None:
+    every bit."""
 
     engine: str
     rows: int
@@ -132,7 +134,8 @@ class ArrayPlan:
     a_bits: int
     acc_bits: int
     dsp: bool = False
-    const_weights: bool = False
+    a_signed: bool = False
+    live_bits: int | None = None
 
     @property
     def psum_bits(self):
@@ -148,18 +151,16 @@ class ArrayPlan:
         lanes = self.rows * self.cols
         if self.engine == "xnor":
             return {"xnor": lanes, "xnor_sum": self.psum_bits}
-        # a product in logic: the narrower operand's n partial products of the wider one's m bits, summed by an
-        # adder tree (rtl_gen.arith.lut_mul); a 1-bit weight negates the input instead
-        n, m = min(self.w_bits, self.a_bits), max(self.w_bits, self.a_bits)
+        # a product in logic (rtl_gen.arith.lut_mul) costs what yosys made of that multiplier alone, measured per
+        # family and operand widths (boards/calibration/multipliers.json; boards.model.resolve turns the lane
+        # count into LUTs), in proportion to its live weight bits (a weight bit that is 0 in every ROM word
+        # removes its partial product); a 1-bit weight negates the input instead
         logic, binary = not self.dsp, self.w_bits == 1
-        pp = 0 if not logic else (self.a_bits if binary else n * m)
-        tree = 0 if not logic or binary else (n - 1) * (m + clog2(n))
-        few = self.const_weights
+        key = multiplier_key(self.w_bits, self.a_bits, self.a_signed)
+        mults = lanes if self.live_bits is None else self.live_bits / self.w_bits
         return {
-            "pe_mult": 0 if few or binary else lanes * pp,      # partial-product bits of the multipliers in logic
-            "pe_tree": 0 if few else lanes * tree,              # their adder trees' bits
+            f"pe_mul@{key}": mults if logic and not binary else 0,      # multipliers in logic
             "pe_neg": lanes * self.a_bits if binary and logic else 0,   # 1-bit weights: x or -x
-            "pe_mult_few": lanes * pp if few else 0,            # constant weights: folded logic
             "pe_add": 0 if self.dsp else self.psum_bits,        # adder bits along the rows
             "dsp_add": self.psum_bits if self.dsp else 0,       # the same next to DSP multipliers (absorbed on 7-series)
         }
@@ -185,6 +186,7 @@ class MultiplyShiftPlan:
     offset_bits: int
     dsp: bool = False
     const: bool = False  # the multipliers and offsets are constants (one output tile: a one-word ROM)
+    const_ones: int = 0  # then: their set bits, summed over the rows (a constant's partial products are its set bits)
 
     @property
     def sum_bits(self):
@@ -198,9 +200,10 @@ class MultiplyShiftPlan:
     def cost_features(self):
         n, m = min(self.acc_bits, self.mult_bits), max(self.acc_bits, self.mult_bits)
         logic, const = not self.dsp, self.const
-        return {"ms_mult": self.rows * n * m if logic and not const else 0,     # partial products of acc * mult
-                "ms_tree": self.rows * n * self.sum_bits if logic and not const else 0,  # their tree with the offset
-                "ms_mult_const": self.rows * n * m if logic and const else 0,  # by a constant: far fewer
+        # by constant multipliers, only their set bits' partial products are left: the fraction of bits set
+        rows = self.const_ones / self.mult_bits if const else self.rows
+        return {"ms_mult": rows * n * m if logic else 0,     # partial products of acc * mult
+                "ms_tree": rows * n * self.sum_bits if logic else 0,  # their tree with the offset
                 "ms_add": self.rows * self.sum_bits}                 # the shift and clamp (and the DSP's adder)
 
     @property
@@ -251,6 +254,8 @@ class EnginePlan:
     offset_bits: int = 0
     shift: int = 0
     requant_dsp: bool = False  # multiply-shift: the requantizers' multipliers are DSP blocks (one per row)
+    mult_ones: int = 0   # multiply-shift: the multipliers' set bits (mult_bits two's complement), summed over channels
+    w_live_bits: int | None = None  # the weight ROM's bits (lane, bit) that are 1 in some word (None: all)
     a_signed: bool = False  # two's complement input codes (a signed network input, e.g. MNIST-1D's samples)
     kernel_h: int | None = None  # a rectangular kernel's height (1 for a 1-D convolution); None: = kernel
     padding_h: int | None = None  # zero rows above and below; None: = padding
@@ -388,7 +393,7 @@ class EnginePlan:
     def array(self):
         """The datapath core's :class:`ArrayPlan`."""
         return ArrayPlan(engine=self.engine, rows=self.rows, cols=self.cols, w_bits=self.w_bits, a_bits=self.a_bits,
-                         acc_bits=self.acc_bits, dsp=self.dsp, const_weights=self.rom_words <= 2 and self.rom_style == "logic")
+                         acc_bits=self.acc_bits, dsp=self.dsp, a_signed=self.a_signed, live_bits=self.w_live_bits)
 
     @property
     def multiply_shift(self):
@@ -396,7 +401,8 @@ class EnginePlan:
         if self.kind != "multiply_shift":
             return None
         return MultiplyShiftPlan(rows=self.rows, acc_bits=self.acc_bits, mult_bits=self.mult_bits,
-                                 offset_bits=self.offset_bits, dsp=self.requant_dsp, const=self.n_out_tiles == 1)
+                                 offset_bits=self.offset_bits, dsp=self.requant_dsp, const=self.n_out_tiles == 1,
+                                 const_ones=self.mult_ones if self.n_out_tiles == 1 else 0)
 
     @property
     def psum_bits(self):

@@ -13,6 +13,7 @@ The word width ``g`` of a buffer is the ``rows`` (output channels per cycle) of 
 and the ``cols`` (input channels per cycle) of the engine after it (``rtl_gen.folding`` chooses them).
 """
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -27,7 +28,8 @@ from .engine import MEMORY_STYLES, EnginePlan, clog2, compare_thresholds, param_
 from .pool import PoolPlan
 
 __all__ = ["BufferPlan", "Folding", "NetworkPlan", "SkipPlan", "Stage", "StageSpec", "TopPlan", "as_folding",
-           "buffer_channels", "input_word_indices", "layer_ir", "network_plan", "stage_specs", "width_ties"]
+           "buffer_channels", "input_word_indices", "layer_ir", "live_weight_bits", "network_plan", "stage_specs",
+           "width_ties"]
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,20 @@ def _layout_steps(ir):
     return steps
 
 
+def live_weight_bits(weights, rows, cols, *, w_bits):
+    """Bits (lane, bit) of a ``rows`` x ``cols`` engine's weight ROM that are 1 in at least one word, for
+    ``weights`` (out, inputs in buffer order; two's complement as stored in ``w_bits``): word (ot, it) holds
+    ``W[ot*rows + r, it*cols + c]`` in lane (r, c), rows past the last channel hold 0. A bit that is 0 in every
+    word is a constant zero in hardware, and synthesis removes its partial product."""
+    out, n_in = weights.shape
+    if n_in % cols:
+        return rows * cols * w_bits
+    padded = np.zeros((math.ceil(out / rows) * rows, n_in), np.int64)
+    padded[:out] = weights & ((1 << w_bits) - 1)
+    tiles = padded.reshape(-1, rows, n_in // cols, cols)
+    return int(np.bitwise_count(np.bitwise_or.reduce(np.bitwise_or.reduce(tiles, axis=2), axis=0)).sum())
+
+
 def _weights_in_buffer_order(ir, layer, shape, flat_from):
     """(out, kh*kw*C) weights with columns in buffer order: (ky, kx, c), or for a linear layer after a
     flatten of (C, H, W), (y, x, c) instead of PyTorch's (c, y, x)."""
@@ -398,7 +414,9 @@ def stage_specs(ir, prepared=None):
             if flat_from is not None:
                 c, h, w = c * h * w, 1, 1
             if kind == "multiply_shift":
-                requant = dict(param_bits=0, mult_bits=max(2, signed_width(table[:, 0].min(), table[:, 0].max())),
+                mult_bits = max(2, signed_width(table[:, 0].min(), table[:, 0].max()))
+                ones = int(np.bitwise_count(table[:, 0] & ((1 << mult_bits) - 1)).sum())
+                requant = dict(param_bits=0, mult_bits=mult_bits, mult_ones=ones,
                                offset_bits=signed_width(table[:, 1].min(), table[:, 1].max()), shift=layer.shift)
             else:
                 requant = dict(param_bits=param_bits(layer.acc_bits, table, kind, signs))
@@ -411,10 +429,13 @@ def stage_specs(ir, prepared=None):
                 a_bits=layer.a_bits, a_signed=layer.a_signed, acc_bits=layer.acc_bits, out_bits=layer.out_bits,
                 kind=kind, **requant)
 
+            live = None if layer.binary else functools.lru_cache(maxsize=None)(
+                functools.partial(live_weight_bits, weights, w_bits=layer.w_storage_bits))
+
             def make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic", requant_dsp=False, common=common,
-                     **_):
+                     live=live, **_):
                 return EnginePlan(**common, rows=g_out, cols=g_in, dsp=dsp, rom_style=rom_style, prom_style=prom_style,
-                                  requant_dsp=requant_dsp)
+                                  requant_dsp=requant_dsp, w_live_bits=None if live is None else live(g_out, g_in))
             specs.append(StageSpec(index, layer, "engine", wi, wi + 1, layer.out_bits, make, (weights, table, signs)))
             wi += 1
             bits = layer.out_bits

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from boards import known_boards, load_board
-from boards.model import coefficients, fit, predict
+from boards.model import coefficients, fit, multipliers, predict, resolve
 from hwq.errors import UserError
 from hwq.estimate import estimate
 
@@ -26,6 +26,65 @@ def test_every_board_family_has_a_calibrated_model():
 def test_unknown_family_is_a_clear_error():
     with pytest.raises(UserError, match="no calibrated lut model for FPGA family 'virtex2'"):
         predict("virtex2", "lut", {"const": 1})
+
+
+def test_the_multiplier_table_covers_every_processing_element_of_every_family():
+    from hwq.intrange import MAX_W_STORAGE_BITS
+    from rtl_gen.arith import multiplier_key
+
+    keys = {multiplier_key(w, a, s) for w in range(2, MAX_W_STORAGE_BITS + 1) for a in range(1, 9) for s in (0, 1)}
+    for family in coefficients():
+        table = multipliers()["families"][family]
+        assert set(table) == keys and all(v > 0 for v in table.values())
+        # measured, and so not linear in the widths: on every family the widest costs several times the narrowest
+        assert table["8x8s"] > 4 * table["2x2s"]
+
+
+def test_resolve_prices_measured_features_by_the_table():
+    table = multipliers()["families"]["ice40"]
+    out = resolve("ice40", {"pe_mul@4x8u": 3, "pe_mul@2x2s": 2, "pe_mul@8x8s": 0, "acc": 5})
+    assert out == {"pe_mul": 3 * table["4x8u"] + 2 * table["2x2s"], "acc": 5}
+    with pytest.raises(UserError, match="no measured 17x2u multiplier for FPGA family 'ice40'"):
+        resolve("ice40", {"pe_mul@17x2u": 1})
+
+
+@pytest.mark.parametrize("folding", [[4, 4, 4], [16, 12, 5], [2, 1, 3], [8, 6, 2], [16, 3, 1]])
+def test_live_weight_bits_are_the_bits_set_in_some_word_of_the_weight_rom(folding):
+    """The estimator's count of live weight bits (those a multiplier in logic keeps) is what the engine's ROM holds."""
+    import warnings
+
+    from amaranth.hdl import UnusedElaboratable
+
+    from rtl_gen.engine import EnginePlan
+    from rtl_gen.plan import network_plan
+    from rtl_gen.top import build_stage
+
+    rng = np.random.default_rng(3)
+    ir = random_ir(rng, [16, 12, 5], [3, 4], [4, 2])
+    ir.tensors[ir.layers[1].weights][:, 1::2] = 0  # columns of zeros: bits no word sets
+    stages = network_plan(ir, folding).stages
+    for stage in stages:
+        plan = stage.plan
+        assert isinstance(plan, EnginePlan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnusedElaboratable)
+            engine = build_stage(stage, to_register=stage is stages[-1])
+        engine._MustUse__silence = True
+        union = 0
+        for word in engine.weight_rom():
+            union |= word
+        assert plan.w_live_bits == union.bit_count() > 0
+        assert plan.w_live_bits <= plan.lanes * plan.w_bits
+
+
+@pytest.mark.synth
+def test_the_multiplier_table_is_what_yosys_measures_now():
+    """A yosys upgrade or a change to the processing element shows here before it skews the estimator."""
+    from boards.calibrate import measure_multipliers
+
+    board, table = measure_multipliers("ice40")
+    assert multipliers()["commands"]["ice40"] == board.yosys_synth
+    assert table == multipliers()["families"]["ice40"]
 
 
 @pytest.mark.parametrize("board", ["ice40-up5k", "ecp5-25f", "xc7a35t"])
