@@ -313,9 +313,10 @@ def live_weight_bits(weights, rows, cols, *, w_bits):
     out, n_in = weights.shape
     if n_in % cols:
         return rows * cols * w_bits
-    padded = np.zeros((math.ceil(out / rows) * rows, n_in), np.int64)
-    padded[:out] = weights & ((1 << w_bits) - 1)
-    tiles = padded.reshape(-1, rows, n_in // cols, cols)
+    bits = (weights & ((1 << w_bits) - 1)).astype(np.uint16)
+    if out % rows:
+        bits = np.concatenate([bits, np.zeros((rows - out % rows, n_in), np.uint16)])
+    tiles = bits.reshape(-1, rows, n_in // cols, cols)
     return int(np.bitwise_count(np.bitwise_or.reduce(np.bitwise_or.reduce(tiles, axis=2), axis=0)).sum())
 
 
@@ -429,8 +430,9 @@ def stage_specs(ir, prepared=None):
                 a_bits=layer.a_bits, a_signed=layer.a_signed, acc_bits=layer.acc_bits, out_bits=layer.out_bits,
                 kind=kind, **requant)
 
+            stored = (weights & ((1 << layer.w_storage_bits) - 1)).astype(np.uint16)  # once, not per folding
             live = None if layer.binary else functools.lru_cache(maxsize=None)(
-                functools.partial(live_weight_bits, weights, w_bits=layer.w_storage_bits))
+                functools.partial(live_weight_bits, stored, w_bits=layer.w_storage_bits))
 
             def make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic", requant_dsp=False, common=common,
                      live=live, **_):
