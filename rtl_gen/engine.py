@@ -186,7 +186,7 @@ class MultiplyShiftPlan:
     offset_bits: int
     dsp: bool = False
     const: bool = False  # the multipliers and offsets are constants (one output tile: a one-word ROM)
-    const_ones: int = 0  # then: their set bits, summed over the rows (a constant's partial products are its set bits)
+    const_ones: int = 0  # their set bits, summed over the channels (what constant multipliers cost)
 
     @property
     def sum_bits(self):
@@ -402,7 +402,7 @@ class EnginePlan:
             return None
         return MultiplyShiftPlan(rows=self.rows, acc_bits=self.acc_bits, mult_bits=self.mult_bits,
                                  offset_bits=self.offset_bits, dsp=self.requant_dsp, const=self.n_out_tiles == 1,
-                                 const_ones=self.mult_ones if self.n_out_tiles == 1 else 0)
+                                 const_ones=self.mult_ones)
 
     @property
     def psum_bits(self):

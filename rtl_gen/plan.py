@@ -29,7 +29,7 @@ from .pool import PoolPlan
 
 __all__ = ["BufferPlan", "Folding", "NetworkPlan", "SkipPlan", "Stage", "StageSpec", "TopPlan", "as_folding",
            "buffer_channels", "input_word_indices", "layer_ir", "live_weight_bits", "network_plan", "stage_specs",
-           "width_ties"]
+           "stored_weights", "width_ties"]
 
 
 @dataclass(frozen=True)
@@ -305,15 +305,20 @@ def _layout_steps(ir):
     return steps
 
 
-def live_weight_bits(weights, rows, cols, *, w_bits):
-    """Bits (lane, bit) of a ``rows`` x ``cols`` engine's weight ROM that are 1 in at least one word, for
-    ``weights`` (out, inputs in buffer order; two's complement as stored in ``w_bits``): word (ot, it) holds
+def stored_weights(weights, w_bits):
+    """``weights`` as a weight ROM stores them: ``w_bits`` two's complement, as unsigned integers."""
+    return (np.asarray(weights) & ((1 << w_bits) - 1)).astype(np.uint16)
+
+
+def live_weight_bits(stored, rows, cols, *, w_bits):
+    """Bits (lane, bit) of a ``rows`` x ``cols`` engine's weight ROM that are 1 in at least one word, for the
+    ``stored`` weights (:func:`stored_weights`; out, inputs in buffer order): word (ot, it) holds
     ``W[ot*rows + r, it*cols + c]`` in lane (r, c), rows past the last channel hold 0. A bit that is 0 in every
     word is a constant zero in hardware, and synthesis removes its partial product."""
-    out, n_in = weights.shape
+    out, n_in = stored.shape
     if n_in % cols:
         return rows * cols * w_bits
-    bits = (weights & ((1 << w_bits) - 1)).astype(np.uint16)
+    bits = stored
     if out % rows:
         bits = np.concatenate([bits, np.zeros((rows - out % rows, n_in), np.uint16)])
     tiles = bits.reshape(-1, rows, n_in // cols, cols)
@@ -430,9 +435,8 @@ def stage_specs(ir, prepared=None):
                 a_bits=layer.a_bits, a_signed=layer.a_signed, acc_bits=layer.acc_bits, out_bits=layer.out_bits,
                 kind=kind, **requant)
 
-            stored = (weights & ((1 << layer.w_storage_bits) - 1)).astype(np.uint16)  # once, not per folding
-            live = None if layer.binary else functools.lru_cache(maxsize=None)(
-                functools.partial(live_weight_bits, stored, w_bits=layer.w_storage_bits))
+            live = None if layer.binary else functools.lru_cache(maxsize=None)(functools.partial(
+                live_weight_bits, stored_weights(weights, layer.w_storage_bits), w_bits=layer.w_storage_bits))
 
             def make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic", requant_dsp=False, common=common,
                      live=live, **_):
