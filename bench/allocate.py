@@ -4,24 +4,29 @@
 
 Writes bench/results/allocate.json, docs/results/allocate.md and docs/results/allocate.png.
 
-For each model, seed and board: the float network is trained once (the warm-up every design of that seed
-starts from), its per-layer loss sensitivity measured on a calibration split of the training set, and the
-joint bits-and-folding program (:class:`rtl_gen.allocation.AllocationSearch`) built. The speed target is a
-fixed initiation interval per model and board (``TARGETS``). The LUT budgets are spread between the smallest
-design that meets the target (any bits) and the most accurate one (``BUDGET_POINTS`` of the way). At each
-budget three designs are chosen by the same program:
+For each model, seed and board: a validation split (20% of the training set, stratified by the seed) is held
+out of every training, the float network is trained once on the rest (the warm-up every design of that seed
+starts from), its per-layer loss sensitivity measured on a calibration split of that rest, and the joint
+bits-and-folding program (:class:`rtl_gen.allocation.AllocationSearch`) built. The speed target is a fixed
+initiation interval per model and board (``TARGETS``). The LUT budgets are spread between the smallest design
+that meets the target (any bits) and the most accurate one (``BUDGET_POINTS`` of the way). At each budget
+three designs are chosen, as ``hwq allocate --finalists 3`` chooses:
 
-- ``mixed``: the least summed sensitivity within the budget (the estimator prices every choice);
-- ``bops``: the least sensitivity within a bit-operations budget (sum of MACs x w_bits x a_bits), the largest
-  such budget whose bits then fit (``hwq allocate --cost bops``);
-- ``uniform``: every candidate W=A=b (the first layer reads the dataset's codes) that the estimate says fits.
+- ``mixed`` (``--cost estimator``): the finalists are the 3 bit settings of least summed sensitivity within the
+  budget (the estimator prices every choice, with its folding) and every uniform design that fits; the one
+  most accurate on the validation split is built;
+- ``bops`` (``--cost bops``): the same, with the 3 least-sensitivity bit settings within the largest
+  bit-operations budget (sum of MACs x w_bits x a_bits) whose bits then fit;
+- ``uniform``: every candidate W=A=b (the first layer reads the dataset's codes) that the estimate says fits,
+  by validation accuracy, synthesized in that order until one fits by yosys: ``uniform_best``.
 
-Each chosen bit setting is trained once per seed (the method's QAT from the shared float warm-up), exported,
+Each bit setting is trained once per seed (the method's QAT from the shared float warm-up), exported,
 generated with the program's folding and synthesized with yosys; a design over budget by synthesis is
-tightened by its overshoot and solved again (up to ``ROUNDS`` times, as ``hwq allocate`` does). ``matched``
-compares the golden-model test accuracy of each: ``uniform_best_acc`` is the best uniform design that fits
-the budget by synthesis. The allocated digits CNN on ice40-up5k is also placed with nextpnr and simulated
-over all 360 test images.
+tightened by its overshoot and chosen again (up to ``ROUNDS`` times, as ``hwq allocate`` does). ``matched``
+compares the golden-model test accuracy of each; the test set chooses nothing. ``uniform_test_max_acc`` is the
+best test accuracy of the uniform designs that fit by estimate, chosen on the test set: shown for reference,
+not a protocol. The allocated digits CNN on ice40-up5k is also placed with nextpnr and simulated over all
+360 test images.
 """
 
 import argparse
@@ -52,16 +57,18 @@ TARGETS = {("cnn", "ice40-up5k"): 2400, ("cnn", "ecp5-25f"): 1200,
 BUDGET_POINTS = (0.2, 0.45, 0.75)
 CANDIDATES = (1, 2, 3, 4, 6, 8)
 ROUNDS = 3
+FINALISTS = 3  # hwq allocate --finalists: the program's best bits, then validation accuracy decides
 
 
 class Bench:
     def __init__(self, work, log):
         self.work, self.log = Path(work), log
-        self.trained = {}   # (model, seed, bits key) -> (run dir, golden accuracy, IR)
+        self.trained = {}   # (model, seed, bits key) -> (run dir, test accuracy, IR, validation accuracy)
         self.synthesized = {}
+        self.names = {}
 
-    def train(self, model, seed, cfg, data, float_state, w_bits, a_bits):
-        from hwq import golden
+    def train(self, model, seed, cfg, data, validation, float_state, w_bits, a_bits):
+        from hwq.allocate import _golden_accuracy
         from hwq.export import export_run
         from hwq.train import BITS_FORMAT, train
 
@@ -76,9 +83,10 @@ class Bench:
             train(replace(cfg, bits_file=str(d / "bits.yaml"), first_last="same"), d / "run",
                   float_state=float_state, data=data, show_progress=False)
             ir = export_run(d / "run", d / "ir")
-            acc = float((golden.run(ir, data.x_test).argmax(1) == data.y_test).mean())
-            self.log(f"    trained W{list(w_bits)} A{list(a_bits)}: golden {acc:.4f} ({time.perf_counter() - t:.0f} s)")
-            self.trained[key] = (d, acc, ir)
+            acc, val = _golden_accuracy(ir, data.x_test, data.y_test), _golden_accuracy(ir, *validation)
+            self.log(f"    trained W{list(w_bits)} A{list(a_bits)}: validation {val:.4f}, test {acc:.4f} "
+                     f"({time.perf_counter() - t:.0f} s)")
+            self.trained[key] = (d, acc, ir, val)
         return self.trained[key]
 
     def synth(self, d, ir, board, alloc, budget):
@@ -102,55 +110,67 @@ def _fits(rec, budget):
     return bool(rec["syn"]["fits"]) and rec["syn"]["total"]["lut"] <= budget
 
 
-def run_point(bench, model, seed, board, search, cfg, data, float_state, limits_of, interval, budget):
-    """One (model, seed, board, budget): the mixed, BOPs and uniform designs, trained and synthesized."""
-    from hwq.allocate import _bops_allocation
+def run_point(bench, model, seed, board, search, cfg, data, validation, float_state, limits_of, interval, budget):
+    """One (model, seed, board, budget): the estimator's, the BOPs and the uniform designs, each chosen among
+    its finalists by validation accuracy, trained and synthesized."""
+    from hwq.allocate import _uniform, finalist_designs, rank_by_validation
 
-    n = len(search.names)
+    def trained(a):
+        return bench.train(model, seed, cfg, data, validation, float_state, a.w_bits, a.a_bits)
+
+    input_bits = search.boundary_bits[0][0]
     out = {"lut_budget": round(budget)}
-    for cost in ("mixed", "bops"):
-        program_budget = budget
+    for name, cost in (("mixed", "estimator"), ("bops", "bops")):
+        program_budget, out[name] = budget, None
         for r in range(1, ROUNDS + 1):
             limits, cm, cl = limits_of(program_budget)
-            if cost == "mixed":
-                alloc = search.best(limits, interval_limit=interval, cell_model=cm, cell_limit=cl)
-            else:
-                alloc = _bops_allocation(search, limits, cm, cl, interval, None, lambda *_: None)
-            if alloc is None:
-                out[cost] = None
+            uniform = _uniform(search, CANDIDATES, input_bits, limits, cm, cl, interval, None)
+            designs = finalist_designs(search, cost, FINALISTS, limits, cm, cl, interval, None, uniform,
+                                       log=lambda *_: None)
+            if not designs:
                 break
-            d, acc, ir = bench.train(model, seed, cfg, data, float_state, alloc.w_bits, alloc.a_bits)
+            entries = [{"label": label, "alloc": a, "est_lut": a.totals["lut"], "val_acc": trained(a)[3]}
+                       for label, a in designs]
+            best = rank_by_validation(entries)[0]
+            alloc = best["alloc"]
+            d, acc, ir, val = trained(alloc)
             rec = bench.synth(d, ir, board, alloc, budget)
-            out[cost] = {"w_bits": alloc.w_bits, "a_bits": alloc.a_bits, "acc": acc, "rounds": r,
+            out[name] = {"w_bits": alloc.w_bits, "a_bits": alloc.a_bits, "acc": acc, "val_acc": val,
+                         "label": best["label"], "rounds": r,
+                         "finalists": [{"label": e["label"], "w_bits": e["alloc"].w_bits, "a_bits": e["alloc"].a_bits,
+                                        "val_acc": e["val_acc"], "acc": trained(e["alloc"])[1]} for e in entries],
                          "est_lut": rec["est"]["totals"]["lut"], "synth_lut": rec["syn"]["total"]["lut"],
                          "synth": rec["syn"]["total"], "fits_by_synthesis": _fits(rec, budget),
                          "interval": rec["est"]["initiation_interval_cycles"], "rtl": str(rec["rtl"])}
-            bench.log(f"  {cost} round {r}: W{alloc.w_bits} A{alloc.a_bits} acc {acc:.4f}, est "
-                      f"{out[cost]['est_lut']}, yosys {out[cost]['synth_lut']} (budget {budget:.0f})")
-            if out[cost]["fits_by_synthesis"]:
+            bench.log(f"  {name} round {r}: {best['label']} W{alloc.w_bits} A{alloc.a_bits} validation {val:.4f} "
+                      f"test {acc:.4f}, est {out[name]['est_lut']}, yosys {out[name]['synth_lut']} (budget {budget:.0f})")
+            if out[name]["fits_by_synthesis"]:
                 break
-            program_budget = min(program_budget, alloc.totals["lut"]) * min(0.98, budget / out[cost]["synth_lut"])
-    uniform = []
-    for b in sorted(CANDIDATES, reverse=True):
-        limits, cm, cl = limits_of(budget)
-        w_bits, a_bits = [b] * n, [search.boundary_bits[0][0]] + [b] * (n - 1)
-        found = search.solve(interval, limits, cm, cl, exclude=search.bits_mask(w_bits, a_bits))
-        if found is None:
-            uniform.append({"bits": b, "fits_estimate": False})
-            continue
-        d, acc, ir = bench.train(model, seed, cfg, data, float_state, w_bits, a_bits)
-        rec = bench.synth(d, ir, board, found, budget)
-        uniform.append({"bits": b, "fits_estimate": True, "acc": acc, "est_lut": rec["est"]["totals"]["lut"],
-                        "synth_lut": rec["syn"]["total"]["lut"], "fits_by_synthesis": _fits(rec, budget),
-                        "interval": rec["est"]["initiation_interval_cycles"]})
-        bench.log(f"  uniform W{b}/A{b}: acc {acc:.4f}, yosys {rec['syn']['total']['lut']}")
+            program_budget = min(program_budget, alloc.totals["lut"]) * min(0.98, budget / out[name]["synth_lut"])
+    # uniform bits: those that fit by estimate, by validation accuracy; synthesized until one fits by yosys
+    limits, cm, cl = limits_of(budget)
+    fitting = {b: a for b, a in _uniform(search, CANDIDATES, input_bits, limits, cm, cl, interval, None).items() if a}
+    uniform = [{"bits": b, "fits_estimate": b in fitting} for b in sorted(CANDIDATES, reverse=True)]
+    entries = [{"bits": b, "alloc": a, "est_lut": a.totals["lut"], "val_acc": trained(a)[3]} for b, a in fitting.items()]
+    chosen = None
+    for e in rank_by_validation(entries):
+        d, acc, ir, val = trained(e["alloc"])
+        u = next(u for u in uniform if u["bits"] == e["bits"])
+        u.update(acc=acc, val_acc=val, est_lut=e["est_lut"])
+        if chosen is None:
+            rec = bench.synth(d, ir, board, e["alloc"], budget)
+            u.update(synth_lut=rec["syn"]["total"]["lut"], fits_by_synthesis=_fits(rec, budget),
+                     interval=rec["est"]["initiation_interval_cycles"])
+            if u["fits_by_synthesis"]:
+                chosen = u["chosen"] = True
+            bench.log(f"  uniform W{e['bits']}/A{e['bits']}: validation {val:.4f} test {acc:.4f}, yosys {u['synth_lut']}")
     out["uniform"] = uniform
     return out
 
 
 def run_model_seed(bench, model, seed, boards):
-    from hwq.allocate import _acc_bits_fn
-    from hwq.data import load_dataset
+    from hwq.allocate import VALIDATION_FRACTION, _acc_bits_fn
+    from hwq.data import holdout, load_dataset
     from hwq.models import QuantNet, layer_names
     from hwq.sensitivity import layer_sensitivity
     from hwq.train import TrainConfig, _net_config, pretrain
@@ -158,8 +178,7 @@ def run_model_seed(bench, model, seed, boards):
     from rtl_gen.folding import board_limits
 
     cfg = TrainConfig(**MODELS[model]["cfg"], seed=seed)
-    data = load_dataset(cfg.dataset)
-    bench.names = getattr(bench, "names", {})
+    data, validation = holdout(load_dataset(cfg.dataset), VALIDATION_FRACTION, seed=seed)
     bench.names[model] = layer_names(cfg.model, len(cfg.hidden))
     t = time.perf_counter()
     float_state = pretrain(cfg, data)
@@ -192,7 +211,8 @@ def run_model_seed(bench, model, seed, boards):
         bench.log(f"{model} on {board_name} (interval <= {interval}): LUT {lo} (smallest) .. {hi} (most accurate)")
         for frac in BUDGET_POINTS:
             budget = lo + frac * (hi - lo)
-            point = run_point(bench, model, seed, board, search, cfg, data, float_state, limits_of, interval, budget)
+            point = run_point(bench, model, seed, board, search, cfg, data, validation, float_state, limits_of,
+                              interval, budget)
             rows.append({"model": model, "data": cfg.dataset, "board": board_name, "seed": seed,
                          "interval_limit": interval, "float_acc": float_state[1], **point})
     return rows
@@ -203,8 +223,8 @@ def matched(rows):
     for r in rows:
         if "error" in r:
             continue
-        fitting = [u for u in r["uniform"] if u.get("fits_by_synthesis")]
-        best = max(fitting, key=lambda u: u["acc"]) if fitting else None
+        best = next((u for u in r["uniform"] if u.get("chosen")), None)
+        trained = [u for u in r["uniform"] if "acc" in u]
         m, b = r["mixed"], r["bops"]
         out.append({"data": r["data"], "model": r["model"], "board": r["board"], "seed": r["seed"],
                     "lut_budget": r["lut_budget"], "interval_limit": r["interval_limit"],
@@ -215,6 +235,10 @@ def matched(rows):
                     "bops_bits": {"w": b["w_bits"], "a": b["a_bits"]} if b else None,
                     "uniform_best_acc": best["acc"] if best else None,
                     "uniform_best_bits": best["bits"] if best else None,
+                    "mixed_val_acc": m["val_acc"] if m else None, "bops_val_acc": b["val_acc"] if b else None,
+                    "uniform_best_val_acc": best["val_acc"] if best else None,
+                    "mixed_choice": m["label"] if m else None, "bops_choice": b["label"] if b else None,
+                    "uniform_test_max_acc": max((u["acc"] for u in trained), default=None),
                     "synth_lut": m["synth_lut"] if m else None, "est_lut": m["est_lut"] if m else None,
                     "mixed_interval": m["interval"] if m else None,
                     "bops_synth_lut": b["synth_lut"] if b else None, "bops_interval": b["interval"] if b else None,
@@ -252,9 +276,16 @@ def summary(match, rows):
     vs_uniform = [m["mixed_acc"] - m["uniform_best_acc"] for m in match
                   if m["mixed_acc"] is not None and m["uniform_best_acc"] is not None]
     ice = [r["mixed"]["fits_by_synthesis"] for r in rows if r.get("board") == "ice40-up5k" and r.get("mixed")]
+    oracle = [m["mixed_acc"] - m["uniform_test_max_acc"] for m in match
+              if m["mixed_acc"] is not None and m["uniform_test_max_acc"] is not None]
     return {"points": len(match),
             "mixed_at_least_uniform": all(v >= 0 for v in vs_uniform) if vs_uniform else None,
+            "mixed_at_least_uniform_points": sum(v >= 0 for v in vs_uniform),
             "mixed_minus_uniform_min": round(min(vs_uniform), 4) if vs_uniform else None,
+            "mixed_minus_uniform_mean": round(float(np.mean(vs_uniform)), 4) if vs_uniform else None,
+            "mixed_is_uniform_points": sum(m["mixed_choice"] is not None and m["mixed_choice"].startswith("uniform")
+                                           for m in match),
+            "mixed_at_least_uniform_test_max_points": sum(v >= 0 for v in oracle),
             "mixed_minus_bops_mean": round(float(np.mean(margins)), 4) if margins else None,
             "mixed_minus_bops_std": round(float(np.std(margins)), 4) if margins else None,
             "fits_by_synthesis": all(ice) if ice else None}
@@ -306,17 +337,23 @@ def markdown(res, _args):
              "Made by " + ", then ".join(f"`{c}`" for c in res["runs"]) + "; raw numbers in "
              "`bench/results/allocate.json`.", "",
              __doc__.split("\n\n", 2)[2].strip(), "",
-             (f"Summary: {s['points']} budget points; estimator-priced allocation at least as accurate as the best "
-             f"uniform design fitting by synthesis: {s['mixed_at_least_uniform']} (worst margin "
-             f"{s['mixed_minus_uniform_min']}); margin over the BOPs allocation: mean {s['mixed_minus_bops_mean']}, "
-             f"std {s['mixed_minus_bops_std']}; every ice40-up5k allocation fits by yosys: {s['fits_by_synthesis']}."), "",
-             ("| data | board | seed | interval | LUT budget | mixed acc | mixed bits (W / A) | yosys LUT | est LUT | "
-             "BOPs acc | best uniform acc (bits) |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+             (f"Summary: {s['points']} budget points; the estimator-priced allocation is at least as accurate as the "
+              f"best uniform design fitting by synthesis at {s['mixed_at_least_uniform_points']} of them (all: "
+              f"{s['mixed_at_least_uniform']}; worst margin {s['mixed_minus_uniform_min']}, mean "
+              f"{s['mixed_minus_uniform_mean']}; a uniform design was its finalist of choice at "
+              f"{s['mixed_is_uniform_points']}); margin over the BOPs allocation: mean {s['mixed_minus_bops_mean']}, "
+              f"std {s['mixed_minus_bops_std']}; every ice40-up5k allocation fits by yosys: {s['fits_by_synthesis']}. "
+              f"Against the uniform design with the best *test* accuracy (chosen on the test set, for reference): "
+              f"at least as accurate at {s['mixed_at_least_uniform_test_max_points']}."), "",
+             "Accuracies are on the test set, the validation accuracy (which chose) in brackets.", "",
+             ("| data | board | seed | interval | LUT budget | mixed acc | mixed bits (W / A) | finalist | yosys LUT | "
+              "est LUT | BOPs acc | best uniform acc (bits) |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in res["matched"]:
         bits = f"{m['mixed_bits']['w']} / {m['mixed_bits']['a']}" if m["mixed_bits"] else "-"
         lines.append(f"| {m['data']} | {m['board']} | {m['seed']} | {m['interval_limit']} | {m['lut_budget']} | "
-                     f"{_acc(m['mixed_acc'])} | {bits} | {m['synth_lut']} | {m['est_lut']} | {_acc(m['bops_acc'])} | "
-                     f"{_acc(m['uniform_best_acc'])} ({m['uniform_best_bits']}) |")
+                     f"{_acc(m['mixed_acc'])} ({_acc(m['mixed_val_acc'])}) | {bits} | {m['mixed_choice']} | "
+                     f"{m['synth_lut']} | {m['est_lut']} | {_acc(m['bops_acc'])} ({_acc(m['bops_val_acc'])}) | "
+                     f"{_acc(m['uniform_best_acc'])} ({_acc(m['uniform_best_val_acc'])}, W{m['uniform_best_bits']}) |")
     if res.get("cnn_check"):
         c = res["cnn_check"]
         lines += ["", (f"Allocated digits CNN on ice40-up5k (budget {c['lut_budget']}): placed {c['placed']} "

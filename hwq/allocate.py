@@ -19,6 +19,7 @@ Every round (bits, estimate, synthesis, accuracy) goes into ``RUN/allocate.json`
 """
 
 import math
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -28,7 +29,8 @@ import numpy as np
 from .errors import UserError
 from .fileio import write_json, write_yaml
 
-__all__ = ["ALLOCATE_FORMAT", "COSTS", "DEFAULT_CANDIDATES", "allocate", "plan_allocation", "speed_limits"]
+__all__ = ["ALLOCATE_FORMAT", "COSTS", "DEFAULT_CANDIDATES", "allocate", "finalist_designs", "plan_allocation",
+           "rank_by_validation", "speed_limits"]
 
 ALLOCATE_FORMAT = "hwq-allocate/1"
 DEFAULT_CANDIDATES = (1, 2, 3, 4, 6, 8)
@@ -36,6 +38,7 @@ COSTS = ("estimator", "bops")
 FRONTIER_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 FRONTIER_INTERVALS = 6
 MAX_ROUNDS = 3
+VALIDATION_FRACTION = 0.2  # of the training set, held out when finalists are chosen by validation accuracy
 
 
 def speed_limits(board, *, max_latency_cycles=None, min_throughput=None):
@@ -112,10 +115,12 @@ def _fits(search, w_bits, a_bits, limits, cell_model, cell_limit, interval_limit
                           latency_limit=latency_limit, exclude=mask)
 
 
-def _bops_allocation(search, limits, cell_model, cell_limit, interval_limit, latency_limit, log):
+def _bops_allocation(search, limits, cell_model, cell_limit, interval_limit, latency_limit, log, k=1):
     """The bit-operations baseline: least score under a BOPs budget (no hardware in the program), with the
     largest BOPs budget whose bits fit the board (bisection on the budget); then the fastest design of
-    those bits within the limits, as the estimator's folding places it."""
+    those bits within the limits, as the estimator's folding places it. ``k`` > 1: a list of up to ``k``
+    designs, the next ones the next-least-score bits within the same BOPs budget that fit, each with its
+    fewest-LUT folding at the interval limit (as :meth:`AllocationSearch.ranked` gives the estimator's)."""
     top = search.interval_cap(interval_limit)
     widest = max(b for bits in search.boundary_bits for b in bits if b is not None)
     hi = sum(search.macs.values()) * widest * 8  # more than any choice's bit operations
@@ -128,19 +133,30 @@ def _bops_allocation(search, limits, cell_model, cell_limit, interval_limit, lat
             continue
         key = (tuple(bits[0]), tuple(bits[1]))
         if key not in checked:
-            mask = search.bits_mask(*bits)
             checked[key] = search.solve(top, limits, cell_model, cell_limit, latency_limit=latency_limit,
-                                        exclude=mask) is not None
+                                        exclude=search.bits_mask(*bits))
             log(f"  bops <= {mid:,.0f}: W{bits[0]} A{bits[1]} {'fits' if checked[key] else 'does not fit'}")
-        if checked[key]:
+        if checked[key] is not None:
             lo, best = mid, bits
         else:
             hi = mid
         if hi - lo < 0.01 * hi:
             break
     if best is None:
-        return None
-    return _fits(search, *best, limits, cell_model, cell_limit, interval_limit, latency_limit)
+        return [] if k > 1 else None
+    if k == 1:
+        return _fits(search, *best, limits, cell_model, cell_limit, interval_limit, latency_limit)
+    found, tried = [checked[(tuple(best[0]), tuple(best[1]))]], [tuple(best)]
+    while len(found) < k and len(tried) < 3 * k:
+        bits = search.bits_for_bops(lo, exclude_bits=tried)
+        if bits is None:
+            break
+        tried.append(tuple(bits))
+        a = search.solve(top, limits, cell_model, cell_limit, latency_limit=latency_limit,
+                         exclude=search.bits_mask(*bits))
+        if a is not None:
+            found.append(a)
+    return found
 
 
 def _uniform(search, candidates, input_bits, limits, cell_model, cell_limit, interval_limit, latency_limit):
@@ -222,6 +238,43 @@ def plan_allocation(model, data, ir, board, *, lut_budget=None, ff_budget=None, 
             if frontier else None}
 
 
+def finalist_designs(search, cost, k, limits, cell_model, cell_limit, interval_limit, latency_limit, uniform,
+                     log=print):
+    """The designs validation accuracy chooses among: the ``k`` best allocations of ``cost`` (distinct bits:
+    least summed sensitivity priced by the estimator, or the BOPs baseline's bits) and every uniform design
+    that fits (``uniform``: {bits: Allocation or None}, from :func:`_uniform`). A list of (label, Allocation),
+    the program's choices first, without repeated bits."""
+    if cost == "estimator":
+        ranked = search.ranked(limits, k, interval_limit=interval_limit, latency_limit=latency_limit,
+                               cell_model=cell_model, cell_limit=cell_limit)
+    else:
+        ranked = _bops_allocation(search, limits, cell_model, cell_limit, interval_limit, latency_limit,
+                                  lambda *_: None, k=k)
+    out, seen = [], set()
+    labelled = [(f"{cost} #{i + 1}", a) for i, a in enumerate(ranked)]
+    labelled += [(f"uniform W{b}/A{b}", a) for b, a in sorted(uniform.items(), reverse=True) if a is not None]
+    for label, a in labelled:
+        bits = (tuple(a.w_bits), tuple(a.a_bits))
+        if bits not in seen:
+            seen.add(bits)
+            out.append((label, a))
+    log(f"finalists: {', '.join(f'{label} ({_bits_text(a)})' for label, a in out)}")
+    return out
+
+
+def rank_by_validation(entries):
+    """``entries`` (dicts with "val_acc" and "est_lut") best first: the higher validation accuracy, then the
+    fewer estimated LUTs, then the earlier (the program's order)."""
+    order = sorted(range(len(entries)), key=lambda i: (-entries[i]["val_acc"], entries[i]["est_lut"], i))
+    return [entries[i] for i in order]
+
+
+def _golden_accuracy(ir, x, y):
+    from . import golden
+
+    return float((golden.run(ir, x).argmax(1) == y).mean())
+
+
 def _learned_start(run_dir, cfg, plan, board, input_bits, interval_limit, latency_limit, log):
     """SINAREQ's learned bits (``hwq train --method sinareq --learn-bits``: the run's bits.yaml), priced by
     the same program: their sensitivity and the smallest design of them within the limits (None if none)."""
@@ -284,13 +337,19 @@ def _real_design(ir, board, alloc, lut_budget):
 
 def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, max_latency_cycles=None,
              min_throughput=None, candidates=DEFAULT_CANDIDATES, sensitivity="loss", cost="estimator",
-             epochs=None, synth=False, dry_run=False, rounds=MAX_ROUNDS, log=print, show_progress=True):
+             epochs=None, synth=False, dry_run=False, rounds=MAX_ROUNDS, finalists=1, log=print, show_progress=True):
     """Allocate, fine-tune, export and check (see the module's doc); return the allocate.json dict (None for
-    ``dry_run``, which prints the plan and writes nothing)."""
+    ``dry_run``, which prints the plan and writes nothing).
+
+    ``finalists`` > 1: a validation split (``VALIDATION_FRACTION`` of the training set, stratified by the
+    run's seed) is held out of every training, the float warm-up included; the ``finalists`` best
+    allocations of ``cost`` and every uniform design that fits are fine-tuned, and the one with the best
+    golden accuracy on the validation split (then the fewest estimated LUTs) goes on; if it misses the
+    budget, the next by validation accuracy, before any tightening."""
     from rtl_gen.folding import DEFAULT_LUT_FRACTION
 
     from . import golden
-    from .data import load_dataset
+    from .data import holdout, load_dataset
     from .export import export_model, export_run
     from .flow import check_torch_integer
     from .models import QuantNet
@@ -302,7 +361,14 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
     if cfg.method == "xnor":
         raise UserError(f"{run_dir}: a binary (xnor) run has 1-bit weights and activations by definition; "
                         "allocate from a run trained with a multi-bit method (lsq, uniq, pact, ...)")
+    if finalists < 1:
+        raise UserError(f"--finalists: expected at least 1, found {finalists}")
     data = load_dataset(cfg.dataset)
+    validation = None
+    if finalists > 1:
+        data, validation = holdout(data, VALIDATION_FRACTION, seed=cfg.seed)
+        log(f"validation split: {len(validation[1])} training samples held out of every training (the finalists "
+            "are chosen by their accuracy on them, never the test set's)")
     ir = export_model(model, dataset=cfg.dataset, method=cfg.method)  # the network's shapes
     log(f"float warm-up of {cfg.model} (the run's seed {cfg.seed}, {cfg.epochs_float} epochs) for the sensitivity")
     start = pretrain(cfg, data)
@@ -319,7 +385,11 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
     learned = _learned_start(run_dir, cfg, plan, board, ir.input_bits, interval_limit, latency_limit, log)
     fitting = [b for b, a in plan["uniform"].items() if a is not None]
     log(f"uniform bits that fit: {', '.join(f'W{b}/A{b}' for b in sorted(fitting)) or 'none'}")
+    speed = (interval_limit, latency_limit)
     if dry_run:
+        if finalists > 1:
+            finalist_designs(plan["search"], cost, finalists, plan["limits"], plan["cell_model"], plan["cell_limit"],
+                             *speed, plan["uniform"], log)
         log(f"estimate: {alloc.to_json()['estimate']}, interval {alloc.interval} cycles "
             f"({board.clock_mhz * 1e6 / alloc.interval:,.0f} inferences/s), latency {alloc.totals['latency']} cycles")
         for p in plan["frontier"]["lut"]:
@@ -329,14 +399,53 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
         return None
     out = Path(out_dir) if out_dir else run_dir / "allocated"
     out.mkdir(parents=True, exist_ok=True)
+
+    def fine_tune(a, d):
+        write_yaml(d / "bits.yaml", _bits_yaml(a))
+        tune = replace(cfg, bits_file=str(d / "bits.yaml"), first_last="same",
+                       epochs_qat=epochs if epochs is not None else cfg.epochs_qat)
+        log(f"fine-tuning at {_bits_text(a)} ({tune.epochs_qat} epochs) -> {d / 'run'}")
+        return tune, train(tune, d / "run", float_state=start, data=data, show_progress=show_progress)
+
+    trained = {}  # finalists' bits -> (run directory, config, metrics, validation accuracy)
+
+    def choose(p):
+        """The design a round builds from the program ``p`` (a :func:`plan_allocation` result): its allocation,
+        or with finalists the one most accurate on the validation split; and the finalists, ranked."""
+        if finalists == 1:
+            return p["allocation"], None
+        uniform = p["uniform"] or _uniform(p["search"], candidates, ir.input_bits, p["limits"], p["cell_model"],
+                                           p["cell_limit"], *speed)
+        entries = []
+        for label, a in finalist_designs(p["search"], cost, finalists, p["limits"], p["cell_model"],
+                                         p["cell_limit"], *speed, uniform, log):
+            bits = (tuple(a.w_bits), tuple(a.a_bits))
+            if bits not in trained:
+                d = out / "finalists" / str(len(trained) + 1)
+                tune, metrics = fine_tune(a, d)
+                val = _golden_accuracy(export_run(d / "run", d / "ir"), *validation)
+                trained[bits] = (d / "run", tune, metrics, val)
+                log(f"finalist {len(trained)} ({label}): validation accuracy {val:.4f}, estimated "
+                    f"{a.totals['lut']} LUT")
+            entries.append({"label": label, "dir": str(trained[bits][0].parent), "bits": a.to_json()["layers"],
+                            "est_lut": a.totals["lut"], "interval": a.interval, "val_acc": trained[bits][3],
+                            "alloc": a})
+        ranked = rank_by_validation(entries)
+        return ranked[0]["alloc"], [{k: v for k, v in e.items() if k != "alloc"} for e in ranked]
+
+    alloc, chosen = choose(plan)
     history, program_budget, tried = [], budget, set()
     final = None
     for r in range(1, rounds + 1):
-        write_yaml(out / "bits.yaml", _bits_yaml(alloc))
-        tune = replace(cfg, bits_file=str(out / "bits.yaml"), first_last="same",
-                       epochs_qat=epochs if epochs is not None else cfg.epochs_qat)
-        log(f"round {r}: fine-tuning at {_bits_text(alloc)} ({tune.epochs_qat} epochs) -> {out / 'run'}")
-        metrics = train(tune, out / "run", float_state=start, data=data, show_progress=show_progress)
+        bits = (tuple(alloc.w_bits), tuple(alloc.a_bits))
+        if bits in trained:  # a finalist: its training is the round's
+            src, tune, metrics, _ = trained[bits]
+            log(f"round {r}: {_bits_text(alloc)}, the finalist trained in {src}")
+            write_yaml(out / "bits.yaml", _bits_yaml(alloc))
+            shutil.copytree(src, out / "run", dirs_exist_ok=True)
+        else:
+            log(f"round {r}:")
+            tune, metrics = fine_tune(alloc, out)
         real = export_run(out / "run", out / "ir")
         gdata = load_dataset(real.dataset, input_bits=real.input_bits)
         acc = float((golden.run(real, gdata.x_test).argmax(1) == gdata.y_test).mean())
@@ -350,7 +459,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
         folding, est, load = _real_design(real, board, alloc, budget)
         measured = {"source": "estimate", "lut": est["totals"]["lut"], "fits": est["fits"]}
         entry = {"round": r, "program_lut_budget": round(program_budget), "bits": alloc.to_json()["layers"],
-                 "program": alloc.to_json(), "accuracy": {"fake_quant": metrics["accuracy"]["fake_quant"],
+                 "program": alloc.to_json(), "finalists": chosen, "accuracy": {"fake_quant": metrics["accuracy"]["fake_quant"],
                                                           "golden": acc},
                  "integer_check": {k: check[k] for k in ("equal", "fake_quant_mismatches", "logit_ties",
                                                          "multiply_shift_rounding", "unexplained")},
@@ -382,7 +491,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
                                     interval_limit=interval_limit, latency_limit=latency_limit,
                                     candidates=candidates, sensitivity=sensitivity, cost=cost, frontier=False,
                                     log=log, reuse=plan)
-        alloc = tightened["allocation"]
+        alloc, chosen = choose(tightened)
         if _key(alloc) in tried:
             log(f"round {r}: a tighter budget gives the same design; stopping")
             break
@@ -395,6 +504,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
         "sensitivity_table": plan["sensitivity"].to_json(),
         "uniform": {str(b): v for b, v in uniform.items()},
         "sinareq_start": learned,
+        "validation_samples": len(validation[1]) if validation else None,
         "frontier": plan["frontier"],
         "rounds": history,
         "final": {"bits": final["bits"], "accuracy": final["accuracy"], "estimate": final["estimate"],

@@ -516,11 +516,16 @@ def _add_allocate_args(p):
     p.add_argument("--cost", choices=COSTS, default="estimator",
                    help="estimator: the calibrated resource model with the folding chosen jointly; bops: the "
                         "baseline, a bit-operations budget (sum of MACs x w_bits x a_bits) (default: estimator)")
+    p.add_argument("--finalists", type=_positive, default=1, metavar="K",
+                   help="fine-tune the K best allocations and every uniform design that fits, each without a "
+                        "validation split of the training set (20%%), and keep the one most accurate on it "
+                        "(default: 1, the program's choice alone, trained on all the training set)")
 
 
 def _allocate_options(args):
     return {"max_latency_cycles": args.max_latency_cycles, "min_throughput": args.min_throughput,
-            "candidates": args.candidates, "sensitivity": args.sensitivity, "cost": args.cost}
+            "candidates": args.candidates, "sensitivity": args.sensitivity, "cost": args.cost,
+            "finalists": args.finalists}
 
 
 def cmd_allocate(args):

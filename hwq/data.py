@@ -20,7 +20,7 @@
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ import numpy as np
 from .errors import UserError
 from .fileio import atomic_path
 
-__all__ = ["DATASETS", "Dataset", "data_dir", "load_dataset", "pixels_to_codes"]
+__all__ = ["DATASETS", "Dataset", "data_dir", "holdout", "load_dataset", "pixels_to_codes"]
 
 DATASETS = ("digits", "mnist", "mnist1d", "cifar10", "synthetic")
 MNIST1D_RANGE = 4.0  # samples in [-4, 4) map onto the signed 8-bit codes (the few beyond are clipped)
@@ -53,6 +53,16 @@ class Dataset:
     @property
     def in_features(self):
         return int(self.x_train.shape[1])
+
+
+def holdout(data, fraction, seed=0):
+    """(``data`` with a stratified ``fraction`` of its training set taken out, (x, y) of those samples): a
+    validation split that no training sees, for choosing among trained designs without the test set."""
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_val, y_tr, y_val = train_test_split(data.x_train, data.y_train, test_size=fraction, random_state=seed,
+                                                stratify=data.y_train)
+    return replace(data, x_train=x_tr, y_train=y_tr), (x_val, y_val)
 
 
 def pixels_to_codes(pixels, bits, max_pixel=DIGITS_MAX_PIXEL):

@@ -219,10 +219,10 @@ class AllocationSearch(ChoiceProgram):
                                     + cell_model.get("ff", 0) * totals["ff"])
         return Allocation(self.names, w_bits, a_bits[:-1], tuple(widths), dsp, block, totals, slowest)
 
-    def bits_for_bops(self, bops_limit):
+    def bits_for_bops(self, bops_limit, exclude_bits=()):
         """The least-score bits (no hardware) whose bit operations (sum over layers of MACs x w_bits x input
-        bits) stay within ``bops_limit``: (w_bits, a_bits) or None. A small program of its own: the bits
-        alone, linked at the boundaries like the full one."""
+        bits) stay within ``bops_limit``: (w_bits, a_bits) or None; not any of ``exclude_bits`` ((w_bits,
+        a_bits) pairs). A small program of its own: the bits alone, linked at the boundaries like the full one."""
         if self._bits_only is None:
             prog, y, tags = Program(), [], {}
             for k, opts in enumerate(self.boundary_bits):
@@ -243,7 +243,10 @@ class AllocationSearch(ChoiceProgram):
                     prog.equal({**by_out[o], v: -1}, 0)
             self._bits_only = (prog, y, tags)
         prog, y, tags = self._bits_only
-        found = prog.solve(0, {"bops": bops_limit}, minimize="score")
+        cuts = [({**{v: 1 for v, (i, w) in tags.items() if w == w_bits[i]},
+                  **{y[k][a_bits[k]]: 1 for k in range(1, len(self.names))}}, 2 * len(self.names) - 2)
+                for w_bits, a_bits in exclude_bits]
+        found = prog.solve(0, {"bops": bops_limit}, minimize="score", cuts=cuts)
         if found is None:
             return None
         chosen = found[0]
@@ -276,6 +279,28 @@ class AllocationSearch(ChoiceProgram):
         """The interval the program runs at for a user's limit: the limit, or the slowest option's period."""
         slowest = max(self.periods())
         return min(interval_limit or slowest, slowest)
+
+    def bits_cut(self, w_bits, a_bits):
+        """A constraint (for ``cuts``) that rules out exactly these bits (any folding): of the variables that
+        carry them, one weight choice per layer and one code choice per inner boundary, not all at once."""
+        terms = {v: 1 for v, (kind, idx, b) in self.tags.items()
+                 if b == (w_bits[idx] if kind == "w" else a_bits[idx])}
+        return terms, len(self.names) + len(self.names) - 2
+
+    def ranked(self, limits, k, *, interval_limit=None, latency_limit=None, cell_model=None, cell_limit=None):
+        """The ``k`` least-score allocations with distinct bits within the limits, best first (fewer if fewer bit
+        settings fit); each with its fewest-LUT folding at the interval limit (which leaves the most room
+        for the estimate's error)."""
+        found, cuts = [], []
+        top = self.interval_cap(interval_limit)
+        while len(found) < k:
+            a = self.solve(top, limits, cell_model, cell_limit, minimize="score", latency_limit=latency_limit,
+                           cuts=cuts)
+            if a is None:
+                break
+            found.append(a)
+            cuts.append(self.bits_cut(a.w_bits, a.a_bits))
+        return found
 
     def best(self, limits, *, interval_limit=None, latency_limit=None, cell_model=None, cell_limit=None,
              exclude=None):

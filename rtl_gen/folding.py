@@ -112,14 +112,15 @@ class Program:
         return self._matrix
 
     def solve(self, interval, limits, cell_model=None, cell_limit=None, *, minimize="lut", score_limit=None,
-              latency_limit=None, exclude=None, presolve=True, time_limit=120):
+              latency_limit=None, exclude=None, cuts=(), presolve=True, time_limit=120):
         """The chosen variables and the totals, or None if infeasible: every chosen variable's period <=
         ``interval``, the resource totals within ``limits`` ({key: max or None}), the iCE40 cells within
         ``cell_limit``, the summed score within ``score_limit`` and latency within ``latency_limit``.
         ``minimize``: "lut" (fewest LUTs, then flip-flops) or "score" (least score, then fewer LUTs: the LUTs
         weigh 1e-3 in all, so the scores should be scaled to make smaller differences irrelevant).
         ``limits`` may name other costs the variables carry (the allocation's "bops"); ``exclude``: a boolean
-        mask of variables that must not be chosen. ``presolve``: HiGHS's presolve (the allocation's programs,
+        mask of variables that must not be chosen; ``cuts``: more constraints, ({variable: coefficient},
+        upper bound) each (the allocation's exclusion of bits already found). ``presolve``: HiGHS's presolve (the allocation's programs,
         tens of thousands of columns, solve faster without it)."""
         from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -146,6 +147,11 @@ class Program:
         if latency_limit is not None:
             ineq.append(latency)
             bound.append(latency_limit)
+        for terms, upper_bound in cuts:
+            row = np.zeros(n)
+            row[list(terms)] = list(terms.values())
+            ineq.append(row)
+            bound.append(upper_bound)
         if ineq:
             constraints.append(LinearConstraint(np.array(ineq), -np.inf, np.array(bound, dtype=float)))
         hardware = cost["lut"] + 1e-4 * cost["ff"] + 1e-6 * (cost["bram"] + cost["dsp"])

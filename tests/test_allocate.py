@@ -95,6 +95,45 @@ def test_allocation_matches_brute_force(seed):
     assert all(b in cands for b in found.w_bits + found.a_bits[1:])
 
 
+def test_ranked_allocations_are_the_k_best_bits():
+    """ranked(k): the k least-score bit settings that fit (any folding), each once, checked against every
+    setting solved on its own."""
+    rng = np.random.default_rng(5)
+    ir = random_ir(rng, [6, 4, 4, 3], [2, 2, 2], [2, 2, 2, 2])
+    cands = (1, 2, 4)
+    names = [la.name for la in ir.layers]
+    w_score = {n: {b: float(rng.uniform(0, 1)) / b for b in cands} for n in names}
+    a_score = {n: {b: float(rng.uniform(0, 1)) / b for b in cands} for n in names}
+    board = load_board("ice40-up5k")
+    search = AllocationSearch(ir, board.family, cands, _acc, w_score, a_score, bram_ok=False, dsp_ok=False)
+    interval = search.periods()[len(search.periods()) // 2]
+    limits = {"lut": search.smallest(interval_limit=interval).totals["lut"] * 1.3, "ff": board.ff, "bram": None,
+              "dsp": None}
+    fitting = []
+    for w in itertools.product(cands, repeat=3):
+        for hidden in itertools.product(cands, repeat=2):
+            a = [ir.input_bits, *hidden]
+            if search.solve(interval, limits, exclude=search.bits_mask(list(w), a)) is not None:
+                score = sum(w_score[names[i]][w[i]] for i in range(3)) + sum(a_score[names[i]][hidden[i]] for i in range(2))
+                fitting.append(score)
+    k = 5
+    ranked = search.ranked(limits, k, interval_limit=interval)
+    assert len(fitting) > k and len(ranked) == k
+    assert len({(tuple(a.w_bits), tuple(a.a_bits)) for a in ranked}) == k
+    got = [a.totals["score"] for a in ranked]
+    assert got == pytest.approx(sorted(fitting)[:k], rel=1e-6)
+    assert all(a.totals["lut"] <= limits["lut"] and a.interval <= interval for a in ranked)
+    assert ranked[0].totals["score"] == pytest.approx(search.best(limits, interval_limit=interval).totals["score"])
+
+
+def test_rank_by_validation_orders_accuracy_then_luts():
+    from hwq.allocate import rank_by_validation
+
+    entries = [{"n": 0, "val_acc": 0.9, "est_lut": 500}, {"n": 1, "val_acc": 0.95, "est_lut": 900},
+               {"n": 2, "val_acc": 0.95, "est_lut": 700}, {"n": 3, "val_acc": 0.9, "est_lut": 500}]
+    assert [e["n"] for e in rank_by_validation(entries)] == [2, 1, 0, 3]
+
+
 def test_allocation_infeasible_names_what_is_feasible():
     from hwq.allocate import _infeasible
 
@@ -138,6 +177,27 @@ def test_allocate_cli(trained_run, tmp_path, capsys):
         assert layer.w_bits in (2, 4)
 
 
+def test_allocate_finalists_by_validation(trained_run, tmp_path, capsys):
+    """--finalists: the program's best bits and the uniform designs that fit are each fine-tuned without a
+    validation split, and the most accurate on it goes on (ties: fewer LUTs)."""
+    run, _ = trained_run
+    out = tmp_path / "alloc"
+    code = main(["allocate", str(run), "--candidates", "2,4", "--epochs", "1", "--lut-budget", "1500",
+                 "--finalists", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    report = json.loads((run / "allocate.json").read_text())
+    fin = report["rounds"][-1]["finalists"]  # each round chooses among its program's finalists
+    assert report["validation_samples"] > 0 and "validation split" in err
+    labels = [f["label"] for f in fin]
+    assert "estimator #1" in labels and any(lab.startswith("uniform") for lab in labels)
+    assert len({json.dumps(f["bits"], sort_keys=True) for f in fin}) == len(fin)  # distinct bits
+    keys = [(-f["val_acc"], f["est_lut"]) for f in fin]
+    assert keys == sorted(keys)
+    assert report["final"]["bits"] == fin[0]["bits"] and report["final"]["meets_budget"]
+    assert (out / "finalists" / "1" / "run").is_dir() and (out / "run").is_dir()
+
+
 def test_bops_bits_match_brute_force():
     rng = np.random.default_rng(3)
     ir = random_ir(rng, [6, 4, 4, 3], [2, 2, 2], [2, 2, 2, 2])
@@ -164,6 +224,18 @@ def test_bops_bits_match_brute_force():
             assert sum(m * wi * ai for m, wi, ai in zip(macs, w, a, strict=True)) <= limit
             got = sum(w_score[names[i]][w[i]] for i in range(3)) + sum(a_score[names[i]][a[i + 1]] for i in range(2))
             assert got == pytest.approx(best, rel=1e-6)
+    # the next-best bits within a budget (the BOPs finalists): every setting's score, in order
+    limit = 900
+    scores = sorted(sum(w_score[names[i]][w[i]] for i in range(3)) + sum(a_score[names[i]][a[i]] for i in range(2))
+                    for w in itertools.product(cands, repeat=3) for a in itertools.product(cands, repeat=2)
+                    if sum(m * wi * ai for m, wi, ai in zip(macs, w, [ir.input_bits, *a], strict=True)) <= limit)
+    tried = []
+    for expected in scores[:4]:
+        w, a = search.bits_for_bops(limit, exclude_bits=tried)
+        assert (w, a) not in tried
+        tried.append((w, a))
+        got = sum(w_score[names[i]][w[i]] for i in range(3)) + sum(a_score[names[i]][a[i + 1]] for i in range(2))
+        assert got == pytest.approx(expected, rel=1e-6)
 
 
 def test_flow_allocate(tmp_path):
