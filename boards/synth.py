@@ -147,40 +147,73 @@ def check_module_names(names, where):
             raise UserError(f"{where}: module name {name!r} is not {NAME_EXPECTED} (dotted paths allowed)")
 
 
-def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
+def _run_yosys(exe, sources, script, timeout, what):
+    """Run one yosys script on ``sources`` in a fresh folder; return (the parsed ``stat -json``, seconds)."""
+    with tool_work("hwq-synth-") as (work, env):
+        stat = work / "stat.json"
+        script = f"{stage_sources(sources, work)}; {script}; tee -q -o stat.json stat -json"
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
+                                  check=False, cwd=work, env=env)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"yosys took longer than {timeout} s on {what}") from None
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0 or not stat.is_file():
+            raise RuntimeError(f"yosys failed on {what}:\n{(proc.stderr or proc.stdout)[-2000:]}")
+        return _parse_stat(stat.read_text()), seconds
+
+
+def _cells(data):
+    return {name.lstrip("\\"): mod["num_cells_by_type"] for name, mod in data["modules"].items()}
+
+
+def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True, split=False, jobs=1, progress=None):
     """Synthesize ``verilog`` (a path, or a list of paths) for ``board``; return resources per kept module
     and in total.
 
     ``keep`` names modules (e.g. ``hwq_top.fc1``) whose hierarchy is kept, so each gets its own count;
     everything else is flattened into its parent. The board's ``yosys_synth`` command is used.
+
+    ``split`` (``keep``: children of ``top``): one yosys run per kept module, as the top of its own design,
+    and one for ``top`` with them as black boxes; ``jobs`` of them at a time, so the counts never depend on
+    ``jobs``. They are within a few LUTs of the single run's (yosys's ABC results depend a little on what
+    else is in the design). ``progress(done, total)`` is called as the runs finish.
     """
     exe = shutil.which("yosys")
     if exe is None:
         raise UserError("yosys not found; install it with `sudo apt-get install -y yosys` (or run `make install` as root)")
     sources, data = verilog_inputs(verilog)
     check_module_names([top, *keep], sources[0])
+    split = split and bool(keep)
     keep_cmd = f"setattr -mod -set keep_hierarchy 1 {' '.join(keep)}; " if keep else ""
     script_tail = f"{board.yosys_synth} -top {top}"
-    key = hashlib.sha256(data + repr((top, keep_cmd, script_tail, yosys_version())).encode())
+    key = hashlib.sha256(data + repr((top, keep_cmd, script_tail, yosys_version())).encode()
+                         + (b"split" if split else b""))
     cached = cache_dir("synth") / f"{key.hexdigest()[:20]}.json"
     result = read_cache(cached) if cache else None
     if result is not None:
         result["cached"] = True
         return result
-    with tool_work("hwq-synth-") as (work, env):
-        stat = work / "stat.json"
-        script = f"{stage_sources(sources, work)}; hierarchy -top {top}; {keep_cmd}{script_tail}; tee -q -o stat.json stat -json"
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
-                                  check=False, cwd=work, env=env)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"yosys took longer than {timeout} s on {sources[0]}") from None
-        seconds = time.perf_counter() - t0
-        if proc.returncode != 0 or not stat.is_file():
-            raise RuntimeError(f"yosys failed on {sources[0]}:\n{(proc.stderr or proc.stdout)[-2000:]}")
-        data = _parse_stat(stat.read_text())
-    cells = {name.lstrip("\\"): mod["num_cells_by_type"] for name, mod in data["modules"].items()}
+    t0 = time.perf_counter()
+    if split:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        scripts = {m: f"hierarchy -top {m}; {board.yosys_synth} -top {m}" for m in keep}
+        scripts[top] = f"hierarchy -top {top}; blackbox {' '.join(keep)}; {script_tail}"
+        cells = {}
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {pool.submit(_run_yosys, exe, sources, script, timeout, f"{sources[0]} ({m})"): m
+                       for m, script in scripts.items()}
+            for done, future in enumerate(as_completed(futures), 1):
+                m = futures[future]
+                cells[m] = _cells(future.result()[0])[m]
+                if progress:
+                    progress(done, len(futures))
+    else:
+        cells = _cells(_run_yosys(exe, sources, f"hierarchy -top {top}; {keep_cmd}{script_tail}", timeout,
+                                  str(sources[0]))[0])
+    seconds = time.perf_counter() - t0
     modules = {}
     for name, by_type in cells.items():
         own = {k: v for k, v in by_type.items() if k.lstrip("\\") not in cells}
@@ -193,6 +226,7 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True):
         "modules": modules,
         "total": {**count_resources(board.family, total_cells), "cells": total_cells},
         "seconds": round(seconds, 2),
+        "runs": len(keep) + 1 if split else 1,
         "cached": False,
     }
     if cache:

@@ -352,7 +352,7 @@ def cmd_synth(args):
     from .synth import synth_rtl
 
     board = load_board(args.board)
-    res = synth_rtl(args.rtl, board, pnr=args.pnr)
+    res = synth_rtl(args.rtl, board, pnr=args.pnr, jobs=args.jobs)
     print(f"{'':<8} {'LUT':>7} {'FF':>7} {'BRAM':>5} {'DSP':>4}")
     for la in [*res["layers"], {"name": "(top)", **res["top"]}, {"name": "total", **res["total"]}]:
         print(f"{la['name']:<8} {la['lut']:>7} {la['ff']:>7} {la['bram']:>5g} {la['dsp']:>4}")
@@ -760,6 +760,9 @@ def build_parser():
     p.add_argument("rtl", help="RTL directory from `hwq rtl`")
     _add_board(p, folding=False)
     p.add_argument("--pnr", action="store_true", help="also place and route with nextpnr for Fmax (iCE40, ECP5)")
+    p.add_argument("--jobs", type=_positive, metavar="N",
+                   help="yosys runs at a time, one per layer module and one for the top (default: the machine's "
+                        "cores; the counts do not depend on it)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("board", help="RTL -> a board folder: UART board top, pins, bitstream, timing")

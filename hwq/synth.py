@@ -9,26 +9,32 @@ __all__ = ["SYNTH_FORMAT", "synth_rtl"]
 SYNTH_FORMAT = "hwq-synth/1"
 
 
-def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
+def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True, jobs=None):
     """Synthesize the Verilog of ``rtl_dir`` for ``board``; write and return ``rtl_dir/synth.json``.
 
+    Each layer's module is synthesized by its own yosys run, and the top with them as black boxes, ``jobs``
+    runs at a time (default: the machine's cores); the counts do not depend on ``jobs``.
     With ``pnr``, also place and route with nextpnr (when the board's family has an open tool) and
     record Fmax and the placer's utilization under ``"pnr"``; otherwise ``"pnr"`` is null.
     """
+    import os
     from pathlib import Path
 
     from boards.synth import synthesize
     from rtl_gen.emit import verilog_sources
     from sim.runner import load_rtl
 
-    from .progress import status
+    from .progress import progress_bar, status
 
     rtl_dir = Path(rtl_dir)
     info = load_rtl(rtl_dir)
     top = info["top"]
     names = [la["name"] for la in info["layers"] if la.get("stage") is not None]
-    with status(f"yosys {board.yosys_synth} on {rtl_dir}", enabled=show_progress):
-        syn = synthesize(verilog_sources(rtl_dir, info), top, board, keep=[f"{top}.{n}" for n in names])
+    jobs = jobs or os.cpu_count() or 1
+    with progress_bar(f"yosys {board.yosys_synth} on {rtl_dir}, {jobs} at a time: module", total=len(names) + 1,
+                      enabled=show_progress, lines=True) as tick:
+        syn = synthesize(verilog_sources(rtl_dir, info), top, board, keep=[f"{top}.{n}" for n in names],
+                         split=True, jobs=jobs, progress=lambda *_: tick())
     # one entry per IR layer; a layer without hardware (flatten) costs nothing
     layers = [{"name": la["name"], **{k: (syn["modules"][f"{top}.{la['name']}"][k] if la["name"] in names else 0)
                                       for k in RESOURCES}} for la in info["layers"]]
@@ -45,6 +51,7 @@ def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True):
         "utilization": {k: (total[k] / getattr(board, k) if getattr(board, k) else None) for k in RESOURCES},
         "fits": board.fits(total),
         "seconds": syn["seconds"],
+        "jobs": jobs,
         "cached": syn["cached"],
         "pnr": None,
     }

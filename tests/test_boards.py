@@ -103,6 +103,19 @@ def test_synth_counts_layers_and_total(tmp_path):
     for k in ("lut", "ff"):
         assert res["total"][k] == sum(la[k] for la in res["layers"]) + res["top"][k] > 0
     assert (tmp_path / "rtl" / "synth.json").is_file()
+    # one yosys run per layer and one for the top, 1 or 2 at a time: the same counts (uncached, both)
+    from boards.synth import synthesize
+    from rtl_gen.emit import verilog_sources
+    from sim.runner import load_rtl
+
+    info = load_rtl(tmp_path / "rtl")
+    keep = [f"{info['top']}.l0", f"{info['top']}.l1"]
+    done = []
+    runs = [synthesize(verilog_sources(tmp_path / "rtl", info), info["top"], board, keep=keep, split=True, jobs=jobs,
+                       cache=False, progress=lambda d, t: done.append((d, t))) for jobs in (1, 2)]
+    assert runs[0]["modules"] == runs[1]["modules"] and runs[0]["total"] == runs[1]["total"]
+    assert runs[0]["total"]["lut"] == res["total"]["lut"] and runs[1]["runs"] == 3
+    assert done[-1] == (3, 3)
 
 
 @pytest.mark.synth
