@@ -22,7 +22,7 @@ import numpy as np
 from hwq.errors import UserError
 from hwq.requant import MULTIPLY_SHIFT_MIN_BITS
 
-from .folding import MAX_LANES, RESOURCE_KEYS, ChoiceProgram, Program, _divisors, engine_variants
+from .folding import MAX_LANES, RESOURCE_KEYS, ChoiceProgram, Program, _divisors, _pareto, engine_variants
 from .plan import BufferPlan, _prepare, buffer_channels, stage_specs, width_ties
 
 __all__ = ["Allocation", "AllocationSearch", "proxy_engine"]
@@ -70,18 +70,6 @@ class Allocation:
                 "latency": self.totals.get("latency")}
 
 
-def _pareto(options):
-    """Drop options that another beats or ties on every resource and the period."""
-    keep = []
-    for i, (cost, period, _) in enumerate(options):
-        def beats(o, cost=cost, period=period):
-            c, p, _ = o
-            return all(c[k] <= cost[k] for k in RESOURCE_KEYS) and p <= period
-        if not any(beats(o) and (o[:2] != (cost, period) or j < i) for j, o in enumerate(options) if j != i):
-            keep.append((cost, period, options[i][2]))
-    return keep
-
-
 class AllocationSearch(ChoiceProgram):
     """The joint bits-and-folding program of a chain network (no residual adds) on one board family.
 
@@ -104,7 +92,7 @@ class AllocationSearch(ChoiceProgram):
         self.names = [la.name for la in ir.layers if la.op in WEIGHT_OPS]
         n = len(self.names)
         counts = buffer_channels(ir)
-        widths = [_divisors(c) if k < len(counts) - 1 else list(range(1, min(c, MAX_LANES) + 1))
+        widths = [_divisors(c, MAX_LANES) if k < len(counts) - 1 else list(range(1, min(c, MAX_LANES) + 1))
                   for k, c in enumerate(counts)]
         cands = sorted(set(candidates))
         # scores are scaled so that the largest is SCORE_SCALE: HiGHS's absolute gap (1e-6) would otherwise

@@ -144,7 +144,11 @@ class ArrayPlan:
         if self.engine == "xnor":
             return self.rows * (self.cols.bit_length() + 1)
         prod = self.a_bits + 1 if self.w_bits == 1 else self.w_bits + self.a_bits
-        return self.rows * sum(min(self.acc_bits, prod + c.bit_length()) for c in range(self.cols))
+        total, k = min(self.acc_bits, prod), 1  # column 0; then the columns c of bit_length(c) = k, together
+        while 1 << (k - 1) < self.cols:
+            total += (min(self.cols - 1, (1 << k) - 1) - (1 << (k - 1)) + 1) * min(self.acc_bits, prod + k)
+            k += 1
+        return self.rows * total
 
     @property
     def cost_features(self):

@@ -32,12 +32,15 @@ __all__ = ["CELL_FRACTION", "DEFAULT_LUT_FRACTION", "MAX_LANES", "ChoiceProgram"
 # estimate's cells are fitted to nextpnr's packer, boards/model.py).
 DEFAULT_LUT_FRACTION = 0.8
 CELL_FRACTION = 0.9
-MAX_LANES = 64  # largest rows x cols array the folding search considers for one layer
+# the bit allocation's program (bits x widths) and the calibration sweeps keep each layer's array within
+# MAX_LANES rows x cols; the folding search bounds a layer's lanes only by its shape (rows divide its
+# outputs, cols its input channels) and the board's limits, and offers the logits layer any rows up to it
+MAX_LANES = 64
 RESOURCE_KEYS = ("lut", "ff", "bram", "dsp")
 
 
-def _divisors(n, limit=MAX_LANES):
-    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
+def _divisors(n, limit=None):
+    return [d for d in range(1, min(n, limit or n) + 1) if n % d == 0]
 
 
 def check_folding(plan, board):
@@ -116,7 +119,7 @@ class Program:
         """The chosen variables and the totals, or None if infeasible: every chosen variable's period <=
         ``interval``, the resource totals within ``limits`` ({key: max or None}), the iCE40 cells within
         ``cell_limit``, the summed score within ``score_limit`` and latency within ``latency_limit``.
-        ``minimize``: "lut" (fewest LUTs, then flip-flops) or "score" (least score, then fewer LUTs: the LUTs
+        ``minimize``: "nothing" (any solution), "lut" (fewest LUTs, then flip-flops) or "score" (least score, then fewer LUTs: the LUTs
         weigh 1e-3 in all, so the scores should be scaled to make smaller differences irrelevant).
         ``limits`` may name other costs the variables carry (the allocation's "bops"); ``exclude``: a boolean
         mask of variables that must not be chosen; ``cuts``: more constraints, ({variable: coefficient},
@@ -155,7 +158,9 @@ class Program:
         if ineq:
             constraints.append(LinearConstraint(np.array(ineq), -np.inf, np.array(bound, dtype=float)))
         hardware = cost["lut"] + 1e-4 * cost["ff"] + 1e-6 * (cost["bram"] + cost["dsp"])
-        if minimize == "lut":
+        if minimize == "nothing":  # feasibility: the first solution found
+            objective, gap = np.zeros(n), 0
+        elif minimize == "lut":
             objective, gap = hardware, 0
         else:  # least score; fewer LUTs break ties (all of the LUTs within the limit weigh 1e-3)
             ref = float(limits.get("lut") or hardware.sum() or 1)
@@ -170,6 +175,18 @@ class Program:
         totals["score"] = float(score[chosen].sum())
         totals["latency"] = int(latency[chosen].sum())
         return set(chosen.tolist()), totals
+
+
+def _pareto(options):
+    """Drop options that another beats or ties on every resource and the period: (cost, period, plan) each."""
+    keep = []
+    for i, (cost, period, _) in enumerate(options):
+        def beats(o, cost=cost, period=period):
+            c, p, _ = o
+            return all(c[k] <= cost[k] for k in RESOURCE_KEYS) and p <= period
+        if not any(beats(o) and (o[:2] != (cost, period) or j < i) for j, o in enumerate(options) if j != i):
+            keep.append((cost, period, options[i][2]))
+    return keep
 
 
 def engine_variants(base, family, styles, dsp_ok=True):
@@ -211,6 +228,14 @@ class ChoiceProgram:
     def periods(self):
         """Every distinct period an option forces: the candidate initiation intervals."""
         return sorted({p for p in self.prog.periods if p > 0})
+
+    def _period_floor(self):
+        """No folding is faster than this: the slowest component (engine, pool, add, the input's load) at
+        its fastest option."""
+        by_name = {"(input)": [self.prog.periods[v] for v, _ in self.top_vars.values()]}
+        for v, (_, name, _) in self.choices.items():
+            by_name.setdefault(name, []).append(self.prog.periods[v])
+        return max(min(p) for p in by_name.values())
 
     def _top_cost(self, interval):
         """The top's cost per input width when no stage takes longer than ``interval`` cycles (its cycle
@@ -254,15 +279,20 @@ class ChoiceProgram:
 class FoldingSearch(ChoiceProgram):
     """The folding choices of one IR on one board family, as an integer program (see the module's doc).
 
-    ``options``: the word-width options per width index; ``fixed``: {weight layer index: (rows, cols)} the
-    user fixed (their arrays may exceed ``MAX_LANES``).
+    ``options``: the word-width options per width index (a layer the user fixed has one). ``within``:
+    {resource: limit}; an engine variant that alone needs more than a limit is left out of the program
+    (it could never be chosen within those limits).
     """
 
-    def __init__(self, ir, family, options, fixed=(), *, bram_ok=True, dsp_ok=True):
+    def __init__(self, ir, family, options, *, bram_ok=True, dsp_ok=True, within=None):
 
         self.family = family
         self.prog = prog = Program()
         prepared = _prepare(ir)
+
+        def over(value, key):
+            return within is not None and within.get(key) is not None and value > within[key]
+
         first_shape, specs = stage_specs(ir, prepared)
         self.n_stages = len(specs)
         in_features = int(np.prod(first_shape))
@@ -296,10 +326,15 @@ class FoldingSearch(ChoiceProgram):
                 by_cols, by_rows = {}, {}
                 for cols in options[k_in]:
                     for rows in options[k_out]:
-                        if rows * cols > MAX_LANES and i not in dict(fixed):
-                            continue
+                        options_here = []
                         for plan in engine_variants(spec.make(cols, rows), family, styles, dsp_ok):
-                            v = prog.var(plan.resources(family), plan.latency + 1)
+                            if over(plan.dsp_blocks, "dsp") or over(plan.bram_blocks(family), "bram"):
+                                continue  # (counted without the estimator: cheap)
+                            cost = plan.resources(family)
+                            if not any(over(cost[k], k) for k in RESOURCE_KEYS):
+                                options_here.append((cost, plan.latency + 1, plan))
+                        for cost, period, plan in _pareto(options_here):  # the others are never better
+                            v = prog.var(cost, period)
                             self.choices[v] = ("engine", name, plan)
                             by_cols.setdefault(cols, {})[v] = 1
                             by_rows.setdefault(rows, {})[v] = 1
@@ -338,11 +373,12 @@ class FoldingSearch(ChoiceProgram):
         do not depend on cols; pools' and adds' inputs are ``g``)."""
         return opts[0] if spec.kind == "engine" else g
 
-    def solve(self, interval, limits, cell_model=None, cell_limit=None):
-        """The cheapest folding whose interval is at most ``interval``: (Folding, totals) or None. HiGHS's
-        presolve is off: it took most of the time (the MLPerf Tiny autoencoder's search 12 s with it, 3.2 s
-        without), and the optimum is the same (every bundled model on every board gave the same folding)."""
-        found = self._solve_at(interval, limits, cell_model, cell_limit, presolve=False)
+    def solve(self, interval, limits, cell_model=None, cell_limit=None, minimize="lut"):
+        """The cheapest folding whose interval is at most ``interval``: (Folding, totals) or None
+        (``minimize="nothing"``: any folding within the limits). HiGHS's presolve is off: it took most of the
+        time (the MLPerf Tiny autoencoder's search 12 s with it, 3.2 s without), and the optimum is the same
+        (every bundled model on every board gave the same folding)."""
+        found = self._solve_at(interval, limits, cell_model, cell_limit, presolve=False, minimize=minimize)
         if found is None:
             return None
         chosen, totals = found
@@ -350,20 +386,21 @@ class FoldingSearch(ChoiceProgram):
         return Folding(tuple(widths), *self.places(chosen)), totals
 
     def fastest(self, limits, cell_model=None, cell_limit=None):
-        """(Folding, totals) of the smallest feasible interval (bisection over :meth:`periods`), or None."""
+        """(Folding, totals) of the smallest feasible interval, fewest LUTs at it, or None: a bisection over
+        :meth:`periods` that asks only whether some folding fits (HiGHS stops at its first solution, not
+        the cheapest), from the slowest period any component allows, then one solve for the fewest LUTs."""
         candidates = self.periods()
-        best = self.solve(candidates[-1], limits, cell_model, cell_limit)
-        if best is None:
+        floor = self._period_floor()
+        lo, hi = next((i for i, p in enumerate(candidates) if p >= floor), len(candidates) - 1), len(candidates) - 1
+        if self.solve(candidates[hi], limits, cell_model, cell_limit, minimize="nothing") is None:
             return None
-        lo, hi = 0, len(candidates) - 1  # candidates[hi] is feasible
-        while lo < hi:
+        while lo < hi:  # candidates[hi] is feasible
             mid = (lo + hi) // 2
-            found = self.solve(candidates[mid], limits, cell_model, cell_limit)
-            if found is None:
+            if self.solve(candidates[mid], limits, cell_model, cell_limit, minimize="nothing") is None:
                 lo = mid + 1
             else:
-                hi, best = mid, found
-        return best
+                hi = mid
+        return self.solve(candidates[hi], limits, cell_model, cell_limit)
 
 
 def _width_options(ir, fold):
@@ -378,7 +415,7 @@ def _width_options(ir, fold):
         raise UserError(f"--fold: no conv2d/linear layer named {sorted(unknown)[0]!r} (layers: {', '.join(names)})")
     options = []
     for k, n in enumerate(counts):
-        opts = _divisors(n) if k < len(counts) - 1 else list(range(1, min(n, MAX_LANES) + 1))
+        opts = _divisors(n) if k < len(counts) - 1 else sorted({*range(1, min(n, MAX_LANES) + 1), *_divisors(n)})
         for name, (rows, cols) in fold.items():
             i = names.index(name)
             if k == i + 1:
@@ -423,11 +460,13 @@ def choose_folding(ir, board, *, lut_budget=None, fold=None):
     not fit).
     """
     options, fixed, n_weight = _width_options(ir, fold)
-    search = FoldingSearch(ir, board.family, options, fixed, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0)
     limits, cell_model, cell_limit = board_limits(board, lut_budget)
+    search = FoldingSearch(ir, board.family, options, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0, within=limits)
     found = search.fastest(limits, cell_model, cell_limit)
     if found is not None:
         return found[0]
+    # nothing fits: the smallest design, for the message (or the user's folding), with every variant
+    search = FoldingSearch(ir, board.family, options, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0)
     hard = {"lut": None, "ff": None, "bram": board.bram, "dsp": board.dsp}
     smallest = search.solve(max(search.periods()), hard)
     if smallest is None:  # not even with every memory in logic and no DSPs: the override is impossible

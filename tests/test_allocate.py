@@ -28,7 +28,7 @@ def _brute_force(ir, family, cands, w_score, a_score, lut_limit, ff_limit, inter
     engines = [s for s in specs if s.kind == "engine"]
     names = [s.layer.name for s in engines]
     counts = buffer_channels(ir)
-    widths = [_divisors(c) if k < len(counts) - 1 else list(range(1, min(c, MAX_LANES) + 1))
+    widths = [_divisors(c, MAX_LANES) if k < len(counts) - 1 else list(range(1, min(c, MAX_LANES) + 1))
               for k, c in enumerate(counts)]
     n = len(engines)
     best = None

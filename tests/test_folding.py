@@ -73,7 +73,7 @@ def _block_choices(ir, plan, family):
 
 def _brute_force(ir, board, lut_budget):
     options, fixed, _ = _width_options(ir, None)
-    search = FoldingSearch(ir, board.family, options, fixed)
+    search = FoldingSearch(ir, board.family, options)
     limits, cell_model, cell_limit = board_limits(board, lut_budget)
     best = None
     for plan in _every_plan(ir, board, options):
@@ -106,7 +106,7 @@ def test_the_program_finds_the_brute_force_optimum(case):
     board = replace(board, bram=int(rng.integers(1, 4)), dsp=int(rng.integers(0, 9)))  # scarce hard blocks
     # a LUT budget between the smallest and the largest design, so that it binds
     options, fixed, _ = _width_options(ir, None)
-    search = FoldingSearch(ir, board.family, options, fixed)
+    search = FoldingSearch(ir, board.family, options)
     limits = {"lut": None, "ff": None, "bram": board.bram, "dsp": board.dsp}
     lo = search.solve(max(search.periods()), limits)[1]["lut"]
     budget = lo + (board.lut - lo) * 0.02 if case % 2 else lo * 1.5
@@ -126,7 +126,7 @@ def test_the_program_ties_a_residual_adds_producers_like_brute_force(seed):
     ir = random_resnet(rng, False)
     board = replace(load_board("xc7a35t"), bram=0, dsp=0)
     options, fixed, _ = _width_options(ir, None)
-    search = FoldingSearch(ir, board.family, options, fixed, bram_ok=False, dsp_ok=False)
+    search = FoldingSearch(ir, board.family, options, bram_ok=False, dsp_ok=False)
     lo = search.solve(max(search.periods()), {"lut": None, "ff": None, "bram": None, "dsp": None})[1]["lut"]
     (key, _), search = _brute_force(ir, board, lo * 1.3)
     plan = network_plan(ir, choose_folding(ir, board, lut_budget=lo * 1.3))
