@@ -168,3 +168,29 @@ def test_a_folding_the_family_cannot_build_is_refused():
     plan = network_plan(ir, Folding([2, 2, 3], (), {"nope"}))
     with pytest.raises(UserError, match="no memory named 'nope'"):
         check_folding(plan, load_board("ice40-up5k"))
+
+
+def test_lanes_are_bounded_by_the_layer_and_the_board_not_64():
+    """On a large board a 256-256-10 binary MLP folds wider than 64 lanes (faster than any 64-lane design
+    can be: a layer of M MACs takes at least M / 64 cycles on 64 lanes), within the budget."""
+    from boards.calibrate import network_ir, random_layer
+
+    rng = np.random.default_rng(0)
+    layers, tensors = [], {}
+    bits, signed = 1, False
+    for i, (n_in, n_out) in enumerate([(256, 256), (256, 256), (256, 10)]):
+        last = i == 2
+        layer, t = random_layer(rng, f"l{i}", n_in, n_out, 1, bits, None if last else 1, in_signed=signed,
+                                out_signed=not last)
+        layers.append(layer)
+        tensors.update(t)
+        bits, signed = layer.out_bits, layer.out_signed
+    ir = network_ir(layers, tensors, input_bits=1)
+    board = load_board("xc7z020")
+    plan = network_plan(ir, choose_folding(ir, board))
+    slowest_at_64 = max(-(-la.fan_in * la.channels // 64) for la in ir.layers)
+    assert plan.initiation_interval < slowest_at_64
+    assert max(s.plan.lanes for s in plan.stages if isinstance(s.plan, EnginePlan)) > 64
+    limits, _, _ = board_limits(board)
+    res = plan.resources(board.family)
+    assert all(res[k] <= limits[k] for k in ("lut", "bram", "dsp"))
