@@ -1,0 +1,198 @@
+"""Real-size networks: the shapes FINN and MLPerf Tiny publish, with random weights, folded, estimated,
+simulated and synthesized on the peers' parts, beside the peers' published figures.
+
+    python bench/peers.py [--networks tfc-w1a1 cnv-w1a1 ...] [--sim N] [--synth] [--jobs 2]
+
+Writes bench/results/peers.json and docs/results/peers.md.
+
+Each network is an IR of the peer's shape and bit widths with random integer weights and thresholds
+(accuracy is not the point: random weights have none; the hardware's size and speed do not depend on the
+weights' values, except that yosys removes constant ROM bits). The folding is the automatic one
+(``choose_folding``: the smallest initiation interval within the default LUT budget, 80% of the board's),
+timed as ``folding_s``. ``--sim N`` runs N random inputs through the Verilator harness and compares every
+output with the golden model (``bit_exact``, and the cycles with the estimate). ``--synth`` runs ``hwq
+synth`` (one yosys run per layer, ``--jobs`` at a time). Throughput is at the board's clock, one
+inference per initiation interval (the layers form a pipeline); latency from an input's first word to its
+logits.
+
+Not yet here (issue 23): the MLPerf Tiny ResNet-8 (its 1x1 shortcut convolutions and global average
+pooling are not operators yet), the AD08 autoencoder at hls4ml's 12-bit weights (hwq stops at 8 bits, so
+it runs at W6/A6 here), and the peers' resource tables (in their papers, which were not at hand).
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from boards import load_board  # noqa: E402
+from hwq.fileio import write_json, write_text  # noqa: E402
+
+# What the peers publish (their throughput and latency as quoted in issue 23, from the MLPerf Tiny results
+# repositories and FINN's pull request 1499); null where we have no figure.
+PEERS = {
+    "cnv-w1a1": {"fps": 661, "clock_mhz": 100, "board": "Pynq-Z2", "tool": "FINN",
+                 "source": "MLPerf Tiny v0.7 results, FINN CNV-W1A1 on Pynq-Z2 (image classification)"},
+    "ad08": {"latency_us": 18.7, "clock_mhz": 100, "board": "Pynq-Z2", "tool": "hls4ml",
+             "source": "MLPerf Tiny v0.7 results, hls4ml AD08 on Pynq-Z2 at 100 MHz (anomaly detection)"},
+    "tfc-w1a1": {"fps": 1.09e6, "board": "AUP-ZU3", "tool": "FINN",
+                 "source": "FINN pull request 1499 (finn-examples on AUP-ZU3), tfc-w1a1"},
+}
+
+
+def _mlp(rng, sizes, w_bits, a_bits, input_bits, binary):
+    from boards.calibrate import network_ir, random_layer
+
+    layers, tensors = [], {}
+    bits, signed = input_bits, False
+    for i in range(len(sizes) - 1):
+        out = None if i == len(sizes) - 2 else a_bits
+        layer, t = random_layer(rng, f"fc{i + 1}", sizes[i], sizes[i + 1], w_bits, bits, out, in_signed=signed,
+                                out_signed=binary and out is not None,
+                                requant="multiply_shift" if (out or 0) > 4 else "thresholds")
+        layers.append(layer)
+        tensors.update(t)
+        bits, signed = layer.out_bits, layer.out_signed
+    return network_ir(layers, tensors, input_bits=input_bits, dataset="random")
+
+
+def _cnv(rng, w_bits, a_bits):
+    """FINN's CNV: 3x3 convolutions without padding 64, 64, pool, 128, 128, pool, 256, 256, then 512, 512, 10
+    fully connected, on 3x32x32 8-bit inputs; binary activations are bipolar (XNOR layers)."""
+    from boards.calibrate import _flatten, _pool2, network_ir, random_layer
+
+    binary = a_bits == 1
+    layers, tensors = [], {}
+    side, c_in, bits, signed = 32, 3, 8, False
+    for item in ("conv1", 64), ("conv2", 64), "pool1", ("conv3", 128), ("conv4", 128), "pool2", \
+            ("conv5", 256), ("conv6", 256):
+        if isinstance(item, str):
+            layers.append(_pool2(item, c_in, side, bits, signed))
+            side //= 2
+            continue
+        name, c = item
+        layer, t = random_layer(rng, name, c_in, c, w_bits, bits, a_bits, op="conv2d", in_shape=[c_in, side, side],
+                                padding=0, in_signed=signed, out_signed=binary,
+                                requant="multiply_shift" if a_bits > 4 else "thresholds")
+        layers.append(layer)
+        tensors.update(t)
+        side, c_in, bits, signed = side - 2, c, a_bits, binary
+    layers.append(_flatten(c_in, side, bits, signed))
+    n = c_in * side * side
+    for i, c in enumerate((512, 512, 10)):
+        out = None if c == 10 else a_bits
+        layer, t = random_layer(rng, f"fc{i + 1}", n, c, w_bits, bits, out, in_signed=signed,
+                                out_signed=binary and out is not None)
+        layers.append(layer)
+        tensors.update(t)
+        n, bits, signed = c, layer.out_bits, layer.out_signed
+    return network_ir(layers, tensors, input_bits=8, dataset="random", input_shape=[3, 32, 32])
+
+
+NETWORKS = {
+    # name: (builder, board)
+    "tfc-w1a1": (lambda r: _mlp(r, [784, 64, 64, 64, 10], 1, 1, 1, True), "xc7z020"),
+    "sfc-w1a1": (lambda r: _mlp(r, [784, 256, 256, 256, 10], 1, 1, 1, True), "xc7z020"),
+    "lfc-w1a1": (lambda r: _mlp(r, [784, 1024, 1024, 1024, 10], 1, 1, 1, True), "xc7z020"),
+    "cnv-w1a1": (lambda r: _cnv(r, 1, 1), "xc7z020"),
+    "cnv-w2a2": (lambda r: _cnv(r, 2, 2), "xc7z020"),
+    "ad08": (lambda r: _mlp(r, [640, 128, 128, 128, 8, 128, 128, 128, 640], 6, 6, 8, False), "xc7z020"),
+    "mlp-1024-w2a2": (lambda r: _mlp(r, [784, 1024, 1024, 1024, 10], 2, 2, 8, False), "xc7z020"),
+}
+
+
+def run_network(name, *, sim, synth, jobs, work, log):
+    from hwq.estimate import estimate
+    from rtl_gen.emit import generate_rtl
+    from rtl_gen.folding import choose_folding
+    from rtl_gen.plan import network_plan
+
+    build, board_name = NETWORKS[name]
+    board = load_board(board_name)
+    ir = build(np.random.default_rng(0))
+    t = time.perf_counter()
+    folding = choose_folding(ir, board)
+    folding_s = time.perf_counter() - t
+    est = estimate(ir, board, folding=folding)
+    interval = est["initiation_interval_cycles"]
+    latency = network_plan(ir, folding).load_cycles + est["latency_cycles"]
+    row = {"name": name, "board": board.name, "clock_mhz": board.clock_mhz, "folding_s": round(folding_s, 2),
+           "widths": list(folding.widths), "est_lut": est["totals"]["lut"], "est_ff": est["totals"]["ff"],
+           "bram": est["totals"]["bram"], "dsp": est["totals"]["dsp"], "interval_cycles": interval,
+           "fps": round(board.clock_mhz * 1e6 / interval, 1), "latency_us": round(latency / board.clock_mhz, 2),
+           "synth_lut": None, "bit_exact": None, "peer": PEERS.get(name)}
+    log(f"{name} on {board.name}: folding {folding_s:.1f} s, widths {list(folding.widths)}, {row['fps']:,.0f}/s, "
+        f"est {row['est_lut']} LUT, {row['bram']} BRAM, {row['dsp']} DSP")
+    if sim or synth:
+        rtl = Path(work) / name / "rtl"
+        generate_rtl(ir, board, rtl, folding=folding)
+        if sim:
+            from hwq.intrange import max_int, min_int
+            from sim.runner import simulate
+
+            inputs = np.random.default_rng(1).integers(min_int(ir.input_bits, False), max_int(ir.input_bits, False) + 1,
+                                                       size=(sim, ir.in_features))
+            res = simulate(ir, rtl, inputs=inputs)
+            row.update(bit_exact=res["bit_exact"], sim_samples=res["samples"],
+                       cycles_equal=res["initiation_interval_cycles"] == res["initiation_interval_cycles_estimate"])
+            log(f"  simulated {res['samples']} random inputs: bit-exact {res['bit_exact']}")
+        if synth:
+            from hwq.synth import synth_rtl
+
+            syn = synth_rtl(rtl, board, jobs=jobs, show_progress=False)
+            row.update(synth_lut=syn["total"]["lut"], synth=syn["total"], synth_s=syn["seconds"], synth_jobs=jobs)
+            log(f"  yosys: {syn['total']['lut']} LUT in {syn['seconds']:.0f} s ({jobs} at a time)")
+    return row
+
+
+def markdown(res):
+    lines = ["# Real-size networks beside their peers", "",
+             f"Made by `{res['command']}`; raw numbers in `bench/results/peers.json`.", "",
+             __doc__.split("\n\n", 2)[2].strip(), "",
+             ("| network | board | folding (s) | est LUT | yosys LUT | BRAM | DSP | inferences/s | latency (us) | "
+              "bit-exact | peer |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["networks"]:
+        p = r["peer"]
+        figures = ", ".join(f"{k} {p[k]:,g}" for k in ("fps", "latency_us") if k in p) if p else ""
+        peer = f"{p['tool']} on {p['board']}: {figures} ({p['source']})" if p else "-"
+        syn = "-" if r["synth_lut"] is None else f"{r['synth_lut']:,}"
+        exact = "-" if r["bit_exact"] is None else r["bit_exact"]
+        lines.append(f"| {r['name']} | {r['board']} | {r['folding_s']} | {r['est_lut']:,} | {syn} | {r['bram']} | "
+                     f"{r['dsp']} | {r['fps']:,.0f} | {r['latency_us']} | {exact} | {peer} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    ap.add_argument("--sim", type=int, default=0, metavar="N", help="simulate N random inputs (0: no simulation)")
+    ap.add_argument("--synth", action="store_true", help="synthesize with yosys (minutes per network)")
+    ap.add_argument("--jobs", type=int, default=2, help="yosys runs at a time (default: 2)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "peers.json"))
+    ap.add_argument("--markdown", default=str(ROOT / "docs" / "results" / "peers.md"))
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+    command = "python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="hwq-peers-") as work:
+        rows = [run_network(n, sim=args.sim, synth=args.synth, jobs=args.jobs, work=work, log=log)
+                for n in args.networks]
+    res = {"command": command.strip(), "networks": rows, "seconds": round(time.perf_counter() - t0, 1),
+           "max_folding_s": max(r["folding_s"] for r in rows)}
+    write_json(args.out, res)
+    write_text(args.markdown, markdown(res))
+    print(json.dumps({r["name"]: {k: r[k] for k in ("folding_s", "fps", "est_lut")} for r in rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
