@@ -35,8 +35,11 @@ SCORE_SCALE = 1e6
 
 def proxy_engine(plan, w_bits, a_bits, out_bits, acc_bits):
     """``plan`` (an :class:`EnginePlan` of the exported layer) at other bits: ``out_bits`` None for the logits
-    layer (a bias requantization)."""
-    common = dict(engine="systolic", w_bits=w_bits, a_bits=a_bits, acc_bits=acc_bits)
+    layer (a bias requantization). What the export's values decided is not carried over: every weight bit
+    counts as live in some ROM word (the export's live bits are of its own weight bits), and constant
+    multiply-shift multipliers have half their bits set."""
+    common = dict(engine="systolic", w_bits=w_bits, a_bits=a_bits, acc_bits=acc_bits, w_live_bits=None,
+                  mult_ones=plan.out_channels * PROXY_MULT_BITS // 2)
     if out_bits is None:
         return replace(plan, **common, out_bits=acc_bits, kind="bias", param_bits=max(2, acc_bits // 2),
                        mult_bits=0, offset_bits=0, shift=0)

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -93,6 +94,24 @@ def test_allocation_matches_brute_force(seed):
     # the coupling: each layer's input bits are the previous layer's output bits, the input's for the first
     assert found.a_bits[0] == ir.input_bits
     assert all(b in cands for b in found.w_bits + found.a_bits[1:])
+
+
+def test_a_proxy_engine_keeps_nothing_the_exports_values_decided():
+    """An engine priced at other bits than its export's: the export's live weight bits (of its own, fewer,
+    weight bits) and constant multipliers (none, for a thresholds layer) would make it look cheaper than any
+    real export at those bits; the proxy counts every weight bit live and half of each multiplier's bits."""
+    from rtl_gen.engine import EnginePlan
+    from rtl_gen.plan import network_plan
+
+    rng = np.random.default_rng(4)
+    ir = random_ir(rng, [16, 8, 4], [2, 2], [2, 2])
+    plan = next(s.plan for s in network_plan(ir, (4, 1, 4)).stages if isinstance(s.plan, EnginePlan))
+    assert plan.w_live_bits is not None and plan.kind == "thresholds"
+    proxy = proxy_engine(plan, 8, 2, 6, 14)
+    assert proxy.w_live_bits is None and proxy.array.live_bits is None
+    assert proxy.kind == "multiply_shift" and proxy.mult_ones > 0
+    honest = replace(proxy, w_live_bits=plan.rows * plan.cols * 8)  # every lane's 8 bits live
+    assert proxy.resources("ice40")["lut"] == honest.resources("ice40")["lut"]
 
 
 def test_ranked_allocations_are_the_k_best_bits():
