@@ -71,17 +71,22 @@ def _brute_force(ir, family, cands, w_score, a_score, lut_limit, ff_limit, inter
     return best
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_allocation_matches_brute_force(seed):
-    rng = np.random.default_rng(seed)
-    sizes = [4, 4, 3] if seed < 2 else [2, 4, 4, 3]
+def _random_search(rng, sizes, cands=(1, 2, 4)):
+    """A random W2/A2 chain of ``sizes``, random sensitivities per candidate, and its program on ice40-up5k
+    (no hard blocks): (ir, cands, w_score, a_score, board, search)."""
     ir = random_ir(rng, sizes, [2] * (len(sizes) - 1), [2] * len(sizes))
-    cands = (1, 2, 4)
     names = [la.name for la in ir.layers]
     w_score = {n: {b: float(rng.uniform(0, 1)) / b for b in cands} for n in names}
     a_score = {n: {b: float(rng.uniform(0, 1)) / b for b in cands} for n in names}
     board = load_board("ice40-up5k")
     search = AllocationSearch(ir, board.family, cands, _acc, w_score, a_score, bram_ok=False, dsp_ok=False)
+    return ir, cands, w_score, a_score, board, search
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_allocation_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    ir, cands, w_score, a_score, board, search = _random_search(rng, [4, 4, 3] if seed < 2 else [2, 4, 4, 3])
     interval = int(rng.choice(search.periods()[len(search.periods()) // 3:]))
     smallest = search.smallest(interval_limit=interval)
     lut_limit = smallest.totals["lut"] * float(rng.uniform(1.1, 1.8))
@@ -117,14 +122,8 @@ def test_a_proxy_engine_keeps_nothing_the_exports_values_decided():
 def test_ranked_allocations_are_the_k_best_bits():
     """ranked(k): the k least-score bit settings that fit (any folding), each once, checked against every
     setting solved on its own."""
-    rng = np.random.default_rng(5)
-    ir = random_ir(rng, [6, 4, 4, 3], [2, 2, 2], [2, 2, 2, 2])
-    cands = (1, 2, 4)
+    ir, cands, w_score, a_score, board, search = _random_search(np.random.default_rng(5), [6, 4, 4, 3])
     names = [la.name for la in ir.layers]
-    w_score = {n: {b: float(rng.uniform(0, 1)) / b for b in cands} for n in names}
-    a_score = {n: {b: float(rng.uniform(0, 1)) / b for b in cands} for n in names}
-    board = load_board("ice40-up5k")
-    search = AllocationSearch(ir, board.family, cands, _acc, w_score, a_score, bram_ok=False, dsp_ok=False)
     interval = search.periods()[len(search.periods()) // 2]
     limits = {"lut": search.smallest(interval_limit=interval).totals["lut"] * 1.3, "ff": board.ff, "bram": None,
               "dsp": None}
