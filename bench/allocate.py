@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from boards import load_board  # noqa: E402
+from hwq.allocate import DEFAULT_FINALISTS  # noqa: E402
 from hwq.errors import UserError  # noqa: E402
 from hwq.fileio import write_json, write_text, write_yaml  # noqa: E402
 
@@ -57,7 +58,7 @@ TARGETS = {("cnn", "ice40-up5k"): 2400, ("cnn", "ecp5-25f"): 1200,
 BUDGET_POINTS = (0.2, 0.45, 0.75)
 CANDIDATES = (1, 2, 3, 4, 6, 8)
 ROUNDS = 3
-FINALISTS = 3  # hwq allocate --finalists: the program's best bits, then validation accuracy decides
+FINALISTS = DEFAULT_FINALISTS  # hwq allocate --finalists: the program's best bits, then validation decides
 
 
 class Bench:

@@ -29,7 +29,7 @@ import numpy as np
 from .errors import UserError
 from .fileio import write_json, write_yaml
 
-__all__ = ["ALLOCATE_FORMAT", "COSTS", "DEFAULT_CANDIDATES", "allocate", "finalist_designs", "plan_allocation",
+__all__ = ["ALLOCATE_FORMAT", "COSTS", "DEFAULT_CANDIDATES", "DEFAULT_FINALISTS", "allocate", "finalist_designs", "plan_allocation",
            "rank_by_validation", "speed_limits"]
 
 ALLOCATE_FORMAT = "hwq-allocate/1"
@@ -38,6 +38,7 @@ COSTS = ("estimator", "bops")
 FRONTIER_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 FRONTIER_INTERVALS = 6
 MAX_ROUNDS = 3
+DEFAULT_FINALISTS = 3  # what bench/allocate.py measures
 VALIDATION_FRACTION = 0.2  # of the training set, held out when finalists are chosen by validation accuracy
 
 
@@ -337,7 +338,7 @@ def _real_design(ir, board, alloc, lut_budget):
 
 def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, max_latency_cycles=None,
              min_throughput=None, candidates=DEFAULT_CANDIDATES, sensitivity="loss", cost="estimator",
-             epochs=None, synth=False, dry_run=False, rounds=MAX_ROUNDS, finalists=1, log=print, show_progress=True):
+             epochs=None, synth=False, dry_run=False, rounds=MAX_ROUNDS, finalists=DEFAULT_FINALISTS, log=print, show_progress=True):
     """Allocate, fine-tune, export and check (see the module's doc); return the allocate.json dict (None for
     ``dry_run``, which prints the plan and writes nothing).
 

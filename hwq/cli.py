@@ -499,7 +499,7 @@ def _positive_float(text):
 
 
 def _add_allocate_args(p):
-    from .allocate import COSTS, DEFAULT_CANDIDATES
+    from .allocate import COSTS, DEFAULT_CANDIDATES, DEFAULT_FINALISTS
     from .config import SENSITIVITY_METHODS
 
     p.add_argument("--max-latency-cycles", type=_positive, metavar="C",
@@ -516,10 +516,10 @@ def _add_allocate_args(p):
     p.add_argument("--cost", choices=COSTS, default="estimator",
                    help="estimator: the calibrated resource model with the folding chosen jointly; bops: the "
                         "baseline, a bit-operations budget (sum of MACs x w_bits x a_bits) (default: estimator)")
-    p.add_argument("--finalists", type=_positive, default=1, metavar="K",
+    p.add_argument("--finalists", type=_positive, default=DEFAULT_FINALISTS, metavar="K",
                    help="fine-tune the K best allocations and every uniform design that fits, each without a "
                         "validation split of the training set (20%%), and keep the one most accurate on it "
-                        "(default: 1, the program's choice alone, trained on all the training set)")
+                        f"(default: {DEFAULT_FINALISTS}; 1: the program's choice alone, trained on all the training set)")
 
 
 def _allocate_options(args):
