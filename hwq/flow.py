@@ -385,7 +385,8 @@ def _finish(out, board, ir, metrics, check, qcheck, data, *, samples, fold, lut_
         "allocation": None if allocation is None else {
             "bits": allocation["final"]["bits"], "meets_budget": allocation["final"]["meets_budget"],
             "limits": allocation["limits"], "cost": allocation["cost"], "sensitivity": allocation["sensitivity"],
-            "rounds": len(allocation["rounds"]), "frontier": allocation["frontier"]},
+            "rounds": len(allocation["rounds"]), "frontier": allocation["frontier"],
+            "finalists": allocation["rounds"][-1].get("finalists")},
     }
     write_json(out / "report.json", report)
     plotting.join()

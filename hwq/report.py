@@ -127,6 +127,14 @@ def _allocation_html(alloc):
                                             f"<td>{e(str(p['w_bits']))}</td><td>{e(str(p['a_bits']))}</td></tr>"
                                             if p["feasible"] else "<td colspan=5>infeasible</td></tr>")
         for p in (alloc.get("frontier") or {}).get("lut", []))
+    finalists = "".join(
+        f"<tr><td>{e(f['label'])}</td><td>{e(' '.join(str(b['w_bits']) for b in f['bits'].values()))}</td>"
+        f"<td>{e(' '.join(str(b['a_bits']) for b in f['bits'].values()))}</td><td>{f['val_acc']:.4f}</td>"
+        f"<td>{f['est_lut']}</td></tr>" for f in alloc.get("finalists") or [])
+    if finalists:
+        finalists = ("<h3>Finalists (fine-tuned; the first, most accurate on the validation split, was built)</h3>"
+                     "<table><tr><th>finalist</th><th>W per layer</th><th>A per layer</th><th>validation accuracy</th>"
+                     f"<th>LUT (program)</th></tr>{finalists}</table>")
     speed = ", ".join(f"{k.replace('_', ' ')} at most {v}" for k, v in
                       (("interval_cycles", lim.get("interval_cycles")), ("latency_cycles", lim.get("latency_cycles")))
                       if v is not None) or "no speed target"
@@ -135,6 +143,7 @@ def _allocation_html(alloc):
 {lim['lut']:.0f} LUTs, {e(speed)}, in {alloc['rounds']} round(s); {'meets' if alloc['meets_budget'] else 'MISSES'}
 the budget. Input bits (a) of each layer are its producer's output bits.</p>
 <table><tr><th>layer</th><th>weight bits</th><th>input bits</th></tr>{bits}</table>
+{finalists}
 <h3>Frontier (least sensitivity at each LUT budget, as the program estimates it)</h3>
 <table><tr><th>LUT budget</th><th>sensitivity</th><th>LUT</th><th>interval</th><th>W</th><th>A</th></tr>{front}</table>"""
 

@@ -271,7 +271,8 @@ def test_flow_allocate(tmp_path):
     for layer in report["layers"]:
         if layer["name"] in alloc["bits"]:
             assert layer["w_bits"] == alloc["bits"][layer["name"]]["w_bits"]
-    assert "Bit allocation" in (tmp_path / "flow" / "report.html").read_text()
+    page = (tmp_path / "flow" / "report.html").read_text()
+    assert "Bit allocation" in page and "Finalists" in page and alloc["finalists"][0]["label"] in page
 
 
 def test_allocate_from_sinareq_learned_bits(tmp_path, capsys):

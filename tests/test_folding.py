@@ -72,7 +72,7 @@ def _block_choices(ir, plan, family):
 
 
 def _brute_force(ir, board, lut_budget):
-    options, fixed, _ = _width_options(ir, None)
+    options, _, _ = _width_options(ir, None)
     search = FoldingSearch(ir, board.family, options)
     limits, cell_model, cell_limit = board_limits(board, lut_budget)
     best = None
@@ -105,7 +105,7 @@ def test_the_program_finds_the_brute_force_optimum(case):
     ir = random_ir(rng, sizes, w_bits, [4, int(rng.integers(1, 5))], input_bits=int(rng.integers(2, 9)))
     board = replace(board, bram=int(rng.integers(1, 4)), dsp=int(rng.integers(0, 9)))  # scarce hard blocks
     # a LUT budget between the smallest and the largest design, so that it binds
-    options, fixed, _ = _width_options(ir, None)
+    options, _, _ = _width_options(ir, None)
     search = FoldingSearch(ir, board.family, options)
     limits = {"lut": None, "ff": None, "bram": board.bram, "dsp": board.dsp}
     lo = search.solve(max(search.periods()), limits)[1]["lut"]
@@ -125,7 +125,7 @@ def test_the_program_ties_a_residual_adds_producers_like_brute_force(seed):
     rng = np.random.default_rng(10 + seed)
     ir = random_resnet(rng, False)
     board = replace(load_board("xc7a35t"), bram=0, dsp=0)
-    options, fixed, _ = _width_options(ir, None)
+    options, _, _ = _width_options(ir, None)
     search = FoldingSearch(ir, board.family, options, bram_ok=False, dsp_ok=False)
     lo = search.solve(max(search.periods()), {"lut": None, "ff": None, "bram": None, "dsp": None})[1]["lut"]
     (key, _), search = _brute_force(ir, board, lo * 1.3)
