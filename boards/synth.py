@@ -177,8 +177,8 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True, split=
 
     ``split`` (``keep``: children of ``top``): one yosys run per kept module, as the top of its own design,
     and one for ``top`` with them as black boxes; ``jobs`` of them at a time, so the counts never depend on
-    ``jobs``. They are within a few LUTs of the single run's (yosys's ABC results depend a little on what
-    else is in the design). ``progress(done, total)`` is called as the runs finish.
+    ``jobs``. They are within a few percent of the single run's (yosys's ABC results depend a little on
+    what else is in the design: the digits CNN on the UP5K, 3,077 LUTs against 3,176). ``progress(done, total)`` is called as the runs finish.
     """
     exe = shutil.which("yosys")
     if exe is None:
