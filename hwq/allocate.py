@@ -346,7 +346,8 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
     run's seed) is held out of every training, the float warm-up included; the ``finalists`` best
     allocations of ``cost`` and every uniform design that fits are fine-tuned, and the one with the best
     golden accuracy on the validation split (then the fewest estimated LUTs) goes on; if it misses the
-    budget, the next by validation accuracy, before any tightening."""
+    budget, the tightened program's finalists are chosen among the same way (those already trained are
+    not trained again)."""
     from rtl_gen.folding import DEFAULT_LUT_FRACTION
 
     from . import golden
