@@ -15,7 +15,10 @@
    integer design with the chosen folding (and, with ``synth``, synthesizes it); if the design misses the
    budget, the budget the program sees is tightened by the overshoot and the program solved again.
 
-Every round (bits, estimate, synthesis, accuracy) goes into ``RUN/allocate.json``.
+With ``finalists`` (default 3) each round first fine-tunes the program's best few bit settings and every
+uniform design that fits, without a held-out validation split of the training set, and builds the one most
+accurate on it (:func:`finalist_designs`, :func:`rank_by_validation`). Every round (bits, finalists,
+estimate, synthesis, accuracy) goes into ``RUN/allocate.json``.
 """
 
 import math
