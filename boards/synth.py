@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,20 +148,55 @@ def check_module_names(names, where):
             raise UserError(f"{where}: module name {name!r} is not {NAME_EXPECTED} (dotted paths allowed)")
 
 
-def _run_yosys(exe, sources, script, timeout, what):
+class _Runs:
+    """The yosys processes of one synthesis, so that an interrupted one (Ctrl-C, SIGTERM) kills every one of
+    them at once, and none starts after."""
+
+    def __init__(self):
+        self.lock, self.procs, self.stopped = threading.Lock(), set(), False
+
+    def start(self, args, **kw):
+        with self.lock:
+            if self.stopped:
+                raise RuntimeError("synthesis stopped")
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+            self.procs.add(proc)
+        return proc
+
+    def done(self, proc):
+        with self.lock:
+            self.procs.discard(proc)
+
+    def stop(self):
+        with self.lock:
+            self.stopped = True
+            for proc in self.procs:
+                proc.kill()
+
+
+def _run_yosys(exe, sources, script, timeout, what, runs=None):
     """Run one yosys script on ``sources`` in a fresh folder; return (the parsed ``stat -json``, seconds)."""
+    runs = runs or _Runs()
     with tool_work("hwq-synth-") as (work, env):
         stat = work / "stat.json"
         script = f"{stage_sources(sources, work)}; {script}; tee -q -o stat.json stat -json"
         t0 = time.perf_counter()
+        proc = runs.start([exe, "-q", "-p", script], cwd=work, env=env)
         try:
-            proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, timeout=timeout,
-                                  check=False, cwd=work, env=env)
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             raise RuntimeError(f"yosys took longer than {timeout} s on {what}") from None
+        except BaseException:  # interrupted: yosys ends with us
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            runs.done(proc)
         seconds = time.perf_counter() - t0
         if proc.returncode != 0 or not stat.is_file():
-            raise RuntimeError(f"yosys failed on {what}:\n{(proc.stderr or proc.stdout)[-2000:]}")
+            raise RuntimeError(f"yosys failed on {what}:\n{(err or out)[-2000:]}")
         return _parse_stat(stat.read_text()), seconds
 
 
@@ -201,15 +237,21 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True, split=
 
         scripts = {m: f"hierarchy -top {m}; {board.yosys_synth} -top {m}" for m in keep}
         scripts[top] = f"hierarchy -top {top}; blackbox {' '.join(keep)}; {script_tail}"
-        cells = {}
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = {pool.submit(_run_yosys, exe, sources, script, timeout, f"{sources[0]} ({m})"): m
+        cells, runs = {}, _Runs()
+        pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+        try:
+            futures = {pool.submit(_run_yosys, exe, sources, script, timeout, f"{sources[0]} ({m})", runs): m
                        for m, script in scripts.items()}
             for done, future in enumerate(as_completed(futures), 1):
                 m = futures[future]
                 cells[m] = _cells(future.result()[0])[m]
                 if progress:
                     progress(done, len(futures))
+        except BaseException:  # a failed run, Ctrl-C or SIGTERM: stop every run, let each remove its folder
+            runs.stop()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     else:
         cells = _cells(_run_yosys(exe, sources, f"hierarchy -top {top}; {keep_cmd}{script_tail}", timeout,
                                   str(sources[0]))[0])
