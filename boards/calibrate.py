@@ -25,15 +25,18 @@ import numpy as np
 
 from boards import RESOURCES
 from hwq.golden import accumulator_range
-from hwq.intrange import code_range, range_bits, signed_width, weight_range
+from hwq.intrange import code_range, range_bits, signed_width, weight_dtype, weight_range
 from hwq.ir import IR, Layer, conv_out_side
 
-__all__ = ["CELL_FAMILIES", "FAMILY_BOARDS", "cnn_ir", "holder", "measure_multipliers", "multiplier_file", "network_ir",
-           "random_cnn", "random_folding", "random_layer", "random_network", "random_resnet", "resnet_ir", "sweep",
+__all__ = ["CELL_FAMILIES", "FAMILY_BOARDS", "add_layer", "avgpool_layer", "cnn_ir", "holder", "measure_multipliers", "multiplier_file", "network_ir",
+           "random_cnn", "random_folding", "random_layer", "random_network", "random_resnet", "resnet8_ir", "resnet_ir",
+           "sweep",
            "sweep_cases", "synthesize_network"]
 
 HERE = Path(__file__).resolve().parent / "calibration"
 FAMILY_BOARDS = {"ice40": "ice40-up5k", "ecp5": "ecp5-25f", "xilinx7": "xc7a35t"}
+WIDE_BIT_PRODUCTS = 4096  # the largest wide sweep design: sum over engines of lanes x weight bits x input bits
+WIDE_LOGIC_ROM_BITS = 32768  # ... and of ROM bits in logic
 CELL_FAMILIES = ("ice40",)  # families whose packed logic cells the estimate models (nextpnr's packer)
 
 
@@ -95,7 +98,7 @@ def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extr
     a_lo, a_hi = code_range(in_bits, in_signed)
     acc_lo, acc_hi = accumulator_range(w.reshape(n_out, -1), a_lo, a_hi)
     acc_bits = range_bits(min(acc_lo.min(), 0), max(acc_hi.max(), 0))
-    tensors = {f"{name}.weight": w.astype(np.int8)}
+    tensors = {f"{name}.weight": w.astype(weight_dtype(w_bits))}
     if conv:
         geometry = dict(in_shape=list(in_shape), kernel=kernel, stride=stride, padding=padding,
                         out_shape=[n_out, *(conv_out_side(s, kernel, stride, padding) for s in in_shape[1:])])
@@ -154,6 +157,28 @@ def _pool2(name, c, side, bits, signed):
     """A 2x2 max-pool of stride 2 of a (c, side, side) map of ``bits``-bit codes."""
     return Layer(name=name, op="maxpool", kernel=2, stride=2, in_shape=[c, side, side],
                  out_shape=[c, side // 2, side // 2], a_bits=bits, a_signed=signed, out_bits=bits, out_signed=signed)
+
+
+def avgpool_layer(rng, name, c, side, bits, signed, out_bits, *, kernel=None, stride=1, signs=False):
+    """An ``avgpool`` of a ``c`` x ``side`` x ``side`` map (``kernel`` None: global average pooling) with random
+    monotone thresholds on the window sums (some channels decreasing with ``signs``). Returns (Layer, tensors)."""
+    kernel = kernel or side
+    lo, hi = code_range(bits, signed)
+    lo, hi = lo * kernel * kernel, hi * kernel * kernel
+    n_levels = 2 ** out_bits - 1
+    sign = np.where(rng.random(c) < 0.5, -1, 1) if signs else np.ones(c, np.int64)
+    up = np.sort(rng.integers(lo, hi + 2, size=(c, n_levels)), axis=1)
+    down = np.sort(rng.integers(-hi, -lo + 2, size=(c, n_levels)), axis=1)
+    tensors = {f"{name}.thresholds": np.where(sign[:, None] < 0, down, up)}
+    extra = {}
+    if signs:
+        tensors[f"{name}.signs"] = sign
+        extra["signs"] = f"{name}.signs"
+    out_side = conv_out_side(side, kernel, stride, 0)
+    return Layer(name=name, op="avgpool", in_shape=[c, side, side], out_shape=[c, out_side, out_side], a_bits=bits,
+                 a_signed=signed, out_bits=out_bits, out_signed=False, kernel=kernel, stride=stride,
+                 acc_bits=range_bits(lo, hi), requant_kind="thresholds", thresholds=f"{name}.thresholds",
+                 **extra), tensors
 
 
 def _flatten(c, side, bits, signed):
@@ -235,6 +260,70 @@ def resnet_ir(rng, *, c0, side, c1, bits, n_out, binary=False, signs=False, skip
     return network_ir(layers, tensors, input_bits=in_bits, input_shape=[c0, side, side])
 
 
+def add_layer(rng, name, inputs, shape, a, b, out_bits, *, out_signed=False, signs=False):
+    """A residual ``add`` of ``inputs`` (two names) with codes ``a`` and ``b`` ((bits, signed) each) and random
+    monotone thresholds on the code sum (some channels decreasing with ``signs``). Returns (Layer, tensors)."""
+    c = shape[0]
+    (lo0, hi0), (lo1, hi1) = code_range(*a), code_range(*b)
+    lo, hi = lo0 + lo1, hi0 + hi1
+    sign = np.where(rng.random(c) < 0.5, -1, 1) if signs else np.ones(c, np.int64)
+    n_levels = 2 ** out_bits - 1
+    up = np.sort(rng.integers(lo, hi + 2, size=(c, n_levels)), axis=1)
+    down = np.sort(rng.integers(-hi, -lo + 2, size=(c, n_levels)), axis=1)
+    tensors = {f"{name}.thresholds": np.where(sign[:, None] < 0, down, up)}
+    extra = {}
+    if signs:
+        tensors[f"{name}.signs"] = sign
+        extra["signs"] = f"{name}.signs"
+    return Layer(name=name, op="add", in_shape=list(shape), out_shape=list(shape), inputs=list(inputs), a_bits=a[0],
+                 a_signed=a[1], out_bits=out_bits, out_signed=out_signed, acc_bits=range_bits(lo, hi),
+                 requant_kind="thresholds", thresholds=f"{name}.thresholds", **extra), tensors
+
+
+def resnet8_ir(rng, *, c0=3, side=32, channels=(16, 32, 64), w_bits=8, a_bits=8, input_bits=8, n_out=10):
+    """The MLPerf Tiny ResNet-8 shape with random integers: conv 3x3 (channels[0]), then three residual
+    stacks of two 3x3 convolutions, the first of each later stack with stride 2 and a 1x1 stride-2 shortcut
+    convolution of the stack's input, each add requantized; global average pooling, flatten, linear.
+    Hidden codes are unsigned ``a_bits`` (after ReLU), the second convolution of each stack signed."""
+    layers, tensors = [], {}
+
+    def put(layer_tensors):
+        layer, t = layer_tensors
+        layers.append(layer)
+        tensors.update(t)
+        return layer
+
+    def requant(b):
+        return "multiply_shift" if b > 4 else "thresholds"
+
+    def conv(name, x, c_out, kernel, stride, out_bits, out_signed=False, reads=None):
+        layer = put(random_layer(rng, name, x.out_shape[0] if x else c0, c_out, w_bits, x.out_bits if x else input_bits,
+                                 out_bits, op="conv2d", in_shape=list(x.out_shape) if x else [c0, side, side],
+                                 kernel=kernel, padding=kernel // 2, stride=stride, in_signed=x.out_signed if x else False,
+                                 out_signed=out_signed, requant=requant(out_bits)))
+        if reads is not None:
+            layer.inputs = [reads]
+        return layer
+
+    x = conv("conv1", None, channels[0], 3, 1, a_bits)
+    for s, c in enumerate(channels, 1):
+        stride = 1 if s == 1 else 2
+        a = conv(f"s{s}a", x, c, 3, stride, a_bits)
+        b = conv(f"s{s}b", a, c, 3, 1, a_bits, out_signed=True)
+        if s == 1:
+            names, other = [b.name, x.name], x
+        else:
+            short = conv(f"s{s}short", x, c, 1, 2, a_bits, out_signed=True, reads=x.name)
+            names, other = [b.name, short.name], short
+        x = put(add_layer(rng, f"add{s}", names, b.out_shape, (b.out_bits, True),
+                          (other.out_bits, other.out_signed), a_bits, signs=s == 3))
+    c, last = x.out_shape[0], x.out_shape[1]
+    pool = put(avgpool_layer(rng, "avgpool", c, last, x.out_bits, x.out_signed, a_bits if a_bits <= 4 else 4))
+    layers.append(_flatten(c, 1, pool.out_bits, False))
+    put(random_layer(rng, "fc", c, n_out, w_bits, pool.out_bits, None))
+    return network_ir(layers, tensors, input_bits=input_bits, input_shape=[c0, side, side])
+
+
 def random_cnn(rng, binary):
     """:func:`cnn_ir` with random sizes and bits on a small image."""
     c0, side = int(rng.integers(1, 4)), int(rng.choice([4, 6, 8]))
@@ -253,25 +342,26 @@ def random_resnet(rng, binary):
                      signs=bool(rng.random() < 0.5))
 
 
-def random_folding(rng, ir, board):
-    """A random valid folding of ``ir`` for ``board``: word widths up to 16 (engines of at most 64 lanes, as
-    the folding search builds them), DSP multipliers on some layers that can have them (within the board's
-    DSPs), some memories in block RAM (within its block RAMs)."""
+def random_folding(rng, ir, board, *, max_width=16, max_lanes=None):
+    """A random valid folding of ``ir`` for ``board``: word widths up to ``max_width`` (engines of at most
+    ``max_lanes`` lanes, default the folding search's ``MAX_LANES``), DSP multipliers on some layers that can
+    have them (within the board's DSPs), some memories in block RAM (within its block RAMs)."""
     from boards.model import dsp_eligible
     from rtl_gen.engine import EnginePlan
     from rtl_gen.folding import MAX_LANES
     from rtl_gen.plan import Folding, buffer_channels, network_plan, width_ties
 
+    max_lanes = max_lanes or MAX_LANES
     counts = buffer_channels(ir)
-    for _ in range(100):  # engines of at most MAX_LANES lanes, as the folding search builds them
+    for _ in range(100):  # engines of at most max_lanes lanes
         widths = []
         for k, n in enumerate(counts):
-            options = [d for d in range(1, min(n, 16) + 1) if n % d == 0 or k == len(counts) - 1]
+            options = [d for d in range(1, min(n, max_width) + 1) if n % d == 0 or k == len(counts) - 1]
             widths.append(int(rng.choice(options)))
         for i, j, _ in width_ties(ir):
             widths[j] = widths[i]
         plan = network_plan(ir, widths)
-        if all(s.plan.lanes <= MAX_LANES for s in plan.stages if isinstance(s.plan, EnginePlan)):
+        if all(s.plan.lanes <= max_lanes for s in plan.stages if isinstance(s.plan, EnginePlan)):
             break
     dsp, used = set(), 0
     for s in plan.stages:
@@ -287,9 +377,12 @@ def random_folding(rng, ir, board):
     return folding
 
 
-def random_network(rng, board):
+def random_network(rng, board, *, wide=False):
     """A random valid IR (an MLP, a small CNN or a small resnet, multi-bit or binary, bits 1..8) and a random
-    valid folding (:func:`random_folding`) of it for ``board``."""
+    valid folding (:func:`random_folding`) of it for ``board``. ``wide``: the networks of :func:`random_wide`
+    with words of up to 64 codes and engines of up to 1,024 lanes (the large boards' foldings)."""
+    if wide:
+        return random_wide(rng, board)
     kind = rng.choice(["mlp", "mlp", "cnn", "bnn", "bcnn", "resnet", "bresnet"])
     if "resnet" in kind:
         ir = random_resnet(rng, kind == "bresnet")
@@ -298,6 +391,47 @@ def random_network(rng, board):
     else:
         ir = _random_mlp(rng, kind == "bnn")
     return ir, random_folding(rng, ir, board)
+
+
+def random_wide(rng, board):
+    """A network with tens of channels (a CNN, a resnet or a two-layer MLP, multi-bit or binary) folded
+    wide: words of up to 64 codes, engines of up to 1,024 lanes, as the folding search builds them for the
+    large boards and the peers' networks (calibrates and checks the model beyond the small sweep)."""
+    kind = rng.choice(["mlp", "bnn", "cnn", "bcnn", "resnet", "bresnet"])
+    binary = kind in ("bnn", "bcnn", "bresnet")
+    side = int(rng.choice([4, 6, 8]))
+    if kind == "resnet" or kind == "bresnet":
+        bits = (int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.integers(1, 5)), int(rng.integers(1, 5)),
+                int(rng.integers(1, 5)))
+        ir = resnet_ir(rng, c0=int(rng.integers(1, 4)), side=side, c1=int(rng.choice([16, 32])), bits=bits,
+                       n_out=10, binary=binary, signs=bool(rng.random() < 0.5))
+    elif "cnn" in kind:
+        bits = (int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.integers(1, 5)),
+                int(rng.integers(1, 5)), int(rng.integers(1, 9)))
+        ir = cnn_ir(rng, c0=int(rng.integers(1, 4)), side=side, channels=(int(rng.choice([16, 32])),
+                    int(rng.choice([16, 32, 64]))), bits=bits, n_out=10, binary=binary)
+    else:
+        sizes = [int(rng.choice([64, 128, 256])), int(rng.choice([64, 128, 256])), 10]
+        in_bits = int(rng.integers(1, 9))
+        w_bits = 1 if binary else int(rng.integers(1, 9))
+        hidden, t1 = random_layer(rng, "l0", sizes[0], sizes[1], int(rng.integers(1, 9)), in_bits,
+                                  1 if binary else int(rng.integers(1, 5)), out_signed=binary)
+        last, t2 = random_layer(rng, "l1", sizes[1], sizes[2], w_bits, hidden.out_bits, None, in_signed=binary)
+        ir = network_ir([hidden, last], {**t1, **t2}, input_bits=in_bits)
+    from rtl_gen.engine import EnginePlan
+    from rtl_gen.plan import network_plan
+
+    tried = []
+    for _ in range(50):  # keep yosys's time in minutes: bounded lanes x bits and ROM bits in logic
+        folding = random_folding(rng, ir, board, max_width=64, max_lanes=1024)
+        stages = network_plan(ir, folding).stages
+        size = sum(s.plan.lanes * s.plan.w_bits * s.plan.a_bits for s in stages if isinstance(s.plan, EnginePlan))
+        rom = sum(depth * width for s in stages for _, depth, width, style in getattr(s.plan, "memories", [])
+                  if style == "logic")
+        if size <= WIDE_BIT_PRODUCTS and rom <= WIDE_LOGIC_ROM_BITS:
+            return ir, folding
+        tried.append((size / WIDE_BIT_PRODUCTS + rom / WIDE_LOGIC_ROM_BITS, len(tried), folding))
+    return ir, min(tried)[2]  # the least over the bounds
 
 
 def synthesize_network(ir, folding, board, work, *, cells=False):
@@ -369,32 +503,32 @@ def multiplier_file(families, path):
     return out
 
 
-def _cases(family, designs, seed):
+def _cases(family, designs, seed, wide=False):
     """The sweep's random networks and foldings (a seeded sequence: design k depends on the ones before)."""
     from boards import load_board
 
     board = load_board(FAMILY_BOARDS[family])
     rng = np.random.default_rng(seed)
-    return board, [random_network(rng, board) for _ in range(designs)]
+    return board, [random_network(rng, board, wide=wide) for _ in range(designs)]
 
 
 def calibration_point(task):
     """One design of a calibration sweep, ``{"family", "seed", "index"}``: the index-th random network of the
     seeded sequence, synthesized (a task of :func:`hwq.sweep.run_tasks`)."""
-    board, cases = _cases(task["family"], task["index"] + 1, task["seed"])
+    board, cases = _cases(task["family"], task["index"] + 1, task["seed"], task.get("wide", False))
     ir, folding = cases[-1]
     with tempfile.TemporaryDirectory(prefix="hwq-cal-") as work:
         return synthesize_network(ir, folding, board, work, cells=board.family in CELL_FAMILIES)
 
 
-def sweep_cases(family, designs, seed, *, jobs=2, progress=True, ray_address=None, cache=None):
+def sweep_cases(family, designs, seed, *, jobs=2, progress=True, ray_address=None, cache=None, wide=False):
     """Synthesize ``designs`` random networks for ``family``; return (board, [(case, record), ...])
     where a case is (ir, widths) and a record holds every component's plan and yosys counts. The designs
     run as tasks of :func:`hwq.sweep.run_tasks`: ``jobs`` workers on Ray (1: in this process)."""
     from hwq.sweep import run_tasks
 
-    board, cases = _cases(family, designs, seed)
-    tasks = [{"family": family, "seed": seed, "index": k} for k in range(designs)]
+    board, cases = _cases(family, designs, seed, wide)
+    tasks = [{"family": family, "seed": seed, "index": k, **({"wide": True} if wide else {})} for k in range(designs)]
     log = (lambda msg: print(f"{family}: {msg}", file=sys.stderr, flush=True)) if progress else None
     results = run_tasks(calibration_point, tasks, workers=jobs, ray_address=ray_address, cache=cache, log=log)
     failed = [r for r in results if r["status"] != "ok"]
@@ -403,10 +537,11 @@ def sweep_cases(family, designs, seed, *, jobs=2, progress=True, ray_address=Non
     return board, list(zip(cases, [r["result"] for r in results], strict=True))
 
 
-def sweep(family, designs, seed, *, jobs=2, progress=True, ray_address=None):
+def sweep(family, designs, seed, *, jobs=2, progress=True, ray_address=None, wide=False):
     """The calibration file's contents: every design's records."""
-    board, results = sweep_cases(family, designs, seed, jobs=jobs, progress=progress, ray_address=ray_address)
-    return {"family": family, "board": board.name, "yosys_synth": board.yosys_synth, "seed": seed,
+    board, results = sweep_cases(family, designs, seed, jobs=jobs, progress=progress, ray_address=ray_address,
+                                 wide=wide)
+    return {"family": family, "board": board.name, "yosys_synth": board.yosys_synth, "seed": seed, "wide": wide,
             "designs": [rec for _, rec in results]}
 
 
@@ -421,17 +556,21 @@ def _features(point, kind):
 
 
 def fit_all(sweep_files):
-    """Coefficients per family and resource from sweep files."""
+    """Coefficients per family and resource from sweep files (a family's files are fitted together)."""
     from boards.model import fit, fit_correction, resolve
 
-    out = {}
+    by_family = {}
     for path in sweep_files:
         data = json.loads(Path(path).read_text())
-        family = data["family"]
-        pts = [p for d in data["designs"] for p in d["points"]]
-        fam = out.setdefault(family, {"sweep": Path(path).name, "designs": len(data["designs"]), "points": len(pts)})
+        by_family.setdefault(data["family"], []).append((Path(path).name, data["designs"]))
+    out = {}
+    for family, files in by_family.items():
+        designs = [d for _, ds in files for d in ds]
+        pts = [p for d in designs for p in d["points"]]
+        fam = out.setdefault(family, {"sweep": ", ".join(name for name, _ in files), "designs": len(designs),
+                                      "points": len(pts)})
         # each component's error relative to its design's total: what the estimate is judged by
-        scale = {k: [d["total"][k] for d in data["designs"] for _ in d["points"]] for k in ("lut", "ff")}
+        scale = {k: [d["total"][k] for d in designs for _ in d["points"]] for k in ("lut", "ff")}
         fam["lut"] = fit([resolve(family, _features(p, "cost_features")) for p in pts], [p["lut"] for p in pts],
                          scale["lut"])
         fam["ff"] = fit([_features(p, "register_bits") for p in pts], [p["ff"] for p in pts], scale["ff"])
@@ -440,7 +579,7 @@ def fit_all(sweep_files):
         linear = [sum(fam["lut"].get(k, 0.0) * v for k, v in resolve(family, e.cost_features).items()) for e in engines]
         fam["lut_correction"] = fit_correction([resolve(family, e.correction_inputs) for e in engines],
                                                [p["lut"] for p in pts if p["component"] == "engine"], linear)
-        packed = [d["total"] for d in data["designs"] if d["total"].get("cells") is not None]
+        packed = [d["total"] for d in designs if d["total"].get("cells") is not None]
         if packed:  # packed logic cells as a function of the design's LUTs and flip-flops
             fam["cells"] = fit([{"const": 1, "lut": t["lut"], "ff": t["ff"]} for t in packed], [t["cells"] for t in packed])
     return out
@@ -455,12 +594,15 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--jobs", type=int, default=2, help="Ray workers (1: one design after the other, no Ray)")
     p.add_argument("--ray-address", help="run the designs on an existing Ray cluster")
-    p.add_argument("--out", help="default: boards/calibration/<family>.json")
+    p.add_argument("--wide", action="store_true",
+                   help="networks of tens of channels folded wide (words up to 64, engines up to 1,024 lanes)")
+    p.add_argument("--out", help="default: boards/calibration/<family>.json (--wide: <family>-wide.json)")
     p = sub.add_parser("multipliers", help="measure one processing element per pair of widths (the multiplier table)")
     p.add_argument("--families", nargs="+", default=sorted(FAMILY_BOARDS), choices=sorted(FAMILY_BOARDS))
     p.add_argument("--out", default=str(HERE / "multipliers.json"))
     p = sub.add_parser("fit", help="fit coefficients from the sweep files")
-    p.add_argument("files", nargs="*", help="default: boards/calibration/<family>.json for each family")
+    p.add_argument("files", nargs="*",
+                   help="default: boards/calibration/<family>.json and <family>-wide.json for each family")
     p.add_argument("--out", default=str(HERE / "coefficients.json"))
     args = parser.parse_args(argv)
     from hwq.fileio import write_json
@@ -469,12 +611,14 @@ def main(argv=None):
         write_json(args.out, multiplier_file(args.families, args.out))
         print(f"wrote {args.out}")
     elif args.cmd == "sweep":
-        data = sweep(args.family, args.designs, args.seed, jobs=args.jobs, ray_address=args.ray_address)
-        out = args.out or HERE / f"{args.family}.json"
+        data = sweep(args.family, args.designs, args.seed, jobs=args.jobs, ray_address=args.ray_address,
+                     wide=args.wide)
+        out = args.out or HERE / f"{args.family}{'-wide' if args.wide else ''}.json"
         write_json(out, data)
         print(f"wrote {out}")
     else:
-        files = args.files or [HERE / f"{f}.json" for f in FAMILY_BOARDS if (HERE / f"{f}.json").is_file()]
+        files = args.files or [HERE / f"{f}{tail}.json" for f in FAMILY_BOARDS for tail in ("", "-wide")
+                               if (HERE / f"{f}{tail}.json").is_file()]
         write_json(args.out, fit_all(files))
         print(f"wrote {args.out}")
 

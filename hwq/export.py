@@ -19,7 +19,7 @@ import math
 import torch
 
 from .golden import accumulator_range
-from .intrange import act_levels, code_range, is_bipolar, range_bits, signed_width
+from .intrange import act_levels, code_range, is_bipolar, range_bits, signed_width, weight_dtype
 from .ir import IR, Layer, conv_out_side, save_ir
 from .models import Add, Flatten, MaxPool, QLayer, pair
 from .requant import MULTIPLY_SHIFT_MIN_BITS, REQUANT_POLICIES, fit_multiply_shift, signed_range
@@ -108,7 +108,7 @@ def export_qlayer(node, in_shape, bits, signed, scale, *, requant="auto", inputs
             geo.update(kernel_h=kh, padding_h=ph)
     else:
         out_shape, geo = [w.shape[0]], {}
-    tensors[f"{node.name}.weight"] = w.numpy().astype("int8" if node.wq.grid == "int" else "int16")
+    tensors[f"{node.name}.weight"] = w.numpy().astype(weight_dtype(node.wq.bits, node.wq.grid))
     layer = Layer(name=node.name, op=node.kind, in_shape=list(in_shape), out_shape=out_shape, a_bits=bits,
                   a_signed=signed, inputs=inputs, w_bits=node.wq.bits, w_grid=node.wq.grid,
                   acc_bits=range_bits(acc_lo.min(), acc_hi.max()), weights=f"{node.name}.weight",

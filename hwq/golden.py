@@ -16,6 +16,9 @@ Activations are int64 arrays, (N, n) for vectors and (N, C, H, W) for feature ma
   n - 1)`` (:func:`hwq.requant.multiply_shift_apply`);
 - ``requant.kind == "bias"`` (the logits layer): ``y = acc + b``;
 - ``maxpool``: the maximum code of each kernel x kernel window (stride ``stride``);
+- ``avgpool``: ``acc`` = the sum of the codes of each kernel x kernel window (stride ``stride``; global
+  average pooling is the kernel of the whole map), requantized by thresholds like ``add`` (the division
+  by the window's size is inside ``T``);
 - ``flatten``: ``x.reshape(N, -1)`` (C, H, W order).
 
 >>> import numpy as np
@@ -64,9 +67,12 @@ def conv2d(x, w, stride, padding):
     return np.einsum("nchwuv,ocuv->nohw", win, w, optimize=True)
 
 
+def _windows(x, k, stride):
+    return sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+
+
 def _maxpool(x, k, stride):
-    win = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
-    return win.max(axis=(-1, -2))
+    return _windows(x, k, stride).max(axis=(-1, -2))
 
 
 def _requant(layer, tensors, acc):
@@ -116,6 +122,8 @@ def run_layer(layer, tensors, x, others=()):
         return _requant(layer, tensors, x + others[0])
     if op == "maxpool":
         return _maxpool(x, layer.kernel, layer.stride)
+    if op == "avgpool":
+        return _requant(layer, tensors, _windows(x, layer.kernel, layer.stride).sum(axis=(-1, -2)))
     if op == "flatten":
         return x.reshape(len(x), -1)
     raise ValueError(f"unknown op {op!r}")

@@ -1,7 +1,8 @@
 """Integer ranges of quantized values: the one place training, export, golden model and RTL take them.
 
-Weights are signed two's complement for 2..8 bits; a 1-bit weight is binary, {-1, +1}.
-Activations are unsigned codes 0..2^b-1 (after ReLU) or signed two's complement.
+Weights are signed two's complement for 2..16 bits (training makes up to 8; the IR and the hardware take
+16, e.g. the 12-bit weights of hls4ml's models); a 1-bit weight is binary, {-1, +1}.
+Activations (1..8 bits) are unsigned codes 0..2^b-1 (after ReLU) or signed two's complement.
 
 >>> min_int(4, signed=False), max_int(4, signed=False)
 (0, 15)
@@ -21,13 +22,14 @@ Activations are unsigned codes 0..2^b-1 (after ReLU) or signed two's complement.
 
 import operator
 
-__all__ = ["MAX_W_STORAGE_BITS", "W_GRIDS", "act_levels", "check_bits", "code_range", "is_bipolar", "max_int", "min_int", "range_bits",
-           "signed_width", "weight_codes", "weight_range", "weight_storage_bits"]
+__all__ = ["MAX_W_BITS", "MAX_W_STORAGE_BITS", "W_GRIDS", "act_levels", "check_bits", "code_range", "is_bipolar", "max_int", "min_int", "range_bits",
+           "signed_width", "weight_codes", "weight_dtype", "weight_range", "weight_storage_bits"]
 
 MIN_BITS = 1
-MAX_BITS = 8
+MAX_BITS = 8  # activations (and the bits training chooses)
+MAX_W_BITS = 16  # weights in the IR and the hardware
 W_GRIDS = ("int", "odd")
-MAX_W_STORAGE_BITS = 9  # weight_storage_bits(8, "odd"): 8-bit odd-grid codes reach +-255; engines take up to this
+MAX_W_STORAGE_BITS = 17  # weight_storage_bits(16, "odd"): 16-bit odd-grid codes reach +-65535; engines take up to this
 
 
 def check_bits(bits, *, name="bits", top=MAX_BITS):
@@ -77,7 +79,7 @@ def weight_codes(w_bits, grid="int", *, symmetric=False):
     ``int``: two's complement (``symmetric`` drops the most negative code); ``odd``: the odd integers
     in ``[-(2^b-1), 2^b-1]`` (mid-rise levels). One bit is {-1, +1} on both grids.
     """
-    w_bits = check_bits(w_bits, name="w_bits")
+    w_bits = check_bits(w_bits, name="w_bits", top=MAX_W_BITS)
     if grid not in W_GRIDS:
         raise ValueError(f"weight grid must be one of {W_GRIDS}, not {grid!r}")
     if w_bits == 1:
@@ -89,9 +91,15 @@ def weight_codes(w_bits, grid="int", *, symmetric=False):
 
 def weight_storage_bits(w_bits, grid="int"):
     """Two's complement bits that hold every code of the grid (1 for binary weights)."""
-    if check_bits(w_bits, name="w_bits") == 1:
+    if check_bits(w_bits, name="w_bits", top=MAX_W_BITS) == 1:
         return 1
     return signed_width(*weight_codes(w_bits, grid))
+
+
+def weight_dtype(w_bits, grid="int"):
+    """The narrowest numpy integer type that holds a grid's weight codes (a tensor's dtype in the IR)."""
+    bits = weight_storage_bits(w_bits, grid)
+    return "int8" if bits <= 8 else "int16" if bits <= 16 else "int32"
 
 
 def is_bipolar(bits, signed):

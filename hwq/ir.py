@@ -22,6 +22,8 @@ from .errors import UserError
 from .fileio import read_yaml, umask_mode
 from .golden import accumulator_range
 from .intrange import (
+    MAX_BITS,
+    MAX_W_BITS,
     W_GRIDS,
     act_levels,
     code_range,
@@ -52,7 +54,8 @@ __all__ = [
 
 IR_FORMAT = "hwq-ir/2"
 WEIGHT_OPS = ("linear", "conv2d")
-OPS = (*WEIGHT_OPS, "maxpool", "flatten", "add")
+POOL_OPS = ("maxpool", "avgpool")
+OPS = (*WEIGHT_OPS, *POOL_OPS, "flatten", "add")
 REQUANT_KINDS = ("thresholds", "multiply_shift", "bias")
 XNOR_ENCODING = {"bit_1": 1, "bit_0": -1, "dot": "2 * popcount(xnor(x_bits, w_bits)) - n_valid"}
 
@@ -60,7 +63,8 @@ XNOR_ENCODING = {"bit_1": 1, "bit_0": -1, "dot": "2 * popcount(xnor(x_bits, w_bi
 @dataclass
 class Layer:
     """One IR node. Weight layers (linear, conv2d) carry weights and a requantization; ``add`` carries a
-    requantization of the integer sum of its two inputs; ``maxpool`` and ``flatten`` only move codes.
+    requantization of the integer sum of its two inputs, ``avgpool`` of the sum of each window's codes;
+    ``maxpool`` and ``flatten`` only move codes.
     ``inputs`` names the producing layers (``"input"`` is the network input; ``None`` = the previous
     layer)."""
 
@@ -77,7 +81,7 @@ class Layer:
     w_grid: str = "int"
     acc_bits: int | None = None
     weights: str | None = None  # key in tensors
-    kernel: int | None = None  # conv2d, maxpool (conv2d: the kernel's width; its height is kernel_h)
+    kernel: int | None = None  # conv2d, maxpool, avgpool (conv2d: the kernel's width; its height is kernel_h)
     stride: int | None = None
     padding: int | None = None  # conv2d: columns of zeros left and right (rows: padding_h)
     kernel_h: int | None = None  # conv2d with a rectangular kernel (1 for a 1-D convolution); None: = kernel
@@ -150,7 +154,7 @@ class Layer:
         if self.op in WEIGHT_OPS:
             m.update({"w_bits": self.w_bits, "w_grid": self.w_grid, "weights": self.weights,
                       "w_scale": self.w_scale})
-        if self.op in ("conv2d", "maxpool"):
+        if self.op in ("conv2d", *POOL_OPS):
             m["kernel"] = self.kernel
             m["stride"] = self.stride
         if self.op == "conv2d":
@@ -338,10 +342,10 @@ class _Fields:
             self.fail(name, "a finite number", value)
         return float(value)
 
-    def bits(self, name):
-        value = self.get(name, int, "an integer in 1..8")
-        if not 1 <= value <= 8:
-            self.fail(name, "an integer in 1..8", value)
+    def bits(self, name, top=MAX_BITS):
+        value = self.get(name, int, f"an integer in 1..{top}")
+        if not 1 <= value <= top:
+            self.fail(name, f"an integer in 1..{top}", value)
         return value
 
     def positive(self, name, low=1):
@@ -374,7 +378,7 @@ def _parse_layer(path, index, raw):
                   a_bits=f.bits("a_bits"), a_signed=f.get("a_signed", bool), out_bits=f.get("out_bits", int),
                   out_signed=f.get("out_signed", bool))
     if op in WEIGHT_OPS:
-        layer.w_bits = f.bits("w_bits")
+        layer.w_bits = f.bits("w_bits", MAX_W_BITS)
         layer.w_grid = f.get("w_grid", str)
         if layer.w_grid not in W_GRIDS:
             f.fail("w_grid", f"one of {', '.join(W_GRIDS)}", layer.w_grid)
@@ -384,7 +388,7 @@ def _parse_layer(path, index, raw):
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
             f.fail("w_scale", "a finite number or a list of finite numbers", ws)
         layer.w_scale = ws if isinstance(ws, list) else float(ws)
-    if op in ("conv2d", "maxpool"):
+    if op in ("conv2d", *POOL_OPS):
         layer.kernel = f.positive("kernel")
         layer.stride = f.positive("stride")
     if op == "conv2d":
@@ -393,7 +397,7 @@ def _parse_layer(path, index, raw):
         layer.padding_h = f.positive("padding_h", 0) if "padding_h" in raw else None
     if "xnor" in raw:
         _parse_xnor(f, layer)
-    if op in (*WEIGHT_OPS, "add"):
+    if op in (*WEIGHT_OPS, "add", "avgpool"):
         requant = _Fields(path, f"layer '{name}': requant", f.get("requant", dict, "a mapping"))
         kind = requant.get("kind", str)
         allowed = REQUANT_KINDS if op in WEIGHT_OPS else REQUANT_KINDS[:2]
@@ -464,7 +468,7 @@ def _expected_out_shape(layer, in_shape):
     c, h, w = in_shape
     if layer.op == "add":
         return list(in_shape)
-    if layer.op == "maxpool":
+    if layer.op in POOL_OPS:
         return [c, conv_out_side(h, layer.kernel, layer.stride, 0), conv_out_side(w, layer.kernel, layer.stride, 0)]
     (kh, kw), (ph, pw) = layer.kernel_hw, layer.padding_hw
     return [layer.out_shape[0], conv_out_side(h, kh, layer.stride, ph), conv_out_side(w, kw, layer.stride, pw)]
@@ -481,11 +485,14 @@ def input_codes(ir, layer):
 
 
 def accumulator_bounds(ir, layer):
-    """Proven per-channel (lo, hi) of a weight or add layer's accumulator."""
+    """Proven per-channel (lo, hi) of a weight, add or avgpool layer's accumulator."""
     ranges = [code_range(b, g) for b, g in input_codes(ir, layer)]
+    c = layer.channels
     if layer.op == "add":
-        c = layer.channels
         return np.full(c, ranges[0][0] + ranges[1][0]), np.full(c, ranges[0][1] + ranges[1][1])
+    if layer.op == "avgpool":
+        k2 = layer.kernel * layer.kernel
+        return np.full(c, k2 * ranges[0][0]), np.full(c, k2 * ranges[0][1])
     w = ir.tensors[layer.weights].astype(np.int64)
     return accumulator_range(w.reshape(len(w), -1), *ranges[0])
 
@@ -529,6 +536,9 @@ def validate(ir, path, *, logits=True):
                 _fail(where, "out_bits", f"{bits} (maxpool and flatten keep the codes)", layer.out_bits)
         elif layer.op == "add":
             _check_add(ir, path, where, layer, produced, inputs)
+        elif layer.op == "avgpool":
+            lo, hi = code_range(bits, signed)
+            _check_requant(ir, path, where, layer, lo * layer.kernel ** 2, hi * layer.kernel ** 2)
         else:
             _check_weight_layer(ir, path, where, layer, last)
         produced[layer.name] = (list(layer.out_shape), layer.out_bits, layer.out_signed)

@@ -8,7 +8,8 @@ The graph computes exactly the golden model's integers, in float32 tensors that 
   ``narrow`` for a symmetric grid; odd grid: scale 2, zero point -0.5, so a b-bit signed integer q
   stands for the odd weight 2q + 1) or ``BipolarQuant`` (1-bit);
 - ``linear`` -> ``MatMul``, ``conv2d`` -> ``Conv``, ``maxpool`` -> ``MaxPool``, ``flatten`` ->
-  ``Flatten``, ``add`` -> ``Add``; every accumulator is an exact integer in float32 because the
+  ``Flatten``, ``add`` -> ``Add``, ``avgpool`` -> a depthwise ``Conv`` with weights of 1 (the window
+  sums, exact; ``AveragePool``'s float mean is not); every accumulator is an exact integer in float32 because the
   proven ``acc_bits`` is at most 25 (checked: a wider layer is refused);
 - requantization -> ``MultiThreshold`` (count of thresholds reached, times the output step, plus the
   lowest code), preceded by a per-channel ``Mul`` by -1/+1 when some channel is decreasing. A
@@ -114,6 +115,12 @@ def to_qonnx(ir, *, batch=1):
             out = _requant(g, ir, layer, g.node("Add", [x, produced[names[1]]], f"{layer.name}.acc"), layout)
         elif layer.op == "maxpool":
             out = g.node("MaxPool", [x], layer.name, kernel_shape=[layer.kernel] * 2, strides=[layer.stride] * 2)
+        elif layer.op == "avgpool":
+            c, k = layer.channels, layer.kernel
+            ones = g.const(f"{layer.name}.ones", np.ones((c, 1, k, k), np.float32))
+            acc = g.node("Conv", [x, ones], f"{layer.name}.acc", kernel_shape=[k, k], strides=[layer.stride] * 2,
+                         group=c)
+            out = _requant(g, ir, layer, acc, layout)
         else:  # flatten: C, H, W order, as the golden model
             out = g.node("Flatten", [x], layer.name, axis=1)
         produced[layer.name] = out

@@ -38,7 +38,7 @@ import torch
 from .errors import UserError
 from .export import _set_requant
 from .golden import accumulator_range
-from .intrange import code_range, signed_width
+from .intrange import MAX_W_BITS, code_range, signed_width, weight_dtype
 from .ir import IR, Layer, conv_out_side, range_bits
 
 __all__ = ["SUPPORTED_OPS", "check_and_save", "check_import", "check_inputs", "import_qonnx", "load_qonnx",
@@ -307,7 +307,7 @@ class _Importer:
                          conv_out_side(x.shape[2], geo["kernel"], geo["stride"], geo["padding"])]
         else:
             out_shape = [out]
-        tensors = {f"{name}.weight": codes.astype("int8" if w.grid == "int" else "int16")}
+        tensors = {f"{name}.weight": codes.astype(weight_dtype(w.bits, w.grid))}
         layer = Layer(name=name, op=op, in_shape=list(x.shape), out_shape=out_shape, a_bits=x.bits, a_signed=x.signed,
                       inputs=self.inputs_of(x), w_bits=w.bits, w_grid=w.grid, weights=f"{name}.weight",
                       acc_bits=range_bits(acc_lo.min(), acc_hi.max()), out_bits=0, out_signed=True,
@@ -321,8 +321,8 @@ class _Importer:
         if not isinstance(w, Weights):
             self.fail(node, f"the weights {node.input[k]!r} must be quantized (a Quant or BipolarQuant node on "
                             f"the weight tensor), not {_kind(w) if w is not None else 'float weights'}")
-        if w.bits > 8:
-            self.fail(node, f"weights of 1 to 8 bits are supported (hwq's range), not {w.bits}")
+        if w.bits > MAX_W_BITS:
+            self.fail(node, f"weights of 1 to {MAX_W_BITS} bits are supported (hwq's range), not {w.bits}")
         return w
 
     def on_gemm(self, node):

@@ -22,6 +22,8 @@ from .add import AddPlan
 from .engine import EnginePlan
 from .folding import check_folding, choose_folding
 from .plan import as_folding, network_plan
+from .pool import AvgPoolPlan
+from .shortcut import ShortcutPlan
 from .top import NetworkTop
 
 __all__ = ["MEM_DIR", "RTL_FORMAT", "TOP_NAME", "describe", "generate_rtl", "split_verilog", "verilog_sources"]
@@ -135,6 +137,17 @@ def _stage_info(stage, index, skips, family):
         info.update({"array": [p.lanes, 1], "lanes": p.lanes, "bits": p.out_bits, "reads": p.words,
                      "inputs": [[p.a_bits, p.a_signed], [p.b_bits, p.b_signed]], "param_bits": p.param_bits,
                      "skip": skip["name"]})
+    elif isinstance(p, ShortcutPlan):
+        e, a = p.engine, p.add
+        skip = next(s for s in skips if s["to"] == stage.layer.name)
+        info.update({
+            "array": [e.rows, e.cols], "lanes": e.lanes, "w_bits": e.w_bits, "a_bits": e.a_bits, "out_bits": a.out_bits, "acc_bits": e.acc_bits, "requant": e.kind,
+            "param_bits": e.param_bits, "macs": e.macs, "dsp": e.dsp, "dsp_blocks": e.dsp_blocks, "reads": e.in_words,
+            "inputs": [[a.a_bits, a.a_signed], [a.b_bits, a.b_signed]], "add_param_bits": a.param_bits,
+            "skip": skip["name"]})
+    elif isinstance(p, AvgPoolPlan):
+        info.update({"array": [p.lanes, 1], "lanes": p.lanes, "bits": p.out_bits, "reads": p.n_reads,
+                     "inputs": [[p.bits, p.is_signed]], "param_bits": p.param_bits})
     else:
         info.update({"array": [p.lanes, 1], "lanes": p.lanes, "bits": p.bits, "reads": p.n_reads})
     if getattr(p, "memories", None):
@@ -157,12 +170,19 @@ def describe(plan, ir, board, folding):
     skips = [{**_memory_info(f"skip{j}", s.buffer, board.family), "from": plan.stages[s.producer].layer.name,
               "to": plan.stages[s.consumer].layer.name} for j, s in enumerate(plan.skips)]
     layers = []
+    # a shortcut layer is built inside its add's stage (the next layer's)
+    inside = {ir.layers[i - 1].name: la.name for i, la in enumerate(ir.layers)
+              if la.name in by_name and by_name[la.name][1].kind == "shortcut"}
     for layer in ir.layers:
         entry = {"name": layer.name, "op": layer.op}
         if layer.name in by_name:
             entry.update(_stage_info(by_name[layer.name][1], by_name[layer.name][0], skips, board.family))
+            if by_name[layer.name][1].kind == "shortcut":
+                entry["shortcut"] = ir.layers[ir.layers.index(layer) - 1].name
         else:
             entry.update({"stage": None, "engine": "none", "latency_cycles": 0, "period_cycles": 0})
+            if layer.name in inside:
+                entry["in_stage"] = inside[layer.name]
         layers.append(entry)
     buffers = [_memory_info(f"buffer{k}", b, board.family) for k, b in enumerate(plan.buffers)]
     return {

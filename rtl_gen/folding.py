@@ -263,13 +263,13 @@ class ChoiceProgram:
         dsp, block = set(), set()
         for v in chosen:
             kind, name, plan = self.choices.get(v, (None, None, None))
-            if kind == "engine":
+            if kind in ("engine", "shortcut"):  # (a ShortcutPlan has the dsp flags and memories of both parts)
                 if plan.dsp:
                     dsp.add(name)
                 if plan.requant_dsp:
                     dsp.add(f"{name}.requant")
                 block.update(f"{name}.{mem}" for mem, _, _, style in plan.memories if style == "block")
-            elif kind == "add" and plan.prom_style == "block":
+            elif kind in ("add", "avgpool") and plan.prom_style == "block":
                 block.add(f"{name}.prom")
             elif kind == "memory" and plan.style == "block":
                 block.add(name)
@@ -321,13 +321,12 @@ class FoldingSearch(ChoiceProgram):
         for spec in specs:
             k_in, k_out = spec.k_in, spec.k_out
             name = spec.layer.name
-            if spec.kind == "engine":
-                i = k_in  # the weight layer's index among weight layers
+            if spec.kind in ("engine", "shortcut"):
                 by_cols, by_rows = {}, {}
                 for cols in options[k_in]:
                     for rows in options[k_out]:
                         options_here = []
-                        for plan in engine_variants(spec.make(cols, rows), family, styles, dsp_ok):
+                        for plan in self._variants(spec, cols, rows, styles, dsp_ok):
                             if over(plan.dsp_blocks, "dsp") or over(plan.bram_blocks(family), "bram"):
                                 continue  # (counted without the estimator: cheap)
                             cost = plan.resources(family)
@@ -335,20 +334,20 @@ class FoldingSearch(ChoiceProgram):
                                 options_here.append((cost, plan.latency + 1, plan))
                         for cost, period, plan in _pareto(options_here):  # the others are never better
                             v = prog.var(cost, period)
-                            self.choices[v] = ("engine", name, plan)
+                            self.choices[v] = (spec.kind, name, plan)
                             by_cols.setdefault(cols, {})[v] = 1
                             by_rows.setdefault(rows, {})[v] = 1
                 for g, zv in self.z[k_in].items():
                     prog.equal({**by_cols.get(g, {}), zv: -1}, 0)
                 for g, zv in self.z[k_out].items():
                     prog.equal({**by_rows.get(g, {}), zv: -1}, 0)
-            else:  # maxpool, add: one option per width (and, for an add, its threshold ROM's place)
+            else:  # maxpool, avgpool, add: one option per width (and the threshold ROM's place)
                 for g, zv in self.z[k_in].items():
                     base = spec.make(g, g)
                     proms = styles if getattr(base, "memories", None) else ("logic",)
                     terms = {}
                     for prom in proms:
-                        plan = replace(base, prom_style=prom) if spec.kind == "add" else base
+                        plan = replace(base, prom_style=prom) if spec.kind in ("add", "avgpool") else base
                         v = prog.var(plan.resources(family), plan.latency + 1)
                         self.choices[v] = (spec.kind, name, plan)
                         terms[v] = 1
@@ -356,8 +355,9 @@ class FoldingSearch(ChoiceProgram):
             if spec.skip is not None:
                 producer, b_bits, _ = spec.skip
                 for g, zv in self.z[k_in].items():
-                    plan = spec.make(g, g)
-                    self._buffer(f"skip{n_skips}", BufferPlan(words=plan.words, lanes=g, bits=b_bits,
+                    words = spec.make(g, options[k_out][0]).ring_words if spec.kind == "shortcut" else \
+                        spec.make(g, g).words
+                    self._buffer(f"skip{n_skips}", BufferPlan(words=words, lanes=g, bits=b_bits,
                                                               banks=2 * (spec.index - producer)), zv, styles)
                 n_skips += 1
             if spec.layer is not ir.layers[-1]:
@@ -371,7 +371,19 @@ class FoldingSearch(ChoiceProgram):
     def _any(opts, g, spec):
         """An input width for making a plan whose output words only depend on ``g`` (engines' output words
         do not depend on cols; pools' and adds' inputs are ``g``)."""
-        return opts[0] if spec.kind == "engine" else g
+        return opts[0] if spec.kind in ("engine", "shortcut") else g
+
+    def _variants(self, spec, cols, rows, styles, dsp_ok):
+        """Every way to build a ``rows`` x ``cols`` engine stage (:func:`engine_variants`; a shortcut stage's
+        engine with its add's threshold ROM in each place)."""
+        base = spec.make(cols, rows)
+        if spec.kind == "engine":
+            yield from engine_variants(base, self.family, styles, dsp_ok)
+            return
+        proms = styles if base.add.memories else ("logic",)
+        for engine in engine_variants(base.engine, self.family, styles, dsp_ok):
+            for prom in proms:
+                yield replace(base, engine=engine, add=replace(base.add, prom_style=prom))
 
     def solve(self, interval, limits, cell_model=None, cell_limit=None, minimize="lut"):
         """The cheapest folding whose interval is at most ``interval``: (Folding, totals) or None

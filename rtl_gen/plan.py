@@ -3,11 +3,14 @@ the IR and a folding without building any hardware.
 
 How an IR becomes hardware (:func:`network_plan`): every conv2d/linear layer gets a layer engine
 (systolic for multi-bit layers, XNOR-popcount for binary ones), every maxpool a max-pool engine, every
-residual add an add engine; flatten is free (the next layer's weights are permuted to the buffer's
+avgpool an average-pool engine, every residual add an add engine; flatten is free (the next layer's weights are permuted to the buffer's
 order). Between two stages sits a buffer of words of ``g`` codes (g channels of one pixel), with two
 banks: the producer fills one while the consumer reads the other, so all stages work at once on
 successive samples. An add's second input (its skip) comes from a ring of banks that the skip's
-producer fills besides its own output buffer (:class:`SkipPlan`).
+producer fills besides its own output buffer (:class:`SkipPlan`). A residual add with a shortcut layer
+(ResNet's 1x1 projection, a conv2d/linear layer that reads the block's input, placed right before its
+add) is one stage (:class:`~rtl_gen.shortcut.ShortcutPlan`): the shortcut's engine reads the block's input
+from the ring, and the add reads the branch from the stage's input buffer.
 
 The word width ``g`` of a buffer is the ``rows`` (output channels per cycle) of the engine before it
 and the ``cols`` (input channels per cycle) of the engine after it (``rtl_gen.folding`` chooses them).
@@ -25,7 +28,8 @@ from hwq.ir import WEIGHT_OPS, input_codes, requant_thresholds
 
 from .add import AddPlan, add_thresholds
 from .engine import MEMORY_STYLES, EnginePlan, clog2, compare_thresholds, param_bits
-from .pool import PoolPlan
+from .pool import AvgPoolPlan, PoolPlan, avgpool_thresholds
+from .shortcut import ShortcutPlan
 
 __all__ = ["BufferPlan", "Folding", "NetworkPlan", "SkipPlan", "Stage", "StageSpec", "TopPlan", "as_folding",
            "buffer_channels", "input_word_indices", "layer_ir", "live_weight_bits", "network_plan", "stage_specs",
@@ -168,18 +172,25 @@ class TopPlan:
 
 @dataclass
 class Stage:
-    """One hardware stage: the IR layer it computes, its plan and the tensors it is built from."""
+    """One hardware stage: the IR layer it computes, its plan and the tensors it is built from (a shortcut
+    stage's layer is its add; ``weights``, ``table`` and ``signs`` are the shortcut layer's, ``add_tables`` the
+    add's thresholds and signs)."""
 
     layer: object
     plan: object
     weights: np.ndarray | None = None
     table: np.ndarray | None = None
     signs: np.ndarray | None = None
+    add_tables: tuple | None = None
 
     @property
     def kind(self):
         if isinstance(self.plan, AddPlan):
             return "add"
+        if isinstance(self.plan, ShortcutPlan):
+            return "shortcut"
+        if isinstance(self.plan, AvgPoolPlan):
+            return "avgpool"
         return "maxpool" if isinstance(self.plan, PoolPlan) else self.plan.engine
 
     @property
@@ -261,25 +272,37 @@ class NetworkPlan:
 
 # ---- from the IR to a plan ----------------------------------------------------------------------------
 
-def _check_layer(layer, names, prev, ops):
+def _check_layer(layer, names, prev, ops, after=None):
     """The hardware is a chain: each layer reads the one before it; a residual add also reads an
-    earlier layer's output (its skip) from a ring. ``ops``: {layer name: op} of the layers so far."""
+    earlier layer's output (its skip) from a ring, and a shortcut layer (a conv2d/linear layer right before
+    its add) reads the block's input from one. ``ops``: {layer name: op} of the layers so far; ``after``: the
+    next layer (and the names it reads). Returns whether ``layer`` is a shortcut."""
     where = f"layer '{layer.name}'"
     if layer.op in WEIGHT_OPS and is_bipolar(layer.a_bits, layer.a_signed) and not layer.binary:
         raise UserError(f"{where}: bipolar (-1/+1) input codes with {layer.w_bits}-bit weights have no RTL engine yet "
                         f"(the XNOR core takes 1-bit weights; the systolic array multiplies two's complement codes)")
     if prev not in names:
-        raise UserError(f"{where} reads {names}, not the layer before it ('{prev}'): the RTL is a chain of layers "
-                        f"where only a residual add also reads an earlier layer")
+        nxt, nxt_names = after or (None, [])
+        shortcut = layer.op in WEIGHT_OPS and nxt is not None and nxt.op == "add" and \
+            sorted(nxt_names) == sorted([layer.name, prev])
+        if not shortcut:
+            raise UserError(f"{where} reads {names}, not the layer before it ('{prev}'): the RTL is a chain of layers "
+                            f"where only a residual add also reads an earlier layer, or a shortcut layer placed "
+                            f"right before the add of its output and the layer before it")
+        if ops.get(names[0]) not in ("conv2d", "maxpool", "add", "avgpool"):
+            raise UserError(f"{where}: a shortcut layer reads a conv2d, maxpool, avgpool or add layer's output, not "
+                            f"{'the network input' if names[0] == 'input' else repr(names[0])}")
+        return True
     if layer.op != "add":
-        return
+        return False
     skip = _skip_name(names, prev)
     if skip == "input":
         raise UserError(f"{where}: a residual add of the network input has no RTL engine yet (the skip must come "
                         f"from a conv2d, maxpool or add layer)")
-    if ops.get(skip) not in ("conv2d", "maxpool", "add"):
+    if ops.get(skip) not in ("conv2d", "maxpool", "add", "avgpool"):
         raise UserError(f"{where}: its skip input '{skip}' is a {ops.get(skip)} layer; the RTL takes skips from "
-                        f"conv2d, maxpool and add layers")
+                        f"conv2d, maxpool, avgpool and add layers")
+    return False
 
 
 def _skip_name(names, prev):
@@ -289,25 +312,28 @@ def _skip_name(names, prev):
 
 def _layout_steps(ir):
     """Walk the IR: [(layer, the names it reads, input (C, H, W) in buffer order, flattened?)] for
-    every layer."""
+    every layer (a shortcut layer's input is the block's input it reads)."""
     shape = tuple(ir.input_shape) if len(ir.input_shape) == 3 else (ir.input_shape[0], 1, 1)
-    steps, flat_from, prev, ops = [], None, "input", {}
-    for layer, names in ir.wired():
-        _check_layer(layer, names, prev, ops)
+    wired = list(ir.wired())
+    steps, flat_from, prev, ops, shapes = [], None, "input", {}, {"input": (shape, None)}
+    for i, (layer, names) in enumerate(wired):
+        if _check_layer(layer, names, prev, ops, wired[i + 1] if i + 1 < len(wired) else None):
+            shape, flat_from = shapes[names[0]]
         steps.append((layer, names, shape, flat_from))
         prev, ops[layer.name] = layer.name, layer.op
         if layer.op == "flatten":
             flat_from = shape
-        elif layer.op in ("conv2d", "maxpool"):
+        elif layer.op in ("conv2d", "maxpool", "avgpool"):
             shape, flat_from = tuple(layer.out_shape), None
         elif layer.op == "linear":
             shape, flat_from = (layer.out_shape[0], 1, 1), None
+        shapes[layer.name] = (shape, flat_from)
     return steps
 
 
 def stored_weights(weights, w_bits):
     """``weights`` as a weight ROM stores them: ``w_bits`` two's complement, as unsigned integers."""
-    return (np.asarray(weights) & ((1 << w_bits) - 1)).astype(np.uint16)
+    return (np.asarray(weights) & ((1 << w_bits) - 1)).astype(np.uint32)
 
 
 def live_weight_bits(stored, rows, cols, *, w_bits):
@@ -320,7 +346,7 @@ def live_weight_bits(stored, rows, cols, *, w_bits):
         return rows * cols * w_bits
     bits = stored
     if out % rows:
-        bits = np.concatenate([bits, np.zeros((rows - out % rows, n_in), np.uint16)])
+        bits = np.concatenate([bits, np.zeros((rows - out % rows, n_in), np.uint32)])
     tiles = bits.reshape(-1, rows, n_in // cols, cols)
     return int(np.bitwise_count(np.bitwise_or.reduce(np.bitwise_or.reduce(tiles, axis=2), axis=0)).sum())
 
@@ -353,7 +379,7 @@ def _prepare(ir):
     steps = _layout_steps(ir)
     tensors = {la.name: (_weights_in_buffer_order(ir, la, shape, flat), *_stage_tables(ir, la))
                for la, _, shape, flat in steps if la.op in WEIGHT_OPS}
-    tensors.update({la.name: (None, *_stage_tables(ir, la)) for la, *_ in steps if la.op == "add"})
+    tensors.update({la.name: (None, *_stage_tables(ir, la)) for la, *_ in steps if la.op in ("add", "avgpool")})
     return steps, tensors
 
 
@@ -362,30 +388,35 @@ class StageSpec:
     """What a stage will be, before the folding is chosen: its layer, the word widths it reads and writes
     (indices into :attr:`Folding.widths`), and how to make its plan for given widths and choices.
 
-    ``make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic")`` returns the stage's plan.
-    ``out_bits``: bits of the codes it writes. ``skip``: for a residual add, (producer stage index, the skip's
-    code bits); the ring has ``2 * (index - producer)`` banks of the add's words."""
+    ``make(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic")`` returns the stage's plan (a
+    shortcut's also takes ``aprom_style``, its add's threshold ROM's place). ``out_bits``: bits of the codes
+    it writes. ``skip``: for a residual add, (producer stage index, the skip's code bits, its width index); the
+    ring has ``2 * (index - producer)`` banks of the add's words (a shortcut stage: of the block input's words,
+    which its shortcut layer reads; ``k_in`` is then that input's width index, ``k_out`` the shortcut's rows).
+    """
 
     index: int
     layer: object
-    kind: str            # "engine", "maxpool" or "add"
+    kind: str            # "engine", "maxpool", "avgpool", "add" or "shortcut" (a shortcut layer and its add)
     k_in: int
     k_out: int
     out_bits: int
     make: object
     tensors: tuple = (None, None, None)   # (weights, table, signs)
     skip: tuple | None = None
+    add_tables: tuple | None = None       # a shortcut's add: (thresholds, signs)
 
     def out_words(self, plan):
         if isinstance(plan, EnginePlan):
             return plan.positions * plan.n_out_tiles
-        return plan.out_words if isinstance(plan, PoolPlan) else plan.words
+        return plan.out_words if isinstance(plan, (PoolPlan, AvgPoolPlan)) else plan.words  # (add, shortcut: words)
 
 
 def stage_specs(ir, prepared=None):
     """(the input's (C, H, W), [StageSpec]) of the IR's hardware chain."""
     steps, tensors = prepared or _prepare(ir)
     specs, produced, prev, wi, bits = [], {}, "input", 0, ir.input_bits
+    shortcut = None  # a shortcut layer waiting for its add
     for layer, names, shape, flat_from in steps:
         c, h, w = shape
         if layer.op == "flatten":
@@ -397,13 +428,29 @@ def stage_specs(ir, prepared=None):
                 return PoolPlan(channels=c, in_h=h, in_w=w, kernel=layer.kernel, stride=layer.stride, bits=bits,
                                 lanes=g_in)
             specs.append(StageSpec(index, layer, "maxpool", wi, wi, bits, make))
+        elif layer.op == "avgpool":
+            _, _, table, signs = tensors[layer.name]
+            signs = np.ones(len(table), np.int64) if signs is None else signs
+            (a_bits, a_signed), = input_codes(ir, layer)
+            folded = compare_thresholds(avgpool_thresholds(table, signs, layer.kernel ** 2, a_bits, a_signed), signs)
+            pool_param_bits = max(2, signed_width(folded.min(), folded.max()))
+
+            def make(g_in, g_out=None, prom_style="logic", c=c, h=h, w=w, layer=layer, a=(a_bits, a_signed),
+                     pb=pool_param_bits, **_):
+                return AvgPoolPlan(channels=c, in_h=h, in_w=w, kernel=layer.kernel, stride=layer.stride, bits=a[0],
+                                   is_signed=a[1], out_bits=layer.out_bits, lanes=g_in, param_bits=pb,
+                                   prom_style=prom_style)
+            specs.append(StageSpec(index, layer, "avgpool", wi, wi, layer.out_bits, make, (None, table, signs)))
+            bits = layer.out_bits
         elif layer.op == "add":
             skip = _skip_name(names, prev)
-            producer, skip_k = produced[skip]
             codes = dict(zip(names, input_codes(ir, layer), strict=True))
             _, _, table, signs = tensors[layer.name]
             signs = np.ones(len(table), np.int64) if signs is None else signs
-            (a_bits, a_signed), (b_bits, b_signed) = codes[prev], codes[skip]
+            # the branch (the add's "a", its input buffer) and the skip ("b"); with a shortcut layer, the branch is
+            # the layer before the shortcut and "b" the shortcut's output
+            branch, other = (skip, prev) if shortcut else (prev, skip)
+            (a_bits, a_signed), (b_bits, b_signed) = codes[branch], codes[other]
             folded = compare_thresholds(add_thresholds(table, signs, codes[prev], codes[skip]), signs)
             add_param_bits = max(2, signed_width(folded.min(), folded.max()))
 
@@ -411,8 +458,20 @@ def stage_specs(ir, prepared=None):
                      layer=layer, pb=add_param_bits, **_):
                 return AddPlan(channels=c, in_h=h, in_w=w, lanes=g_in, a_bits=a[0], a_signed=a[1], b_bits=b[0],
                                b_signed=b[1], out_bits=layer.out_bits, param_bits=pb, prom_style=prom_style)
-            specs.append(StageSpec(index, layer, "add", wi, wi, layer.out_bits, make, (None, table, signs),
-                                   skip=(producer, b_bits, skip_k)))
+            if shortcut:
+                sc_layer, sc_make, sc_tensors, (producer, x_k), rows_k = shortcut
+
+                def fused(g_in, g_out, dsp=False, rom_style="logic", prom_style="logic", requant_dsp=False,
+                          aprom_style="logic", sc_make=sc_make, add_make=make, **_):
+                    return ShortcutPlan(sc_make(g_in, g_out, dsp=dsp, rom_style=rom_style, prom_style=prom_style,
+                                                requant_dsp=requant_dsp), add_make(g_out, prom_style=aprom_style))
+                specs.append(StageSpec(index, layer, "shortcut", x_k, rows_k, layer.out_bits, fused, sc_tensors,
+                                       skip=(producer, sc_layer.a_bits, x_k), add_tables=(table, signs)))
+                shortcut = None
+            else:
+                producer, skip_k = produced[skip]
+                specs.append(StageSpec(index, layer, "add", wi, wi, layer.out_bits, make, (None, table, signs),
+                                       skip=(producer, b_bits, skip_k)))
             bits = layer.out_bits
         else:
             weights, kind, table, signs = tensors[layer.name]
@@ -442,6 +501,11 @@ def stage_specs(ir, prepared=None):
                      live=live, **_):
                 return EnginePlan(**common, rows=g_out, cols=g_in, dsp=dsp, rom_style=rom_style, prom_style=prom_style,
                                   requant_dsp=requant_dsp, w_live_bits=None if live is None else live(g_out, g_in))
+            if names[0] != prev:  # a shortcut layer: one stage with its add, the next layer
+                shortcut = (layer, make, (weights, table, signs), produced[names[0]], wi + 1)
+                wi += 1
+                prev = layer.name
+                continue
             specs.append(StageSpec(index, layer, "engine", wi, wi + 1, layer.out_bits, make, (weights, table, signs)))
             wi += 1
             bits = layer.out_bits
@@ -465,19 +529,21 @@ def network_plan(ir, folding, prepared=None):
                               style=style("buffer0")))
     for spec in specs:
         name = spec.layer.name
-        if spec.skip is not None and widths[spec.skip[2]] != widths[spec.k_in]:
+        k_branch = spec.k_out - 1 if spec.kind == "shortcut" else spec.skip[2] if spec.skip is not None else None
+        k_other = spec.k_out if spec.kind == "shortcut" else spec.k_in
+        if k_branch is not None and widths[k_branch] != widths[k_other]:
             raise UserError(f"layer '{name}': its two inputs must be folded to the same rows (channels per word), "
-                            f"not {widths[spec.k_in]} and {widths[spec.skip[2]]}")
+                            f"not {widths[k_other]} and {widths[k_branch]}")
         plan = spec.make(widths[spec.k_in], widths[spec.k_out], dsp=name in folding.dsp,
                          rom_style=style(f"{name}.wrom"), prom_style=style(f"{name}.prom"),
-                         requant_dsp=f"{name}.requant" in folding.dsp)
+                         requant_dsp=f"{name}.requant" in folding.dsp, aprom_style=style(f"{name}.aprom"))
         weights, table, signs = spec.tensors
-        stages.append(Stage(spec.layer, plan, weights, table, signs))
+        stages.append(Stage(spec.layer, plan, weights, table, signs, spec.add_tables))
         if spec.skip is not None:
             producer, b_bits, _ = spec.skip
             skips.append(SkipPlan(producer=producer, consumer=spec.index, buffer=BufferPlan(
-                words=plan.words, lanes=widths[spec.k_in], bits=b_bits, banks=2 * (spec.index - producer),
-                style=style(f"skip{len(skips)}"))))
+                words=plan.ring_words if isinstance(plan, ShortcutPlan) else plan.words, lanes=widths[spec.k_in],
+                bits=b_bits, banks=2 * (spec.index - producer), style=style(f"skip{len(skips)}"))))
         if spec.layer is not ir.layers[-1]:
             buffers.append(BufferPlan(words=spec.out_words(plan), lanes=widths[spec.k_out], bits=spec.out_bits,
                                       style=style(f"buffer{len(buffers)}")))
@@ -485,7 +551,7 @@ def network_plan(ir, folding, prepared=None):
     if len(stages) == 1:  # one layer on its own (`hwq sim --layer`): its whole output feature map
         p = last.plan
         out_features, out_bits = (p.positions * p.out_channels, p.out_bits) if isinstance(p, EnginePlan) else \
-            (p.out_words * p.lanes, p.bits)
+            (p.out_words * p.lanes, p.out_bits if isinstance(p, AvgPoolPlan) else p.bits)
         return NetworkPlan(stages=stages, buffers=buffers, input_bits=ir.input_bits, input_shape=first_shape,
                            out_features=out_features, out_bits=out_bits, folding=folding)
     if not isinstance(last.plan, EnginePlan) or last.plan.kind != "bias" or last.plan.positions != 1:
@@ -505,7 +571,7 @@ def layer_ir(ir, name):
     if layer.op == "add":
         raise UserError(f"--layer {name}: a residual add reads two layers' outputs, so it is checked only within "
                         f"the network (leave out --layer)")
-    if layer.op not in (*WEIGHT_OPS, "maxpool"):
+    if layer.op not in (*WEIGHT_OPS, "maxpool", "avgpool"):
         raise UserError(f"--layer {name}: a {layer.op} layer has no hardware of its own")
     keys = (layer.weights, layer.thresholds, layer.signs, layer.mult, layer.offset, layer.bias)
     return replace(ir, input_shape=list(layer.in_shape), input_bits=layer.a_bits, input_signed=layer.a_signed,

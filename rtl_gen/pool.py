@@ -1,18 +1,23 @@
-"""Max-pooling engine: reads a feature-map buffer window by window and writes the per-channel maxima."""
+"""Pooling engines: read a feature-map buffer window by window and write the per-channel maxima
+(:class:`MaxPoolEngine`) or the requantized sums (:class:`AvgPoolEngine`, average and global average
+pooling)."""
 
 from dataclasses import dataclass
 
-from amaranth import Module, Mux, Signal, unsigned
+import numpy as np
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from hwq.intrange import act_levels, signed_width
 from hwq.ir import conv_out_side
 
 from ._check import check_int
-from .engine import clog2
+from .arith import const_mul
+from .engine import clog2, compare_thresholds, param_memory, param_rom_words, requantize
 from .loops import LoopNest
 
-__all__ = ["MaxPoolEngine", "PoolPlan"]
+__all__ = ["AvgPoolEngine", "AvgPoolPlan", "MaxPoolEngine", "PoolPlan", "avgpool_thresholds"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,181 @@ class MaxPoolEngine(wiring.Component):
             m.d.sync += best.eq(new)
         m.d.comb += [self.wr_en.eq(valid & last), self.wr_addr.eq(waddr), self.wr_data.eq(new)]
         m.d.sync += self.done.eq(valid & last & (waddr == p.out_words - 1))
+        with m.If(self.done):
+            m.d.sync += self.busy.eq(0)
+        return m
+
+
+def avgpool_thresholds(thresholds, signs, window, bits, is_signed):
+    """The thresholds of ``sign * (sum of a window's codes) >= T`` rewritten for the sum of level steps
+    ``s = sum - window * lo`` (codes are ``lo + step * index``): ``sign * s >= T - sign * window * lo``."""
+    lo, _, _ = act_levels(bits, is_signed)
+    return np.asarray(thresholds, np.int64) - np.asarray(signs, np.int64)[:, None] * window * lo
+
+
+@dataclass(frozen=True)
+class AvgPoolPlan:
+    """Geometry, timing and cost of an :class:`AvgPoolEngine` (no padding; global average pooling is the
+    kernel of the whole map)."""
+
+    channels: int
+    in_h: int
+    in_w: int
+    kernel: int
+    stride: int
+    bits: int        # input codes
+    is_signed: bool
+    out_bits: int
+    lanes: int       # channels per buffer word (the producer's rows)
+    param_bits: int  # width of one threshold
+    prom_style: str = "logic"  # where the threshold ROM lives (one word per channel group)
+
+    out_h = PoolPlan.out_h
+    out_w = PoolPlan.out_w
+    groups = PoolPlan.groups
+    in_words = PoolPlan.in_words
+    out_words = PoolPlan.out_words
+    n_reads = PoolPlan.n_reads
+
+    @property
+    def n_levels(self):
+        return (1 << self.out_bits) - 1
+
+    @property
+    def sum_bits(self):
+        """Signed width of a window's sum of level steps and of its negation."""
+        _, step, n = act_levels(self.bits, self.is_signed)
+        top = self.kernel * self.kernel * step * (n - 1)
+        return signed_width(-top, top)
+
+    @property
+    def latency(self):
+        """Cycles from ``start`` to ``done``: reads in cycles 1..n_reads, sum and compare (1), count and write
+        (1), done (1)."""
+        return self.n_reads + 3
+
+    @property
+    def prom_width(self):
+        return self.lanes * (1 + self.n_levels * self.param_bits)
+
+    @property
+    def memories(self):
+        """(name, depth, width, style) of the threshold ROM when it has more than one word."""
+        return [("prom", self.groups, self.prom_width, self.prom_style)] if self.groups > 1 else []
+
+    def bram_blocks(self, family):
+        from boards.model import bram_blocks
+
+        return sum(bram_blocks(family, depth, width) for _, depth, width, style in self.memories if style == "block")
+
+    @property
+    def cost_features(self):
+        """The max-pool's loops and addresses with the add engine's accumulating adders, comparators and
+        threshold ROM (the same hardware; the calibration sweeps have no average pool of their own)."""
+        pool = PoolPlan(self.channels, self.in_h, self.in_w, self.kernel, self.stride, self.bits, self.lanes)
+        table = self.lanes * self.n_levels * self.param_bits
+        prom_logic = self.groups > 1 and self.prom_style == "logic"
+        return {**{k: v for k, v in pool.cost_features.items() if k != "pool_cmp"},
+                "bias_add": self.lanes * self.sum_bits, "cmp": table, "param_rom": table * prom_logic}
+
+    @property
+    def register_bits(self):
+        pool = PoolPlan(self.channels, self.in_h, self.in_w, self.kernel, self.stride, self.bits, self.lanes)
+        return {**{k: v for k, v in pool.register_bits.items() if k != "ff_pool"},
+                "ff_acc": self.lanes * self.sum_bits, "ff_cmp": self.lanes * self.n_levels,
+                "ff_prom": self.prom_width * (self.groups > 1 and self.prom_style == "logic")}
+
+    def resources(self, family):
+        from boards.model import plan_resources
+
+        return {**plan_resources(family, self), "bram": self.bram_blocks(family)}
+
+
+class AvgPoolEngine(wiring.Component):
+    """``y[c, oy, ox] = requant_c(sum over the kernel window of x[c, oy*stride + ky, ox*stride + kx])``.
+
+    Loops as :class:`MaxPoolEngine` (kx, ky innermost, one read per cycle, then channel group, ox, oy);
+    each of the ``lanes`` accumulators adds the level steps ``step * index`` of its channel over the window;
+    the constant ``window * lo`` is folded into the thresholds (:func:`avgpool_thresholds`), which come per
+    channel group from a small ROM with the sign of decreasing channels. A window's ``lanes`` output level
+    indices are written as one word.
+
+    Timing: ``start`` is sampled in cycle 0; reads in cycles 1..n_reads; ``done`` at ``n_reads + 3``.
+
+    Parameters
+    ----------
+    plan : AvgPoolPlan
+    thresholds : array (channels, 2**out_bits - 1), on the sum of the window's codes (in the sign domain)
+    signs : array (channels,) of +1/-1, or None (all +1)
+    """
+
+    def __init__(self, plan, *, thresholds, signs=None):
+        self.plan = p = plan
+        for name in ("channels", "in_h", "in_w", "kernel", "stride", "lanes"):
+            check_int(name, getattr(p, name), 1)
+        for name in ("bits", "out_bits"):
+            check_int(name, getattr(p, name), 1, 8)
+        if p.channels % p.lanes:
+            raise ValueError(f"lanes ({p.lanes}) must divide channels ({p.channels})")
+        thresholds = np.asarray(thresholds, dtype=np.int64)
+        if thresholds.shape != (p.channels, p.n_levels):
+            raise ValueError(f"thresholds must have shape ({p.channels}, {p.n_levels}), not {thresholds.shape}")
+        self.signs = np.ones(p.channels, np.int64) if signs is None else np.asarray(signs, dtype=np.int64)
+        self.table = avgpool_thresholds(thresholds, self.signs, p.kernel * p.kernel, p.bits, p.is_signed)
+        stored = compare_thresholds(self.table, self.signs)
+        need = signed_width(stored.min(), stored.max())
+        if p.param_bits < need:
+            raise ValueError(f"param_bits {p.param_bits} cannot hold these thresholds ({need} bits)")
+        super().__init__({
+            "start": In(1), "done": Out(1), "busy": Out(1),
+            "rd_addr": Out(range(max(p.in_words, 2))),
+            "rd_data": In(data.ArrayLayout(unsigned(p.bits), p.lanes)),
+            "wr_en": Out(1), "wr_addr": Out(range(max(p.out_words, 2))),
+            "wr_data": Out(data.ArrayLayout(unsigned(p.out_bits), p.lanes)),
+        })
+
+    @property
+    def latency(self):
+        return self.plan.latency
+
+    def param_rom(self):
+        return param_rom_words(self.table, self.signs, self.plan.lanes, self.plan.groups, self.plan.param_bits)
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.plan
+        k, (_, step, _) = p.kernel, act_levels(p.bits, p.is_signed)
+        running = Signal()
+        with m.If(self.start):  # every loop wraps to 0 with its last value: all are 0 between runs
+            m.d.sync += [running.eq(1), self.busy.eq(1)]
+        loops = LoopNest.build(m, (k, k, p.groups, p.out_w, p.out_h), running, ("kx", "ky", "g", "ox", "oy"))
+        with m.If(running & loops.done):
+            m.d.sync += running.eq(0)
+        G, W, s_ = p.groups, p.in_w, p.stride
+        addr = loops.track(m, (G, W * G, 1, s_ * G, s_ * W * G), 0, unsigned(len(self.rd_addr)), "in_addr")
+        out_addr = loops.track(m, (0, 0, 1, G, p.out_w * G), 0, range(max(p.out_words, 2)), "out_addr")
+        group = loops.track(m, (0, 0, 1, 0, 0), 0, range(max(G, 2)), "group")
+        pport, params = param_memory(m, self.param_rom(), p.lanes, p.n_levels, p.param_bits, p.prom_style)
+        m.d.comb += [self.rd_addr.eq(addr), pport.addr.eq(group)]
+
+        # One cycle later the word and the group's thresholds arrive: add to each lane's sum; at the window's last
+        # read compare the sum (registered), one more cycle: count the thresholds reached and write.
+        valid, first, last = Signal(), Signal(), Signal()
+        waddr = Signal.like(out_addr)
+        m.d.sync += [valid.eq(running), first.eq(loops.first((0, 1))), last.eq(loops.all_at((0, 1))),
+                     waddr.eq(out_addr)]
+        out_valid, out_addr_q = Signal(), Signal.like(out_addr)
+        m.d.sync += [out_valid.eq(valid & last), out_addr_q.eq(waddr)]
+        for lane in range(p.lanes):
+            acc = Signal(signed(p.sum_bits), name=f"sum{lane}")
+            total = Signal(signed(p.sum_bits), name=f"total{lane}")
+            m.d.comb += total.eq(Mux(first, 0, acc) + const_mul(self.rd_data[lane], step))
+            with m.If(valid):
+                m.d.sync += acc.eq(total)
+            q = requantize(m, f"requant{lane}", total, p.sum_bits, params[lane], p.param_bits, p.out_bits)
+            m.d.comb += self.wr_data[lane].eq(q)
+        m.d.comb += [self.wr_en.eq(out_valid), self.wr_addr.eq(out_addr_q)]
+        m.d.sync += self.done.eq(out_valid & (out_addr_q == p.out_words - 1))
         with m.If(self.done):
             m.d.sync += self.busy.eq(0)
         return m

@@ -16,7 +16,8 @@ from amaranth.lib.wiring import In, Out
 from .add import AddEngine, AddPlan
 from .arith import const_mul
 from .engine import LayerEngine, memory_attrs
-from .pool import MaxPoolEngine, PoolPlan
+from .pool import AvgPoolEngine, AvgPoolPlan, MaxPoolEngine, PoolPlan
+from .shortcut import ShortcutAddEngine, ShortcutPlan
 
 __all__ = ["NetworkTop", "bank_address", "build_stage", "stage_bram_blocks", "varying_bits"]
 
@@ -35,12 +36,21 @@ def build_stage(stage, *, to_register=False):
         return MaxPoolEngine(stage.plan)
     if isinstance(stage.plan, AddPlan):
         return AddEngine(stage.plan, thresholds=stage.table, signs=stage.signs)
-    kind = stage.plan.kind
-    return LayerEngine(stage.plan, weights=stage.weights, signs=stage.signs,
-                       thresholds=stage.table if kind == "thresholds" else None,
-                       bias=stage.table if kind == "bias" else None,
-                       multiply_shift=(stage.table[:, 0], stage.table[:, 1]) if kind == "multiply_shift" else None,
+    if isinstance(stage.plan, AvgPoolPlan):
+        return AvgPoolEngine(stage.plan, thresholds=stage.table, signs=stage.signs)
+    if isinstance(stage.plan, ShortcutPlan):
+        add_table, add_signs = stage.add_tables
+        return ShortcutAddEngine(stage.plan, weights=stage.weights, add_table=add_table, add_signs=add_signs,
+                                 **_engine_tables(stage.plan.engine.kind, stage))
+    return LayerEngine(stage.plan, weights=stage.weights, **_engine_tables(stage.plan.kind, stage),
                        to_register=to_register)
+
+
+def _engine_tables(kind, stage):
+    """A layer engine's table arguments from a stage's (see :class:`LayerEngine`)."""
+    return {"signs": stage.signs, "thresholds": stage.table if kind == "thresholds" else None,
+            "bias": stage.table if kind == "bias" else None,
+            "multiply_shift": (stage.table[:, 0], stage.table[:, 1]) if kind == "multiply_shift" else None}
 
 
 def varying_bits(words):
@@ -74,7 +84,8 @@ def stage_bram_blocks(stage, family, *, last=False):
     engine._MustUse__silence = True
     total = 0
     for name, depth, _, _ in memories:
-        words = engine.weight_rom() if name == "wrom" else engine.param_rom()
+        words = {"wrom": engine.weight_rom, "prom": engine.param_rom,
+                 "aprom": getattr(engine, "add_param_rom", None)}[name]()
         width = varying_bits(words)
         total += bram_blocks(family, depth, width) if width else 0
     return total
@@ -96,7 +107,8 @@ class NetworkTop(wiring.Component):
 
     Skip rings (residual adds): the skip's producer also writes its output words into ring bank
     ``wslot`` and starts only when that bank is free; the add starts only when bank ``rslot`` is full
-    and reads it with the same word address as its input buffer. Each frees or fills its bank when done
+    and reads it with the same word address as its input buffer (a shortcut stage: at its shortcut layer's
+    input address, ``skip_addr``). Each frees or fills its bank when done
     and moves to the next. With :class:`SkipPlan`'s bank count neither ever waits for the ring.
 
     A top of a single stage (one layer on its own, see :func:`layer_ir`) presents the stage's whole
@@ -180,7 +192,8 @@ class NetworkTop(wiring.Component):
             wp, rp = mem.write_port(), mem.read_port()
             m.d.comb += [wp.en.eq(producer.wr_en), wp.addr.eq(bank_address(b, wslot, producer.wr_addr)),
                          wp.data.eq(producer.wr_data.as_value()),
-                         rp.addr.eq(bank_address(b, rslot, consumer.rd_addr)), consumer.skip_data.eq(rp.data)]
+                         rp.addr.eq(bank_address(b, rslot, getattr(consumer, "skip_addr", consumer.rd_addr))),
+                         consumer.skip_data.eq(rp.data)]
             m.d.sync += held.eq((held | (producer.done << wslot)) & ~(consumer.done << rslot))
             with m.If(producer.done):
                 m.d.sync += wslot.eq(Mux(wslot == b.banks - 1, 0, wslot + 1))
@@ -219,7 +232,7 @@ class NetworkTop(wiring.Component):
             b_in = plan.buffers[k]
             rp = rd_ports[k]
             m.d.comb += [rp.addr.eq(bank_address(b_in, bank, engine.rd_addr)), engine.rd_data.eq(rp.data)]
-            if last and isinstance(engine, MaxPoolEngine):  # a pool on its own: collect its output words
+            if last and isinstance(engine, (MaxPoolEngine, AvgPoolEngine)):  # a pool on its own: its output words
                 lanes = engine.plan.lanes
                 for a in range(engine.plan.out_words):
                     with m.If(engine.wr_en & (engine.wr_addr == a)):

@@ -232,7 +232,7 @@ def _layer_design(ir, rtl_dir, info, name, work):
     from rtl_gen.plan import Folding
 
     rows, cols = entry["array"]
-    widths = [rows] if entry["engine"] == "maxpool" else [cols, rows]
+    widths = [rows] if entry["engine"] in ("maxpool", "avgpool") else [cols, rows]
     # the same multipliers and ROM places as in the network (buffers: the layer's own, in logic)
     block = {m["name"] for m in entry.get("memories", []) if m["memory"] == "block"}
     folding = Folding(widths, {name} if entry.get("dsp") else (), block)

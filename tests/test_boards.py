@@ -145,8 +145,8 @@ def test_a_resnet_synthesizes_with_its_add_and_skip_ring_counted(tmp_path):
 @pytest.mark.synth
 @pytest.mark.parametrize("board", ["ice40-up5k", "ecp5-25f", "xc7a35t"])
 def test_dsp_blocks_are_exactly_the_multipliers_marked_for_them(tmp_path, board):
-    """One design holding a processing element for every pair of bits 2..8 with the multiplier marked for a
-    DSP and one in logic, and multiply-shift requantizers of trained-model widths: yosys uses one DSP block
+    """One design holding a processing element for every pair of bits 2..8 (and 12- and 16-bit weights) with
+    the multiplier marked for a DSP and one in logic, and multiply-shift requantizers of trained-model widths: yosys uses one DSP block
     for each marked multiplier that ``boards.model.dsp_eligible`` accepts, none for the others."""
     if shutil.which("yosys") is None:
         pytest.skip("yosys is not installed (make installs it as root; else: sudo apt-get install -y yosys)")
@@ -160,7 +160,7 @@ def test_dsp_blocks_are_exactly_the_multipliers_marked_for_them(tmp_path, board)
 
     board = load_board(board)
     parts = {}
-    for w, a in itertools.product(range(2, 9), repeat=2):
+    for w, a in itertools.product([*range(2, 9), 12, 16], range(2, 9)):
         for dsp in (False, True):
             parts[f"pe_{w}_{a}_{int(dsp)}"] = (ProcessingElement(w_bits=w, a_bits=a, acc_bits=w + a + 4, dsp=dsp),
                                                dsp and dsp_eligible(board.family, w, a))

@@ -44,8 +44,8 @@ def test_resolve_prices_measured_features_by_the_table():
     table = multipliers()["families"]["ice40"]
     out = resolve("ice40", {"pe_mul@4x8u": 3, "pe_mul@2x2s": 2, "pe_mul@8x8s": 0, "acc": 5})
     assert out == {"pe_mul": 3 * table["4x8u"] + 2 * table["2x2s"], "acc": 5}
-    with pytest.raises(UserError, match="no measured 17x2u multiplier for FPGA family 'ice40'"):
-        resolve("ice40", {"pe_mul@17x2u": 1})
+    with pytest.raises(UserError, match="no measured 18x2u multiplier for FPGA family 'ice40'"):
+        resolve("ice40", {"pe_mul@18x2u": 1})
 
 
 @pytest.mark.parametrize("folding", [[4, 4, 4], [16, 12, 5], [2, 1, 3], [8, 6, 2], [16, 3, 1]])
@@ -104,3 +104,26 @@ def test_estimate_says_by_how_much_it_does_not_fit():
     est = estimate(ir, small, folding=[16, 12, 16])
     assert not est["fits"]
     assert est["over"]["lut"] == est["totals"]["lut"] - small.lut > 0
+
+
+def test_the_wide_sweep_makes_valid_wide_designs_of_bounded_size():
+    """``boards.calibrate sweep --wide``: networks of tens of channels folded with words of up to 64 codes and
+    engines of up to 1,024 lanes (the large boards' designs, beyond the small sweep's 64 lanes), of a size
+    yosys finishes in minutes; the same sequence for a seed every time (the sweep's tasks rebuild design k)."""
+    from boards.calibrate import WIDE_BIT_PRODUCTS, WIDE_LOGIC_ROM_BITS, _cases
+    from rtl_gen.engine import EnginePlan
+    from rtl_gen.plan import network_plan
+
+    _, cases = _cases("ecp5", 12, 11, wide=True)
+    lanes = []
+    for ir, folding in cases:
+        stages = network_plan(ir, folding).stages
+        engines = [s.plan for s in stages if isinstance(s.plan, EnginePlan)]
+        lanes += [p.lanes for p in engines]
+        assert all(p.lanes <= 1024 for p in engines)
+        assert sum(p.lanes * p.w_bits * p.a_bits for p in engines) <= WIDE_BIT_PRODUCTS
+        assert sum(d * w for s in stages for _, d, w, style in getattr(s.plan, "memories", []) if style == "logic") \
+            <= WIDE_LOGIC_ROM_BITS
+    assert max(lanes) > 64
+    again = _cases("ecp5", 12, 11, wide=True)[1]
+    assert [f for _, f in again] == [f for _, f in cases]

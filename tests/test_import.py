@@ -106,16 +106,19 @@ def test_brevitas_model_imports_exactly_and_simulates_bit_exact(kind, bits, tmp_
 
 def test_hwq_qonnx_round_trips(trained_ir, tmp_path):
     """hwq's own QONNX (MultiThreshold, odd-grid or int weights, Add of the bias) imports to the same integer
-    function, also a random IR with 8-bit outputs (255 thresholds per channel)."""
+    function, also a random IR with 8-bit outputs (255 thresholds per channel) and one with 12- and 16-bit
+    weights (hls4ml's widths)."""
     rng = np.random.default_rng(3)
     wide = random_ir(rng, [12, 10, 6], [3, 4], [4, 8])
-    for k, ir in enumerate([trained_ir[1], wide]):
+    weights16 = random_ir(rng, [12, 10, 6], [12, 16], [4, 6])
+    for k, ir in enumerate([trained_ir[1], weights16, wide]):
         write_qonnx(ir, tmp_path / f"m{k}.onnx")
         assert main(["import", str(tmp_path / f"m{k}.onnx"), "--out", str(tmp_path / f"ir{k}")]) == 0
         back = load_ir(tmp_path / f"ir{k}")
         lo, hi = (0, 2**ir.input_bits - 1)
         x = rng.integers(lo, hi + 1, size=(300, ir.layers[0].in_features))
         assert (golden.run(back, x) == golden.run(ir, x)).all()
+        assert [la.w_bits for la in back.layers if la.w_bits] == [la.w_bits for la in ir.layers if la.w_bits]
     assert back.layers[0].out_bits == 8 and back.layers[0].requant_kind == "thresholds"
 
 
@@ -156,8 +159,8 @@ def _bad_models():
         "1-D max-pool": (_graph([QIN, helper.make_node("MaxPool", ["xq"], ["y"], kernel_shape=[2], strides=[2],
                                                        name="mp")], COMMON, in_shape=(1, 1, 8), out_shape=(1, 1, 4)),
                          "node 'mp' (MaxPool): square 2-D windows with stride = kernel and no padding are supported"),
-        "12-bit weights": (_graph([QIN, _quant("w", "wq", 12, signed=1), GEMM], {**COMMON, "b12": 12.0}),
-                           "weights of 1 to 8 bits are supported (hwq's range), not 12"),
+        "20-bit weights": (_graph([QIN, _quant("w", "wq", 20, signed=1), GEMM], {**COMMON, "b20": 20.0}),
+                           "weights of 1 to 16 bits are supported (hwq's range), not 20"),
         "1-bit signed Quant": (_graph([QIN, _quant("w", "wq", 1, signed=1), GEMM], {**COMMON, "b1": 1.0}),
                                "a 1-bit signed Quant gives the codes -1 and 0"),
         "ends in activations": (_graph([QIN, QW, gemm_h, helper.make_node("Relu", ["h"], ["r"], name="relu"),

@@ -22,9 +22,9 @@ def test_roundtrip(ir_dir):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(format="hwq-ir/99"), r"top level: field 'format': expected 'hwq-ir/2', found 'hwq-ir/99'"),
-    (lambda m: m["layers"][0].update(w_bits=9), r"layer 'l0': field 'w_bits': expected an integer in 1..8, found 9"),
+    (lambda m: m["layers"][0].update(w_bits=17), r"layer 'l0': field 'w_bits': expected an integer in 1..16, found 17"),
     (lambda m: m["layers"][1].update(a_bits=0), r"layer 'l1': field 'a_bits': expected an integer in 1..8, found 0"),
-    (lambda m: m["layers"][0].update(op="conv3d"), r"layer 'l0': field 'op': expected one of linear, conv2d, maxpool, flatten, add, found 'conv3d'"),
+    (lambda m: m["layers"][0].update(op="conv3d"), r"layer 'l0': field 'op': expected one of linear, conv2d, maxpool, avgpool, flatten, add, found 'conv3d'"),
     (lambda m: m["layers"][0].pop("acc_bits"), r"layer 'l0': field 'acc_bits' is missing"),
     (lambda m: m["layers"][0].update(acc_bits=3), r"layer 'l0': field 'acc_bits': 3 can overflow; these inputs need"),
     (lambda m: m["layers"][1].update(in_shape=[7]), r"layer 'l1': field 'in_shape': expected \[6\]"),

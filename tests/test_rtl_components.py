@@ -34,7 +34,8 @@ def _pe_weight_bits(w, w_bits):
     return (1 if w > 0 else 0) if w_bits == 1 else w & ((1 << w_bits) - 1)
 
 
-@pytest.mark.parametrize("w_bits,a_bits", [(1, 1), (1, 4), (2, 2), (2, 4), (4, 4), (8, 8), (3, 7), (9, 8)])
+@pytest.mark.parametrize("w_bits,a_bits", [(1, 1), (1, 4), (2, 2), (2, 4), (4, 4), (8, 8), (3, 7), (9, 8), (12, 6),
+                                           (17, 8)])
 def test_pe_multiply_accumulate(w_bits, a_bits):
     rng = np.random.default_rng(w_bits * 10 + a_bits)
     acc_bits = w_bits + a_bits + 4
@@ -57,7 +58,8 @@ def test_pe_multiply_accumulate(w_bits, a_bits):
     _run(dut, tb)
 
 
-@pytest.mark.parametrize("rows,cols,w_bits,a_bits", [(1, 1, 2, 2), (3, 5, 4, 3), (4, 4, 1, 2), (2, 3, 8, 8), (2, 2, 9, 3)])
+@pytest.mark.parametrize("rows,cols,w_bits,a_bits", [(1, 1, 2, 2), (3, 5, 4, 3), (4, 4, 1, 2), (2, 3, 8, 8), (2, 2, 9, 3),
+                                                     (2, 3, 12, 6)])
 def test_systolic_array_with_skewed_inputs(rows, cols, w_bits, a_bits):
     rng = np.random.default_rng(rows * cols)
     acc_bits = w_bits + a_bits + 4
@@ -192,6 +194,67 @@ def test_cnn_top_matches_golden_with_any_folding(widths, binary):
     _check_network(ir, widths, _inputs(rng, ir, 4))
 
 
+@pytest.mark.parametrize("pool, binary, signs, widths", [
+    ((None, 1), False, False, [1, 4, 3]),   # global average pooling (the kernel of the whole map)
+    ((None, 1), True, True, [2, 2, 1]),     # of bipolar codes, some channels decreasing
+    ((2, 2), False, True, [1, 2, 5]),       # 2 x 2 windows, stride 2
+    ((3, 1), False, False, [2, 1, 2]),      # overlapping 3 x 3 windows
+])
+def test_average_pool_matches_golden(pool, binary, signs, widths, tmp_path):
+    """conv -> avgpool (window sums requantized by per-channel thresholds) -> flatten -> linear: equal integers
+    and analytic cycles, with the sums' level steps and the thresholds' folded constant on every kind of code;
+    the QONNX export (a depthwise Conv of ones, then MultiThreshold) run by qonnx's executor: the same integers."""
+    from boards.calibrate import _flatten, avgpool_layer, network_ir, random_layer
+    from hwq.qonnx_export import run_qonnx, write_qonnx
+
+    rng = np.random.default_rng(sum(widths) + binary)
+    kernel, stride = pool
+    conv, t1 = random_layer(rng, "conv", 2, 4, 3, 4, 1 if binary else 3, op="conv2d", in_shape=[2, 5, 5],
+                            out_signed=binary)
+    bits, signed = conv.out_bits, conv.out_signed
+    avg, t2 = avgpool_layer(rng, "avg", 4, 5, bits, signed, 2, kernel=kernel, stride=stride, signs=signs)
+    side = avg.out_shape[1]
+    fc, t3 = random_layer(rng, "fc", 4 * side * side, 3, 3, 2, None)
+    ir = network_ir([conv, avg, _flatten(4, side, 2, False), fc], {**t1, **t2, **t3}, input_bits=4,
+                    input_shape=[2, 5, 5])
+    validate(ir, "test")
+    x = _inputs(rng, ir, 4)
+    plan, _ = _check_network(ir, widths, x)
+    write_qonnx(ir, tmp_path / "m.onnx")
+    np.testing.assert_array_equal(run_qonnx(tmp_path / "m.onnx", x, ir.input_shape), golden.run(ir, x))
+    assert plan.stages[1].kind == "avgpool" and plan.stages[1].plan.n_reads == 4 // widths[1] * side * side * (
+        kernel or 5) ** 2
+
+
+@pytest.mark.parametrize("widths", [[1, 2, 2, 2, 4, 4, 4, 2, 4, 4, 3], [1, 2, 1, 2, 2, 1, 1, 4, 2, 2, 5]])
+def test_resnet8_shortcut_convolutions_match_golden(widths):
+    """The MLPerf Tiny ResNet-8's shape, small: an identity residual stack, then two stacks whose adds take a
+    1x1 stride-2 shortcut convolution of the stack's input (one stage each: the shortcut's engine reads the
+    input from the ring, the add reads the branch), a signed branch, decreasing add channels, global average
+    pooling: equal integers, analytic cycles, and the interval of the slowest stage."""
+    from boards.calibrate import resnet8_ir
+
+    rng = np.random.default_rng(sum(widths))
+    ir = resnet8_ir(rng, c0=1, side=8, channels=(2, 4, 4), w_bits=3, a_bits=2, input_bits=3)
+    validate(ir, "test")
+    plan, valids = _check_network(ir, widths, _inputs(rng, ir, 3))
+    assert [s.kind for s in plan.stages].count("shortcut") == 2 and "s2short" not in [s.layer.name for s in plan.stages]
+    assert [(s.producer, s.consumer) for s in plan.skips] == [(0, 3), (3, 6), (6, 9)]
+    assert np.diff(valids).max() == plan.initiation_interval == max(s.period for s in plan.stages)
+
+
+def test_a_layer_reading_an_earlier_layer_must_be_a_shortcut_before_its_add():
+    from boards.calibrate import resnet8_ir
+
+    ir = resnet8_ir(np.random.default_rng(0), c0=1, side=8, channels=(2, 4, 4), w_bits=3, a_bits=2, input_bits=3)
+    i = next(k for k, la in enumerate(ir.layers) if la.name == "s2short")
+    ir.layers[i - 1], ir.layers[i] = ir.layers[i], ir.layers[i - 1]  # the shortcut before the branch's last layer
+    ir.layers[i].inputs, ir.layers[i - 1].inputs = ["s2a"], ["add1"]
+    with pytest.raises(UserError, match=r"layer 's2short' reads \['add1'\], not the layer before it \('s2a'\).*a shortcut "
+                                        r"layer placed right before the add"):
+        network_plan(ir, [1] * 11)
+
+
 @pytest.mark.parametrize("stride,padding,kernel", [(2, 1, 3), (1, 0, 2), (2, 2, 3)])
 def test_conv_window_stride_and_padding(stride, padding, kernel):
     from boards.calibrate import network_ir, random_layer
@@ -209,10 +272,10 @@ def test_conv_window_stride_and_padding(stride, padding, kernel):
     _check_network(ir, [2, 4, 3], _inputs(rng, ir, 3))
 
 
-@pytest.mark.parametrize("w_bits,a_bits", [(8, 8), (2, 4), (1, 1), (1, 5), (5, 3)])
+@pytest.mark.parametrize("w_bits,a_bits", [(8, 8), (2, 4), (1, 1), (1, 5), (5, 3), (12, 6), (16, 8)])
 def test_worst_case_accumulation_and_signed_minimum(w_bits, a_bits):
     """Most negative weights (the signed minimum) times all-max inputs in every layer: the accumulators'
-    proven widths must hold the sums; bits 1..8 across the cases."""
+    proven widths must hold the sums; weight bits 1..16 and input bits 1..8 across the cases."""
     rng = np.random.default_rng(w_bits * 8 + a_bits)
     ir = random_ir(rng, [24, 6, 4], [w_bits, w_bits], [a_bits, min(a_bits, 4)], input_bits=a_bits, extreme=True)
     x = np.full((2, 24), max_int(a_bits, False))
@@ -362,11 +425,11 @@ _unused = pytest.mark.filterwarnings("ignore:.*created but never used")
 
 @_unused
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(w_bits=0, a_bits=2, acc_bits=8), ValueError, r"w_bits must be an integer 1..9, not 0"),
+    (dict(w_bits=0, a_bits=2, acc_bits=8), ValueError, r"w_bits must be an integer 1..17, not 0"),
     (dict(w_bits=2, a_bits=9, acc_bits=8), ValueError, r"a_bits must be an integer 1..8, not 9"),
-    (dict(w_bits=10, a_bits=2, acc_bits=8), ValueError, r"w_bits must be an integer 1..9, not 10"),
+    (dict(w_bits=18, a_bits=2, acc_bits=8), ValueError, r"w_bits must be an integer 1..17, not 18"),
     (dict(w_bits=2, a_bits=2, acc_bits=1), ValueError, r"acc_bits must be an integer 2..64, not 1"),
-    (dict(w_bits=2.0, a_bits=2, acc_bits=8), TypeError, r"w_bits must be an integer 1..9, not 2.0"),
+    (dict(w_bits=2.0, a_bits=2, acc_bits=8), TypeError, r"w_bits must be an integer 1..17, not 2.0"),
 ])
 def test_pe_constructor_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
