@@ -2,8 +2,10 @@
 simulated and synthesized on the peers' parts, beside the peers' published figures.
 
     python bench/peers.py [--networks tfc-w1a1 cnv-w1a1 ...] [--sim N] [--synth] [--jobs 2]
+                          [--synth-speedup cnv-w1a1]
 
-Writes bench/results/peers.json and docs/results/peers.md.
+Writes bench/results/peers.json and docs/results/peers.md (the networks run replace their rows; the others
+are kept, each row with the command that made it).
 
 Each network is an IR of the peer's shape and bit widths with random integer weights and thresholds
 (accuracy is not the point: random weights have none; the hardware's size and speed do not depend on the
@@ -260,16 +262,24 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
-    command = "python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = ("python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    # rows of networks not run now are kept from the results file (each row names the command that made it)
+    old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    rows = {r["name"]: r for r in old.get("networks", [])}
+    speedup = old.get("synth_speedup")
     with tempfile.TemporaryDirectory(prefix="hwq-peers-") as work:
-        rows = [run_network(n, sim=args.sim, synth=args.synth, jobs=args.jobs, work=work, log=log)
-                for n in args.networks]
-        speedup = synth_speedup(args.synth_speedup, work=work, log=log) if args.synth_speedup else None
-    res = {"command": command.strip(), "networks": rows, "synth_speedup": speedup, "seconds": round(time.perf_counter() - t0, 1),
+        for name in args.networks:
+            rows[name] = {**run_network(name, sim=args.sim, synth=args.synth, jobs=args.jobs, work=work, log=log),
+                          "command": command}
+        if args.synth_speedup:
+            speedup = {**synth_speedup(args.synth_speedup, work=work, log=log), "command": command}
+    rows = [rows[n] for n in NETWORKS if n in rows]
+    res = {"command": command, "networks": rows, "synth_speedup": speedup,
            "max_folding_s": max(r["folding_s"] for r in rows)}
     write_json(args.out, res)
     write_text(args.markdown, markdown(res))
-    print(json.dumps({r["name"]: {k: r[k] for k in ("folding_s", "fps", "est_lut")} for r in rows}, indent=1))
+    print(json.dumps({r["name"]: {k: r[k] for k in ("folding_s", "fps", "est_lut", "bit_exact")} for r in rows},
+                     indent=1))
 
 
 if __name__ == "__main__":
