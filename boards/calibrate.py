@@ -159,21 +159,27 @@ def _pool2(name, c, side, bits, signed):
                  out_shape=[c, side // 2, side // 2], a_bits=bits, a_signed=signed, out_bits=bits, out_signed=signed)
 
 
+def _random_thresholds(rng, name, c, lo, hi, out_bits, signs):
+    """Random monotone thresholds ``name.thresholds`` of ``c`` channels on sums in [lo, hi] (with ``signs``, some
+    channels decreasing: ``name.signs``); returns (tensors, the layer's ``signs`` field or nothing)."""
+    sign = np.where(rng.random(c) < 0.5, -1, 1) if signs else np.ones(c, np.int64)
+    n_levels = 2 ** out_bits - 1
+    up = np.sort(rng.integers(lo, hi + 2, size=(c, n_levels)), axis=1)
+    down = np.sort(rng.integers(-hi, -lo + 2, size=(c, n_levels)), axis=1)
+    tensors = {f"{name}.thresholds": np.where(sign[:, None] < 0, down, up)}
+    if not signs:
+        return tensors, {}
+    tensors[f"{name}.signs"] = sign
+    return tensors, {"signs": f"{name}.signs"}
+
+
 def avgpool_layer(rng, name, c, side, bits, signed, out_bits, *, kernel=None, stride=1, signs=False):
     """An ``avgpool`` of a ``c`` x ``side`` x ``side`` map (``kernel`` None: global average pooling) with random
     monotone thresholds on the window sums (some channels decreasing with ``signs``). Returns (Layer, tensors)."""
     kernel = kernel or side
     lo, hi = code_range(bits, signed)
     lo, hi = lo * kernel * kernel, hi * kernel * kernel
-    n_levels = 2 ** out_bits - 1
-    sign = np.where(rng.random(c) < 0.5, -1, 1) if signs else np.ones(c, np.int64)
-    up = np.sort(rng.integers(lo, hi + 2, size=(c, n_levels)), axis=1)
-    down = np.sort(rng.integers(-hi, -lo + 2, size=(c, n_levels)), axis=1)
-    tensors = {f"{name}.thresholds": np.where(sign[:, None] < 0, down, up)}
-    extra = {}
-    if signs:
-        tensors[f"{name}.signs"] = sign
-        extra["signs"] = f"{name}.signs"
+    tensors, extra = _random_thresholds(rng, name, c, lo, hi, out_bits, signs)
     out_side = conv_out_side(side, kernel, stride, 0)
     return Layer(name=name, op="avgpool", in_shape=[c, side, side], out_shape=[c, out_side, out_side], a_bits=bits,
                  a_signed=signed, out_bits=out_bits, out_signed=False, kernel=kernel, stride=stride,
@@ -237,21 +243,10 @@ def resnet_ir(rng, *, c0, side, c1, bits, n_out, binary=False, signs=False, skip
     conv("res1a", c1, c1, b1, ba, in_signed=binary, out_signed=binary)
     conv("res1b", c1, c1, ba, bb, in_signed=binary, out_signed=True)
     skip = next(la for la in layers if la.name == skip_from)
-    (lo0, hi0), (lo1, hi1) = code_range(bb, True), code_range(skip.out_bits, skip.out_signed)
-    lo, hi = lo0 + lo1, hi0 + hi1
-    sign = np.where(rng.random(c1) < 0.5, -1, 1) if signs else np.ones(c1, np.int64)
-    n_levels = 2 ** b1 - 1
-    thr = np.sort(rng.integers(lo, hi + 2, size=(c1, n_levels)), axis=1)
-    flipped = np.sort(rng.integers(-hi, -lo + 2, size=(c1, n_levels)), axis=1)
-    tensors["add1.thresholds"] = np.where(sign[:, None] < 0, flipped, thr)
-    extra = {}
-    if signs:
-        tensors["add1.signs"] = sign
-        extra["signs"] = "add1.signs"
-    shape = [c1, side, side]
-    layers.append(Layer(name="add1", op="add", in_shape=shape, out_shape=shape, inputs=["res1b", skip_from],
-                        a_bits=bb, a_signed=True, out_bits=b1, out_signed=binary, acc_bits=range_bits(lo, hi),
-                        requant_kind="thresholds", thresholds="add1.thresholds", **extra))
+    add1, t = add_layer(rng, "add1", ["res1b", skip_from], [c1, side, side], (bb, True), (skip.out_bits, skip.out_signed),
+                        b1, out_signed=binary, signs=signs)
+    layers.append(add1)
+    tensors.update(t)
     s2 = side // 2
     layers += [_pool2("pool1", c1, side, b1, binary), _flatten(c1, s2, b1, binary)]
     fc, t = random_layer(rng, "fc", c1 * s2 * s2, n_out, w_bits, b1, None, in_signed=binary)
@@ -263,18 +258,9 @@ def resnet_ir(rng, *, c0, side, c1, bits, n_out, binary=False, signs=False, skip
 def add_layer(rng, name, inputs, shape, a, b, out_bits, *, out_signed=False, signs=False):
     """A residual ``add`` of ``inputs`` (two names) with codes ``a`` and ``b`` ((bits, signed) each) and random
     monotone thresholds on the code sum (some channels decreasing with ``signs``). Returns (Layer, tensors)."""
-    c = shape[0]
     (lo0, hi0), (lo1, hi1) = code_range(*a), code_range(*b)
     lo, hi = lo0 + lo1, hi0 + hi1
-    sign = np.where(rng.random(c) < 0.5, -1, 1) if signs else np.ones(c, np.int64)
-    n_levels = 2 ** out_bits - 1
-    up = np.sort(rng.integers(lo, hi + 2, size=(c, n_levels)), axis=1)
-    down = np.sort(rng.integers(-hi, -lo + 2, size=(c, n_levels)), axis=1)
-    tensors = {f"{name}.thresholds": np.where(sign[:, None] < 0, down, up)}
-    extra = {}
-    if signs:
-        tensors[f"{name}.signs"] = sign
-        extra["signs"] = f"{name}.signs"
+    tensors, extra = _random_thresholds(rng, name, shape[0], lo, hi, out_bits, signs)
     return Layer(name=name, op="add", in_shape=list(shape), out_shape=list(shape), inputs=list(inputs), a_bits=a[0],
                  a_signed=a[1], out_bits=out_bits, out_signed=out_signed, acc_bits=range_bits(lo, hi),
                  requant_kind="thresholds", thresholds=f"{name}.thresholds", **extra), tensors

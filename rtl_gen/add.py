@@ -12,9 +12,9 @@ from hwq.intrange import act_levels, signed_width
 
 from ._check import check_int
 from .arith import const_mul
-from .engine import clog2, compare_thresholds, param_memory, param_rom_words, requantize
+from .engine import clog2, finish_writes, folded_thresholds, param_memory, param_rom_words, requantize
 
-__all__ = ["AddEngine", "AddPlan", "add_thresholds"]
+__all__ = ["AddEngine", "AddPlan", "ThresholdStage", "add_lanes", "add_thresholds"]
 
 
 def _level_sum_range(a, b):
@@ -107,7 +107,19 @@ class AddPlan:
         return {**plan_resources(family, self), "bram": self.bram_blocks(family)}
 
 
-class AddEngine(wiring.Component):
+class ThresholdStage:
+    """What the add and average-pool engines share: ``latency`` from the plan, and ``param_rom()``, one word of
+    ``lanes`` channels' thresholds (``self.table``, ``self.signs``) per channel group."""
+
+    @property
+    def latency(self):
+        return self.plan.latency
+
+    def param_rom(self):
+        return param_rom_words(self.table, self.signs, self.plan.lanes, self.plan.groups, self.plan.param_bits)
+
+
+class AddEngine(ThresholdStage, wiring.Component):
     """``y[c] = requant_c(code_a[c] + code_b[c])`` for every pixel and channel of two feature maps.
 
     Both inputs are buffers of words of ``lanes`` level indices in the same order (pixel-major, channel
@@ -136,15 +148,9 @@ class AddEngine(wiring.Component):
             check_int(name, getattr(p, name), 1, 8)
         if p.channels % p.lanes:
             raise ValueError(f"lanes ({p.lanes}) must divide channels ({p.channels})")
-        thresholds = np.asarray(thresholds, dtype=np.int64)
-        if thresholds.shape != (p.channels, p.n_levels):
-            raise ValueError(f"thresholds must have shape ({p.channels}, {p.n_levels}), not {thresholds.shape}")
-        self.signs = np.ones(p.channels, np.int64) if signs is None else np.asarray(signs, dtype=np.int64)
-        self.table = add_thresholds(thresholds, self.signs, (p.a_bits, p.a_signed), (p.b_bits, p.b_signed))
-        stored = compare_thresholds(self.table, self.signs)
-        need = signed_width(stored.min(), stored.max())
-        if p.param_bits < need:
-            raise ValueError(f"param_bits {p.param_bits} cannot hold these thresholds ({need} bits)")
+        self.table, self.signs = folded_thresholds(
+            thresholds, signs, p.channels, p.n_levels, p.param_bits,
+            lambda t, s: add_thresholds(t, s, (p.a_bits, p.a_signed), (p.b_bits, p.b_signed)))
         super().__init__({
             "start": In(1), "done": Out(1), "busy": Out(1),
             "rd_addr": Out(range(max(p.words, 2))),
@@ -154,17 +160,9 @@ class AddEngine(wiring.Component):
             "wr_data": Out(data.ArrayLayout(unsigned(p.out_bits), p.lanes)),
         })
 
-    @property
-    def latency(self):
-        return self.plan.latency
-
-    def param_rom(self):
-        return param_rom_words(self.table, self.signs, self.plan.lanes, self.plan.groups, self.plan.param_bits)
-
     def elaborate(self, platform):
         m = Module()
         p = self.plan
-        (_, step_a, _), (_, step_b, _) = act_levels(p.a_bits, p.a_signed), act_levels(p.b_bits, p.b_signed)
         running = Signal()
         addr, group = Signal(range(max(p.words, 2))), Signal(range(p.groups))
         with m.If(self.start):  # addr and group wrap to 0 with the last word: they are 0 between runs
@@ -181,13 +179,18 @@ class AddEngine(wiring.Component):
         valid, waddr = Signal(), Signal.like(addr)
         out_valid, out_addr = Signal(), Signal.like(addr)
         m.d.sync += [valid.eq(running), waddr.eq(addr), out_valid.eq(valid), out_addr.eq(waddr)]
-        for lane in range(p.lanes):
-            total = Signal(signed(p.sum_bits), name=f"sum{lane}")
-            m.d.comb += total.eq(const_mul(self.rd_data[lane], step_a) + const_mul(self.skip_data[lane], step_b))
-            q = requantize(m, f"requant{lane}", total, p.sum_bits, params[lane], p.param_bits, p.out_bits)
-            m.d.comb += self.wr_data[lane].eq(q)
-        m.d.comb += [self.wr_en.eq(out_valid), self.wr_addr.eq(out_addr)]
-        m.d.sync += self.done.eq(out_valid & (out_addr == p.words - 1))
-        with m.If(self.done):
-            m.d.sync += self.busy.eq(0)
+        add_lanes(m, self, p, self.rd_data, self.skip_data, params)
+        finish_writes(m, self, out_valid, out_addr, p.words)
         return m
+
+
+def add_lanes(m, engine, plan, a_words, b_words, params):
+    """Per lane: the level steps of ``a_words[lane]`` and ``b_words[lane]`` added and compared with the lane's
+    ``params`` (registered), onto ``engine.wr_data`` one cycle later (an :class:`AddPlan`'s datapath)."""
+    p = plan
+    (_, step_a, _), (_, step_b, _) = act_levels(p.a_bits, p.a_signed), act_levels(p.b_bits, p.b_signed)
+    for lane in range(p.lanes):
+        total = Signal(signed(p.sum_bits), name=f"sum{lane}")
+        m.d.comb += total.eq(const_mul(a_words[lane], step_a) + const_mul(b_words[lane], step_b))
+        q = requantize(m, f"requant{lane}", total, p.sum_bits, params[lane], p.param_bits, p.out_bits)
+        m.d.comb += engine.wr_data[lane].eq(q)

@@ -20,8 +20,8 @@ from .systolic import SystolicArray
 from .xnor import XnorPopcount
 
 __all__ = ["ENGINES", "MEMORY_STYLES", "ArrayPlan", "EnginePlan", "LayerEngine", "MultiplyShiftPlan", "compare_thresholds",
-           "memory_attrs", "multiply_shift_rom_words", "pack", "param_bits", "param_memory", "param_rom_words",
-           "requantize"]
+           "finish_writes", "folded_thresholds", "memory_attrs", "multiply_shift_rom_words", "pack", "param_bits",
+           "param_memory", "param_rom_words", "requantize"]
 
 ENGINES = ("systolic", "xnor")
 # Where a memory lives: "logic" (LUTs, and flip-flops for a RAM) or "block" (block RAM). The folding search
@@ -108,6 +108,30 @@ def multiply_shift_rom_words(mult, offset, rows, n_tiles, mult_bits, offset_bits
             vals.append(pack([mult[o]], mult_bits) | (pack([offset[o]], offset_bits) << mult_bits))
         words.append(pack(vals, mult_bits + offset_bits))
     return words
+
+
+def folded_thresholds(thresholds, signs, channels, n_levels, param_bits, fold):
+    """A threshold table checked for shape and width: ``fold(thresholds, signs)`` (the engine's constant taken
+    out, e.g. :func:`rtl_gen.add.add_thresholds`) must fit ``param_bits`` in comparator form. Returns (table,
+    signs), signs all +1 when None."""
+    thresholds = np.asarray(thresholds, dtype=np.int64)
+    if thresholds.shape != (channels, n_levels):
+        raise ValueError(f"thresholds must have shape ({channels}, {n_levels}), not {thresholds.shape}")
+    signs = np.ones(channels, np.int64) if signs is None else np.asarray(signs, dtype=np.int64)
+    table = fold(thresholds, signs)
+    stored = compare_thresholds(table, signs)
+    need = signed_width(stored.min(), stored.max())
+    if param_bits < need:
+        raise ValueError(f"param_bits {param_bits} cannot hold these thresholds ({need} bits)")
+    return table, signs
+
+
+def finish_writes(m, engine, valid, addr, words):
+    """An engine's last steps: write when ``valid`` at ``addr``; ``done`` the cycle after word ``words - 1``."""
+    m.d.comb += [engine.wr_en.eq(valid), engine.wr_addr.eq(addr)]
+    m.d.sync += engine.done.eq(valid & (addr == words - 1))
+    with m.If(engine.done):
+        m.d.sync += engine.busy.eq(0)
 
 
 def requantize(m, name, acc, acc_bits, params, param_bits, out_bits):

@@ -13,8 +13,9 @@ from hwq.intrange import act_levels, signed_width
 from hwq.ir import conv_out_side
 
 from ._check import check_int
+from .add import ThresholdStage
 from .arith import const_mul
-from .engine import clog2, compare_thresholds, param_memory, param_rom_words, requantize
+from .engine import clog2, finish_writes, folded_thresholds, param_memory, requantize
 from .loops import LoopNest
 
 __all__ = ["AvgPoolEngine", "AvgPoolPlan", "MaxPoolEngine", "PoolPlan", "avgpool_thresholds"]
@@ -80,6 +81,24 @@ class PoolPlan:
         return plan_resources(family, self)
 
 
+def _window_loops(m, engine, p):
+    """A pooling engine's loops, innermost first: kx, ky (one read per cycle), channel group, ox, oy, started
+    by ``engine.start`` (every loop wraps to 0 with its last value, so all are at 0 between runs and ``start``
+    only sets ``running``), reading at ``engine.rd_addr``; returns (the loops, ``running``, the output word's
+    address)."""
+    k, running = p.kernel, Signal(name="running")
+    with m.If(engine.start):
+        m.d.sync += [running.eq(1), engine.busy.eq(1)]
+    loops = LoopNest.build(m, (k, k, p.groups, p.out_w, p.out_h), running, ("kx", "ky", "g", "ox", "oy"))
+    with m.If(running & loops.done):
+        m.d.sync += running.eq(0)
+    G, W, s_ = p.groups, p.in_w, p.stride
+    addr = loops.track(m, (G, W * G, 1, s_ * G, s_ * W * G), 0, unsigned(len(engine.rd_addr)), "in_addr")
+    out_addr = loops.track(m, (0, 0, 1, G, p.out_w * G), 0, range(max(p.out_words, 2)), "out_addr")
+    m.d.comb += engine.rd_addr.eq(addr)
+    return loops, running, out_addr
+
+
 class MaxPoolEngine(wiring.Component):
     """``y[c, oy, ox] = max over the kernel window of x[c, oy*stride + ky, ox*stride + kx]``.
 
@@ -112,20 +131,8 @@ class MaxPoolEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.plan
-        k = p.kernel
-        running = Signal()
-        # loops, innermost first: kx, ky (one read per cycle), channel group, ox, oy; every loop wraps to 0 with
-        # its last value, so all are at 0 between runs and ``start`` only sets ``running``
-        with m.If(self.start):
-            m.d.sync += [running.eq(1), self.busy.eq(1)]
-        loops = LoopNest.build(m, (k, k, p.groups, p.out_w, p.out_h), running, ("kx", "ky", "g", "ox", "oy"))
-        with m.If(running & loops.done):
-            m.d.sync += running.eq(0)
-        G, W, s_ = p.groups, p.in_w, p.stride
-        addr = loops.track(m, (G, W * G, 1, s_ * G, s_ * W * G), 0, unsigned(len(self.rd_addr)), "in_addr")
-        out_addr = loops.track(m, (0, 0, 1, G, p.out_w * G), 0, range(max(p.out_words, 2)), "out_addr")
+        loops, running, out_addr = _window_loops(m, self, p)
         last_win = loops.all_at((0, 1))
-        m.d.comb += self.rd_addr.eq(addr)
 
         # One cycle later the word arrives: running maximum per lane, written at the window's end.
         valid, first, last = Signal(), Signal(), Signal()
@@ -138,10 +145,8 @@ class MaxPoolEngine(wiring.Component):
             m.d.comb += new[lane].eq(Mux(first | (x > best[lane]), x, best[lane]))
         with m.If(valid):
             m.d.sync += best.eq(new)
-        m.d.comb += [self.wr_en.eq(valid & last), self.wr_addr.eq(waddr), self.wr_data.eq(new)]
-        m.d.sync += self.done.eq(valid & last & (waddr == p.out_words - 1))
-        with m.If(self.done):
-            m.d.sync += self.busy.eq(0)
+        m.d.comb += self.wr_data.eq(new)
+        finish_writes(m, self, valid & last, waddr, p.out_words)
         return m
 
 
@@ -230,7 +235,7 @@ class AvgPoolPlan:
         return {**plan_resources(family, self), "bram": self.bram_blocks(family)}
 
 
-class AvgPoolEngine(wiring.Component):
+class AvgPoolEngine(ThresholdStage, wiring.Component):
     """``y[c, oy, ox] = requant_c(sum over the kernel window of x[c, oy*stride + ky, ox*stride + kx])``.
 
     Loops as :class:`MaxPoolEngine` (kx, ky innermost, one read per cycle, then channel group, ox, oy);
@@ -256,15 +261,9 @@ class AvgPoolEngine(wiring.Component):
             check_int(name, getattr(p, name), 1, 8)
         if p.channels % p.lanes:
             raise ValueError(f"lanes ({p.lanes}) must divide channels ({p.channels})")
-        thresholds = np.asarray(thresholds, dtype=np.int64)
-        if thresholds.shape != (p.channels, p.n_levels):
-            raise ValueError(f"thresholds must have shape ({p.channels}, {p.n_levels}), not {thresholds.shape}")
-        self.signs = np.ones(p.channels, np.int64) if signs is None else np.asarray(signs, dtype=np.int64)
-        self.table = avgpool_thresholds(thresholds, self.signs, p.kernel * p.kernel, p.bits, p.is_signed)
-        stored = compare_thresholds(self.table, self.signs)
-        need = signed_width(stored.min(), stored.max())
-        if p.param_bits < need:
-            raise ValueError(f"param_bits {p.param_bits} cannot hold these thresholds ({need} bits)")
+        self.table, self.signs = folded_thresholds(
+            thresholds, signs, p.channels, p.n_levels, p.param_bits,
+            lambda t, s: avgpool_thresholds(t, s, p.kernel * p.kernel, p.bits, p.is_signed))
         super().__init__({
             "start": In(1), "done": Out(1), "busy": Out(1),
             "rd_addr": Out(range(max(p.in_words, 2))),
@@ -273,29 +272,14 @@ class AvgPoolEngine(wiring.Component):
             "wr_data": Out(data.ArrayLayout(unsigned(p.out_bits), p.lanes)),
         })
 
-    @property
-    def latency(self):
-        return self.plan.latency
-
-    def param_rom(self):
-        return param_rom_words(self.table, self.signs, self.plan.lanes, self.plan.groups, self.plan.param_bits)
-
     def elaborate(self, platform):
         m = Module()
         p = self.plan
-        k, (_, step, _) = p.kernel, act_levels(p.bits, p.is_signed)
-        running = Signal()
-        with m.If(self.start):  # every loop wraps to 0 with its last value: all are 0 between runs
-            m.d.sync += [running.eq(1), self.busy.eq(1)]
-        loops = LoopNest.build(m, (k, k, p.groups, p.out_w, p.out_h), running, ("kx", "ky", "g", "ox", "oy"))
-        with m.If(running & loops.done):
-            m.d.sync += running.eq(0)
-        G, W, s_ = p.groups, p.in_w, p.stride
-        addr = loops.track(m, (G, W * G, 1, s_ * G, s_ * W * G), 0, unsigned(len(self.rd_addr)), "in_addr")
-        out_addr = loops.track(m, (0, 0, 1, G, p.out_w * G), 0, range(max(p.out_words, 2)), "out_addr")
-        group = loops.track(m, (0, 0, 1, 0, 0), 0, range(max(G, 2)), "group")
+        _, step, _ = act_levels(p.bits, p.is_signed)
+        loops, running, out_addr = _window_loops(m, self, p)
+        group = loops.track(m, (0, 0, 1, 0, 0), 0, range(max(p.groups, 2)), "group")
         pport, params = param_memory(m, self.param_rom(), p.lanes, p.n_levels, p.param_bits, p.prom_style)
-        m.d.comb += [self.rd_addr.eq(addr), pport.addr.eq(group)]
+        m.d.comb += pport.addr.eq(group)
 
         # One cycle later the word and the group's thresholds arrive: add to each lane's sum; at the window's last
         # read compare the sum (registered), one more cycle: count the thresholds reached and write.
@@ -304,7 +288,7 @@ class AvgPoolEngine(wiring.Component):
         m.d.sync += [valid.eq(running), first.eq(loops.first((0, 1))), last.eq(loops.all_at((0, 1))),
                      waddr.eq(out_addr)]
         out_valid, out_addr_q = Signal(), Signal.like(out_addr)
-        m.d.sync += [out_valid.eq(valid & last), out_addr_q.eq(waddr)]
+        m.d.sync += [out_valid.eq(valid & last), out_addr_q.eq(waddr)]  # (the requantizers' registered results)
         for lane in range(p.lanes):
             acc = Signal(signed(p.sum_bits), name=f"sum{lane}")
             total = Signal(signed(p.sum_bits), name=f"total{lane}")
@@ -313,8 +297,5 @@ class AvgPoolEngine(wiring.Component):
                 m.d.sync += acc.eq(total)
             q = requantize(m, f"requant{lane}", total, p.sum_bits, params[lane], p.param_bits, p.out_bits)
             m.d.comb += self.wr_data[lane].eq(q)
-        m.d.comb += [self.wr_en.eq(out_valid), self.wr_addr.eq(out_addr_q)]
-        m.d.sync += self.done.eq(out_valid & (out_addr_q == p.out_words - 1))
-        with m.If(self.done):
-            m.d.sync += self.busy.eq(0)
+        finish_writes(m, self, out_valid, out_addr_q, p.out_words)
         return m

@@ -11,15 +11,12 @@ and requantized with the add's thresholds.
 
 from dataclasses import dataclass
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hwq.intrange import act_levels
-
-from .add import AddPlan, add_thresholds
-from .arith import const_mul
-from .engine import EnginePlan, LayerEngine, param_memory, param_rom_words, requantize
+from .add import AddPlan, add_lanes, add_thresholds
+from .engine import EnginePlan, LayerEngine, finish_writes, param_memory, param_rom_words
 
 __all__ = ["ShortcutAddEngine", "ShortcutPlan"]
 
@@ -146,19 +143,11 @@ class ShortcutAddEngine(wiring.Component):
 
         # One cycle later: the shortcut's word (registered), the branch's word and the group's thresholds; add and
         # compare (registered); one more cycle: count the thresholds reached and write.
-        (_, step_a, _), (_, step_b, _) = act_levels(a.a_bits, a.a_signed), act_levels(a.b_bits, a.b_signed)
         valid, addr = Signal(), Signal.like(sc.wr_addr)
         word = Signal.like(sc.wr_data)
         m.d.sync += [valid.eq(sc.wr_en), addr.eq(sc.wr_addr), word.eq(sc.wr_data)]
         out_valid, out_addr = Signal(), Signal.like(addr)
         m.d.sync += [out_valid.eq(valid), out_addr.eq(addr)]
-        for lane in range(a.lanes):
-            total = Signal(signed(a.sum_bits), name=f"sum{lane}")
-            m.d.comb += total.eq(const_mul(self.rd_data[lane], step_a) + const_mul(word[lane], step_b))
-            q = requantize(m, f"requant{lane}", total, a.sum_bits, params[lane], a.param_bits, a.out_bits)
-            m.d.comb += self.wr_data[lane].eq(q)
-        m.d.comb += [self.wr_en.eq(out_valid), self.wr_addr.eq(out_addr)]
-        m.d.sync += self.done.eq(out_valid & (out_addr == a.words - 1))
-        with m.If(self.done):
-            m.d.sync += self.busy.eq(0)
+        add_lanes(m, self, a, self.rd_data, word, params)
+        finish_writes(m, self, out_valid, out_addr, a.words)
         return m
