@@ -84,8 +84,7 @@ def stage_bram_blocks(stage, family, *, last=False):
     engine._MustUse__silence = True
     total = 0
     for name, depth, _, _ in memories:
-        words = {"wrom": engine.weight_rom, "prom": engine.param_rom,
-                 "aprom": getattr(engine, "add_param_rom", None)}[name]()
+        words = getattr(engine, {"wrom": "weight_rom", "prom": "param_rom", "aprom": "add_param_rom"}[name])()
         width = varying_bits(words)
         total += bram_blocks(family, depth, width) if width else 0
     return total

@@ -127,3 +127,20 @@ def test_the_wide_sweep_makes_valid_wide_designs_of_bounded_size():
     assert max(lanes) > 64
     again = _cases("ecp5", 12, 11, wide=True)[1]
     assert [f for _, f in again] == [f for _, f in cases]
+
+
+def test_block_ram_of_every_stage_kind_is_counted_from_its_roms():
+    """The add's, the average pool's and a shortcut stage's ROMs (``prom``, ``aprom``, the shortcut's ``wrom``) in
+    block RAM: ``hwq estimate`` counts their blocks from the ROMs' contents like a layer engine's."""
+    from boards.calibrate import resnet8_ir
+    from rtl_gen.plan import Folding, network_plan
+
+    ir = resnet8_ir(np.random.default_rng(0), c0=1, side=8, channels=(4, 8, 8), w_bits=3, a_bits=2, input_bits=3)
+    widths = [1, 2, 2, 2, 4, 4, 4, 2, 4, 4, 3]
+    names = network_plan(ir, widths).memory_names
+    assert {"add1.prom", "add2.wrom", "add2.prom", "add2.aprom", "avgpool.prom"} <= set(names)
+    for board in ("ice40-up5k", "xc7a35t"):
+        est = estimate(ir, load_board(board), folding=Folding(widths, (), names))
+        by_layer = {la["name"]: la["estimate"] for la in est["layers"]}
+        assert by_layer["add1"]["bram"] > 0 and by_layer["add2"]["bram"] > 0 and by_layer["avgpool"]["bram"] > 0
+        assert by_layer["s2short"] == {"lut": 0, "ff": 0, "bram": 0, "dsp": 0, "cycles": 0}  # inside add2's stage
