@@ -36,6 +36,11 @@ CELL_FRACTION = 0.9
 # MAX_LANES rows x cols; the folding search bounds a layer's lanes only by its shape (rows divide its
 # outputs, cols its input channels) and the board's limits, and offers the logits layer any rows up to it
 MAX_LANES = 64
+# A probe of the interval bisection (is there any folding this fast?) that HiGHS cannot settle in this many
+# seconds counts as "no": proving infeasibility near the optimum is what takes long (hls4ml's AD08, whose DSP
+# budget is tight: 5.5 s for one proof). The folding returned is then the fastest found, and the final solve
+# at its interval is exact; FoldingSearch.undecided lists the intervals left open.
+PROBE_SECONDS = 1.5
 RESOURCE_KEYS = ("lut", "ff", "bram", "dsp")
 
 
@@ -48,8 +53,10 @@ def check_folding(plan, board):
     layer whose product yosys would not put on a DSP (the count would be wrong)."""
     from boards.model import dsp_eligible
 
+    from .shortcut import ShortcutPlan
+
     for s in plan.stages:
-        p = s.plan
+        p = s.plan.engine if isinstance(s.plan, ShortcutPlan) else s.plan  # a shortcut stage: its layer's engine
         if isinstance(p, EnginePlan) and p.dsp and (p.engine != "systolic" or
                                                     not dsp_eligible(board.family, p.w_bits, p.a_bits)):
             raise UserError(f"layer '{s.layer.name}': its {p.w_bits}x{p.a_bits}-bit multipliers do not map to "
@@ -58,7 +65,7 @@ def check_folding(plan, board):
                                                             not dsp_eligible(board.family, p.acc_bits, p.mult_bits)):
             raise UserError(f"layer '{s.layer.name}': its requantization has no multiplier that maps to a "
                             f"{board.family} DSP block")
-    names = {s.layer.name for s in plan.stages if isinstance(s.plan, EnginePlan)}
+    names = {s.layer.name for s in plan.stages if isinstance(s.plan, (EnginePlan, ShortcutPlan))}
     unknown = {d for d in (plan.folding.dsp if plan.folding else ()) if d.removesuffix(".requant") not in names}
     if unknown:
         raise UserError(f"folding: no conv2d/linear layer named {sorted(unknown)[0]!r} for a DSP")
@@ -167,6 +174,7 @@ class Program:
             objective, gap = score + (1e-3 / ref) * hardware, 1e-9
         res = milp(objective, integrality=np.ones(n), bounds=Bounds(np.zeros(n), upper), constraints=constraints,
                    options={"mip_rel_gap": gap, "time_limit": time_limit, "presolve": presolve})
+        self.last_status = res.status  # 1: the time limit was reached (with or without a solution)
         if res.status not in (0, 1) or res.x is None:  # 1: time limit reached with a feasible solution
             return None
         chosen = np.flatnonzero(res.x > 0.5)
@@ -385,12 +393,14 @@ class FoldingSearch(ChoiceProgram):
             for prom in proms:
                 yield replace(base, engine=engine, add=replace(base.add, prom_style=prom))
 
-    def solve(self, interval, limits, cell_model=None, cell_limit=None, minimize="lut"):
+    def solve(self, interval, limits, cell_model=None, cell_limit=None, minimize="lut", time_limit=120):
         """The cheapest folding whose interval is at most ``interval``: (Folding, totals) or None
-        (``minimize="nothing"``: any folding within the limits). HiGHS's presolve is off: it took most of the
-        time (the MLPerf Tiny autoencoder's search 12 s with it, 3.2 s without), and the optimum is the same
-        (every bundled model on every board gave the same folding)."""
-        found = self._solve_at(interval, limits, cell_model, cell_limit, presolve=False, minimize=minimize)
+        (``minimize="nothing"``: any folding within the limits; None also when HiGHS finds none within
+        ``time_limit`` seconds). HiGHS's presolve is off: it took most of the time (the MLPerf Tiny
+        autoencoder's search 12 s with it, 3.2 s without; hls4ml's AD08 42.8 s against 23.0), and the optimum
+        is the same (every bundled model on every board gave the same folding)."""
+        found = self._solve_at(interval, limits, cell_model, cell_limit, presolve=False, minimize=minimize,
+                               time_limit=time_limit)
         if found is None:
             return None
         chosen, totals = found
@@ -400,16 +410,22 @@ class FoldingSearch(ChoiceProgram):
     def fastest(self, limits, cell_model=None, cell_limit=None):
         """(Folding, totals) of the smallest feasible interval, fewest LUTs at it, or None: a bisection over
         :meth:`periods` that asks only whether some folding fits (HiGHS stops at its first solution, not
-        the cheapest), from the slowest period any component allows, then one solve for the fewest LUTs."""
+        the cheapest), from the slowest period any component allows, then one solve for the fewest LUTs. A
+        probe undecided within :data:`PROBE_SECONDS` counts as infeasible (listed in ``undecided``)."""
         candidates = self.periods()
         floor = self._period_floor()
         lo, hi = next((i for i, p in enumerate(candidates) if p >= floor), len(candidates) - 1), len(candidates) - 1
         if self.solve(candidates[hi], limits, cell_model, cell_limit, minimize="nothing") is None:
             return None
+        self.undecided = []
         while lo < hi:  # candidates[hi] is feasible
             mid = (lo + hi) // 2
-            if self.solve(candidates[mid], limits, cell_model, cell_limit, minimize="nothing") is None:
+            found = self.solve(candidates[mid], limits, cell_model, cell_limit, minimize="nothing",
+                               time_limit=PROBE_SECONDS)
+            if found is None:
                 lo = mid + 1
+                if self.prog.last_status == 1:  # not shown infeasible: HiGHS ran out of time
+                    self.undecided.append(candidates[mid])
             else:
                 hi = mid
         return self.solve(candidates[hi], limits, cell_model, cell_limit)
@@ -427,11 +443,12 @@ def _width_options(ir, fold):
         raise UserError(f"--fold: no conv2d/linear layer named {sorted(unknown)[0]!r} (layers: {', '.join(names)})")
     options = []
     for k, n in enumerate(counts):
-        opts = _divisors(n) if k < len(counts) - 1 else sorted({*range(1, min(n, MAX_LANES) + 1), *_divisors(n)})
+        opts = _divisors(n) if k < len(counts) - 1 else _last_rows(n)
         for name, (rows, cols) in fold.items():
             i = names.index(name)
-            if k == i + 1:
-                opts = [g for g in opts if g == rows] if rows <= n else []
+            if k == i + 1:  # (the last layer's rows may be any 1..n when given)
+                last = k == len(counts) - 1
+                opts = [rows] if last and 1 <= rows <= n else [g for g in opts if g == rows] if rows <= n else []
                 if not opts:
                     raise UserError(f"--fold {name}={rows}x{cols}: rows must divide the layer's {n} outputs"
                                     if k < len(counts) - 1 else f"--fold {name}: rows must be 1..{n}")
@@ -448,6 +465,13 @@ def _width_options(ir, fold):
         options[i] = options[j] = common
     fixed = {names.index(name): rc for name, rc in fold.items()}
     return options, fixed, len(names)
+
+
+def _last_rows(n):
+    """Rows options of the last layer (its rows need not divide its ``n`` outputs: it writes a register, not a
+    buffer): the fewest rows for each number of output tiles; more rows with as many tiles cost more lanes for
+    the same cycles."""
+    return sorted({-(-n // tiles) for tiles in range(1, n + 1)})  # ceil(n / tiles)
 
 
 def board_limits(board, lut_budget=None):

@@ -194,3 +194,34 @@ def test_lanes_are_bounded_by_the_layer_and_the_board_not_64():
     limits, _, _ = board_limits(board)
     res = plan.resources(board.family)
     assert all(res[k] <= limits[k] for k in ("lut", "bram", "dsp"))
+
+
+@pytest.mark.parametrize("n", [1, 10, 64, 97])
+def test_the_last_layer_is_offered_the_fewest_rows_for_each_number_of_tiles(n):
+    """Its rows need not divide its outputs, but more rows with as many output tiles only cost more: the
+    options are, for each tile count, the fewest rows that reach it; a --fold may still give any rows."""
+    from rtl_gen.folding import _last_rows
+
+    fewest = {}
+    for rows in range(1, n + 1):
+        fewest.setdefault(-(-n // rows), rows)
+    assert _last_rows(n) == sorted(fewest.values())
+    ir = random_ir(np.random.default_rng(n), [8, 4, n], [2, 2], [4, 2])
+    options, _, _ = _width_options(ir, {"l1": (n - 1 or 1, 4)})
+    assert options[-1] == [n - 1 or 1]
+
+
+def test_an_undecided_probe_counts_as_infeasible_and_is_listed(monkeypatch):
+    """A bisection probe HiGHS cannot settle in PROBE_SECONDS counts as "no" (listed in ``undecided``): the
+    folding is then the fastest found; here every probe is cut off at once, so the search settles on the
+    slowest interval, which its first (unlimited) solve showed feasible."""
+    import rtl_gen.folding as folding
+
+    monkeypatch.setattr(folding, "PROBE_SECONDS", 0.0)
+    ir = random_ir(np.random.default_rng(3), [16, 8, 4], [2, 3], [4, 2])
+    board = load_board("ice40-up5k")
+    options, _, _ = _width_options(ir, None)
+    search = FoldingSearch(ir, board.family, options)
+    limits, cell_model, cell_limit = board_limits(board)
+    fold, _ = search.fastest(limits, cell_model, cell_limit)
+    assert search.undecided and network_plan(ir, fold).initiation_interval == max(search.periods())

@@ -718,3 +718,25 @@ def test_rtl_rejects_what_the_chain_cannot_build():
     with pytest.raises(UserError, match=r"layer 'res1b' reads \['conv1'\], not the layer before it"):
         network_plan(replace(ir, layers=[replace(la, inputs=["conv1"]) if la.name == "res1b" else la
                                          for la in ir.layers]), [1, 2, 2, 2, 3])
+
+
+def test_a_shortcut_stage_takes_its_layers_dsps_and_rom_places(tmp_path):
+    """The folding names a shortcut stage by its add (``add2`` for the DSP multipliers of s2short's engine,
+    ``add2.wrom``/``add2.aprom`` for its ROMs); the Verilog is generated with them, and rtl.json tells the
+    shortcut layer is inside add2's stage."""
+    import json
+
+    from boards import load_board
+    from boards.calibrate import resnet8_ir
+    from rtl_gen.emit import generate_rtl
+
+    ir = resnet8_ir(np.random.default_rng(1), c0=1, side=8, channels=(2, 4, 4), w_bits=8, a_bits=2, input_bits=3)
+    widths = [1, 1, 2, 1, 4, 2, 2, 2, 4, 4, 3]  # s2short: 2 input and 2 output tiles, so ROMs of 2 words
+    folding = Folding(widths, {"add2", "s2b"}, {"add2.wrom", "add2.prom", "add2.aprom"})
+    plan = network_plan(ir, folding)
+    shortcut = next(s.plan for s in plan.stages if s.layer.name == "add2")
+    assert shortcut.engine.dsp and shortcut.engine.rom_style == "block" and shortcut.add.prom_style == "block"
+    generate_rtl(ir, load_board("xc7a35t"), tmp_path / "rtl", folding=folding)
+    layers = {la["name"]: la for la in json.loads((tmp_path / "rtl" / "rtl.json").read_text())["layers"]}
+    assert layers["add2"]["engine"] == "shortcut" and layers["add2"]["shortcut"] == "s2short" and layers["add2"]["dsp"]
+    assert layers["s2short"]["stage"] is None and layers["s2short"]["in_stage"] == "add2"
