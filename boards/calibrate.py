@@ -379,6 +379,11 @@ def random_network(rng, board, *, wide=False):
     return ir, random_folding(rng, ir, board)
 
 
+def _wide_w_bits(rng):
+    """Weight bits of the wide sweep: 1..8 mostly, and hls4ml's 12 and 16 (the multiplier table covers them)."""
+    return int(rng.choice([*range(1, 9), 12, 16]))
+
+
 def random_wide(rng, board):
     """A network with tens of channels (a CNN, a resnet or a two-layer MLP, multi-bit or binary) folded
     wide: words of up to 64 codes, engines of up to 1,024 lanes, as the folding search builds them for the
@@ -392,15 +397,15 @@ def random_wide(rng, board):
         ir = resnet_ir(rng, c0=int(rng.integers(1, 4)), side=side, c1=int(rng.choice([16, 32])), bits=bits,
                        n_out=10, binary=binary, signs=bool(rng.random() < 0.5))
     elif "cnn" in kind:
-        bits = (int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.integers(1, 5)),
-                int(rng.integers(1, 5)), int(rng.integers(1, 9)))
+        bits = (int(rng.integers(1, 9)), _wide_w_bits(rng), int(rng.integers(1, 5)), int(rng.integers(1, 5)),
+                int(rng.integers(1, 5)), _wide_w_bits(rng))
         ir = cnn_ir(rng, c0=int(rng.integers(1, 4)), side=side, channels=(int(rng.choice([16, 32])),
                     int(rng.choice([16, 32, 64]))), bits=bits, n_out=10, binary=binary)
     else:
         sizes = [int(rng.choice([64, 128, 256])), int(rng.choice([64, 128, 256])), 10]
         in_bits = int(rng.integers(1, 9))
-        w_bits = 1 if binary else int(rng.integers(1, 9))
-        hidden, t1 = random_layer(rng, "l0", sizes[0], sizes[1], int(rng.integers(1, 9)), in_bits,
+        w_bits = 1 if binary else _wide_w_bits(rng)
+        hidden, t1 = random_layer(rng, "l0", sizes[0], sizes[1], _wide_w_bits(rng), in_bits,
                                   1 if binary else int(rng.integers(1, 5)), out_signed=binary)
         last, t2 = random_layer(rng, "l1", sizes[1], sizes[2], w_bits, hidden.out_bits, None, in_signed=binary)
         ir = network_ir([hidden, last], {**t1, **t2}, input_bits=in_bits)
