@@ -277,7 +277,7 @@ def cmd_estimate(args):
     for la in [*est["layers"], {"name": "(top)", "estimate": {**est["top"], "cycles": 0}}]:
         e = la["estimate"]
         print(f"{la['name']:<8} LUT {e['lut']:>6}  FF {e['ff']:>6}  BRAM {e['bram']:>4g}  DSP {e['dsp']:>3}  "
-              f"cycles {e['cycles']:>6}")
+              f"cycles {e['cycles']:>6}" + (f"  (built into {la['in_stage']}'s stage)" if la.get("in_stage") else ""))
     t = est["totals"]
     if est["fits"]:
         fit = "fits"

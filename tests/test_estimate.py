@@ -144,3 +144,4 @@ def test_block_ram_of_every_stage_kind_is_counted_from_its_roms():
         by_layer = {la["name"]: la["estimate"] for la in est["layers"]}
         assert by_layer["add1"]["bram"] > 0 and by_layer["add2"]["bram"] > 0 and by_layer["avgpool"]["bram"] > 0
         assert by_layer["s2short"] == {"lut": 0, "ff": 0, "bram": 0, "dsp": 0, "cycles": 0}  # inside add2's stage
+        assert next(la for la in est["layers"] if la["name"] == "s2short")["in_stage"] == "add2"
