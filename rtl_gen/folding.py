@@ -41,11 +41,6 @@ MAX_LANES = 64
 # budget is tight: 5.5 s for one proof). The folding returned is then the fastest found, and the final solve
 # at its interval is exact; FoldingSearch.undecided lists the intervals left open.
 PROBE_SECONDS = 1.5
-# The largest weight or parameter ROM the search puts in logic (when the board has block RAM): the calibration
-# sweeps' ROMs in logic reach 4-8 kbit (boards/calibration/*.json); far beyond, the estimate falls short
-# (hls4ml's AD08 with 50-62-kbit ROMs in logic: 41k LUTs estimated, 55k by yosys; FINN's SFC-w1a1 39k and 54k).
-# 16 kbit keeps every digits design as it was (the CNN on Artix-7 has a 9-kbit ROM in logic).
-LOGIC_ROM_BITS = 16384
 RESOURCE_KEYS = ("lut", "ff", "bram", "dsp")
 
 
@@ -202,17 +197,7 @@ def _pareto(options):
     return keep
 
 
-def _rom_styles(depth, width, styles, logic_rom_bits=None):
-    """Where a ROM of ``depth`` words may live: a one-word ROM is a constant (logic); one of more than
-    ``logic_rom_bits`` bits only in block RAM when the board has it (None: no limit)."""
-    if depth <= 1:
-        return ("logic",)
-    if logic_rom_bits is not None and depth * width > logic_rom_bits and "block" in styles:
-        return ("block",)
-    return styles
-
-
-def engine_variants(base, family, styles, dsp_ok=True, logic_rom_bits=None):
+def engine_variants(base, family, styles, dsp_ok=True):
     """Every way to build the engine ``base``: its multipliers on DSP blocks or not (where the family's DSP
     takes the product), a multiply-shift requantizer's multipliers likewise, and each ROM of more than one
     word in each of ``styles``."""
@@ -223,8 +208,8 @@ def engine_variants(base, family, styles, dsp_ok=True, logic_rom_bits=None):
         dsps.append(True)
     if dsp_ok and base.kind == "multiply_shift" and dsp_eligible(family, base.acc_bits, base.mult_bits):
         rq_dsps.append(True)
-    roms = _rom_styles(base.rom_words, base.rom_width, styles, logic_rom_bits)
-    proms = _rom_styles(base.n_out_tiles, base.prom_width, styles, logic_rom_bits)
+    roms = styles if base.rom_words > 1 else ("logic",)
+    proms = styles if base.n_out_tiles > 1 else ("logic",)
     for dsp, rq_dsp, rom, prom in itertools.product(dsps, rq_dsps, roms, proms):
         yield replace(base, dsp=dsp, rom_style=rom, prom_style=prom, requant_dsp=rq_dsp)
 
@@ -304,14 +289,12 @@ class FoldingSearch(ChoiceProgram):
 
     ``options``: the word-width options per width index (a layer the user fixed has one). ``within``:
     {resource: limit}; an engine variant that alone needs more than a limit is left out of the program
-    (it could never be chosen within those limits). ``logic_rom_bits``: ROMs larger than this go to block
-    RAM only (when the board has it; None: no limit).
+    (it could never be chosen within those limits).
     """
 
-    def __init__(self, ir, family, options, *, bram_ok=True, dsp_ok=True, within=None, logic_rom_bits=None):
+    def __init__(self, ir, family, options, *, bram_ok=True, dsp_ok=True, within=None):
 
         self.family = family
-        self.logic_rom_bits = logic_rom_bits
         self.prog = prog = Program()
         prepared = _prepare(ir)
 
@@ -403,10 +386,10 @@ class FoldingSearch(ChoiceProgram):
         engine with its add's threshold ROM in each place)."""
         base = spec.make(cols, rows)
         if spec.kind == "engine":
-            yield from engine_variants(base, self.family, styles, dsp_ok, self.logic_rom_bits)
+            yield from engine_variants(base, self.family, styles, dsp_ok)
             return
         proms = styles if base.add.memories else ("logic",)
-        for engine in engine_variants(base.engine, self.family, styles, dsp_ok, self.logic_rom_bits):
+        for engine in engine_variants(base.engine, self.family, styles, dsp_ok):
             for prom in proms:
                 yield replace(base, engine=engine, add=replace(base.add, prom_style=prom))
 
@@ -505,8 +488,7 @@ def board_limits(board, lut_budget=None):
 def choose_folding(ir, board, *, lut_budget=None, fold=None):
     """The :class:`Folding` with the smallest initiation interval whose estimate fits ``lut_budget``
     (default: ``DEFAULT_LUT_FRACTION`` of the board's LUTs), the board's flip-flops, block RAMs and DSPs
-    (and on iCE40 ``CELL_FRACTION`` of its logic cells), fewest LUTs among equals; ROMs of more than
-    :data:`LOGIC_ROM_BITS` bits go to block RAM unless nothing fits that way.
+    (and on iCE40 ``CELL_FRACTION`` of its logic cells), fewest LUTs among equals.
 
     ``fold``: {layer name: (rows, cols)} fixes those layers (checked against the chain: a layer's
     cols is the previous engine's rows). Raises UserError when an override is invalid or nothing fits
@@ -515,13 +497,10 @@ def choose_folding(ir, board, *, lut_budget=None, fold=None):
     """
     options, fixed, n_weight = _width_options(ir, fold)
     limits, cell_model, cell_limit = board_limits(board, lut_budget)
-    # ROMs beyond the estimator's experience in logic only when nothing fits without them
-    for rom_bits in (LOGIC_ROM_BITS, None):
-        search = FoldingSearch(ir, board.family, options, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0,
-                               within=limits, logic_rom_bits=rom_bits)
-        found = search.fastest(limits, cell_model, cell_limit)
-        if found is not None:
-            return found[0]
+    search = FoldingSearch(ir, board.family, options, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0, within=limits)
+    found = search.fastest(limits, cell_model, cell_limit)
+    if found is not None:
+        return found[0]
     # nothing fits: the smallest design, for the message (or the user's folding), with every variant
     search = FoldingSearch(ir, board.family, options, bram_ok=board.bram > 0, dsp_ok=board.dsp > 0)
     hard = {"lut": None, "ff": None, "bram": board.bram, "dsp": board.dsp}

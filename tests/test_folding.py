@@ -225,19 +225,3 @@ def test_an_undecided_probe_counts_as_infeasible_and_is_listed(monkeypatch):
     limits, cell_model, cell_limit = board_limits(board)
     fold, _ = search.fastest(limits, cell_model, cell_limit)
     assert search.undecided and network_plan(ir, fold).initiation_interval == max(search.periods())
-
-
-def test_large_roms_go_to_block_ram_unless_nothing_fits_that_way(monkeypatch):
-    """ROMs beyond what the estimator was calibrated on stay out of logic (LOGIC_ROM_BITS, here lowered to 64
-    bits) when the board has block RAM; if nothing fits that way, the search takes them in logic after all."""
-    import rtl_gen.folding as folding
-
-    monkeypatch.setattr(folding, "LOGIC_ROM_BITS", 64)
-    ir = random_ir(np.random.default_rng(5), [64, 32, 10], [4, 4], [4, 3])
-    board = load_board("ice40-up5k")
-    plan = network_plan(ir, choose_folding(ir, board))
-    roms = [(f"{s.layer.name}.{name}", d * w, style) for s in plan.stages for name, d, w, style in s.plan.memories]
-    assert roms and all(style == "block" for _, bits, style in roms if bits > 64)
-    scarce = replace(board, bram=1)  # too few block RAMs for them all: the fallback puts a large ROM in logic
-    plan = network_plan(ir, choose_folding(ir, scarce))
-    assert any(style == "logic" and d * w > 64 for s in plan.stages for _, d, w, style in s.plan.memories)
