@@ -17,7 +17,11 @@ synth`` (one yosys run per layer, ``--jobs`` at a time). Throughput is at the bo
 inference per initiation interval (the layers form a pipeline); latency from an input's first word to its
 logits.
 
-Not yet here (issue 23): the peers' resource tables (in their papers, which were not at hand).
+Not yet here (issue 23): the peers' resource tables (in their papers, which were not at hand), so the
+ratios are of throughput and latency, not per LUT; yosys on LFC-w1a1 and the 1024-wide MLP (not run in the
+time we had) and on ResNet-8 (its conv1 module did not finish within yosys's 1,800 s limit, one process
+on a loaded machine). The estimator is not calibrated on arrays this wide or ROMs in logic this large:
+where yosys ran, compare the two columns.
 """
 
 import argparse
@@ -229,7 +233,8 @@ def markdown(res):
     if sp:
         lines += ["", (f"`hwq synth` on the {sp['network']} design ({sp['board']}, {sp['lut']:,} LUTs by yosys): "
                       f"{sp['seconds_1']} s with 1 yosys run at a time, {sp['seconds_2']} s with 2, "
-                      f"{sp['speedup']}x; totals equal: {sp['totals_equal']} ({sp['cpu_count']} cores).")]
+                      f"{sp['speedup']}x; totals equal: {sp['totals_equal']} ({sp['cpu_count']} cores)."
+                      + (f" Note: {sp['note']}." if sp.get("note") else ""))]
     return "\n".join(lines) + "\n"
 
 
