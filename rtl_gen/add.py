@@ -14,7 +14,7 @@ from ._check import check_int
 from .arith import const_mul
 from .engine import clog2, finish_writes, folded_thresholds, param_memory, param_rom_words, requantize
 
-__all__ = ["AddEngine", "AddPlan", "ThresholdStage", "add_lanes", "add_thresholds"]
+__all__ = ["AddEngine", "AddPlan", "ThresholdROM", "ThresholdStage", "add_lanes", "add_thresholds"]
 
 
 def _level_sum_range(a, b):
@@ -32,8 +32,28 @@ def add_thresholds(thresholds, signs, a, b):
     return np.asarray(thresholds, np.int64) - np.asarray(signs, np.int64)[:, None] * low
 
 
+class ThresholdROM:
+    """A plan whose per-channel thresholds come from a ROM of one word per channel group (``lanes`` channels
+    of ``param_bits`` each, with their signs): the add's and the average pool's."""
+
+    @property
+    def prom_width(self):
+        return self.lanes * (1 + self.n_levels * self.param_bits)
+
+    @property
+    def memories(self):
+        """(name, depth, width, style) of the memories that may go to block RAM: the threshold ROM, when it
+        has more than one word."""
+        return [("prom", self.groups, self.prom_width, self.prom_style)] if self.groups > 1 else []
+
+    def bram_blocks(self, family):
+        from boards.model import bram_blocks
+
+        return sum(bram_blocks(family, depth, width) for _, depth, width, style in self.memories if style == "block")
+
+
 @dataclass(frozen=True)
-class AddPlan:
+class AddPlan(ThresholdROM):
     """Geometry, timing and cost of an :class:`AddEngine`."""
 
     channels: int
@@ -72,20 +92,6 @@ class AddPlan:
         done (1)."""
         return self.words + 3
 
-    @property
-    def prom_width(self):
-        return self.lanes * (1 + self.n_levels * self.param_bits)
-
-    @property
-    def memories(self):
-        """(name, depth, width, style) of the memories that may go to block RAM: the threshold ROM, when it
-        has more than one word."""
-        return [("prom", self.groups, self.prom_width, self.prom_style)] if self.groups > 1 else []
-
-    def bram_blocks(self, family):
-        from boards.model import bram_blocks
-
-        return sum(bram_blocks(family, depth, width) for _, depth, width, style in self.memories if style == "block")
 
     @property
     def cost_features(self):

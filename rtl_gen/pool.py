@@ -13,7 +13,7 @@ from hwq.intrange import act_levels, signed_width
 from hwq.ir import conv_out_side
 
 from ._check import check_int
-from .add import ThresholdStage
+from .add import ThresholdROM, ThresholdStage
 from .arith import const_mul
 from .engine import clog2, finish_writes, folded_thresholds, param_memory, requantize
 from .loops import LoopNest
@@ -158,7 +158,7 @@ def avgpool_thresholds(thresholds, signs, window, bits, is_signed):
 
 
 @dataclass(frozen=True)
-class AvgPoolPlan:
+class AvgPoolPlan(ThresholdROM):
     """Geometry, timing and cost of an :class:`AvgPoolEngine` (no padding; global average pooling is the
     kernel of the whole map)."""
 
@@ -198,19 +198,6 @@ class AvgPoolPlan:
         (1), done (1)."""
         return self.n_reads + 3
 
-    @property
-    def prom_width(self):
-        return self.lanes * (1 + self.n_levels * self.param_bits)
-
-    @property
-    def memories(self):
-        """(name, depth, width, style) of the threshold ROM when it has more than one word."""
-        return [("prom", self.groups, self.prom_width, self.prom_style)] if self.groups > 1 else []
-
-    def bram_blocks(self, family):
-        from boards.model import bram_blocks
-
-        return sum(bram_blocks(family, depth, width) for _, depth, width, style in self.memories if style == "block")
 
     @property
     def cost_features(self):
