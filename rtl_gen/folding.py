@@ -34,7 +34,8 @@ DEFAULT_LUT_FRACTION = 0.8
 CELL_FRACTION = 0.9
 # the bit allocation's program (bits x widths) and the calibration sweeps keep each layer's array within
 # MAX_LANES rows x cols; the folding search bounds a layer's lanes only by its shape (rows divide its
-# outputs, cols its input channels) and the board's limits, and offers the logits layer any rows up to it
+# outputs, cols its input channels; the logits layer's rows, the fewest for each number of output tiles) and
+# the board's limits
 MAX_LANES = 64
 # A probe of the interval bisection (is there any folding this fast?) that HiGHS cannot settle in this many
 # seconds counts as "no": proving infeasibility near the optimum is what takes long (hls4ml's AD08, whose DSP
@@ -295,6 +296,7 @@ class FoldingSearch(ChoiceProgram):
     def __init__(self, ir, family, options, *, bram_ok=True, dsp_ok=True, within=None):
 
         self.family = family
+        self.undecided = []  # intervals a probe of fastest() could not settle within PROBE_SECONDS
         self.prog = prog = Program()
         prepared = _prepare(ir)
 
