@@ -131,8 +131,14 @@ NETWORKS = {
     "mlp-1024-w2a2": (lambda r: _mlp(r, [784, 1024, 1024, 1024, 10], 2, 2, 8, False), "xc7z020"),
     # the MLPerf Tiny ResNet-8 (boards.calibrate.resnet8_ir: 1x1 stride-2 shortcut convolutions, global average
     # pooling) at W8/A8 (hls4ml's widths for RN08 were not in the sources at hand)
-    "resnet8": (lambda r: _resnet8(r), "xc7z020"),
+    "resnet8": (_resnet8, "xc7z020"),
 }
+
+
+def network(name):
+    """(the IR, with seed 0's random integers, and the board) of network ``name``."""
+    build, board_name = NETWORKS[name]
+    return build(np.random.default_rng(0)), load_board(board_name)
 
 
 def run_network(name, *, sim, synth, jobs, work, log):
@@ -141,9 +147,7 @@ def run_network(name, *, sim, synth, jobs, work, log):
     from rtl_gen.folding import choose_folding
     from rtl_gen.plan import network_plan
 
-    build, board_name = NETWORKS[name]
-    board = load_board(board_name)
-    ir = build(np.random.default_rng(0))
+    ir, board = network(name)
     t = time.perf_counter()
     folding = choose_folding(ir, board)
     folding_s = time.perf_counter() - t
@@ -190,9 +194,7 @@ def synth_speedup(name, *, work, log):
     from rtl_gen.emit import generate_rtl
     from rtl_gen.folding import choose_folding
 
-    build, board_name = NETWORKS[name]
-    board = load_board(board_name)
-    ir = build(np.random.default_rng(0))
+    ir, board = network(name)
     rtl = Path(work) / f"{name}-speedup" / "rtl"
     generate_rtl(ir, board, rtl, folding=choose_folding(ir, board))
     seconds, totals = {}, {}

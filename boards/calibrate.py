@@ -558,8 +558,8 @@ def fit_all(sweep_files):
     for family, files in by_family.items():
         designs = [d for _, ds in files for d in ds]
         pts = [p for d in designs for p in d["points"]]
-        fam = out.setdefault(family, {"sweep": ", ".join(name for name, _ in files), "designs": len(designs),
-                                      "points": len(pts)})
+        out[family] = fam = {"sweep": ", ".join(name for name, _ in files), "designs": len(designs),
+                             "points": len(pts)}
         # each component's error relative to its design's total: what the estimate is judged by
         scale = {k: [d["total"][k] for d in designs for _ in d["points"]] for k in ("lut", "ff")}
         fam["lut"] = fit([resolve(family, _features(p, "cost_features")) for p in pts], [p["lut"] for p in pts],

@@ -36,9 +36,7 @@ def estimate(ir, board, *, fold=None, lut_budget=None, folding=None):
             totals[k] += res[k]
         return res
 
-    # a shortcut layer is built inside the next layer's (its add's) stage
-    inside = {ir.layers[i - 1].name: la.name for i, la in enumerate(ir.layers)
-              if la.name in by_name and by_name[la.name].kind == "shortcut"}
+    built_into = plan.built_into  # a shortcut layer's hardware is in its add's stage
     for layer in ir.layers:
         stage = by_name.get(layer.name)
         if stage:
@@ -48,7 +46,7 @@ def estimate(ir, board, *, fold=None, lut_budget=None, folding=None):
         else:
             res = dict.fromkeys(RESOURCES, 0)
         layers.append({"name": layer.name, "estimate": {**res, "cycles": stage.plan.latency if stage else 0},
-                       **({"in_stage": inside[layer.name]} if layer.name in inside else {})})
+                       **({"in_stage": built_into[layer.name]} if layer.name in built_into else {})})
     buffers = [{"name": name, "estimate": add(b.resources(board.family))} for name, b in plan.memories]
     # the top module holds the buffers and skip rings: "top" is its own logic plus them, as yosys counts it
     top = add(plan.top.resources(board.family))

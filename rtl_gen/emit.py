@@ -122,29 +122,31 @@ def verilog_sources(rtl_dir, info=None):
     return [inside(rtl_dir, f) for f in info.get("files", ["top.v"]) if f.endswith(".v")]
 
 
+def _engine_info(p):
+    """rtl.json's fields of a layer engine (an EnginePlan)."""
+    return {
+        "array": [p.rows, p.cols], "lanes": p.lanes, "w_bits": p.w_bits, "a_bits": p.a_bits, "out_bits": p.out_bits,
+        "acc_bits": p.acc_bits, "requant": p.kind, "param_bits": p.param_bits, "positions": p.positions,
+        "tiles": [p.positions, p.n_out_tiles, p.n_in_tiles], "macs": p.macs,
+        "macs_per_cycle": round(p.macs / p.latency, 3), "dsp": p.dsp, "dsp_blocks": p.dsp_blocks,
+    }
+
+
 def _stage_info(stage, index, skips, family):
     p = stage.plan
     info = {"stage": index, "engine": stage.kind, "latency_cycles": p.latency, "period_cycles": stage.period}
+    skip = next((s["name"] for s in skips if s["to"] == stage.layer.name), None)
     if isinstance(p, EnginePlan):
-        info.update({
-            "array": [p.rows, p.cols], "lanes": p.lanes, "w_bits": p.w_bits, "a_bits": p.a_bits, "out_bits": p.out_bits,
-            "acc_bits": p.acc_bits, "requant": p.kind, "param_bits": p.param_bits, "positions": p.positions,
-            "tiles": [p.positions, p.n_out_tiles, p.n_in_tiles], "macs": p.macs,
-            "macs_per_cycle": round(p.macs / p.latency, 3), "dsp": p.dsp, "dsp_blocks": p.dsp_blocks,
-        })
+        info.update(_engine_info(p))
     elif isinstance(p, AddPlan):
-        skip = next(s for s in skips if s["to"] == stage.layer.name)
         info.update({"array": [p.lanes, 1], "lanes": p.lanes, "bits": p.out_bits, "reads": p.words,
                      "inputs": [[p.a_bits, p.a_signed], [p.b_bits, p.b_signed]], "param_bits": p.param_bits,
-                     "skip": skip["name"]})
-    elif isinstance(p, ShortcutPlan):
-        e, a = p.engine, p.add
-        skip = next(s for s in skips if s["to"] == stage.layer.name)
-        info.update({
-            "array": [e.rows, e.cols], "lanes": e.lanes, "w_bits": e.w_bits, "a_bits": e.a_bits, "out_bits": a.out_bits, "acc_bits": e.acc_bits, "requant": e.kind,
-            "param_bits": e.param_bits, "macs": e.macs, "dsp": e.dsp, "dsp_blocks": e.dsp_blocks, "reads": e.in_words,
-            "inputs": [[a.a_bits, a.a_signed], [a.b_bits, a.b_signed]], "add_param_bits": a.param_bits,
-            "skip": skip["name"]})
+                     "skip": skip})
+    elif isinstance(p, ShortcutPlan):  # the shortcut layer's engine, then its add
+        a = p.add
+        info.update({**_engine_info(p.engine), "shortcut": stage.shortcut.name, "out_bits": a.out_bits,
+                     "reads": p.engine.in_words, "inputs": [[a.a_bits, a.a_signed], [a.b_bits, a.b_signed]],
+                     "add_param_bits": a.param_bits, "skip": skip})
     elif isinstance(p, AvgPoolPlan):
         info.update({"array": [p.lanes, 1], "lanes": p.lanes, "bits": p.out_bits, "reads": p.n_reads,
                      "inputs": [[p.bits, p.is_signed]], "param_bits": p.param_bits})
@@ -170,19 +172,15 @@ def describe(plan, ir, board, folding):
     skips = [{**_memory_info(f"skip{j}", s.buffer, board.family), "from": plan.stages[s.producer].layer.name,
               "to": plan.stages[s.consumer].layer.name} for j, s in enumerate(plan.skips)]
     layers = []
-    # a shortcut layer is built inside its add's stage (the next layer's)
-    inside = {ir.layers[i - 1].name: la.name for i, la in enumerate(ir.layers)
-              if la.name in by_name and by_name[la.name][1].kind == "shortcut"}
+    built_into = plan.built_into  # a shortcut layer's hardware is in its add's stage
     for layer in ir.layers:
         entry = {"name": layer.name, "op": layer.op}
         if layer.name in by_name:
             entry.update(_stage_info(by_name[layer.name][1], by_name[layer.name][0], skips, board.family))
-            if by_name[layer.name][1].kind == "shortcut":
-                entry["shortcut"] = ir.layers[ir.layers.index(layer) - 1].name
         else:
             entry.update({"stage": None, "engine": "none", "latency_cycles": 0, "period_cycles": 0})
-            if layer.name in inside:
-                entry["in_stage"] = inside[layer.name]
+            if layer.name in built_into:
+                entry["in_stage"] = built_into[layer.name]
         layers.append(entry)
     buffers = [_memory_info(f"buffer{k}", b, board.family) for k, b in enumerate(plan.buffers)]
     return {

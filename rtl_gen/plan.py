@@ -27,7 +27,7 @@ from hwq.intrange import is_bipolar, signed_width
 from hwq.ir import WEIGHT_OPS, input_codes, requant_thresholds
 
 from .add import AddPlan, add_thresholds
-from .engine import MEMORY_STYLES, EnginePlan, clog2, compare_thresholds, param_bits
+from .engine import MEMORY_STYLES, EnginePlan, clog2, param_bits
 from .pool import AvgPoolPlan, PoolPlan, avgpool_thresholds
 from .shortcut import ShortcutPlan
 
@@ -173,8 +173,8 @@ class TopPlan:
 @dataclass
 class Stage:
     """One hardware stage: the IR layer it computes, its plan and the tensors it is built from (a shortcut
-    stage's layer is its add; ``weights``, ``table`` and ``signs`` are the shortcut layer's, ``add_tables`` the
-    add's thresholds and signs)."""
+    stage's layer is its add and ``shortcut`` the shortcut layer; ``weights``, ``table`` and ``signs`` are the
+    shortcut layer's, ``add_tables`` the add's thresholds and signs)."""
 
     layer: object
     plan: object
@@ -182,6 +182,7 @@ class Stage:
     table: np.ndarray | None = None
     signs: np.ndarray | None = None
     add_tables: tuple | None = None
+    shortcut: object = None
 
     @property
     def kind(self):
@@ -211,6 +212,12 @@ class NetworkPlan:
     out_bits: int
     skips: list = field(default_factory=list)  # SkipPlan of every residual add
     folding: Folding | None = None             # what the plan was made from
+
+    @property
+    def built_into(self):
+        """{shortcut layer name: the add whose stage computes it}: the IR layers with hardware in another's
+        stage."""
+        return {s.shortcut.name: s.layer.name for s in self.stages if s.shortcut is not None}
 
     @property
     def memories(self):
@@ -405,6 +412,7 @@ class StageSpec:
     tensors: tuple = (None, None, None)   # (weights, table, signs)
     skip: tuple | None = None
     add_tables: tuple | None = None       # a shortcut's add: (thresholds, signs)
+    shortcut: object = None               # a shortcut's layer
 
     def out_words(self, plan):
         if isinstance(plan, EnginePlan):
@@ -432,8 +440,8 @@ def stage_specs(ir, prepared=None):
             _, _, table, signs = tensors[layer.name]
             signs = np.ones(len(table), np.int64) if signs is None else signs
             (a_bits, a_signed), = input_codes(ir, layer)
-            folded = compare_thresholds(avgpool_thresholds(table, signs, layer.kernel ** 2, a_bits, a_signed), signs)
-            pool_param_bits = max(2, signed_width(folded.min(), folded.max()))
+            pool_param_bits = param_bits(None, avgpool_thresholds(table, signs, layer.kernel ** 2, a_bits, a_signed),
+                                         "thresholds", signs)
 
             def make(g_in, g_out=None, prom_style="logic", c=c, h=h, w=w, layer=layer, a=(a_bits, a_signed),
                      pb=pool_param_bits, **_):
@@ -451,8 +459,8 @@ def stage_specs(ir, prepared=None):
             # the layer before the shortcut and "b" the shortcut's output
             branch, other = (skip, prev) if shortcut else (prev, skip)
             (a_bits, a_signed), (b_bits, b_signed) = codes[branch], codes[other]
-            folded = compare_thresholds(add_thresholds(table, signs, codes[prev], codes[skip]), signs)
-            add_param_bits = max(2, signed_width(folded.min(), folded.max()))
+            add_param_bits = param_bits(None, add_thresholds(table, signs, codes[prev], codes[skip]), "thresholds",
+                                        signs)
 
             def make(g_in, g_out=None, prom_style="logic", c=c, h=h, w=w, a=(a_bits, a_signed), b=(b_bits, b_signed),
                      layer=layer, pb=add_param_bits, **_):
@@ -466,7 +474,8 @@ def stage_specs(ir, prepared=None):
                     return ShortcutPlan(sc_make(g_in, g_out, dsp=dsp, rom_style=rom_style, prom_style=prom_style,
                                                 requant_dsp=requant_dsp), add_make(g_out, prom_style=aprom_style))
                 specs.append(StageSpec(index, layer, "shortcut", x_k, rows_k, layer.out_bits, fused, sc_tensors,
-                                       skip=(producer, sc_layer.a_bits, x_k), add_tables=(table, signs)))
+                                       skip=(producer, sc_layer.a_bits, x_k), add_tables=(table, signs),
+                                       shortcut=sc_layer))
                 shortcut = None
             else:
                 producer, skip_k = produced[skip]
@@ -538,7 +547,7 @@ def network_plan(ir, folding, prepared=None):
                          rom_style=style(f"{name}.wrom"), prom_style=style(f"{name}.prom"),
                          requant_dsp=f"{name}.requant" in folding.dsp, aprom_style=style(f"{name}.aprom"))
         weights, table, signs = spec.tensors
-        stages.append(Stage(spec.layer, plan, weights, table, signs, spec.add_tables))
+        stages.append(Stage(spec.layer, plan, weights, table, signs, spec.add_tables, spec.shortcut))
         if spec.skip is not None:
             producer, b_bits, _ = spec.skip
             skips.append(SkipPlan(producer=producer, consumer=spec.index, buffer=BufferPlan(

@@ -200,19 +200,22 @@ class AvgPoolPlan(ThresholdROM):
 
 
     @property
+    def _loops(self):
+        """The max-pool with these loops (its loop, address and control features are this engine's too)."""
+        return PoolPlan(self.channels, self.in_h, self.in_w, self.kernel, self.stride, self.bits, self.lanes)
+
+    @property
     def cost_features(self):
         """The max-pool's loops and addresses with the add engine's accumulating adders, comparators and
         threshold ROM (the same hardware; the calibration sweeps have no average pool of their own)."""
-        pool = PoolPlan(self.channels, self.in_h, self.in_w, self.kernel, self.stride, self.bits, self.lanes)
         table = self.lanes * self.n_levels * self.param_bits
         prom_logic = self.groups > 1 and self.prom_style == "logic"
-        return {**{k: v for k, v in pool.cost_features.items() if k != "pool_cmp"},
+        return {**{k: v for k, v in self._loops.cost_features.items() if k != "pool_cmp"},
                 "bias_add": self.lanes * self.sum_bits, "cmp": table, "param_rom": table * prom_logic}
 
     @property
     def register_bits(self):
-        pool = PoolPlan(self.channels, self.in_h, self.in_w, self.kernel, self.stride, self.bits, self.lanes)
-        return {**{k: v for k, v in pool.register_bits.items() if k != "ff_pool"},
+        return {**{k: v for k, v in self._loops.register_bits.items() if k != "ff_pool"},
                 "ff_acc": self.lanes * self.sum_bits, "ff_cmp": self.lanes * self.n_levels,
                 "ff_prom": self.prom_width * (self.groups > 1 and self.prom_style == "logic")}
 

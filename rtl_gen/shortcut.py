@@ -16,7 +16,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .add import AddPlan, add_lanes, add_thresholds
-from .engine import EnginePlan, LayerEngine, finish_writes, param_memory, param_rom_words
+from .engine import EnginePlan, LayerEngine, finish_writes, folded_thresholds, param_memory, param_rom_words
 
 __all__ = ["ShortcutAddEngine", "ShortcutPlan"]
 
@@ -89,7 +89,8 @@ class ShortcutAddEngine(wiring.Component):
     ----------
     plan : ShortcutPlan
     weights, thresholds / multiply_shift, signs : the shortcut layer's (see :class:`LayerEngine`)
-    add_table, add_signs : the add's thresholds on the code sum (in the sign domain) and its signs (+1/-1)
+    add_table, add_signs : the add's thresholds on the code sum (in the sign domain) and its signs (+1/-1, or
+        None: all +1)
     """
 
     def __init__(self, plan, *, weights, add_table, add_signs=None, **shortcut_tables):
@@ -100,8 +101,9 @@ class ShortcutAddEngine(wiring.Component):
                 p.engine.positions * p.engine.n_out_tiles:
             raise ValueError("the add's lanes, channels and words must be the shortcut engine's rows, outputs and "
                              "output words")
-        self.add_signs = add_signs
-        self.add_table = add_thresholds(add_table, add_signs, (a.a_bits, a.a_signed), (a.b_bits, a.b_signed))
+        self.add_table, self.add_signs = folded_thresholds(
+            add_table, add_signs, a.channels, a.n_levels, a.param_bits,
+            lambda t, s: add_thresholds(t, s, (a.a_bits, a.a_signed), (a.b_bits, a.b_signed)))
         super().__init__({
             "start": In(1), "done": Out(1), "busy": Out(1),
             "rd_addr": Out(range(max(a.words, 2))),
