@@ -10,6 +10,8 @@ import math
 from functools import cache
 from importlib import resources
 
+import numpy as np
+
 from hwq.errors import UserError
 
 __all__ = ["BRAM_SHAPES", "DSP_MAX_WIDTHS", "DSP_MIN_PRODUCT_BITS", "bram_blocks", "cells", "coefficients",
@@ -102,15 +104,44 @@ def predict(family, resource, features, correction=None):
 
 def correction_log_ratio(trees, inputs):
     """The log of the factor by which boosted regression trees (fitted by ``boards.calibrate``) correct the
-    linear model: ``init + rate * sum(tree(inputs))``, each tree stored as parallel lists of nodes."""
-    x = [inputs.get(name, 0) for name in trees["inputs"]]
+    linear model: ``init + rate * sum(tree(inputs))``, each tree stored as parallel lists of nodes (walked
+    all at once, level by level; the sum in the trees' order)."""
+    feature, threshold, left, right, value, depth, base = _tree_arrays(id(trees), trees)
+    x = np.array([float(inputs.get(name, 0)) for name in trees["inputs"]])
+    at = base  # each tree's node, as an index into the flat (tree, node) arrays
+    for _ in range(depth):
+        nxt = np.where(x[feature[at]] <= threshold[at], left[at], right[at])  # (at a leaf: feature -2, not used)
+        at = np.where(nxt >= 0, base + nxt, at)  # a leaf stays
     total = trees["init"]
-    for feature, threshold, left, right, value in trees["trees"]:
-        node = 0
-        while left[node] >= 0:
-            node = left[node] if x[feature[node]] <= threshold[node] else right[node]
-        total += trees["rate"] * value[node]
+    for v in (trees["rate"] * value[at]).tolist():
+        total += v
     return total
+
+
+_TREE_CACHE = {}
+
+
+def _tree_arrays(key, trees):
+    """The trees as flat arrays of their padded nodes (feature, threshold, left, right, value), their depth and
+    each tree's first node, made once per trees object (``key``: its id, kept alive with it)."""
+    hit = _TREE_CACHE.get(key)
+    if hit is not None and hit[0] is trees:
+        return hit[1]
+    width = max(len(t[0]) for t in trees["trees"])
+
+    def pad(i, fill, dtype):
+        return np.array([t[i] + [fill] * (width - len(t[i])) for t in trees["trees"]], dtype=dtype)
+
+    left, right = pad(2, -1, np.intp), pad(3, -1, np.intp)
+    depth = max(_depth(l_, r_) for l_, r_ in zip(left.tolist(), right.tolist(), strict=True))
+    arrays = (pad(0, -2, np.intp).ravel(), pad(1, 0.0, float).ravel(), left.ravel(), right.ravel(),
+              pad(4, 0.0, float).ravel(), depth, np.arange(len(left)) * width)
+    _TREE_CACHE[key] = (trees, arrays)
+    return arrays
+
+
+def _depth(left, right, node=0):
+    return 0 if left[node] < 0 else 1 + max(_depth(left, right, left[node]), _depth(left, right, right[node]))
 
 
 def cells(family, lut, ff):

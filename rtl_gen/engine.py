@@ -3,6 +3,7 @@
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from amaranth import Const, Module, Mux, Signal, signed, unsigned
@@ -399,7 +400,7 @@ class EnginePlan:
     def dsp_blocks(self):
         return self.array.dsp_blocks + (self.multiply_shift.dsp_blocks if self.multiply_shift else 0)
 
-    @property
+    @cached_property
     def tag_bits(self):
         """Bits of a tile's tag that travel down the pipeline (valid, first, last, output tile, position,
         output address); the weight ROM address and the padding flag are used at the start only."""
@@ -417,13 +418,13 @@ class EnginePlan:
             return 0
         return clog2(self.in_h + self.ph + 1) + clog2(self.in_w + self.padding + 1) + 2
 
-    @property
+    @cached_property
     def array(self):
         """The datapath core's :class:`ArrayPlan`."""
         return ArrayPlan(engine=self.engine, rows=self.rows, cols=self.cols, w_bits=self.w_bits, a_bits=self.a_bits,
                          acc_bits=self.acc_bits, dsp=self.dsp, a_signed=self.a_signed, live_bits=self.w_live_bits)
 
-    @property
+    @cached_property
     def multiply_shift(self):
         """The requantizers' :class:`MultiplyShiftPlan` (multiply-shift layers), else None."""
         if self.kind != "multiply_shift":
@@ -442,7 +443,7 @@ class EnginePlan:
             out.update(getattr(self.multiply_shift, kind))
         return out
 
-    @property
+    @cached_property  # (the folding search prices thousands of plans)
     def cost_features(self):
         """Quantities the resource model is linear in, named; coefficients are fitted per FPGA family
         from yosys runs (boards/calibrate.py). Each counts bits of one kind of hardware in this engine;
@@ -475,7 +476,7 @@ class EnginePlan:
             "ctrl": self.tag_bits,
         }
 
-    @property
+    @cached_property
     def correction_inputs(self):
         """What the family's correction trees of the LUT model read (``boards.model.correction_log_ratio``): the
         cost features and the engine's shape, bits and memory places."""
@@ -485,7 +486,7 @@ class EnginePlan:
                 "prom_block": self.prom_style == "block", "dsp": self.dsp, "requant_dsp": self.requant_dsp,
                 "xnor": self.engine == "xnor"}
 
-    @property
+    @cached_property
     def register_bits(self):
         """Flip-flops by purpose, counted from the structure (the FF model is fitted on these)."""
         rows, cols = self.rows, self.cols

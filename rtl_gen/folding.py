@@ -173,12 +173,16 @@ class Program:
         else:  # least score; fewer LUTs break ties (all of the LUTs within the limit weigh 1e-3)
             ref = float(limits.get("lut") or hardware.sum() or 1)
             objective, gap = score + (1e-3 / ref) * hardware, 1e-9
-        res = milp(objective, integrality=np.ones(n), bounds=Bounds(np.zeros(n), upper), constraints=constraints,
-                   options={"mip_rel_gap": gap, "time_limit": time_limit, "presolve": presolve})
+        # the variables that may be chosen: HiGHS solves the program on these columns only (without its presolve,
+        # a column fixed at 0 still costs time; the probes at short intervals leave out most of the options)
+        live = np.flatnonzero(upper > 0)
+        constraints = [LinearConstraint(con.A[:, live], con.lb, con.ub) for con in constraints]
+        res = milp(objective[live], integrality=np.ones(len(live)), bounds=Bounds(np.zeros(len(live)), upper[live]),
+                   constraints=constraints, options={"mip_rel_gap": gap, "time_limit": time_limit, "presolve": presolve})
         self.last_status = res.status  # 1: the time limit was reached (with or without a solution)
         if res.status not in (0, 1) or res.x is None:  # 1: time limit reached with a feasible solution
             return None
-        chosen = np.flatnonzero(res.x > 0.5)
+        chosen = live[res.x > 0.5]
         totals = {k: round(float(cost[k][chosen].sum()) * 2) / 2 if k == "bram" else round(float(cost[k][chosen].sum()))
                   for k in cost}
         totals["score"] = float(score[chosen].sum())
