@@ -35,8 +35,12 @@ __all__ = ["CELL_FAMILIES", "FAMILY_BOARDS", "add_layer", "avgpool_layer", "cnn_
 
 HERE = Path(__file__).resolve().parent / "calibration"
 FAMILY_BOARDS = {"ice40": "ice40-up5k", "ecp5": "ecp5-25f", "xilinx7": "xc7a35t"}
-WIDE_BIT_PRODUCTS = 4096  # the largest wide sweep design: sum over engines of lanes x weight bits x input bits
-WIDE_LOGIC_ROM_BITS = 32768  # ... and of ROM bits in logic
+# the largest wide sweep design (sum over engines of lanes x weight bits x input bits, and of ROM bits in logic):
+# as the peers' widest layers (FINN's TFC/SFC first layers, 1,792 and 4,096 XNOR lanes; hls4ml's AD08, 108
+# 12x6-bit multipliers and a 62-kbit ROM in logic), yosys taking minutes
+WIDE_BIT_PRODUCTS = 8192
+WIDE_LOGIC_ROM_BITS = 65536
+WIDE_MAX_LANES = 4096
 CELL_FAMILIES = ("ice40",)  # families whose packed logic cells the estimate models (nextpnr's packer)
 
 
@@ -328,9 +332,10 @@ def random_resnet(rng, binary):
                      signs=bool(rng.random() < 0.5))
 
 
-def random_folding(rng, ir, board, *, max_width=16, max_lanes=None):
+def random_folding(rng, ir, board, *, max_width=16, max_lanes=None, favour_wide=False):
     """A random valid folding of ``ir`` for ``board``: word widths up to ``max_width`` (engines of at most
-    ``max_lanes`` lanes, default the folding search's ``MAX_LANES``), DSP multipliers on some layers that can
+    ``max_lanes`` lanes, default the folding search's ``MAX_LANES``; with ``favour_wide``, a width drawn
+    with probability in proportion to it, as the large boards' foldings are), DSP multipliers on some layers that can
     have them (within the board's DSPs), some memories in block RAM (within its block RAMs)."""
     from boards.model import dsp_eligible
     from rtl_gen.engine import EnginePlan
@@ -343,7 +348,8 @@ def random_folding(rng, ir, board, *, max_width=16, max_lanes=None):
         widths = []
         for k, n in enumerate(counts):
             options = [d for d in range(1, min(n, max_width) + 1) if n % d == 0 or k == len(counts) - 1]
-            widths.append(int(rng.choice(options)))
+            p = np.array(options, float) if favour_wide else np.ones(len(options))
+            widths.append(int(rng.choice(options, p=p / p.sum())))
         for i, j, _ in width_ties(ir):
             widths[j] = widths[i]
         plan = network_plan(ir, widths)
@@ -366,9 +372,11 @@ def random_folding(rng, ir, board, *, max_width=16, max_lanes=None):
 def random_network(rng, board, *, wide=False):
     """A random valid IR (an MLP, a small CNN or a small resnet, multi-bit or binary, bits 1..8) and a random
     valid folding (:func:`random_folding`) of it for ``board``. ``wide``: the networks of :func:`random_wide`
-    with words of up to 64 codes and engines of up to 1,024 lanes (the large boards' foldings)."""
-    if wide:
-        return random_wide(rng, board)
+    with words of up to 64 codes and engines of up to 4,096 lanes (the large boards' foldings)."""
+    while wide:
+        drawn = random_wide(rng, board)
+        if drawn is not None:  # (else another network)
+            return drawn
     kind = rng.choice(["mlp", "mlp", "cnn", "bnn", "bcnn", "resnet", "bresnet"])
     if "resnet" in kind:
         ir = random_resnet(rng, kind == "bresnet")
@@ -386,8 +394,9 @@ def _wide_w_bits(rng):
 
 def random_wide(rng, board):
     """A network with tens of channels (a CNN, a resnet or a two-layer MLP, multi-bit or binary) folded
-    wide: words of up to 64 codes, engines of up to 1,024 lanes, as the folding search builds them for the
-    large boards and the peers' networks (calibrates and checks the model beyond the small sweep)."""
+    wide: words of up to 64 codes, engines of up to 4,096 lanes, as the folding search builds them for the
+    large boards and the peers' networks (calibrates and checks the model beyond the small sweep); None when
+    no folding of 50 drawn is within the bounds."""
     kind = rng.choice(["mlp", "bnn", "cnn", "bcnn", "resnet", "bresnet"])
     binary = kind in ("bnn", "bcnn", "bresnet")
     side = int(rng.choice([4, 6, 8]))
@@ -402,7 +411,7 @@ def random_wide(rng, board):
         ir = cnn_ir(rng, c0=int(rng.integers(1, 4)), side=side, channels=(int(rng.choice([16, 32])),
                     int(rng.choice([16, 32, 64]))), bits=bits, n_out=10, binary=binary)
     else:
-        sizes = [int(rng.choice([64, 128, 256])), int(rng.choice([64, 128, 256])), 10]
+        sizes = [int(rng.choice([64, 128, 256, 784])), int(rng.choice([64, 128, 256])), 10]
         in_bits = int(rng.integers(1, 9))
         w_bits = 1 if binary else _wide_w_bits(rng)
         hidden, t1 = random_layer(rng, "l0", sizes[0], sizes[1], _wide_w_bits(rng), in_bits,
@@ -412,17 +421,15 @@ def random_wide(rng, board):
     from rtl_gen.engine import EnginePlan
     from rtl_gen.plan import network_plan
 
-    tried = []
     for _ in range(50):  # keep yosys's time in minutes: bounded lanes x bits and ROM bits in logic
-        folding = random_folding(rng, ir, board, max_width=64, max_lanes=1024)
+        folding = random_folding(rng, ir, board, max_width=64, max_lanes=WIDE_MAX_LANES, favour_wide=True)
         stages = network_plan(ir, folding).stages
         size = sum(s.plan.lanes * s.plan.w_bits * s.plan.a_bits for s in stages if isinstance(s.plan, EnginePlan))
         rom = sum(depth * width for s in stages for _, depth, width, style in getattr(s.plan, "memories", [])
                   if style == "logic")
         if size <= WIDE_BIT_PRODUCTS and rom <= WIDE_LOGIC_ROM_BITS:
             return ir, folding
-        tried.append((size / WIDE_BIT_PRODUCTS + rom / WIDE_LOGIC_ROM_BITS, len(tried), folding))
-    return ir, min(tried)[2]  # the least over the bounds
+    return None  # no folding within the bounds (e.g. more weight bits than the board's block RAMs hold)
 
 
 def synthesize_network(ir, folding, board, work, *, cells=False):
@@ -528,10 +535,11 @@ def sweep_cases(family, designs, seed, *, jobs=2, progress=True, ray_address=Non
     return board, list(zip(cases, [r["result"] for r in results], strict=True))
 
 
-def sweep(family, designs, seed, *, jobs=2, progress=True, ray_address=None, wide=False):
-    """The calibration file's contents: every design's records."""
+def sweep(family, designs, seed, *, jobs=2, progress=True, ray_address=None, wide=False, cache=None):
+    """The calibration file's contents: every design's records (``cache``: a folder keeping each finished
+    design, so that an interrupted sweep resumes)."""
     board, results = sweep_cases(family, designs, seed, jobs=jobs, progress=progress, ray_address=ray_address,
-                                 wide=wide)
+                                 wide=wide, cache=cache)
     return {"family": family, "board": board.name, "yosys_synth": board.yosys_synth, "seed": seed, "wide": wide,
             "designs": [rec for _, rec in results]}
 
@@ -586,8 +594,9 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="Ray workers (1: one design after the other, no Ray)")
     p.add_argument("--ray-address", help="run the designs on an existing Ray cluster")
     p.add_argument("--wide", action="store_true",
-                   help="networks of tens of channels folded wide (words up to 64, engines up to 1,024 lanes)")
+                   help="networks of tens of channels folded wide (words up to 64, engines up to 4,096 lanes)")
     p.add_argument("--out", help="default: boards/calibration/<family>.json (--wide: <family>-wide.json)")
+    p.add_argument("--cache", help="keep each finished design in this folder; a sweep run again resumes from it")
     p = sub.add_parser("multipliers", help="measure one processing element per pair of widths (the multiplier table)")
     p.add_argument("--families", nargs="+", default=sorted(FAMILY_BOARDS), choices=sorted(FAMILY_BOARDS))
     p.add_argument("--out", default=str(HERE / "multipliers.json"))
@@ -603,7 +612,7 @@ def main(argv=None):
         print(f"wrote {args.out}")
     elif args.cmd == "sweep":
         data = sweep(args.family, args.designs, args.seed, jobs=args.jobs, ray_address=args.ray_address,
-                     wide=args.wide)
+                     wide=args.wide, cache=args.cache)
         out = args.out or HERE / f"{args.family}{'-wide' if args.wide else ''}.json"
         write_json(out, data)
         print(f"wrote {out}")
