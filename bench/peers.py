@@ -17,8 +17,11 @@ synth`` (one yosys run per layer, ``--jobs`` at a time). Throughput is at the bo
 inference per initiation interval (the layers form a pipeline); latency from an input's first word to its
 logits.
 
-Not yet here (issue 23): the peers' resource tables (in their papers, which were not at hand), so the
-ratios are of throughput and latency, not per LUT; yosys on LFC-w1a1 and the 1024-wide MLP (not run in the
+The peers' LUTs: FINN's CNV-w1a1, CNV-w2a2 and LFC-w1a1 as BNN-PYNQ publishes them (Vivado's utilization of
+the whole overlay on the xc7z020, its AXI and DMA logic included, beside the rate measured on the board):
+vendor synthesis and placement against yosys's LUT count, a host-driven batch against our clock-cycle
+figure, trained weights against random ones. hls4ml's resource tables for AD08 and ResNet-8 are in its
+MLPerf Tiny paper, which we could not read offline. Not yet here (issue 23): yosys on LFC-w1a1 and the 1024-wide MLP (not run in the
 time we had) and on ResNet-8 (its conv1 module did not finish within yosys's 1,800 s limit, one process
 on a loaded machine). The estimator is not calibrated on arrays this wide or ROMs in logic this large:
 where yosys ran, compare the two columns.
@@ -39,11 +42,24 @@ sys.path.insert(0, str(ROOT))
 from boards import load_board  # noqa: E402
 from hwq.fileio import write_json, write_text  # noqa: E402
 
-# What the peers publish (their throughput and latency as quoted in issue 23, from the MLPerf Tiny results
-# repositories and FINN's pull request 1499); null where we have no figure.
+# What the peers publish. ``peer``: the figure a ratio is taken against; for FINN's CNV and LFC, BNN-PYNQ's
+# overlays (FINN's HLS library on the Pynq-Z1/Z2's xc7z020: Vivado 2018.2 utilization of the whole overlay,
+# and the rate its notebook measured on the board over 10,000 test images), the one design whose LUTs and
+# throughput are both published. ``others``: the peers' further figures (throughput or latency only).
+_BNN_PYNQ = "Xilinx/BNN-PYNQ"
 PEERS = {
-    "cnv-w1a1": {"fps": 661, "clock_mhz": 100, "board": "Pynq-Z2", "tool": "FINN",
-                 "source": "MLPerf Tiny v0.7 results, FINN CNV-W1A1 on Pynq-Z2 (image classification)"},
+    "cnv-w1a1": {"lut": 26072, "bram": 124, "dsp": 24, "fps": 9150, "board": "Pynq-Z1/Z2", "tool": "FINN (BNN-PYNQ)",
+                 "source": f"{_BNN_PYNQ} bnn/src/network/cnvW1A1/README.md (utilization, commit d84f6e8) and "
+                           "notebooks/CNV-QNN_Cifar10_Testset.ipynb (9,149.98 images/s, commit 10b2ab5)",
+                 "others": ["FINN on Pynq-Z2 through the MLPerf Tiny v0.7 harness, one image at a time: 661/s",
+                            "FINN on AUP-ZU3 (FINN pull request 1499, finn-examples): 5,311/s"]},
+    "cnv-w2a2": {"lut": 37302, "bram": 140, "dsp": 32, "fps": 2580, "board": "Pynq-Z1/Z2", "tool": "FINN (BNN-PYNQ)",
+                 "source": f"{_BNN_PYNQ} bnn/src/network/cnvW2A2/README.md (utilization, commit d84f6e8) and "
+                           "notebooks/CNV-QNN_Cifar10_Testset.ipynb (2,580.30 images/s, commit 10b2ab5)"},
+    "lfc-w1a1": {"lut": 28360, "bram": 110, "dsp": 4, "fps": 356633, "board": "Pynq-Z1/Z2", "tool": "FINN (BNN-PYNQ)",
+                 "source": f"{_BNN_PYNQ} bnn/src/network/lfcW1A1/README.md (utilization, commit d84f6e8) and "
+                           "notebooks/LFC-QNN_MNIST.ipynb (356,633 images/s, commit 10b2ab5; its W1A2 overlay "
+                           "measures the same rate, so the figure may be bound by the host's data movement)"},
     "ad08": {"latency_us": 18.7, "clock_mhz": 100, "board": "Pynq-Z2", "tool": "hls4ml",
              "source": "MLPerf Tiny v0.7 results, hls4ml AD08 on Pynq-Z2 at 100 MHz (anomaly detection); its shape "
                        "and widths from the submission's training/ad08.yml (hls4ml-finn-mlperftiny/tiny_results_v0.7)"},
@@ -54,9 +70,10 @@ PEERS = {
 }
 
 
-# every peer row has these fields; null where the figure is not at hand (their resource tables are in papers
-# we could not read offline)
-PEER_FIELDS = {"lut": None, "bram": None, "dsp": None, "clock_mhz": None, "latency_us": None, "fps": None}
+# every peer row has these fields; null where the peer publishes no figure (hls4ml's resource tables for
+# AD08 and RN08 are in its MLPerf Tiny paper, which we could not read offline)
+PEER_FIELDS = {"lut": None, "bram": None, "dsp": None, "clock_mhz": None, "latency_us": None, "fps": None,
+               "others": []}
 
 
 def _mlp(rng, sizes, w_bits, a_bits, input_bits, binary):
@@ -225,8 +242,12 @@ def markdown(res):
               "bit-exact | peer | ours / peer |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["networks"]:
         p = r["peer"]
-        figures = ", ".join(f"{k} {p[k]:,g}" for k in ("fps", "latency_us") if p.get(k) is not None) if p else ""
+        figures = ", ".join(f"{label} {p[k]:,g}" for k, label in (("fps", "inferences/s"), ("latency_us", "latency us"),
+                                                                 ("lut", "LUT"), ("bram", "BRAM"), ("dsp", "DSP"))
+                            if p.get(k) is not None) if p else ""
         peer = f"{p['tool']} on {p['board']}: {figures} ({p['source']})" if p else "-"
+        if p and p["others"]:
+            peer += "; also " + "; ".join(p["others"])
         syn = "-" if r["synth_lut"] is None else f"{r['synth_lut']:,}"
         exact = "-" if r["bit_exact"] is None else r["bit_exact"]
         lines.append(f"| {r['name']} | {r['board']} | {r['folding_s']} | {r['est_lut']:,} | {syn} | {r['bram']} | "
@@ -242,15 +263,28 @@ def markdown(res):
 
 def ratio(row):
     """Our throughput over the peer's (their inferences/s, or one over their latency where they publish only
-    that: one inference at a time through the MLPerf Tiny harness), and our latency over theirs; '-' without a
-    figure. Their LUTs are not at hand, so this is not per LUT."""
+    that: one inference at a time through the MLPerf Tiny harness), our latency over theirs, and, where the
+    peer publishes its LUTs, our inferences/s per LUT over theirs (ours by yosys where it ran, else the
+    estimate); '-' without a figure."""
     p = row["peer"] or {}
     parts = []
     if p.get("fps") is not None:
         parts.append(f"throughput {row['fps'] / p['fps']:.2g}x")
     if p.get("latency_us") is not None:
         parts.append(f"latency {row['latency_us'] / p['latency_us']:.2g}x")
+    per_lut = per_lut_ratio(row)
+    if per_lut is not None:
+        parts.append(f"per LUT {per_lut:.2g}x ({'yosys' if row['synth_lut'] else 'estimated'} LUTs)")
     return ", ".join(parts) or "-"
+
+
+def per_lut_ratio(row):
+    """(our inferences/s per LUT) / (the peer's), or None without the peer's LUTs and rate."""
+    p = row["peer"] or {}
+    if p.get("lut") is None or p.get("fps") is None:
+        return None
+    ours = row["synth_lut"] or row["est_lut"]
+    return (row["fps"] / ours) / (p["fps"] / p["lut"])
 
 
 def main(argv=None):
@@ -272,7 +306,9 @@ def main(argv=None):
     command = ("python bench/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     # rows of networks not run now are kept from the results file (each row names the command that made it)
     old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
-    rows = {r["name"]: r for r in old.get("networks", [])}
+    # the peers' figures are quoted, not measured: kept rows take the current ones
+    rows = {r["name"]: {**r, "peer": {**PEER_FIELDS, **PEERS[r["name"]]} if r["name"] in PEERS else None}
+            for r in old.get("networks", [])}
     speedup = old.get("synth_speedup")
     with tempfile.TemporaryDirectory(prefix="hwq-peers-") as work:
         for name in args.networks:
@@ -282,7 +318,8 @@ def main(argv=None):
             speedup = {**synth_speedup(args.synth_speedup, work=work, log=log), "command": command}
     rows = [rows[n] for n in NETWORKS if n in rows]
     res = {"command": command, "networks": rows, "synth_speedup": speedup,
-           "max_folding_s": max(r["folding_s"] for r in rows)}
+           "max_folding_s": max(r["folding_s"] for r in rows),
+           "per_lut_vs_peer": {r["name"]: round(per_lut_ratio(r), 2) for r in rows if per_lut_ratio(r) is not None}}
     write_json(args.out, res)
     write_text(args.markdown, markdown(res))
     print(json.dumps({r["name"]: {k: r[k] for k in ("folding_s", "fps", "est_lut", "bit_exact")} for r in rows},
