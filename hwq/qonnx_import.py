@@ -10,7 +10,7 @@ is one of:
   buffers hold;
 - an **accumulator** in progress: ``v = post(gain[o] * acc + offset[o])`` where ``acc`` is the exact
   integer sum of a ``Gemm``/``MatMul``/``Conv`` of codes by integer weights (or a residual ``Add`` of two
-  code tensors at one scale), ``gain`` and ``offset`` the real scales and biases per output channel
+  code tensors at one scale, or the window sums of an average pool), ``gain`` and ``offset`` the real scales and biases per output channel
   (``BatchNormalization`` and constant ``Mul``/``Div``/``Add``/``Sub`` fold in) and ``post`` the
   monotonic ``Relu`` / ``Clip`` that follow;
 - a **constant** (initializers, quantized weights and biases).
@@ -45,7 +45,9 @@ __all__ = ["SUPPORTED_OPS", "check_and_save", "check_import", "check_inputs", "i
            "lower_qonnx"]
 
 SUPPORTED_OPS = ("Quant", "BipolarQuant", "MultiThreshold", "Gemm", "MatMul", "Conv", "BatchNormalization", "Relu",
-                 "Clip", "Add", "Sub", "Mul", "Div", "MaxPool", "Flatten", "Reshape", "Identity")
+                 "Clip", "Add", "Sub", "Mul", "Div", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean",
+                 "Flatten",
+                 "Reshape", "Identity")
 QUANT_OPS = ["Quant", "BipolarQuant", "QuantizeLinear", "DequantizeLinear"]  # kept by constant folding
 TOLERANCE = 0.25  # |onnx logit / scale - golden logit| allowed (float32 rounding; a code change moves it >= 1)
 
@@ -345,8 +347,16 @@ class _Importer:
 
     def on_conv(self, node):
         """2-D convolutions (square or rectangular kernels) and 1-D ones, which become 2-D over (C, 1, L)
-        with a 1 x k kernel."""
+        with a 1 x k kernel; a depthwise Conv whose weights are constant ones (hwq's export of ``avgpool``) is
+        the window sum of an average pool."""
         x = self.codes_in(node)
+        if self.attr(node, "group", 1) != 1 and isinstance(self.const(node.input[1]), np.ndarray):
+            ones = self.const(node.input[1])
+            if len(x.shape) != 3 or ones.shape[:2] != (x.shape[0], 1) or not (ones == 1).all() or len(node.input) > 2:
+                self.fail(node, "a grouped Conv is supported as a window sum (an average pool): group = channels, "
+                                "constant weights of 1 of shape (channels, 1, k, k), no bias")
+            self.average_pool(node, x, sum_scale=1)
+            return
         w = self.weights_in(node, 1)
         one_d = w.codes.ndim == 3
         if len(x.shape) != 3 or w.codes.ndim not in (3, 4) or (one_d and x.shape[1] != 1):
@@ -442,6 +452,50 @@ class _Importer:
                                  out_signed=x.signed, kernel=int(k[0]), stride=int(k[0])))
         self.values[node.output[0]] = Codes(name, [x.shape[0], *side], x.bits, x.signed, x.scale)
 
+    def on_averagepool(self, node):
+        """``AveragePool``, ``GlobalAveragePool`` and ``ReduceMean`` over height and width (what Brevitas exports
+        for ``AdaptiveAvgPool2d(1)``) of codes: the window's mean, i.e. its integer sum at the codes' scale over
+        the window's size (hwq's ``avgpool`` requantizes the sum)."""
+        value = self.values.get(node.input[0])
+        if isinstance(value, Acc):
+            self.fail(node, "average pool before the activation quantizer: hwq pools codes (quantize first)")
+        x = self.codes_in(node)
+        self.average_pool(node, x, sum_scale=None)
+
+    def average_pool(self, node, x, sum_scale):
+        """The window sums of ``x`` as an accumulator of an ``avgpool`` layer, at ``x.scale`` times ``sum_scale``
+        (None: over the window's size, the mean)."""
+        if len(x.shape) != 3:
+            self.fail(node, f"the input must be a (channels, height, width) map, not of shape {x.shape}")
+        if node.op_type == "ReduceMean":
+            axes = self.attr(node, "axes", None)
+            if axes is None and len(node.input) > 1:  # (opset 18: the axes are an input)
+                axes = self.const(node.input[1])
+            if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3] or not self.attr(node, "keepdims", 1):
+                self.fail(node, "a ReduceMean over height and width (axes 2, 3) with keepdims=1 is supported "
+                                "(a global average pool)")
+        if node.op_type in ("GlobalAveragePool", "ReduceMean"):
+            k, s, pads = [x.shape[1], x.shape[2]], [1, 1], [0] * 4
+        else:
+            k = list(self.attr(node, "kernel_shape", []))
+            s, pads = list(self.attr(node, "strides", [1, 1])), list(self.attr(node, "pads", [0, 0, 0, 0]))
+        if (len(k) != 2 or k[0] != k[1] or s[0] != s[1] or any(pads) or self.attr(node, "ceil_mode", 0)
+                or any(d != 1 for d in self.attr(node, "dilations", [1, 1]))):
+            self.fail(node, f"square windows, equal strides and no padding are supported (kernel {k}, strides {s}, "
+                            f"pads {pads})")
+        c, k2 = x.shape[0], k[0] * k[0]
+        lo, hi = code_range(x.bits, x.signed)
+        side = [conv_out_side(d, k[0], s[0], 0) for d in x.shape[1:]]
+        if min(side) < 1:
+            self.fail(node, f"a {k[0]}x{k[0]} window does not fit the {x.shape[1]}x{x.shape[2]} map")
+        name = self.new_name("avgpool")
+        layer = Layer(name=name, op="avgpool", in_shape=list(x.shape), out_shape=[c, *side], a_bits=x.bits,
+                      a_signed=x.signed, inputs=self.inputs_of(x), out_bits=0, out_signed=True, kernel=int(k[0]),
+                      stride=int(s[0]), acc_bits=range_bits(k2 * lo, k2 * hi))
+        gain = x.scale * (sum_scale if sum_scale is not None else 1 / k2)
+        self.values[node.output[0]] = Acc(layer, {}, np.full(c, k2 * lo), np.full(c, k2 * hi), np.full(c, gain),
+                                          np.zeros(c))
+
     def on_flatten(self, node):
         x = self.codes_in(node)
         if node.op_type == "Reshape":
@@ -480,8 +534,9 @@ class _Importer:
         if acc.post:
             raise UserError(f"{self.path}: the graph's output passes through {acc.post[0][0]} after the last layer; "
                             f"hwq's last layer produces logits, an accumulator plus a bias")
-        if layer.op == "add":
-            raise UserError(f"{self.path}: the graph ends with a residual Add; hwq's last layer is a Gemm, MatMul or Conv")
+        if layer.op in ("add", "avgpool"):
+            raise UserError(f"{self.path}: the graph ends with {'a residual Add' if layer.op == 'add' else 'an average pool'}"
+                            "; hwq's last layer is a Gemm, MatMul or Conv")
         gain = acc.gain
         if not (gain > 0).all() or not np.allclose(gain, gain[0], rtol=1e-6):
             raise UserError(f"{self.path}: the output layer's scale must be one positive number for every output "
@@ -514,6 +569,8 @@ class _Importer:
         handlers = {"Quant": self.on_quant, "BipolarQuant": self.on_quant, "MultiThreshold": self.multithreshold,
                     "Gemm": self.on_gemm, "MatMul": self.on_matmul, "Conv": self.on_conv, "Relu": self.on_relu,
                     "Clip": self.on_clip, "BatchNormalization": self.on_batchnorm, "MaxPool": self.on_maxpool,
+                    "AveragePool": self.on_averagepool, "GlobalAveragePool": self.on_averagepool,
+                    "ReduceMean": self.on_averagepool,
                     "Flatten": self.on_flatten, "Reshape": self.on_flatten, "Add": self.on_affine,
                     "Sub": self.on_affine, "Mul": self.on_affine, "Div": self.on_affine,
                     "Identity": lambda n: self.values.__setitem__(n.output[0], self.values.get(n.input[0]))}

@@ -38,6 +38,12 @@ def _brevitas_model(kind, w_bits, a_bits):
                              qnn.QuantConv1d(8, 8, 3, stride=2, padding=1, bias=True, weight_bit_width=w_bits),
                              relu(), nn.Flatten(),
                              qnn.QuantLinear(80, 10, bias=True, weight_bit_width=w_bits, bias_quant=Int32Bias))
+    if kind == "gap":  # average pools: AvgPool2d (AveragePool) and AdaptiveAvgPool2d(1) (ReduceMean), requantized
+        return nn.Sequential(inp, qnn.QuantConv2d(1, 8, 3, padding=1, bias=False, weight_bit_width=w_bits),
+                             nn.BatchNorm2d(8), relu(), nn.AvgPool2d(2), relu(),
+                             qnn.QuantConv2d(8, 16, 3, padding=1, bias=True, weight_bit_width=w_bits), relu(),
+                             nn.AdaptiveAvgPool2d(1), relu(), nn.Flatten(),
+                             qnn.QuantLinear(16, 10, bias=True, weight_bit_width=w_bits, bias_quant=Int32Bias))
     if kind == "mlp":
         return nn.Sequential(inp, qnn.QuantLinear(64, 32, bias=True, weight_bit_width=w_bits), nn.BatchNorm1d(32),
                              relu(), qnn.QuantLinear(32, 16, bias=True, weight_bit_width=w_bits), relu(),
@@ -61,7 +67,7 @@ def _train_and_export(kind, w_bits, a_bits, path, epochs=3):
 
     torch.manual_seed(0)
     ds = load_dataset("mnist1d" if kind == "cnn1d" else "digits")
-    shape = {"mlp": (-1, 64), "cnn": (-1, 1, 8, 8), "cnn1d": (-1, 1, 40)}[kind]
+    shape = {"mlp": (-1, 64), "cnn": (-1, 1, 8, 8), "gap": (-1, 1, 8, 8), "cnn1d": (-1, 1, 40)}[kind]
     x, y = torch.tensor(ds.x_train * ds.input_scale, dtype=torch.float32).reshape(shape), torch.tensor(ds.y_train)
     model = _brevitas_model(kind, w_bits, a_bits)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
@@ -78,7 +84,7 @@ def _train_and_export(kind, w_bits, a_bits, path, epochs=3):
     return accuracy
 
 
-@pytest.mark.parametrize("kind, bits", [("mlp", 2), ("mlp", 4), ("cnn", 2), ("cnn", 4)])
+@pytest.mark.parametrize("kind, bits", [("mlp", 2), ("mlp", 4), ("cnn", 2), ("cnn", 4), ("gap", 3)])
 def test_brevitas_model_imports_exactly_and_simulates_bit_exact(kind, bits, tmp_path):
     onnx_path = tmp_path / f"{kind}.onnx"
     accuracy = _train_and_export(kind, bits, bits, onnx_path)
@@ -91,7 +97,8 @@ def test_brevitas_model_imports_exactly_and_simulates_bit_exact(kind, bits, tmp_
     weight_layers = [la for la in ir.layers if la.weights]
     assert [la.w_bits for la in weight_layers] == [bits] * len(weight_layers)
     assert [la.a_bits for la in weight_layers][1:] == [bits] * (len(weight_layers) - 1)
-    assert {la.op for la in ir.layers} >= ({"linear"} if kind == "mlp" else {"conv2d", "maxpool", "flatten", "linear"})
+    assert {la.op for la in ir.layers} >= {"mlp": {"linear"}, "cnn": {"conv2d", "maxpool", "flatten", "linear"},
+                                           "gap": {"conv2d", "avgpool", "flatten", "linear"}}[kind]
     # hwq's golden model on the digits codes gives the Brevitas model's predictions (same arithmetic)
     from hwq.data import load_dataset
 
@@ -153,9 +160,13 @@ def _bad_models():
                                        COMMON), "node 'fc' (Gemm): input 'x' must be quantized activations"),
         "float bias at the output": (_graph([QIN, QW, GEMM], {**COMMON, "bias": [0.5, 0.0, 0.25]}),
                                      "bias is not a whole multiple of its accumulator scale"),
-        "average pool": (_graph([QIN, helper.make_node("AveragePool", ["xq"], ["y"], kernel_shape=[2, 2], name="ap")],
-                                COMMON, in_shape=(1, 1, 4, 4), out_shape=(1, 1, 2, 2)),
-                         "node 'ap' (AveragePool): unsupported op"),
+        "padded average pool": (_graph([QIN, helper.make_node("AveragePool", ["xq"], ["y"], kernel_shape=[2, 2],
+                                                              pads=[1, 1, 1, 1], name="ap")],
+                                       COMMON, in_shape=(1, 1, 4, 4), out_shape=(1, 1, 3, 3)),
+                                "node 'ap' (AveragePool): square windows, equal strides and no padding are supported"),
+        "ends in an average pool": (_graph([QIN, helper.make_node("GlobalAveragePool", ["xq"], ["y"], name="gap")],
+                                           COMMON, in_shape=(1, 1, 4, 4), out_shape=(1, 1, 1, 1)),
+                                    "the graph ends with an average pool"),
         "1-D max-pool": (_graph([QIN, helper.make_node("MaxPool", ["xq"], ["y"], kernel_shape=[2], strides=[2],
                                                        name="mp")], COMMON, in_shape=(1, 1, 8), out_shape=(1, 1, 4)),
                          "node 'mp' (MaxPool): square 2-D windows with stride = kernel and no padding are supported"),

@@ -203,9 +203,11 @@ def test_cnn_top_matches_golden_with_any_folding(widths, binary):
 def test_average_pool_matches_golden(pool, binary, signs, widths, tmp_path):
     """conv -> avgpool (window sums requantized by per-channel thresholds) -> flatten -> linear: equal integers
     and analytic cycles, with the sums' level steps and the thresholds' folded constant on every kind of code;
-    the QONNX export (a depthwise Conv of ones, then MultiThreshold) run by qonnx's executor: the same integers."""
+    the QONNX export (a depthwise Conv of ones, then MultiThreshold) run by qonnx's executor and imported back:
+    the same integers."""
     from boards.calibrate import _flatten, avgpool_layer, network_ir, random_layer
     from hwq.qonnx_export import run_qonnx, write_qonnx
+    from hwq.qonnx_import import import_qonnx
 
     rng = np.random.default_rng(sum(widths) + binary)
     kernel, stride = pool
@@ -222,6 +224,9 @@ def test_average_pool_matches_golden(pool, binary, signs, widths, tmp_path):
     plan, _ = _check_network(ir, widths, x)
     write_qonnx(ir, tmp_path / "m.onnx")
     np.testing.assert_array_equal(run_qonnx(tmp_path / "m.onnx", x, ir.input_shape), golden.run(ir, x))
+    back, _ = import_qonnx(tmp_path / "m.onnx", tmp_path / "back", inputs=x)  # and back: the same integer function
+    assert [la.op for la in back.layers] == [la.op for la in ir.layers]
+    np.testing.assert_array_equal(golden.run(back, x), golden.run(ir, x))
     assert plan.stages[1].kind == "avgpool" and plan.stages[1].plan.n_reads == 4 // widths[1] * side * side * (
         kernel or 5) ** 2
 
