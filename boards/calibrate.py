@@ -373,8 +373,8 @@ def random_network(rng, board, *, wide=False):
     """A random valid IR (an MLP, a small CNN or a small resnet, multi-bit or binary, bits 1..8) and a random
     valid folding (:func:`random_folding`) of it for ``board``. ``wide``: the networks of :func:`random_wide`
     with words of up to 64 codes and engines of up to 4,096 lanes (the large boards' foldings)."""
-    while wide:
-        drawn = random_wide(rng, board)
+    while wide:  # True: the default mix of kinds; a tuple: these kinds
+        drawn = random_wide(rng, board, *(() if wide is True else (tuple(wide),)))
         if drawn is not None:  # (else another network)
             return drawn
     kind = rng.choice(["mlp", "mlp", "cnn", "bnn", "bcnn", "resnet", "bresnet"])
@@ -392,12 +392,18 @@ def _wide_w_bits(rng):
     return int(rng.choice([*range(1, 9), 12, 16]))
 
 
-def random_wide(rng, board):
-    """A network with tens of channels (a CNN, a resnet or a two-layer MLP, multi-bit or binary) folded
-    wide: words of up to 64 codes, engines of up to 4,096 lanes, as the folding search builds them for the
-    large boards and the peers' networks (calibrates and checks the model beyond the small sweep); None when
-    no folding of 50 drawn is within the bounds."""
-    kind = rng.choice(["mlp", "bnn", "cnn", "bcnn", "resnet", "bresnet"])
+WIDE_KINDS = ("mlp", "bnn", "cnn", "bcnn", "resnet", "bresnet")
+# binary-weight MLPs on unsigned codes (FINN's TFC/SFC/LFC first layers: a systolic array of x-or-minus-x
+# lanes, not XNOR), the kind the default mix draws least; sweep --wide --kinds bmlp
+EXTRA_WIDE_KINDS = ("bmlp",)
+
+
+def random_wide(rng, board, kinds=WIDE_KINDS):
+    """A network with tens of channels (a CNN, a resnet or a two-layer MLP, multi-bit or binary; one of
+    ``kinds``) folded wide: words of up to 64 codes, engines of up to 4,096 lanes, as the folding search
+    builds them for the large boards and the peers' networks (calibrates and checks the model beyond the
+    small sweep); None when no folding of 50 drawn is within the bounds."""
+    kind = rng.choice(list(kinds))
     binary = kind in ("bnn", "bcnn", "bresnet")
     side = int(rng.choice([4, 6, 8]))
     if kind == "resnet" or kind == "bresnet":
@@ -410,6 +416,11 @@ def random_wide(rng, board):
                 int(rng.integers(1, 5)), _wide_w_bits(rng))
         ir = cnn_ir(rng, c0=int(rng.integers(1, 4)), side=side, channels=(int(rng.choice([16, 32])),
                     int(rng.choice([16, 32, 64]))), bits=bits, n_out=10, binary=binary)
+    elif kind == "bmlp":
+        sizes = [int(rng.choice([256, 784, 1024])), int(rng.choice([64, 256, 1024])), 10]
+        hidden, t1 = random_layer(rng, "l0", sizes[0], sizes[1], 1, int(rng.integers(1, 9)), int(rng.integers(1, 5)))
+        last, t2 = random_layer(rng, "l1", sizes[1], sizes[2], 1, hidden.out_bits, None)
+        ir = network_ir([hidden, last], {**t1, **t2}, input_bits=hidden.a_bits)
     else:
         sizes = [int(rng.choice([64, 128, 256, 784])), int(rng.choice([64, 128, 256])), 10]
         in_bits = int(rng.integers(1, 9))
@@ -526,7 +537,8 @@ def sweep_cases(family, designs, seed, *, jobs=2, progress=True, ray_address=Non
     from hwq.sweep import run_tasks
 
     board, cases = _cases(family, designs, seed, wide)
-    tasks = [{"family": family, "seed": seed, "index": k, **({"wide": True} if wide else {})} for k in range(designs)]
+    tasks = [{"family": family, "seed": seed, "index": k, **({"wide": wide if wide is True else list(wide)} if wide else {})}
+             for k in range(designs)]
     log = (lambda msg: print(f"{family}: {msg}", file=sys.stderr, flush=True)) if progress else None
     results = run_tasks(calibration_point, tasks, workers=jobs, ray_address=ray_address, cache=cache, log=log)
     failed = [r for r in results if r["status"] != "ok"]
@@ -595,14 +607,17 @@ def main(argv=None):
     p.add_argument("--ray-address", help="run the designs on an existing Ray cluster")
     p.add_argument("--wide", action="store_true",
                    help="networks of tens of channels folded wide (words up to 64, engines up to 4,096 lanes)")
-    p.add_argument("--out", help="default: boards/calibration/<family>.json (--wide: <family>-wide.json)")
+    p.add_argument("--out", help="default: boards/calibration/<family>.json (--wide: <family>-wide[-<kinds>].json)")
     p.add_argument("--cache", help="keep each finished design in this folder; a sweep run again resumes from it")
+    p.add_argument("--kinds", nargs="+", choices=WIDE_KINDS + EXTRA_WIDE_KINDS,
+                   help="--wide: only these kinds of network (default: " + ", ".join(WIDE_KINDS)
+                   + "; bmlp: binary-weight MLPs on unsigned codes); output <family>-wide-<kinds>.json")
     p = sub.add_parser("multipliers", help="measure one processing element per pair of widths (the multiplier table)")
     p.add_argument("--families", nargs="+", default=sorted(FAMILY_BOARDS), choices=sorted(FAMILY_BOARDS))
     p.add_argument("--out", default=str(HERE / "multipliers.json"))
     p = sub.add_parser("fit", help="fit coefficients from the sweep files")
     p.add_argument("files", nargs="*",
-                   help="default: boards/calibration/<family>.json and <family>-wide.json for each family")
+                   help="default: boards/calibration/<family>.json and <family>-wide*.json for each family")
     p.add_argument("--out", default=str(HERE / "coefficients.json"))
     args = parser.parse_args(argv)
     from hwq.fileio import write_json
@@ -611,14 +626,18 @@ def main(argv=None):
         write_json(args.out, multiplier_file(args.families, args.out))
         print(f"wrote {args.out}")
     elif args.cmd == "sweep":
+        if args.kinds and not args.wide:
+            parser.error("--kinds needs --wide")
+        wide = tuple(args.kinds) if args.kinds else args.wide
         data = sweep(args.family, args.designs, args.seed, jobs=args.jobs, ray_address=args.ray_address,
-                     wide=args.wide, cache=args.cache)
-        out = args.out or HERE / f"{args.family}{'-wide' if args.wide else ''}.json"
+                     wide=wide, cache=args.cache)
+        tail = "-wide" + "".join(f"-{k}" for k in args.kinds or ()) if args.wide else ""
+        out = args.out or HERE / f"{args.family}{tail}.json"
         write_json(out, data)
         print(f"wrote {out}")
     else:
-        files = args.files or [HERE / f"{f}{tail}.json" for f in FAMILY_BOARDS for tail in ("", "-wide")
-                               if (HERE / f"{f}{tail}.json").is_file()]
+        files = args.files or [p for f in FAMILY_BOARDS for p in [HERE / f"{f}.json", *sorted(HERE.glob(f"{f}-wide*.json"))]
+                               if p.is_file()]
         write_json(args.out, fit_all(files))
         print(f"wrote {args.out}")
 
