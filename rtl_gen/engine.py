@@ -20,7 +20,10 @@ from .requant import MultiplyShiftRequantizer, ThresholdRequantizer
 from .systolic import SystolicArray
 from .xnor import XnorPopcount
 
-__all__ = ["ENGINES", "MEMORY_STYLES", "ArrayPlan", "EnginePlan", "LayerEngine", "MultiplyShiftPlan", "compare_thresholds",
+# the most channels an engine takes (cols) or gives (rows) per cycle: its buffers' words hold at most this many codes
+MAX_WORD = 256
+
+__all__ = ["ENGINES", "MAX_WORD", "MEMORY_STYLES", "ArrayPlan", "EnginePlan", "LayerEngine", "MultiplyShiftPlan", "compare_thresholds",
            "finish_writes", "folded_thresholds", "memory_attrs", "multiply_shift_rom_words", "pack", "param_bits",
            "param_memory", "param_rom_words", "requantize"]
 
@@ -563,7 +566,7 @@ class LayerEngine(wiring.Component):
         self.plan = p = plan
         if p.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {p.engine!r}")
-        for name, lo, hi in (("rows", 1, 256), ("cols", 1, 256), ("kernel", 1, 64), ("kh", 1, 64), ("stride", 1, 64),
+        for name, lo, hi in (("rows", 1, MAX_WORD), ("cols", 1, MAX_WORD), ("kernel", 1, 64), ("kh", 1, 64), ("stride", 1, 64),
                              ("in_channels", 1, 1 << 16), ("out_channels", 1, 1 << 16)):
             check_int(name, getattr(p, name), lo, hi)
         check_int("w_bits", p.w_bits, 1, MAX_W_STORAGE_BITS)

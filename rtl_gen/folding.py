@@ -21,7 +21,7 @@ import numpy as np
 
 from hwq.errors import UserError
 
-from .engine import EnginePlan
+from .engine import MAX_WORD, EnginePlan
 from .plan import BufferPlan, Folding, TopPlan, _prepare, buffer_channels, stage_specs, width_ties
 
 __all__ = ["CELL_FRACTION", "DEFAULT_LUT_FRACTION", "MAX_LANES", "ChoiceProgram", "FoldingSearch", "Program", "board_limits", "check_folding",
@@ -449,7 +449,7 @@ def _width_options(ir, fold):
         raise UserError(f"--fold: no conv2d/linear layer named {sorted(unknown)[0]!r} (layers: {', '.join(names)})")
     options = []
     for k, n in enumerate(counts):
-        opts = _divisors(n) if k < len(counts) - 1 else _last_rows(n)
+        opts = _divisors(n, MAX_WORD) if k < len(counts) - 1 else [g for g in _last_rows(n) if g <= MAX_WORD]
         for name, (rows, cols) in fold.items():
             i = names.index(name)
             if k == i + 1:  # (the last layer's rows may be any 1..n when given)

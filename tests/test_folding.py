@@ -225,3 +225,22 @@ def test_an_undecided_probe_counts_as_infeasible_and_is_listed(monkeypatch):
     limits, cell_model, cell_limit = board_limits(board)
     fold, _ = search.fastest(limits, cell_model, cell_limit)
     assert search.undecided and network_plan(ir, fold).initiation_interval == max(search.periods())
+
+
+def test_folding_offers_only_words_the_engines_take():
+    """A layer wider than an engine's word (FINN's TFC: 784 binarized pixels, all of which one XNOR row could
+    take per cycle) is folded with words of at most MAX_WORD codes, and the design generates (the search
+    once chose cols = 784, which LayerEngine refuses)."""
+    from boards.calibrate import network_ir, random_layer
+    from rtl_gen.engine import MAX_WORD
+    from rtl_gen.plan import network_plan
+    from rtl_gen.top import NetworkTop
+
+    rng = np.random.default_rng(0)
+    l1, t1 = random_layer(rng, "fc1", 784, 64, 1, 1, 1, in_signed=True, out_signed=True)
+    l2, t2 = random_layer(rng, "fc2", 64, 10, 1, 1, None, in_signed=True)
+    ir = network_ir([l1, l2], {**t1, **t2}, input_bits=1, input_signed=True)
+    board = load_board("xc7z020")
+    folding = choose_folding(ir, board)
+    assert max(folding.widths) <= MAX_WORD and folding.widths[0] > 64
+    NetworkTop(network_plan(ir, folding))  # the engines accept their plans (elaborating them would take minutes)
