@@ -100,16 +100,26 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--families", nargs="+", default=["ice40", "xilinx7", "ecp5"], choices=sorted(FAMILY_BOARDS))
     args = ap.parse_args()
-    results = {}
+    out = ROOT / "bench" / "results" / "estimator.json"
+    made = (f"python bench/estimator.py --designs {args.designs} --seed {args.seed} --families "
+            f"{' '.join(args.families)}")
+    # the families not run now keep their results (each family's entry names the run that made it)
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    results = old.get("families", {}) if old.get("seed") == args.seed else {}
     for family in args.families:
         board, rows = measure(family, args.designs, args.seed, args.jobs)
-        results[family] = {"board": board.name, "command": board.yosys_synth, **summarize(rows), "designs": rows}
-    out = ROOT / "bench" / "results" / "estimator.json"
+        results[family] = {"board": board.name, "command": board.yosys_synth, **summarize(rows), "made_by": made,
+                           "designs": rows}
+    results = {f: results[f] for f in sorted(FAMILY_BOARDS) if f in results}
     write_json(out, {"seed": args.seed, "families": results})
     png = ROOT / "docs" / "results" / "estimator.png"
     plot(results, png)
-    made_by = (f"Made by `python bench/estimator.py --designs {args.designs} --seed {args.seed} --families "
-               f"{' '.join(args.families)}`; raw numbers in `bench/results/estimator.json`.")
+    earlier = "python bench/estimator.py (an earlier run)"
+    by_run = {}
+    for fam, r in results.items():
+        by_run.setdefault(r.get("made_by") or earlier, []).append(fam)
+    made_by = ("Made by " + "; ".join(f"`{m}` ({', '.join(fams)})" for m, fams in sorted(by_run.items()))
+               + "; raw numbers in `bench/results/estimator.json`.")
     about = ("Each design is a random network from `boards.calibrate.random_network` (an MLP, a small CNN or a "
              "small resnet, multi-bit or binary, bits 1..8, thresholds or multiply-shift requantization) with a random "
              "valid folding (`random_folding`: up to 16 channels per cycle, DSP multipliers on some eligible layers, "

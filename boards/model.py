@@ -91,12 +91,17 @@ def resolve(family, features):
 
 def predict(family, resource, features, correction=None):
     """Estimate of ``resource`` ("lut"/"ff") for a component with these named features; ``correction``: the
-    named inputs of the family's correction trees for this resource, if it has them (layer engines' LUTs)."""
+    named inputs of the family's correction trees for this resource, if it has them (layer engines' LUTs;
+    an engine of more lanes than the family's own sweep had takes the wide sweeps' trees, where fitted)."""
     model = coefficients().get(family, {}).get(resource)
     if model is None:
         raise UserError(f"no calibrated {resource} model for FPGA family {family!r} in boards/{COEFFICIENTS}")
     value = sum(model.get(name, 0.0) * v for name, v in resolve(family, features).items())
-    trees = coefficients().get(family, {}).get(f"{resource}_correction")
+    fam = coefficients().get(family, {})
+    trees = fam.get(f"{resource}_correction")
+    if correction is not None and fam.get(f"{resource}_correction_wide") and \
+            correction.get("rows", 0) * correction.get("cols", 0) > fam.get("wide_lanes", math.inf):
+        trees = fam[f"{resource}_correction_wide"]  # an engine wider than the family's sweep: the wide sweeps' trees
     if correction is not None and trees:
         value *= math.exp(correction_log_ratio(trees, resolve(family, correction)))
     return round(value)
