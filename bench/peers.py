@@ -21,10 +21,10 @@ The peers' LUTs: FINN's CNV-w1a1, CNV-w2a2 and LFC-w1a1 as BNN-PYNQ publishes th
 the whole overlay on the xc7z020, its AXI and DMA logic included, beside the rate measured on the board):
 vendor synthesis and placement against yosys's LUT count, a host-driven batch against our clock-cycle
 figure, trained weights against random ones. hls4ml's resource tables for AD08 and ResNet-8 are in its
-MLPerf Tiny paper, which we could not read offline. Not yet here (issue 23): yosys on LFC-w1a1 and the 1024-wide MLP (not run in the
-time we had) and on ResNet-8 (its conv1 module did not finish within yosys's 1,800 s limit, one process
-on a loaded machine). The estimator is not calibrated on arrays this wide or ROMs in logic this large:
-where yosys ran, compare the two columns.
+MLPerf Tiny paper, which we could not read offline. FINN's W1A1 MLPs binarize the image and compute every
+layer by XNOR (BNN-PYNQ's lfcW1A1/hw/top.cpp), so their inputs here are bipolar. yosys does not run on
+every network (ResNet-8's largest modules did not finish within its 1,800 s limit); where it ran, the
+estimate is beside it.
 """
 
 import argparse
@@ -77,10 +77,12 @@ PEER_FIELDS = {"lut": None, "bram": None, "dsp": None, "clock_mhz": None, "laten
 
 
 def _mlp(rng, sizes, w_bits, a_bits, input_bits, binary):
+    """An MLP of ``sizes``; ``binary``: bipolar activations, the input's too (FINN's W1A1 MLPs binarize the
+    image and compute every layer, the first included, by XNOR: BNN-PYNQ's lfcW1A1/hw/top.cpp)."""
     from boards.calibrate import network_ir, random_layer
 
     layers, tensors = [], {}
-    bits, signed = input_bits, False
+    bits, signed = input_bits, binary and input_bits == 1
     for i in range(len(sizes) - 1):
         out = None if i == len(sizes) - 2 else a_bits
         layer, t = random_layer(rng, f"fc{i + 1}", sizes[i], sizes[i + 1], w_bits, bits, out, in_signed=signed,
@@ -89,7 +91,7 @@ def _mlp(rng, sizes, w_bits, a_bits, input_bits, binary):
         layers.append(layer)
         tensors.update(t)
         bits, signed = layer.out_bits, layer.out_signed
-    return network_ir(layers, tensors, input_bits=input_bits, dataset="random")
+    return network_ir(layers, tensors, input_bits=input_bits, dataset="random", input_signed=binary and input_bits == 1)
 
 
 def _resnet8(rng):
@@ -184,11 +186,13 @@ def run_network(name, *, sim, synth, jobs, work, log):
         rtl = Path(work) / name / "rtl"
         generate_rtl(ir, board, rtl, folding=folding)
         if sim:
-            from hwq.intrange import max_int, min_int
+            from hwq.intrange import code_range
             from sim.runner import simulate
 
-            inputs = np.random.default_rng(1).integers(min_int(ir.input_bits, False), max_int(ir.input_bits, False) + 1,
-                                                       size=(sim, ir.in_features))
+            lo, hi = code_range(ir.input_bits, ir.input_signed)  # (bipolar: -1 and +1)
+            rng = np.random.default_rng(1)
+            shape = (sim, ir.in_features)
+            inputs = rng.choice([lo, hi], size=shape) if ir.input_bits == 1 else rng.integers(lo, hi + 1, size=shape)
             res = simulate(ir, rtl, inputs=inputs)
             row.update(bit_exact=res["bit_exact"], sim_samples=res["samples"],
                        cycles_equal=res["initiation_interval_cycles"] == res["initiation_interval_cycles_estimate"])
@@ -310,18 +314,24 @@ def main(argv=None):
     rows = {r["name"]: {**r, "peer": {**PEER_FIELDS, **PEERS[r["name"]]} if r["name"] in PEERS else None}
             for r in old.get("networks", [])}
     speedup = old.get("synth_speedup")
+    def save():  # after every network: a long run keeps what it finished
+        ordered = [rows[n] for n in NETWORKS if n in rows]
+        res = {"command": command, "networks": ordered, "synth_speedup": speedup,
+               "max_folding_s": max(r["folding_s"] for r in ordered),
+               "per_lut_vs_peer": {r["name"]: round(per_lut_ratio(r), 2) for r in ordered
+                                   if per_lut_ratio(r) is not None}}
+        write_json(args.out, res)
+        write_text(args.markdown, markdown(res))
+        return ordered
+
     with tempfile.TemporaryDirectory(prefix="hwq-peers-") as work:
         for name in args.networks:
             rows[name] = {**run_network(name, sim=args.sim, synth=args.synth, jobs=args.jobs, work=work, log=log),
                           "command": command}
+            save()
         if args.synth_speedup:
             speedup = {**synth_speedup(args.synth_speedup, work=work, log=log), "command": command}
-    rows = [rows[n] for n in NETWORKS if n in rows]
-    res = {"command": command, "networks": rows, "synth_speedup": speedup,
-           "max_folding_s": max(r["folding_s"] for r in rows),
-           "per_lut_vs_peer": {r["name"]: round(per_lut_ratio(r), 2) for r in rows if per_lut_ratio(r) is not None}}
-    write_json(args.out, res)
-    write_text(args.markdown, markdown(res))
+    rows = save()
     print(json.dumps({r["name"]: {k: r[k] for k in ("folding_s", "fps", "est_lut", "bit_exact")} for r in rows},
                      indent=1))
 
