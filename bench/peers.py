@@ -240,7 +240,8 @@ def synth_speedup(name, *, work, log):
 
 def markdown(res):
     lines = ["# Real-size networks beside their peers", "",
-             f"Made by `{res['command']}`; raw numbers in `bench/results/peers.json`.", "",
+             (f"Made one network or a few at a time (each row of `bench/results/peers.json`, the raw numbers, "
+              f"names the command that made it; the last: `{res['command']}`)."), "",
              __doc__.split("\n\n", 2)[2].strip(), "",
              ("| network | board | folding (s) | est LUT | yosys LUT | BRAM | DSP | inferences/s | latency (us) | "
               "bit-exact | peer | ours / peer |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
