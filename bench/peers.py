@@ -82,7 +82,8 @@ def _mlp(rng, sizes, w_bits, a_bits, input_bits, binary):
     from boards.calibrate import network_ir, random_layer
 
     layers, tensors = [], {}
-    bits, signed = input_bits, binary and input_bits == 1
+    input_signed = binary and input_bits == 1
+    bits, signed = input_bits, input_signed
     for i in range(len(sizes) - 1):
         out = None if i == len(sizes) - 2 else a_bits
         layer, t = random_layer(rng, f"fc{i + 1}", sizes[i], sizes[i + 1], w_bits, bits, out, in_signed=signed,
@@ -91,7 +92,7 @@ def _mlp(rng, sizes, w_bits, a_bits, input_bits, binary):
         layers.append(layer)
         tensors.update(t)
         bits, signed = layer.out_bits, layer.out_signed
-    return network_ir(layers, tensors, input_bits=input_bits, dataset="random", input_signed=binary and input_bits == 1)
+    return network_ir(layers, tensors, input_bits=input_bits, dataset="random", input_signed=input_signed)
 
 
 def _resnet8(rng):
@@ -315,12 +316,13 @@ def main(argv=None):
     rows = {r["name"]: {**r, "peer": {**PEER_FIELDS, **PEERS[r["name"]]} if r["name"] in PEERS else None}
             for r in old.get("networks", [])}
     speedup = old.get("synth_speedup")
+
     def save():  # after every network: a long run keeps what it finished
         ordered = [rows[n] for n in NETWORKS if n in rows]
+        per_lut = {r["name"]: per_lut_ratio(r) for r in ordered}
         res = {"command": command, "networks": ordered, "synth_speedup": speedup,
                "max_folding_s": max(r["folding_s"] for r in ordered),
-               "per_lut_vs_peer": {r["name"]: round(per_lut_ratio(r), 2) for r in ordered
-                                   if per_lut_ratio(r) is not None}}
+               "per_lut_vs_peer": {n: round(v, 2) for n, v in per_lut.items() if v is not None}}
         write_json(args.out, res)
         write_text(args.markdown, markdown(res))
         return ordered

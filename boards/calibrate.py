@@ -376,7 +376,7 @@ def random_network(rng, board, *, wide=False):
     valid folding (:func:`random_folding`) of it for ``board``. ``wide``: the networks of :func:`random_wide`
     with words of up to 64 codes and engines of up to 4,096 lanes (the large boards' foldings)."""
     while wide:  # True: the default mix of kinds; a tuple: these kinds
-        drawn = random_wide(rng, board, *(() if wide is True else (tuple(wide),)))
+        drawn = random_wide(rng, board, WIDE_KINDS if wide is True else tuple(wide))
         if drawn is not None:  # (else another network)
             return drawn
     kind = rng.choice(["mlp", "mlp", "cnn", "bnn", "bcnn", "resnet", "bresnet"])

@@ -46,8 +46,7 @@ __all__ = ["SUPPORTED_OPS", "check_and_save", "check_import", "check_inputs", "i
 
 SUPPORTED_OPS = ("Quant", "BipolarQuant", "MultiThreshold", "Gemm", "MatMul", "Conv", "BatchNormalization", "Relu",
                  "Clip", "Add", "Sub", "Mul", "Div", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean",
-                 "Flatten",
-                 "Reshape", "Identity")
+                 "Flatten", "Reshape", "Identity")
 QUANT_OPS = ["Quant", "BipolarQuant", "QuantizeLinear", "DequantizeLinear"]  # kept by constant folding
 TOLERANCE = 0.25  # |onnx logit / scale - golden logit| allowed (float32 rounding; a code change moves it >= 1)
 
@@ -350,12 +349,12 @@ class _Importer:
         with a 1 x k kernel; a depthwise Conv whose weights are constant ones (hwq's export of ``avgpool``) is
         the window sum of an average pool."""
         x = self.codes_in(node)
-        if self.attr(node, "group", 1) != 1 and isinstance(self.const(node.input[1]), np.ndarray):
-            ones = self.const(node.input[1])
+        ones = self.const(node.input[1])
+        if self.attr(node, "group", 1) != 1 and isinstance(ones, np.ndarray):
             if len(x.shape) != 3 or ones.shape[:2] != (x.shape[0], 1) or not (ones == 1).all() or len(node.input) > 2:
                 self.fail(node, "a grouped Conv is supported as a window sum (an average pool): group = channels, "
                                 "constant weights of 1 of shape (channels, 1, k, k), no bias")
-            self.average_pool(node, x, sum_scale=1)
+            self.average_pool(node, self.pooled_codes(node, "average pool"), mean=False)
             return
         w = self.weights_in(node, 1)
         one_d = w.codes.ndim == 3
@@ -434,12 +433,15 @@ class _Importer:
         hi = np.inf if hi is None else float(hi.reshape(()))
         self.values[node.output[0]] = Acc(**{**acc.__dict__, "post": [*acc.post, ("clip", lo, hi)]})
 
+    def pooled_codes(self, node, what):
+        """The codes a pool reads (a pool of a layer's output before its quantizer is an error)."""
+        if isinstance(self.values.get(node.input[0]), Acc):
+            self.fail(node, f"{what} before the activation quantizer: hwq pools codes (put the pool after the "
+                            "Quant/QuantReLU; for a max-pool the result is the same, the quantizer being non-decreasing)")
+        return self.codes_in(node)
+
     def on_maxpool(self, node):
-        value = self.values.get(node.input[0])
-        if isinstance(value, Acc):
-            self.fail(node, "max-pool before the activation quantizer: hwq pools codes (put the pool after the "
-                            "Quant/QuantReLU; the result is the same for a non-decreasing quantizer)")
-        x = self.codes_in(node)
+        x = self.pooled_codes(node, "max-pool")
         k, s = list(self.attr(node, "kernel_shape", [])), list(self.attr(node, "strides", [1, 1]))
         pads = list(self.attr(node, "pads", [0, 0, 0, 0]))
         if len(x.shape) != 3 or len(k) != 2 or k[0] != k[1] or s != k or any(pads) or self.attr(node, "ceil_mode", 0):
@@ -456,15 +458,11 @@ class _Importer:
         """``AveragePool``, ``GlobalAveragePool`` and ``ReduceMean`` over height and width (what Brevitas exports
         for ``AdaptiveAvgPool2d(1)``) of codes: the window's mean, i.e. its integer sum at the codes' scale over
         the window's size (hwq's ``avgpool`` requantizes the sum)."""
-        value = self.values.get(node.input[0])
-        if isinstance(value, Acc):
-            self.fail(node, "average pool before the activation quantizer: hwq pools codes (quantize first)")
-        x = self.codes_in(node)
-        self.average_pool(node, x, sum_scale=None)
+        self.average_pool(node, self.pooled_codes(node, "average pool"), mean=True)
 
-    def average_pool(self, node, x, sum_scale):
-        """The window sums of ``x`` as an accumulator of an ``avgpool`` layer, at ``x.scale`` times ``sum_scale``
-        (None: over the window's size, the mean)."""
+    def average_pool(self, node, x, mean):
+        """The window sums of ``x`` as an accumulator of an ``avgpool`` layer, at ``x.scale`` (``mean``: over the
+        window's size)."""
         if len(x.shape) != 3:
             self.fail(node, f"the input must be a (channels, height, width) map, not of shape {x.shape}")
         if node.op_type == "ReduceMean":
@@ -492,7 +490,7 @@ class _Importer:
         layer = Layer(name=name, op="avgpool", in_shape=list(x.shape), out_shape=[c, *side], a_bits=x.bits,
                       a_signed=x.signed, inputs=self.inputs_of(x), out_bits=0, out_signed=True, kernel=int(k[0]),
                       stride=int(s[0]), acc_bits=range_bits(k2 * lo, k2 * hi))
-        gain = x.scale * (sum_scale if sum_scale is not None else 1 / k2)
+        gain = x.scale / k2 if mean else x.scale
         self.values[node.output[0]] = Acc(layer, {}, np.full(c, k2 * lo), np.full(c, k2 * hi), np.full(c, gain),
                                           np.zeros(c))
 

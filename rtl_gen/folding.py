@@ -454,14 +454,16 @@ def _width_options(ir, fold):
             i = names.index(name)
             if k == i + 1:  # (the last layer's rows may be any 1..n when given)
                 last = k == len(counts) - 1
-                opts = [rows] if last and 1 <= rows <= n else [g for g in opts if g == rows] if rows <= n else []
-                if not opts:
-                    raise UserError(f"--fold {name}={rows}x{cols}: rows must divide the layer's {n} outputs"
-                                    if k < len(counts) - 1 else f"--fold {name}: rows must be 1..{n}")
+                opts = [rows] if last and 1 <= rows <= min(n, MAX_WORD) else [g for g in opts if g == rows]
+                if not opts:  # (opts hold at most MAX_WORD: an engine's word)
+                    raise UserError(f"--fold {name}={rows}x{cols}: rows must divide the layer's {n} outputs and be at "
+                                    f"most {MAX_WORD}" if k < len(counts) - 1
+                                    else f"--fold {name}: rows must be 1..{min(n, MAX_WORD)}")
             if k == i:
-                opts = [g for g in opts if g == cols] if cols <= n and n % cols == 0 else []
+                opts = [g for g in opts if g == cols]
                 if not opts:
-                    raise UserError(f"--fold {name}={rows}x{cols}: cols must divide the layer's {n} input channels")
+                    raise UserError(f"--fold {name}={rows}x{cols}: cols must divide the layer's {n} input channels "
+                                    f"and be at most {MAX_WORD}")
         options.append(opts)
     for i, j, add in width_ties(ir):
         common = sorted(set(options[i]) & set(options[j]))

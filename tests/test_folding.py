@@ -244,3 +244,5 @@ def test_folding_offers_only_words_the_engines_take():
     folding = choose_folding(ir, board)
     assert max(folding.widths) <= MAX_WORD and folding.widths[0] > 64
     NetworkTop(network_plan(ir, folding))  # the engines accept their plans (elaborating them would take minutes)
+    with pytest.raises(UserError, match="cols must divide the layer's 784 input channels and be at most 256"):
+        choose_folding(ir, board, fold={"fc1": (16, 392)})  # (a user's --fold: an error, not the engine's ValueError)
