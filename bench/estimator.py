@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from boards import RESOURCES  # noqa: E402
-from boards.calibrate import FAMILY_BOARDS, sweep_cases  # noqa: E402
+from boards.calibrate import EXTRA_WIDE_KINDS, FAMILY_BOARDS, WIDE_KINDS, sweep_cases  # noqa: E402
 from hwq.estimate import estimate  # noqa: E402
 from hwq.fileio import write_json, write_text  # noqa: E402
 
 
-def measure(family, designs, seed, jobs):
-    board, results = sweep_cases(family, designs, seed, jobs=jobs)
+def measure(family, designs, seed, jobs, kinds=None):
+    board, results = sweep_cases(family, designs, seed, jobs=jobs, wide=tuple(kinds) if kinds else False)
     rows = []
     for (ir, folding), rec in results:
         t0 = time.perf_counter()
@@ -99,18 +99,21 @@ def main():
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--families", nargs="+", default=["ice40", "xilinx7", "ecp5"], choices=sorted(FAMILY_BOARDS))
+    ap.add_argument("--kinds", nargs="+", choices=WIDE_KINDS + EXTRA_WIDE_KINDS,
+                    help="held-out wide networks of these kinds (boards.calibrate.random_wide), kept apart as "
+                         "<family>-wide-<kinds> (amlp: activations of 9..16 bits)")
     args = ap.parse_args()
     out = ROOT / "bench" / "results" / "estimator.json"
     made = (f"python bench/estimator.py --designs {args.designs} --seed {args.seed} --families "
-            f"{' '.join(args.families)}")
+            f"{' '.join(args.families)}" + (f" --kinds {' '.join(args.kinds)}" if args.kinds else ""))
     # the families not run now keep their results (each family's entry names the run that made it)
     old = json.loads(out.read_text()) if out.is_file() else {}
     results = old.get("families", {}) if old.get("seed") == args.seed else {}
     for family in args.families:
-        board, rows = measure(family, args.designs, args.seed, args.jobs)
-        results[family] = {"board": board.name, "command": board.yosys_synth, **summarize(rows), "made_by": made,
+        board, rows = measure(family, args.designs, args.seed, args.jobs, args.kinds)
+        results[family + "".join(f"-wide-{k}" for k in args.kinds or ())] = {"board": board.name, "command": board.yosys_synth, **summarize(rows), "made_by": made,
                            "designs": rows}
-    results = {f: results[f] for f in sorted(FAMILY_BOARDS) if f in results}
+    results = {f: results[f] for f in sorted(results)}
     write_json(out, {"seed": args.seed, "families": results})
     png = ROOT / "docs" / "results" / "estimator.png"
     plot(results, png)
@@ -127,7 +130,9 @@ def main():
              "did not use (and, from seed 3 on, that no choice of the model's features saw: seed 2 was the "
              "validation set while they were chosen). Errors are (estimate - measured) / measured on the whole design; LUTs and flip-flops "
              "from yosys, iCE40 logic cells from nextpnr's packer (`--pack-only` on the design in the two-pin "
-             "place-and-route harness).")
+             "place-and-route harness). Rows `<family>-wide-<kinds>` (`--kinds`) hold held-out networks of "
+             "`boards.calibrate.random_wide` instead, folded wide (words of up to 64 codes); `amlp`: MLPs whose "
+             "activations have 9..16 bits (multiply-shift requantizations, 12- and 16-bit weights among others).")
     from boards.model import coefficients
 
     sweeps = ", ".join(f"{fam}: {c.get('designs', '?')} designs ({c['points']} data points)"

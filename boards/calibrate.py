@@ -25,13 +25,14 @@ import numpy as np
 
 from boards import RESOURCES
 from hwq.golden import accumulator_range
-from hwq.intrange import code_range, range_bits, signed_width, weight_dtype, weight_range
+from hwq.intrange import MAX_BITS, code_range, range_bits, signed_width, weight_dtype, weight_range
 from hwq.ir import IR, Layer, conv_out_side
+from hwq.requant import MAX_SHIFT
 
-__all__ = ["CELL_FAMILIES", "FAMILY_BOARDS", "add_layer", "avgpool_layer", "cnn_ir", "holder", "measure_multipliers", "multiplier_file", "network_ir",
-           "random_cnn", "random_folding", "random_layer", "random_network", "random_resnet", "resnet8_ir", "resnet_ir",
-           "sweep",
-           "sweep_cases", "synthesize_network"]
+__all__ = ["CELL_FAMILIES", "FAMILY_BOARDS", "MULTIPLIER_A_BITS", "add_layer", "avgpool_layer", "cnn_ir", "holder",
+           "measure_multipliers", "multiplier_file", "network_ir", "random_cnn", "random_folding", "random_layer",
+           "random_network", "random_resnet", "resnet8_ir", "resnet_ir", "sweep", "sweep_cases",
+           "synthesize_network"]
 
 HERE = Path(__file__).resolve().parent / "calibration"
 FAMILY_BOARDS = {"ice40": "ice40-up5k", "ecp5": "ecp5-25f", "xilinx7": "xc7a35t"}
@@ -88,7 +89,8 @@ def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extr
     """One random valid layer: integer weights, then monotone thresholds (``requant="thresholds"``) or a
     random multiply-shift (``"multiply_shift"``: per-channel multipliers of 4..16 bits, some negative, offsets
     and a shift that spread the accumulator range over the output codes) or, for ``out_bits=None`` (the
-    logits layer), a bias. ``out_bits`` may be a function, called after the weights are drawn.
+    logits layer), a bias; outputs wider than ``hwq.intrange.MAX_BITS`` always take a multiply-shift (2^bits - 1
+    thresholds per channel are not built). ``out_bits`` may be a function, called after the weights are drawn.
     ``extreme`` uses the most negative weight everywhere (worst-case accumulation). ``op="conv2d"``
     takes ``in_shape`` (C, H, W), ``kernel``, ``padding`` and ``stride``. ``in_signed`` with 1-bit inputs: bipolar inputs (with
     1-bit weights, an XNOR layer). Returns (Layer, tensors)."""
@@ -117,11 +119,13 @@ def random_layer(rng, name, n_in, n_out, w_bits, in_bits, out_bits=None, *, extr
         return Layer(**common, out_bits=logit_bits, out_signed=True, requant_kind="bias",
                      bias=f"{name}.bias"), tensors
     out_bits = out_bits() if callable(out_bits) else out_bits
-    if requant == "multiply_shift":
-        m_bits = int(rng.integers(4, 17))
+    if requant == "multiply_shift" or out_bits > MAX_BITS:
+        acc_span = max(int(acc_hi.max() - acc_lo.min()), 1)
+        # narrower multipliers where a wide accumulator would need a shift beyond MAX_SHIFT
+        m_bits = max(2, min(int(rng.integers(4, 17)), MAX_SHIFT + out_bits + 1 - acc_span.bit_length()))
         mult = rng.integers(2 ** (m_bits - 2), 2 ** (m_bits - 1), size=n_out) * rng.choice([-1, 1], size=n_out)
-        span = max(int(acc_hi.max() - acc_lo.min()), 1) * 2 ** (m_bits - 1)
-        shift = max(0, span.bit_length() - out_bits)
+        span = acc_span * 2 ** (m_bits - 1)
+        shift = min(MAX_SHIFT, max(0, span.bit_length() - out_bits))
         offset = rng.integers(-span, span + 1, size=n_out) // 2
         tensors.update({f"{name}.mult": mult, f"{name}.offset": offset})
         return Layer(**common, out_bits=out_bits, out_signed=out_signed, requant_kind="multiply_shift",
@@ -397,7 +401,8 @@ def _wide_w_bits(rng):
 WIDE_KINDS = ("mlp", "bnn", "cnn", "bcnn", "resnet", "bresnet")
 # binary-weight MLPs on unsigned codes (FINN's TFC/SFC/LFC first layers: a systolic array of x-or-minus-x
 # lanes, not XNOR), the kind the default mix draws least; sweep --wide --kinds bmlp
-EXTRA_WIDE_KINDS = ("bmlp",)
+# and MLPs whose activations have 9..16 bits (multiply-shift requantizations, wide multipliers): --kinds amlp
+EXTRA_WIDE_KINDS = ("bmlp", "amlp")
 
 
 def random_wide(rng, board, kinds=WIDE_KINDS):
@@ -423,6 +428,19 @@ def random_wide(rng, board, kinds=WIDE_KINDS):
         hidden, t1 = random_layer(rng, "l0", sizes[0], sizes[1], 1, int(rng.integers(1, 9)), int(rng.integers(1, 5)))
         last, t2 = random_layer(rng, "l1", sizes[1], sizes[2], 1, hidden.out_bits, None)
         ir = network_ir([hidden, last], {**t1, **t2}, input_bits=hidden.a_bits)
+    elif kind == "amlp":
+        sizes = [int(rng.choice([32, 64, 128, 256])), *(int(rng.choice([16, 32, 64, 128]))
+                                                        for _ in range(int(rng.integers(1, 3)))), 10]
+        layers, tensors = [], {}
+        bits = in_bits = int(rng.choice([8, 12, 16]))
+        for i in range(len(sizes) - 1):
+            out = int(rng.integers(9, 17)) if i < len(sizes) - 2 else None
+            layer, t = random_layer(rng, f"l{i}", sizes[i], sizes[i + 1], _wide_w_bits(rng), bits, out,
+                                    in_signed=i > 0 and layers[-1].out_signed, out_signed=bool(rng.random() < 0.5))
+            layers.append(layer)
+            tensors.update(t)
+            bits = layer.out_bits
+        ir = network_ir(layers, tensors, input_bits=in_bits)
     else:
         sizes = [int(rng.choice([64, 128, 256, 784])), int(rng.choice([64, 128, 256])), 10]
         in_bits = int(rng.integers(1, 9))
@@ -472,11 +490,15 @@ def synthesize_network(ir, folding, board, work, *, cells=False):
     return {"points": points, "total": total, "seconds": syn["seconds"], "folding": folding.to_json()}
 
 
-def measure_multipliers(family):
+MULTIPLIER_A_BITS = (*range(1, 9), 12, 16)  # activation widths measured; the estimator interpolates between them
+
+
+def measure_multipliers(family, skip=()):
     """What yosys makes of one processing element (:class:`rtl_gen.pe.ProcessingElement`: a signed ``w`` bit weight
-    times an ``a`` bit activation in logic, plus the partial sum) for every pair of widths, in one synthesis run
-    with each kept as its own module: ``{multiplier_key: LUTs}``, the table the estimator prices multipliers
-    in logic by (their cost is far from linear in the widths on ECP5 and iCE40)."""
+    times an ``a`` bit activation in logic, plus the partial sum) for every pair of widths (``a`` in
+    :data:`MULTIPLIER_A_BITS`) whose key is not in ``skip``, in one synthesis run with each kept as its own module:
+    ``{multiplier_key: LUTs}``, the table the estimator prices multipliers in logic by (their cost is far from
+    linear in the widths on ECP5 and iCE40)."""
     from amaranth.back import verilog
 
     from boards import load_board
@@ -488,10 +510,13 @@ def measure_multipliers(family):
     board = load_board(FAMILY_BOARDS[family])
     parts = {}
     for w in range(2, MAX_W_STORAGE_BITS + 1):
-        for a in range(1, 9):
+        for a in MULTIPLIER_A_BITS:
             for signed in (False, True):
-                name = "m" + multiplier_key(w, a, signed)
-                parts[name] = ProcessingElement(w_bits=w, a_bits=a, acc_bits=w + a + 1, a_signed=signed)
+                if multiplier_key(w, a, signed) not in skip:
+                    name = "m" + multiplier_key(w, a, signed)
+                    parts[name] = ProcessingElement(w_bits=w, a_bits=a, acc_bits=w + a + 1, a_signed=signed)
+    if not parts:
+        return board, {}
     with tempfile.TemporaryDirectory(prefix="hwq-mul-") as work:
         path = Path(work) / "multipliers.v"
         path.write_text(verilog.convert(holder(parts, "multipliers"), name="multipliers", emit_src=False))
@@ -499,8 +524,9 @@ def measure_multipliers(family):
     return board, {k[1:]: syn["modules"][f"multipliers.{k}"]["lut"] for k in parts}
 
 
-def multiplier_file(families, path):
-    """The multiplier table file with ``families`` (re)measured and the others kept."""
+def multiplier_file(families, path, remeasure=False):
+    """The multiplier table file with ``families`` measured where a key is missing (``remeasure``: every key) and
+    the others kept."""
     from boards.synth import yosys_version
 
     old = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
@@ -508,9 +534,10 @@ def multiplier_file(families, path):
                     "multiplier_key, measured by `python -m boards.calibrate multipliers`",
            "yosys": yosys_version(), "commands": dict(old.get("commands", {})), "families": dict(old.get("families", {}))}
     for family in families:
-        board, table = measure_multipliers(family)
+        known = {} if remeasure else dict(out["families"].get(family, {}))
+        board, table = measure_multipliers(family, skip=known)
         out["commands"][family] = board.yosys_synth
-        out["families"][family] = table
+        out["families"][family] = {**known, **table}
     return out
 
 
@@ -623,10 +650,12 @@ def main(argv=None):
     p.add_argument("--cache", help="keep each finished design in this folder; a sweep run again resumes from it")
     p.add_argument("--kinds", nargs="+", choices=WIDE_KINDS + EXTRA_WIDE_KINDS,
                    help="--wide: only these kinds of network (default: " + ", ".join(WIDE_KINDS)
-                   + "; bmlp: binary-weight MLPs on unsigned codes); output <family>-wide-<kinds>.json")
+                   + "; bmlp: binary-weight MLPs on unsigned codes; amlp: MLPs with 9..16-bit activations); "
+                   "output <family>-wide-<kinds>.json")
     p = sub.add_parser("multipliers", help="measure one processing element per pair of widths (the multiplier table)")
     p.add_argument("--families", nargs="+", default=sorted(FAMILY_BOARDS), choices=sorted(FAMILY_BOARDS))
     p.add_argument("--out", default=str(HERE / "multipliers.json"))
+    p.add_argument("--remeasure", action="store_true", help="measure every pair again (default: only the missing)")
     p = sub.add_parser("fit", help="fit coefficients from the sweep files")
     p.add_argument("files", nargs="*",
                    help="default: boards/calibration/<family>.json and <family>-wide*.json for each family")
@@ -635,7 +664,7 @@ def main(argv=None):
     from hwq.fileio import write_json
 
     if args.cmd == "multipliers":
-        write_json(args.out, multiplier_file(args.families, args.out))
+        write_json(args.out, multiplier_file(args.families, args.out, args.remeasure))
         print(f"wrote {args.out}")
     elif args.cmd == "sweep":
         if args.kinds and not args.wide:

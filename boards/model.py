@@ -7,6 +7,7 @@ and stored in ``boards/calibration/coefficients.json``; the features are defined
 
 import json
 import math
+import re
 from functools import cache
 from importlib import resources
 
@@ -15,7 +16,7 @@ import numpy as np
 from hwq.errors import UserError
 
 __all__ = ["BRAM_SHAPES", "DSP_MAX_WIDTHS", "DSP_MIN_PRODUCT_BITS", "bram_blocks", "cells", "coefficients",
-           "correction_log_ratio", "dsp_eligible", "fit", "fit_correction", "multipliers", "plan_resources", "predict",
+           "correction_log_ratio", "dsp_eligible", "fit", "fit_correction", "multiplier_luts", "multipliers", "plan_resources", "predict",
            "resolve"]
 
 COEFFICIENTS = "calibration/coefficients.json"
@@ -72,6 +73,22 @@ def multipliers():
         raise UserError(f"boards/{MULTIPLIERS} is missing: run `python -m boards.calibrate multipliers` to make it") from None
 
 
+def multiplier_luts(family, key):
+    """The measured LUTs of multiplier ``key`` (``"<w>x<a><s|u>"``) on ``family``; an activation width between two
+    measured ones (9..15 bits: 8, 12 and 16 are measured) is interpolated linearly in the activation width."""
+    table = multipliers()["families"].get(family, {})
+    if key in table:
+        return table[key]
+    w, a, sign = re.fullmatch(r"(\d+)x(\d+)([su])", key).groups()
+    below = max((b for b in range(1, int(a)) if f"{w}x{b}{sign}" in table), default=None)
+    above = min((b for b in range(int(a) + 1, 33) if f"{w}x{b}{sign}" in table), default=None)
+    if below is None or above is None:
+        raise UserError(f"no measured {key} multiplier for FPGA family {family!r} in boards/{MULTIPLIERS}: "
+                        "run `python -m boards.calibrate multipliers`")
+    lo, hi = table[f"{w}x{below}{sign}"], table[f"{w}x{above}{sign}"]
+    return lo + (hi - lo) * (int(a) - below) / (above - below)
+
+
 def resolve(family, features):
     """``features`` with every measured one (``"name@key": count``, key of :func:`rtl_gen.arith.multiplier_key`)
     turned into ``"name": count x the family's measured LUTs for key``, summed over keys; others unchanged."""
@@ -80,11 +97,7 @@ def resolve(family, features):
         if "@" in name:
             name, key = name.split("@", 1)
             if value:
-                table = multipliers()["families"].get(family, {})
-                if key not in table:
-                    raise UserError(f"no measured {key} multiplier for FPGA family {family!r} in boards/{MULTIPLIERS}: "
-                                    "run `python -m boards.calibrate multipliers`")
-                value = value * table[key]
+                value = value * multiplier_luts(family, key)
         out[name] = out.get(name, 0) + value
     return out
 

@@ -22,11 +22,12 @@ Activations (1..8 bits) are unsigned codes 0..2^b-1 (after ReLU) or signed two's
 
 import operator
 
-__all__ = ["MAX_W_BITS", "MAX_W_STORAGE_BITS", "W_GRIDS", "act_levels", "check_bits", "code_range", "is_bipolar", "max_int", "min_int", "range_bits",
+__all__ = ["MAX_A_BITS", "MAX_BITS", "MAX_W_BITS", "MAX_W_STORAGE_BITS", "W_GRIDS", "act_levels", "check_bits", "code_range", "is_bipolar", "max_int", "min_int", "range_bits",
            "signed_width", "weight_codes", "weight_dtype", "weight_range", "weight_storage_bits"]
 
 MIN_BITS = 1
-MAX_BITS = 8  # activations (and the bits training chooses)
+MAX_BITS = 8  # the bits training chooses; thresholds requantizations (2^bits - 1 thresholds per channel)
+MAX_A_BITS = 16  # activation codes in the IR and the hardware (above MAX_BITS: multiply-shift requantization)
 MAX_W_BITS = 16  # weights in the IR and the hardware
 W_GRIDS = ("int", "odd")
 MAX_W_STORAGE_BITS = 17  # weight_storage_bits(16, "odd"): 16-bit odd-grid codes reach +-65535; engines take up to this
@@ -112,7 +113,7 @@ def act_levels(bits, signed):
 
     Unsigned: 0..2^b-1. Signed: two's complement, except 1 bit, which is bipolar {-1, +1}.
     """
-    bits = check_bits(bits)
+    bits = check_bits(bits, top=MAX_A_BITS)
     if is_bipolar(bits, signed):
         return -1, 2, 2
     return min_int(bits, signed), 1, 1 << bits

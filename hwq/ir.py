@@ -22,6 +22,7 @@ from .errors import UserError
 from .fileio import read_yaml, umask_mode
 from .golden import accumulator_range
 from .intrange import (
+    MAX_A_BITS,
     MAX_BITS,
     MAX_W_BITS,
     W_GRIDS,
@@ -342,10 +343,11 @@ class _Fields:
             self.fail(name, "a finite number", value)
         return float(value)
 
-    def bits(self, name, top=MAX_BITS):
-        value = self.get(name, int, f"an integer in 1..{top}")
+    def bits(self, name, top=MAX_BITS, expected=None):
+        expected = expected or f"an integer in 1..{top}"
+        value = self.get(name, int, expected)
         if not 1 <= value <= top:
-            self.fail(name, f"an integer in 1..{top}", value)
+            self.fail(name, expected, value)
         return value
 
     def positive(self, name, low=1):
@@ -375,7 +377,7 @@ def _parse_layer(path, index, raw):
     if inputs is not None and not all(is_name(i) for i in inputs):
         f.fail("inputs", "a list of layer names", inputs)
     layer = Layer(name=name, op=op, inputs=inputs, in_shape=f.shape("in_shape"), out_shape=f.shape("out_shape"),
-                  a_bits=f.bits("a_bits"), a_signed=f.get("a_signed", bool), out_bits=f.get("out_bits", int),
+                  a_bits=f.bits("a_bits", MAX_A_BITS), a_signed=f.get("a_signed", bool), out_bits=f.get("out_bits", int),
                   out_signed=f.get("out_signed", bool))
     if op in WEIGHT_OPS:
         layer.w_bits = f.bits("w_bits", MAX_W_BITS)
@@ -407,12 +409,16 @@ def _parse_layer(path, index, raw):
         layer.acc_bits = f.get("acc_bits", int, "an integer in 2..64")
         if not 2 <= layer.acc_bits <= 64:
             f.fail("acc_bits", "an integer in 2..64", layer.acc_bits)
+        if kind != "bias":  # thresholds, and an add's or a pool's requantization, are built as comparators
+            wide = kind == "multiply_shift" and op in WEIGHT_OPS
+            layer.out_bits = f.bits("out_bits", MAX_A_BITS if wide else MAX_BITS,
+                                    None if wide else f"an integer in 1..{MAX_BITS} (2^bits - 1 thresholds or "
+                                    f"comparators per channel; above {MAX_BITS} bits only a weight layer's "
+                                    "multiply_shift)")
         if kind == "thresholds":
-            layer.out_bits = f.bits("out_bits")
             layer.thresholds = requant.get("thresholds", str, "a tensor name")
             layer.signs = requant.get("signs", str, "a tensor name", default=None)
         elif kind == "multiply_shift":
-            layer.out_bits = f.bits("out_bits")
             layer.mult = requant.get("mult", str, "a tensor name")
             layer.offset = requant.get("offset", str, "a tensor name")
             layer.shift = requant.get("shift", int, f"an integer in 0..{MAX_SHIFT}")
@@ -640,7 +646,7 @@ def load_ir(ir_dir):
         dataset=top.get("dataset", str),
         method=top.get("method", str),
         input_shape=inp.shape("shape"),
-        input_bits=inp.bits("bits"),
+        input_bits=inp.bits("bits", MAX_A_BITS),
         input_signed=inp.get("signed", bool),
         input_scale=float(inp.get("scale", (int, float), "a number")),
         layers=[_parse_layer(manifest_path, i, r) for i, r in enumerate(raw_layers)],

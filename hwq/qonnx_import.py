@@ -194,7 +194,9 @@ class _Importer:
                                                                            dtype=np.float64), q)
             return
         if q["bits"] > 8:
-            self.fail(node, f"activations of 1 to 8 bits are supported (hwq's range), not {q['bits']}")
+            self.fail(node, f"activations of 1 to 8 bits are imported, not {q['bits']} (hwq's IR takes codes of up to 16 "
+                            "bits with a multiply-shift requantization, but the import derives it from thresholds, "
+                            "2^bits - 1 per channel)")
         if q["scale"].size != 1:
             self.fail(node, "activations need one scale for the whole tensor (per-channel activation scales have "
                             "no place in hwq's buffers)")

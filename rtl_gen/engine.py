@@ -10,7 +10,7 @@ from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from hwq.intrange import MAX_W_STORAGE_BITS, range_bits, signed_width, weight_range
+from hwq.intrange import MAX_A_BITS, MAX_W_STORAGE_BITS, range_bits, signed_width, weight_range
 from hwq.ir import conv_out_side
 
 from ._check import check_int
@@ -570,7 +570,7 @@ class LayerEngine(wiring.Component):
                              ("in_channels", 1, 1 << 16), ("out_channels", 1, 1 << 16)):
             check_int(name, getattr(p, name), lo, hi)
         check_int("w_bits", p.w_bits, 1, MAX_W_STORAGE_BITS)
-        check_int("a_bits", p.a_bits, 1, 8)
+        check_int("a_bits", p.a_bits, 1, MAX_A_BITS)
         check_int("acc_bits", p.acc_bits, 2, 64)
         if p.in_channels % p.cols:
             raise ValueError(f"cols ({p.cols}) must divide in_channels ({p.in_channels})")

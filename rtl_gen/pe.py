@@ -4,7 +4,7 @@ from amaranth import Module, Mux, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hwq.intrange import MAX_W_STORAGE_BITS
+from hwq.intrange import MAX_A_BITS, MAX_W_STORAGE_BITS
 
 from ._check import check_int
 from .arith import lut_mul
@@ -43,7 +43,7 @@ class ProcessingElement(wiring.Component):
 
     def __init__(self, *, w_bits, a_bits, acc_bits, a_signed=False, dsp=False):
         self.w_bits = check_int("w_bits", w_bits, 1, MAX_W_STORAGE_BITS)
-        self.a_bits = check_int("a_bits", a_bits, 1, 8)
+        self.a_bits = check_int("a_bits", a_bits, 1, MAX_A_BITS)
         self.acc_bits = check_int("acc_bits", acc_bits, 2, 64)
         self.a_signed = bool(a_signed)
         self.dsp = bool(dsp)

@@ -9,7 +9,7 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hwq.intrange import act_levels, signed_width
+from hwq.intrange import MAX_A_BITS, act_levels, signed_width
 from hwq.ir import conv_out_side
 
 from ._check import check_int
@@ -114,7 +114,7 @@ class MaxPoolEngine(wiring.Component):
         self.plan = p = plan
         for name in ("channels", "in_h", "in_w", "kernel", "stride", "lanes"):
             check_int(name, getattr(p, name), 1)
-        check_int("bits", p.bits, 1, 8)
+        check_int("bits", p.bits, 1, MAX_A_BITS)
         if p.channels % p.lanes:
             raise ValueError(f"lanes ({p.lanes}) must divide channels ({p.channels})")
         word = data.ArrayLayout(unsigned(p.bits), p.lanes)

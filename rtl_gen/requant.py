@@ -5,6 +5,8 @@ from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from hwq.intrange import MAX_A_BITS
+
 from ._check import check_int
 from .arith import adder_tree, partial_products, tree_levels
 
@@ -94,7 +96,7 @@ class MultiplyShiftRequantizer(wiring.Component):
         self.mult_bits = check_int("mult_bits", mult_bits, 2, 33)
         self.offset_bits = check_int("offset_bits", offset_bits, 1, 64)
         self.shift = check_int("shift", shift, 0, 32)
-        self.out_bits = check_int("out_bits", out_bits, 1, 8)
+        self.out_bits = check_int("out_bits", out_bits, 1, MAX_A_BITS)
         super().__init__({
             "acc": In(signed(self.acc_bits)),
             "mult": In(signed(self.mult_bits)),

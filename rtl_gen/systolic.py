@@ -4,7 +4,7 @@ from amaranth import Module, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hwq.intrange import MAX_W_STORAGE_BITS
+from hwq.intrange import MAX_A_BITS, MAX_W_STORAGE_BITS
 
 from ._check import check_int
 from .pe import ProcessingElement
@@ -33,7 +33,7 @@ class SystolicArray(wiring.Component):
         self.rows = check_int("rows", rows, 1, 256)
         self.cols = check_int("cols", cols, 1, 256)
         self.w_bits = check_int("w_bits", w_bits, 1, MAX_W_STORAGE_BITS)
-        self.a_bits = check_int("a_bits", a_bits, 1, 8)
+        self.a_bits = check_int("a_bits", a_bits, 1, MAX_A_BITS)
         self.acc_bits = check_int("acc_bits", acc_bits, 2, 64)
         self.a_signed = bool(a_signed)
         self.dsp = bool(dsp)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from boards import known_boards, load_board
-from boards.model import coefficients, fit, multipliers, predict, resolve
+from boards.model import coefficients, fit, multiplier_luts, multipliers, predict, resolve
 from hwq.errors import UserError
 from hwq.estimate import estimate
 
@@ -29,10 +29,12 @@ def test_unknown_family_is_a_clear_error():
 
 
 def test_the_multiplier_table_covers_every_processing_element_of_every_family():
+    from boards.calibrate import MULTIPLIER_A_BITS
     from hwq.intrange import MAX_W_STORAGE_BITS
     from rtl_gen.arith import multiplier_key
 
-    keys = {multiplier_key(w, a, s) for w in range(2, MAX_W_STORAGE_BITS + 1) for a in range(1, 9) for s in (0, 1)}
+    keys = {multiplier_key(w, a, s) for w in range(2, MAX_W_STORAGE_BITS + 1) for a in MULTIPLIER_A_BITS
+            for s in (0, 1)}
     for family in coefficients():
         table = multipliers()["families"][family]
         assert set(table) == keys and all(v > 0 for v in table.values())
@@ -46,6 +48,16 @@ def test_resolve_prices_measured_features_by_the_table():
     assert out == {"pe_mul": 3 * table["4x8u"] + 2 * table["2x2s"], "acc": 5}
     with pytest.raises(UserError, match="no measured 18x2u multiplier for FPGA family 'ice40'"):
         resolve("ice40", {"pe_mul@18x2u": 1})
+    with pytest.raises(UserError, match="no measured 4x17s multiplier for FPGA family 'ice40'"):
+        resolve("ice40", {"pe_mul@4x17s": 1})
+
+
+def test_activation_widths_between_the_measured_ones_are_interpolated():
+    """9..11 and 13..15-bit activations are priced on the line between the measured 8, 12 and 16 bits."""
+    table = multipliers()["families"]["xilinx7"]
+    assert multiplier_luts("xilinx7", "6x10u") == (table["6x8u"] + table["6x12u"]) / 2
+    assert multiplier_luts("xilinx7", "6x15s") == table["6x12s"] + 3 * (table["6x16s"] - table["6x12s"]) / 4
+    assert multiplier_luts("xilinx7", "6x12s") == table["6x12s"]
 
 
 @pytest.mark.parametrize("folding", [[4, 4, 4], [16, 12, 5], [2, 1, 3], [8, 6, 2], [16, 3, 1]])

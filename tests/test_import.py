@@ -172,6 +172,8 @@ def _bad_models():
                          "node 'mp' (MaxPool): square 2-D windows with stride = kernel and no padding are supported"),
         "20-bit weights": (_graph([QIN, _quant("w", "wq", 20, signed=1), GEMM], {**COMMON, "b20": 20.0}),
                            "weights of 1 to 16 bits are supported (hwq's range), not 20"),
+        "12-bit activations": (_graph([_quant("x", "xq", 12), QW, GEMM], {**COMMON, "b12": 12.0}),
+                               "activations of 1 to 8 bits are imported, not 12 (hwq's IR takes codes of up to 16"),
         "1-bit signed Quant": (_graph([QIN, _quant("w", "wq", 1, signed=1), GEMM], {**COMMON, "b1": 1.0}),
                                "a 1-bit signed Quant gives the codes -1 and 0"),
         "ends in activations": (_graph([QIN, QW, gemm_h, helper.make_node("Relu", ["h"], ["r"], name="relu"),

@@ -23,7 +23,10 @@ def test_roundtrip(ir_dir):
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(format="hwq-ir/99"), r"top level: field 'format': expected 'hwq-ir/2', found 'hwq-ir/99'"),
     (lambda m: m["layers"][0].update(w_bits=17), r"layer 'l0': field 'w_bits': expected an integer in 1..16, found 17"),
-    (lambda m: m["layers"][1].update(a_bits=0), r"layer 'l1': field 'a_bits': expected an integer in 1..8, found 0"),
+    (lambda m: m["layers"][1].update(a_bits=0), r"layer 'l1': field 'a_bits': expected an integer in 1..16, found 0"),
+    (lambda m: m["layers"][0].update(out_bits=9), (r"layer 'l0': field 'out_bits': expected an integer in 1..8 "
+                                                  r"\(2\^bits - 1 thresholds or comparators per channel; above 8 bits "
+                                                  r"only a weight layer's multiply_shift\), found 9")),
     (lambda m: m["layers"][0].update(op="conv3d"), r"layer 'l0': field 'op': expected one of linear, conv2d, maxpool, avgpool, flatten, add, found 'conv3d'"),
     (lambda m: m["layers"][0].pop("acc_bits"), r"layer 'l0': field 'acc_bits' is missing"),
     (lambda m: m["layers"][0].update(acc_bits=3), r"layer 'l0': field 'acc_bits': 3 can overflow; these inputs need"),
@@ -113,7 +116,7 @@ def bin_dir(binary_ms_ir, tmp_path):
     (lambda m: m["layers"][1]["requant"].update(kind="lookup"),
      r"layer 'fc2': requant: field 'kind': expected one of thresholds, multiply_shift, bias, found 'lookup'"),
     (lambda m: m["layers"][1]["requant"].pop("mult"), r"layer 'fc2': requant: field 'mult' is missing"),
-    (lambda m: m["layers"][1].update(out_bits=12), r"layer 'fc2': field 'out_bits': expected an integer in 1..8, found 12"),
+    (lambda m: m["layers"][1].update(out_bits=17), r"layer 'fc2': field 'out_bits': expected an integer in 1..16, found 17"),
     (lambda m: m["layers"][1]["xnor"].update(n=7), r"layer 'fc2': xnor: field 'n': expected 32 \(the layer's fan-in\), found 7"),
     (lambda m: m["layers"][1]["xnor"].update(bit_0=0), r"layer 'fc2': xnor: field 'bit_0': expected -1, found 0"),
     (lambda m: m["layers"][1].pop("xnor"), r"layer 'fc2': field 'xnor' is missing \(a layer with 1-bit weights and bipolar"),

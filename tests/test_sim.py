@@ -355,6 +355,28 @@ def test_signed_network_inputs_are_bit_exact_in_verilator(tmp_path):
     assert res["bit_exact"] and res["samples"] == 20, res["first_mismatch"]
 
 
+@pytest.mark.parametrize("board", ["xc7z020", "ice40-up5k"])
+def test_wide_activations_are_bit_exact_in_verilator(board, tmp_path):
+    """16-bit signed inputs, 12- and 16-bit codes between layers (multiply-shift requantizations, 12-bit weights),
+    with the folding the search chooses (DSP products where the board has them): bit-exact at the extremes, every
+    stage's cycles equal to the estimate."""
+    from dataclasses import replace
+
+    from boards.calibrate import network_ir, random_layer
+
+    rng = np.random.default_rng(7)
+    l0, t0 = random_layer(rng, "l0", 12, 8, 6, 16, 12, in_signed=True, out_signed=True)
+    l1, t1 = random_layer(rng, "l1", 8, 6, 12, 12, 16, in_signed=True)
+    l2, t2 = random_layer(rng, "l2", 6, 4, 4, 16, None)
+    ir = replace(network_ir([l0, l1, l2], {**t0, **t1, **t2}, input_bits=16), input_signed=True)
+    info = generate_rtl(ir, load_board(board), tmp_path / "rtl")
+    x = rng.integers(-(1 << 15), 1 << 15, size=(12, 12))
+    x[0], x[1] = -(1 << 15), (1 << 15) - 1
+    res = simulate(ir, tmp_path / "rtl", inputs=x)
+    assert res["bit_exact"] and res["samples"] == 12, res["first_mismatch"]
+    assert res["latency_cycles"] == res["latency_cycles_estimate"] == info["latency_cycles"]
+
+
 def test_1d_cnn_is_bit_exact_and_cycles_match(tmp_path):
     """MNIST-1D's CNN (strided 1 x k convolutions over (C, 1, L), signed 8-bit inputs), briefly trained: the
     network and one layer alone, bit-exact with every stage's cycles equal to the estimate."""
