@@ -21,13 +21,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from boards import RESOURCES  # noqa: E402
-from boards.calibrate import EXTRA_WIDE_KINDS, FAMILY_BOARDS, WIDE_KINDS, sweep_cases  # noqa: E402
+from boards.calibrate import EXTRA_WIDE_KINDS, FAMILY_BOARDS, WIDE_KINDS, sweep_cases, sweep_designs  # noqa: E402
 from hwq.estimate import estimate  # noqa: E402
 from hwq.fileio import write_json, write_text  # noqa: E402
+from rtl_gen.plan import as_folding  # noqa: E402
+
+EARLIER = "python bench/estimator.py (an earlier run)"  # results from before runs were named
 
 
-def measure(family, designs, seed, jobs, kinds=None):
-    board, results = sweep_cases(family, designs, seed, jobs=jobs, wide=tuple(kinds) if kinds else False)
+def measure(family, designs, seed, jobs, kinds=None, stored=None):
+    """Estimate and synthesize the held-out designs; with ``stored`` (the rows of an earlier run of the same
+    designs), estimate only, against the yosys counts stored there (after a refit: same designs, same yosys)."""
+    wide = tuple(kinds) if kinds else False
+    if stored is None:
+        board, results = sweep_cases(family, designs, seed, jobs=jobs, wide=wide)
+    else:
+        board, cases = sweep_designs(family, designs, seed, wide)
+        if len(stored) != designs:
+            sys.exit(f"--reuse: the stored {family} results hold {len(stored)} designs, not {designs}")
+        results = []
+        for k, (case, row) in enumerate(zip(cases, stored, strict=True)):
+            if as_folding(case[1]).to_json() != row["folding"]:
+                sys.exit(f"--reuse: {family} design {k} is not the stored one (its folding differs): run without --reuse")
+            results.append((case, {"folding": row["folding"], "total": row["synth"]}))
     rows = []
     for (ir, folding), rec in results:
         t0 = time.perf_counter()
@@ -99,6 +115,9 @@ def main():
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--families", nargs="+", default=["ice40", "xilinx7", "ecp5"], choices=sorted(FAMILY_BOARDS))
+    ap.add_argument("--reuse", action="store_true",
+                    help="estimate the stored designs again against their stored yosys counts (after a refit; "
+                         "checks that the seed regenerates the same designs) instead of synthesizing them")
     ap.add_argument("--kinds", nargs="+", choices=WIDE_KINDS + EXTRA_WIDE_KINDS,
                     help="held-out wide networks of these kinds (boards.calibrate.random_wide), kept apart as "
                          "<family>-wide-<kinds> (amlp: activations of 9..16 bits)")
@@ -106,22 +125,34 @@ def main():
     out = ROOT / "bench" / "results" / "estimator.json"
     made = (f"python bench/estimator.py --designs {args.designs} --seed {args.seed} --families "
             f"{' '.join(args.families)}" + (f" --kinds {' '.join(args.kinds)}" if args.kinds else ""))
+    suffix = "".join(f"-wide-{k}" for k in args.kinds or ())
     # the families not run now keep their results (each family's entry names the run that made it)
     old = json.loads(out.read_text()) if out.is_file() else {}
     results = old.get("families", {}) if old.get("seed") == args.seed else {}
     for family in args.families:
-        board, rows = measure(family, args.designs, args.seed, args.jobs, args.kinds)
-        results[family + "".join(f"-wide-{k}" for k in args.kinds or ())] = {"board": board.name, "command": board.yosys_synth, **summarize(rows), "made_by": made,
-                           "designs": rows}
+        key = family + suffix
+        if args.reuse and key not in results:
+            sys.exit(f"--reuse: no stored results for {key} with seed {args.seed} in {out}")
+        stored = results[key]["designs"] if args.reuse else None
+        board, rows = measure(family, args.designs, args.seed, args.jobs, args.kinds, stored)
+        # with --reuse the yosys counts are the stored run's: synth_by names the run that measured them
+        synth_by = (results[key].get("synth_by") or results[key].get("made_by") or EARLIER) if args.reuse else made
+        results[key] = {"board": board.name, "command": board.yosys_synth, **summarize(rows),
+                        "made_by": made + (" --reuse" if args.reuse else ""), "synth_by": synth_by, "designs": rows}
     results = {f: results[f] for f in sorted(results)}
     write_json(out, {"seed": args.seed, "families": results})
     png = ROOT / "docs" / "results" / "estimator.png"
     plot(results, png)
-    earlier = "python bench/estimator.py (an earlier run)"
     by_run = {}
     for fam, r in results.items():
-        by_run.setdefault(r.get("made_by") or earlier, []).append(fam)
+        by_run.setdefault(r.get("made_by") or EARLIER, []).append(fam)
+    by_synth = {}
+    for fam, r in results.items():
+        if r.get("synth_by") and r["synth_by"] != r.get("made_by"):
+            by_synth.setdefault(r["synth_by"], []).append(fam)
+    reused = [f"`{m}` ({', '.join(fams)})" for m, fams in sorted(by_synth.items())]
     made_by = ("Made by " + "; ".join(f"`{m}` ({', '.join(fams)})" for m, fams in sorted(by_run.items()))
+               + (f"; yosys counts measured by {'; '.join(reused)}" if reused else "")
                + "; raw numbers in `bench/results/estimator.json`.")
     about = ("Each design is a random network from `boards.calibrate.random_network` (an MLP, a small CNN or a "
              "small resnet, multi-bit or binary, bits 1..8, thresholds or multiply-shift requantization) with a random "

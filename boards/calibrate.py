@@ -31,7 +31,7 @@ from hwq.requant import MAX_SHIFT
 
 __all__ = ["CELL_FAMILIES", "FAMILY_BOARDS", "MULTIPLIER_A_BITS", "add_layer", "avgpool_layer", "cnn_ir", "holder",
            "measure_multipliers", "multiplier_file", "network_ir", "random_cnn", "random_folding", "random_layer",
-           "random_network", "random_resnet", "resnet8_ir", "resnet_ir", "sweep", "sweep_cases",
+           "random_network", "random_resnet", "resnet8_ir", "resnet_ir", "sweep", "sweep_cases", "sweep_designs",
            "synthesize_network"]
 
 HERE = Path(__file__).resolve().parent / "calibration"
@@ -541,7 +541,7 @@ def multiplier_file(families, path, remeasure=False):
     return out
 
 
-def _cases(family, designs, seed, wide=False):
+def sweep_designs(family, designs, seed, wide=False):
     """The sweep's random networks and foldings (a seeded sequence: design k depends on the ones before)."""
     from boards import load_board
 
@@ -553,7 +553,7 @@ def _cases(family, designs, seed, wide=False):
 def calibration_point(task):
     """One design of a calibration sweep, ``{"family", "seed", "index"}``: the index-th random network of the
     seeded sequence, synthesized (a task of :func:`hwq.sweep.run_tasks`)."""
-    board, cases = _cases(task["family"], task["index"] + 1, task["seed"], task.get("wide", False))
+    board, cases = sweep_designs(task["family"], task["index"] + 1, task["seed"], task.get("wide", False))
     ir, folding = cases[-1]
     with tempfile.TemporaryDirectory(prefix="hwq-cal-") as work:
         return synthesize_network(ir, folding, board, work, cells=board.family in CELL_FAMILIES)
@@ -565,7 +565,7 @@ def sweep_cases(family, designs, seed, *, jobs=2, progress=True, ray_address=Non
     run as tasks of :func:`hwq.sweep.run_tasks`: ``jobs`` workers on Ray (1: in this process)."""
     from hwq.sweep import run_tasks
 
-    board, cases = _cases(family, designs, seed, wide)
+    board, cases = sweep_designs(family, designs, seed, wide)
     tasks = [{"family": family, "seed": seed, "index": k, **({"wide": wide if wide is True else list(wide)} if wide else {})}
              for k in range(designs)]
     log = (lambda msg: print(f"{family}: {msg}", file=sys.stderr, flush=True)) if progress else None

@@ -122,11 +122,11 @@ def test_the_wide_sweep_makes_valid_wide_designs_of_bounded_size():
     """``boards.calibrate sweep --wide``: networks of tens of channels folded with words of up to 64 codes and
     engines of up to 4,096 lanes (the large boards' designs, beyond the small sweep's 64 lanes), of a size
     yosys finishes in minutes; the same sequence for a seed every time (the sweep's tasks rebuild design k)."""
-    from boards.calibrate import WIDE_BIT_PRODUCTS, WIDE_LOGIC_ROM_BITS, WIDE_MAX_LANES, _cases
+    from boards.calibrate import WIDE_BIT_PRODUCTS, WIDE_LOGIC_ROM_BITS, WIDE_MAX_LANES, sweep_designs
     from rtl_gen.engine import EnginePlan
     from rtl_gen.plan import network_plan
 
-    _, cases = _cases("ecp5", 12, 11, wide=True)
+    _, cases = sweep_designs("ecp5", 12, 11, wide=True)
     lanes = []
     for ir, folding in cases:
         stages = network_plan(ir, folding).stages
@@ -137,7 +137,7 @@ def test_the_wide_sweep_makes_valid_wide_designs_of_bounded_size():
         assert sum(d * w for s in stages for _, d, w, style in getattr(s.plan, "memories", []) if style == "logic") \
             <= WIDE_LOGIC_ROM_BITS
     assert max(lanes) >= 512  # (widths are drawn in proportion to their size)
-    again = _cases("ecp5", 12, 11, wide=True)[1]
+    again = sweep_designs("ecp5", 12, 11, wide=True)[1]
     assert [f for _, f in again] == [f for _, f in cases]
 
 
