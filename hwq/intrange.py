@@ -2,7 +2,8 @@
 
 Weights are signed two's complement for 2..16 bits (training makes up to 8; the IR and the hardware take
 16, e.g. the 12-bit weights of hls4ml's models); a 1-bit weight is binary, {-1, +1}.
-Activations (1..8 bits) are unsigned codes 0..2^b-1 (after ReLU) or signed two's complement.
+Activations are unsigned codes 0..2^b-1 (after ReLU) or signed two's complement, of 1..8 bits from training
+and up to 16 in the IR and the hardware where a weight layer's multiply-shift makes them.
 
 >>> min_int(4, signed=False), max_int(4, signed=False)
 (0, 15)

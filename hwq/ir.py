@@ -49,6 +49,7 @@ __all__ = [
     "input_codes",
     "ir_digest",
     "load_ir",
+    "out_bits_limit",
     "requant_thresholds",
     "save_ir",
 ]
@@ -409,12 +410,8 @@ def _parse_layer(path, index, raw):
         layer.acc_bits = f.get("acc_bits", int, "an integer in 2..64")
         if not 2 <= layer.acc_bits <= 64:
             f.fail("acc_bits", "an integer in 2..64", layer.acc_bits)
-        if kind != "bias":  # thresholds, and an add's or a pool's requantization, are built as comparators
-            wide = kind == "multiply_shift" and op in WEIGHT_OPS
-            layer.out_bits = f.bits("out_bits", MAX_A_BITS if wide else MAX_BITS,
-                                    None if wide else f"an integer in 1..{MAX_BITS} (2^bits - 1 thresholds or "
-                                    f"comparators per channel; above {MAX_BITS} bits only a weight layer's "
-                                    "multiply_shift)")
+        if kind != "bias":
+            layer.out_bits = f.bits("out_bits", *out_bits_limit(op, kind))
         if kind == "thresholds":
             layer.thresholds = requant.get("thresholds", str, "a tensor name")
             layer.signs = requant.get("signs", str, "a tensor name", default=None)
@@ -554,7 +551,20 @@ def validate(ir, path, *, logits=True):
               repr(last.requant_kind))
 
 
+def out_bits_limit(op, kind):
+    """(most output bits, what is expected) of a requantization ``kind`` of an ``op`` layer: a weight layer's
+    multiply-shift makes codes of up to 16 bits; thresholds, and an add's or a pool's requantization (built as
+    comparators), 2^bits - 1 per channel, stop at 8."""
+    if kind == "multiply_shift" and op in WEIGHT_OPS:
+        return MAX_A_BITS, f"an integer in 1..{MAX_A_BITS}"
+    return MAX_BITS, (f"an integer in 1..{MAX_BITS} (2^bits - 1 thresholds or comparators per channel; above "
+                      f"{MAX_BITS} bits only a weight layer's multiply_shift)")
+
+
 def _check_requant(ir, path, where, layer, acc_lo, acc_hi):
+    top, expected = out_bits_limit(layer.op, layer.requant_kind)
+    if not 1 <= layer.out_bits <= top:
+        _fail(where, "out_bits", expected, layer.out_bits)
     need = range_bits(np.min(acc_lo), np.max(acc_hi))
     if layer.acc_bits < need:
         raise UserError(f"{where}: field 'acc_bits': {layer.acc_bits} can overflow; these inputs need {need}")

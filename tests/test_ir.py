@@ -153,3 +153,22 @@ def test_cli_reports_a_bad_ir_in_one_line_with_nonzero_exit(bin_dir, tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "field 'shift': expected an integer in 0..32, found -1" in r.stderr
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_a_network_built_in_python_meets_the_same_bit_limits():
+    """validate (what an IR built in Python goes through) refuses a 9-bit thresholds requantization with the
+    same words as load_ir, and takes a 16-bit multiply-shift."""
+    from dataclasses import replace
+
+    from boards.calibrate import network_ir, random_layer
+    from hwq.ir import validate
+
+    rng = np.random.default_rng(3)
+    l0, t0 = random_layer(rng, "l0", 6, 4, 3, 8, 16)
+    l1, t1 = random_layer(rng, "l1", 4, 2, 3, 16, None)
+    assert l0.requant_kind == "multiply_shift"
+    validate(network_ir([l0, l1], {**t0, **t1}, input_bits=8), "python")
+    k0, s0 = random_layer(rng, "l0", 6, 4, 3, 8, 4)
+    k1, s1 = random_layer(rng, "l1", 4, 2, 3, 9, None)
+    with pytest.raises(UserError, match=r"python: layer 'l0': field 'out_bits': expected an integer in 1..8 \(2\^bits"):
+        validate(network_ir([replace(k0, out_bits=9), k1], {**s0, **s1}, input_bits=8), "python")
