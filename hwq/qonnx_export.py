@@ -14,7 +14,8 @@ The graph computes exactly the golden model's integers, in float32 tensors that 
 - requantization -> ``MultiThreshold`` (count of thresholds reached, times the output step, plus the
   lowest code), preceded by a per-channel ``Mul`` by -1/+1 when some channel is decreasing. A
   multiply-shift layer is written as its thresholds (:func:`hwq.ir.requant_thresholds`, the same
-  integer function over the proven accumulator range);
+  integer function over the proven accumulator range): 2^b - 1 per channel for b output bits, so a layer
+  with 16-bit outputs holds 65,535 float32 thresholds per channel;
 - logits: ``Add`` of the integer bias.
 
 The tests execute this file with the ``qonnx`` package's own executor and compare every logit with
