@@ -305,7 +305,8 @@ def per_lut_ratio(row):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    ap.add_argument("--networks", nargs="+", choices=list(NETWORKS),
+                    help="default: all of them (none with --synth-speedup)")
     ap.add_argument("--sim", type=int, default=0, metavar="N", help="simulate N random inputs (0: no simulation)")
     ap.add_argument("--synth", action="store_true", help="synthesize with yosys (minutes per network)")
     ap.add_argument("--jobs", type=int, default=2, help="yosys runs at a time (default: 2)")
@@ -338,7 +339,7 @@ def main(argv=None):
         return ordered
 
     with tempfile.TemporaryDirectory(prefix="hwq-peers-") as work:
-        for name in args.networks:
+        for name in args.networks or ([] if args.synth_speedup else list(NETWORKS)):
             rows[name] = {**run_network(name, sim=args.sim, synth=args.synth, jobs=args.jobs, work=work, log=log),
                           "command": command}
             save()

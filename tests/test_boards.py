@@ -261,8 +261,9 @@ def test_peers_benchmark_meets_its_limits():
     """The real-size networks (bench/results/peers.json, remade by `python bench/peers.py --sim N --synth`):
     every network bit-exact through Verilator with the cycles of the estimate, folded in under 10 s, FINN's
     CNV-w1a1 at 10x the 277 inferences/s of the old folding within the default budget, ResNet-8 and hls4ml's
-    AD08 at its 12-bit weights among them, and every design yosys measured within the board's LUTs (the
-    estimate chose it within 80% of them). A remade result that misses one fails here."""
+    AD08 at its 12-bit weights among them, every design yosys measured within the board's LUTs (the
+    estimate chose it within 80% of them), and `hwq synth` 1.6x faster with 2 processes on the table's
+    CNV-w1a1 design (`--synth-speedup cnv-w1a1`). A remade result that misses one fails here."""
     import json
     from pathlib import Path
 
@@ -281,3 +282,7 @@ def test_peers_benchmark_meets_its_limits():
                                          if r["peer"] else set())
     assert rows["cnv-w1a1"]["fps"] >= 10 * 277
     assert rows["ad08"]["synth_lut"] is not None and rows["cnv-w1a1"]["synth_lut"] is not None
+    # hwq synth with 2 processes against 1, on the table's CNV-w1a1 design (the same LUTs), the same totals
+    sp = res["synth_speedup"]
+    assert sp["network"] == "cnv-w1a1" and sp["lut"] == rows["cnv-w1a1"]["synth_lut"], sp
+    assert sp["speedup"] >= 1.6 and sp["totals_equal"], sp
