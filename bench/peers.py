@@ -30,7 +30,6 @@ estimate is beside it.
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -201,15 +200,13 @@ def run_network(name, *, sim, synth, jobs, work, log):
                        cycles_equal=res["initiation_interval_cycles"] == res["initiation_interval_cycles_estimate"])
             log(f"  simulated {res['samples']} random inputs: bit-exact {res['bit_exact']}")
         if synth:
+            from boards.synth import YosysTimeout
             from hwq.synth import synth_rtl
 
             try:
                 syn = synth_rtl(rtl, board, jobs=jobs, show_progress=False)
-            except RuntimeError as exc:  # a module over yosys's time limit: the row says which, the run goes on
-                found = re.search(r"longer than (\d+) s on .*\((.+)\)$", str(exc))
-                if not found:
-                    raise
-                row["synth_note"] = f"yosys did not finish {found[2]} within {int(found[1]):,} s"
+            except YosysTimeout as exc:  # a module over yosys's time limit: the row says which, the run goes on
+                row["synth_note"] = f"yosys did not finish {exc.module} within {exc.timeout:,} s"
                 log(f"  {row['synth_note']}")
             else:
                 row.update(synth_lut=syn["total"]["lut"], synth=syn["total"], synth_s=syn["seconds"], synth_jobs=jobs)

@@ -512,9 +512,9 @@ def measure_multipliers(family, skip=()):
     for w in range(2, MAX_W_STORAGE_BITS + 1):
         for a in MULTIPLIER_A_BITS:
             for signed in (False, True):
-                if multiplier_key(w, a, signed) not in skip:
-                    name = "m" + multiplier_key(w, a, signed)
-                    parts[name] = ProcessingElement(w_bits=w, a_bits=a, acc_bits=w + a + 1, a_signed=signed)
+                key = multiplier_key(w, a, signed)
+                if key not in skip:
+                    parts["m" + key] = ProcessingElement(w_bits=w, a_bits=a, acc_bits=w + a + 1, a_signed=signed)
     if not parts:
         return board, {}
     with tempfile.TemporaryDirectory(prefix="hwq-mul-") as work:

@@ -23,7 +23,7 @@ from hwq.names import NAME_EXPECTED, is_name
 
 from . import RESOURCES
 
-__all__ = ["CELL_KINDS", "check_module_names", "count_resources", "stage_sources", "synthesize", "tool_env",
+__all__ = ["CELL_KINDS", "YosysTimeout", "check_module_names", "count_resources", "stage_sources", "synthesize", "tool_env",
            "tool_work", "verilog_inputs", "yosys_version"]
 
 # cell type -> (resource kind, how many of it one cell is)
@@ -174,8 +174,17 @@ class _Runs:
                 proc.kill()
 
 
-def _run_yosys(exe, sources, script, timeout, what, runs=None):
-    """Run one yosys script on ``sources`` in a fresh folder; return (the parsed ``stat -json``, seconds)."""
+class YosysTimeout(RuntimeError):
+    """yosys ran past its time limit (``timeout`` s) on ``module`` (``what``: sources and module, for the message)."""
+
+    def __init__(self, what, timeout, module):
+        super().__init__(f"yosys took longer than {timeout} s on {what}")
+        self.timeout, self.module = timeout, module
+
+
+def _run_yosys(exe, sources, script, timeout, what, runs=None, module=None):
+    """Run one yosys script on ``sources`` (for ``module``) in a fresh folder; return (the parsed ``stat -json``,
+    seconds)."""
     runs = runs or _Runs()
     with tool_work("hwq-synth-") as (work, env):
         stat = work / "stat.json"
@@ -187,7 +196,7 @@ def _run_yosys(exe, sources, script, timeout, what, runs=None):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            raise RuntimeError(f"yosys took longer than {timeout} s on {what}") from None
+            raise YosysTimeout(what, timeout, module) from None
         except BaseException:  # interrupted: yosys ends with us
             proc.kill()
             proc.communicate()
@@ -240,7 +249,7 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True, split=
         cells, runs = {}, _Runs()
         pool = ThreadPoolExecutor(max_workers=max(1, jobs))
         try:
-            futures = {pool.submit(_run_yosys, exe, sources, script, timeout, f"{sources[0]} ({m})", runs): m
+            futures = {pool.submit(_run_yosys, exe, sources, script, timeout, f"{sources[0]} ({m})", runs, m): m
                        for m, script in scripts.items()}
             for done, future in enumerate(as_completed(futures), 1):
                 m = futures[future]
@@ -254,7 +263,7 @@ def synthesize(verilog, top, board, *, keep=(), timeout=1800, cache=True, split=
         pool.shutdown(wait=True)
     else:
         cells = _cells(_run_yosys(exe, sources, f"hierarchy -top {top}; {keep_cmd}{script_tail}", timeout,
-                                  str(sources[0]))[0])
+                                  str(sources[0]), module=top)[0])
     seconds = time.perf_counter() - t0
     modules = {}
     for name, by_type in cells.items():

@@ -116,6 +116,13 @@ def test_synth_counts_layers_and_total(tmp_path):
     assert runs[0]["modules"] == runs[1]["modules"] and runs[0]["total"] == runs[1]["total"]
     assert runs[0]["total"]["lut"] == res["total"]["lut"] and runs[1]["runs"] == 3
     assert done[-1] == (3, 3)
+    # a run over the time limit names its module (bench/peers.py records it and goes on)
+    from boards.synth import YosysTimeout
+
+    with pytest.raises(YosysTimeout, match=r"yosys took longer than 0.001 s on .*\(hwq_top\.l") as exc:
+        synthesize(verilog_sources(tmp_path / "rtl", info), info["top"], board, keep=keep, split=True, cache=False,
+                   timeout=0.001)
+    assert exc.value.module in keep and exc.value.timeout == 0.001
 
 
 @pytest.mark.synth
