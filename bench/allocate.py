@@ -14,7 +14,8 @@ three designs are chosen, as ``hwq allocate --finalists 3`` chooses:
 
 - ``mixed`` (``--cost estimator``): the finalists are the 3 bit settings of least summed sensitivity within the
   budget (the estimator prices every choice, with its folding) and every uniform design that fits; the one
-  most accurate on the validation split is built;
+  most accurate on the validation split is built, except that a mixed setting must beat the best uniform
+  finalist there by a one-sided sign test at ``SIGNIFICANCE`` (else that uniform design is built);
 - ``bops`` (``--cost bops``): the same, with the 3 least-sensitivity bit settings within the largest
   bit-operations budget (sum of MACs x w_bits x a_bits) whose bits then fit;
 - ``uniform``: every candidate W=A=b (the first layer reads the dataset's codes) that the estimate says fits,
@@ -22,7 +23,8 @@ three designs are chosen, as ``hwq allocate --finalists 3`` chooses:
 
 Each bit setting is trained once per seed (the method's QAT from the shared float warm-up), exported,
 generated with the program's folding and synthesized with yosys; a design over budget by synthesis is
-tightened by its overshoot and chosen again (up to ``ROUNDS`` times, as ``hwq allocate`` does). ``matched``
+tightened by its overshoot and chosen again among the tightened program's finalists and the earlier ones not yet
+built (up to ``ROUNDS`` times, as ``hwq allocate`` does). ``matched``
 compares the golden-model test accuracy of each; the test set chooses nothing. ``uniform_test_max_acc`` is the
 best test accuracy of the uniform designs that fit by estimate, chosen on the test set: shown for reference,
 not a protocol. The allocated digits CNN on ice40-up5k is also placed with nextpnr and simulated over all
@@ -43,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from boards import load_board  # noqa: E402
-from hwq.allocate import DEFAULT_FINALISTS  # noqa: E402
+from hwq.allocate import DEFAULT_FINALISTS, DEFAULT_SIGNIFICANCE, is_uniform  # noqa: E402
 from hwq.errors import UserError  # noqa: E402
 from hwq.fileio import write_json, write_text, write_yaml  # noqa: E402
 
@@ -59,17 +61,18 @@ BUDGET_POINTS = (0.2, 0.45, 0.75)
 CANDIDATES = (1, 2, 3, 4, 6, 8)
 ROUNDS = 3
 FINALISTS = DEFAULT_FINALISTS  # hwq allocate --finalists: the program's best bits, then validation decides
+SIGNIFICANCE = DEFAULT_SIGNIFICANCE  # hwq allocate --significance: a mixed finalist must beat uniform bits
 
 
 class Bench:
     def __init__(self, work, log):
         self.work, self.log = Path(work), log
-        self.trained = {}   # (model, seed, bits key) -> (run dir, test accuracy, IR, validation accuracy)
+        self.trained = {}   # (model, seed, bits key) -> (run dir, test acc, IR, validation acc, its correctness)
         self.synthesized = {}
         self.names = {}
 
     def train(self, model, seed, cfg, data, validation, float_state, w_bits, a_bits):
-        from hwq.allocate import _golden_accuracy
+        from hwq.allocate import _golden_accuracy, golden_correct
         from hwq.export import export_run
         from hwq.train import BITS_FORMAT, train
 
@@ -84,10 +87,11 @@ class Bench:
             train(replace(cfg, bits_file=str(d / "bits.yaml"), first_last="same"), d / "run",
                   float_state=float_state, data=data, show_progress=False)
             ir = export_run(d / "run", d / "ir")
-            acc, val = _golden_accuracy(ir, data.x_test, data.y_test), _golden_accuracy(ir, *validation)
+            acc, correct = _golden_accuracy(ir, data.x_test, data.y_test), golden_correct(ir, *validation)
+            val = float(correct.mean())
             self.log(f"    trained W{list(w_bits)} A{list(a_bits)}: validation {val:.4f}, test {acc:.4f} "
                      f"({time.perf_counter() - t:.0f} s)")
-            self.trained[key] = (d, acc, ir, val)
+            self.trained[key] = (d, acc, ir, val, correct)
         return self.trained[key]
 
     def synth(self, d, ir, board, alloc, budget):
@@ -114,7 +118,7 @@ def _fits(rec, budget):
 def run_point(bench, model, seed, board, search, cfg, data, validation, float_state, limits_of, interval, budget):
     """One (model, seed, board, budget): the estimator's, the BOPs and the uniform designs, each chosen among
     its finalists by validation accuracy, trained and synthesized."""
-    from hwq.allocate import _uniform, finalist_designs, rank_by_validation
+    from hwq.allocate import _uniform, finalist_designs, rank_by_validation, round_finalists
 
     def trained(a):
         return bench.train(model, seed, cfg, data, validation, float_state, a.w_bits, a.a_bits)
@@ -122,24 +126,28 @@ def run_point(bench, model, seed, board, search, cfg, data, validation, float_st
     input_bits = search.boundary_bits[0][0]
     out = {"lut_budget": round(budget)}
     for name, cost in (("mixed", "estimator"), ("bops", "bops")):
-        program_budget, out[name] = budget, None
+        program_budget, out[name], earlier, missed = budget, None, [], set()
         for r in range(1, ROUNDS + 1):
             limits, cm, cl = limits_of(program_budget)
             uniform = _uniform(search, CANDIDATES, input_bits, limits, cm, cl, interval, None)
-            designs = finalist_designs(search, cost, FINALISTS, limits, cm, cl, interval, None, uniform,
-                                       log=lambda *_: None)
+            designs = round_finalists(finalist_designs(search, cost, FINALISTS, limits, cm, cl, interval, None,
+                                                       uniform, log=lambda *_: None), earlier, missed)
             if not designs:
                 break
-            entries = [{"label": label, "alloc": a, "est_lut": a.totals["lut"], "val_acc": trained(a)[3]}
+            earlier = designs
+            entries = [{"label": label, "alloc": a, "est_lut": a.totals["lut"], "val_acc": trained(a)[3],
+                        "val_correct": trained(a)[4], "uniform": is_uniform(a.w_bits, a.a_bits)}
                        for label, a in designs]
-            best = rank_by_validation(entries)[0]
+            best = rank_by_validation(entries, SIGNIFICANCE)[0]
             alloc = best["alloc"]
-            d, acc, ir, val = trained(alloc)
+            d, acc, ir, val = trained(alloc)[:4]
             rec = bench.synth(d, ir, board, alloc, budget)
             out[name] = {"w_bits": alloc.w_bits, "a_bits": alloc.a_bits, "acc": acc, "val_acc": val,
-                         "label": best["label"], "rounds": r,
+                         "label": best["label"], "rounds": r, "p_over_uniform": best.get("p_over_uniform"),
                          "finalists": [{"label": e["label"], "w_bits": e["alloc"].w_bits, "a_bits": e["alloc"].a_bits,
-                                        "val_acc": e["val_acc"], "acc": trained(e["alloc"])[1]} for e in entries],
+                                        "val_acc": e["val_acc"], "acc": trained(e["alloc"])[1],
+                                        **({"p_over_uniform": e["p_over_uniform"]} if "p_over_uniform" in e else {})}
+                                       for e in entries],
                          "est_lut": rec["est"]["totals"]["lut"], "synth_lut": rec["syn"]["total"]["lut"],
                          "synth": rec["syn"]["total"], "fits_by_synthesis": _fits(rec, budget),
                          "interval": rec["est"]["initiation_interval_cycles"], "rtl": str(rec["rtl"])}
@@ -147,6 +155,7 @@ def run_point(bench, model, seed, board, search, cfg, data, validation, float_st
                       f"test {acc:.4f}, est {out[name]['est_lut']}, yosys {out[name]['synth_lut']} (budget {budget:.0f})")
             if out[name]["fits_by_synthesis"]:
                 break
+            missed.add((tuple(alloc.w_bits), tuple(alloc.a_bits)))
             program_budget = min(program_budget, alloc.totals["lut"]) * min(0.98, budget / out[name]["synth_lut"])
     # uniform bits: those that fit by estimate, by validation accuracy; synthesized until one fits by yosys
     limits, cm, cl = limits_of(budget)
@@ -155,7 +164,7 @@ def run_point(bench, model, seed, board, search, cfg, data, validation, float_st
     entries = [{"bits": b, "alloc": a, "est_lut": a.totals["lut"], "val_acc": trained(a)[3]} for b, a in fitting.items()]
     chosen = None
     for e in rank_by_validation(entries):
-        d, acc, ir, val = trained(e["alloc"])
+        d, acc, ir, val = trained(e["alloc"])[:4]
         u = next(u for u in uniform if u["bits"] == e["bits"])
         u.update(acc=acc, val_acc=val, est_lut=e["est_lut"])
         if chosen is None:
@@ -239,6 +248,7 @@ def matched(rows):
                     "mixed_val_acc": m["val_acc"] if m else None, "bops_val_acc": b["val_acc"] if b else None,
                     "uniform_best_val_acc": best["val_acc"] if best else None,
                     "mixed_choice": m["label"] if m else None, "bops_choice": b["label"] if b else None,
+                    "mixed_p_over_uniform": m.get("p_over_uniform") if m else None,
                     "uniform_test_max_acc": max((u["acc"] for u in trained), default=None),
                     "synth_lut": m["synth_lut"] if m else None, "est_lut": m["est_lut"] if m else None,
                     "mixed_interval": m["interval"] if m else None,
@@ -295,7 +305,8 @@ def summary(match, rows):
             "mixed_at_least_uniform_points": sum(v >= 0 for v in vs_uniform),
             "mixed_minus_uniform_min": round(min(vs_uniform), 4) if vs_uniform else None,
             "mixed_minus_uniform_mean": round(float(np.mean(vs_uniform)), 4) if vs_uniform else None,
-            "mixed_is_uniform_points": sum(m["mixed_choice"] is not None and m["mixed_choice"].startswith("uniform")
+            "mixed_above_uniform_points": sum(v > 0 for v in vs_uniform),
+            "mixed_is_uniform_points": sum(m["mixed_bits"] is not None and is_uniform(m["mixed_bits"]["w"], m["mixed_bits"]["a"])
                                            for m in match),
             "mixed_at_least_uniform_test_max_points": sum(v >= 0 for v in oracle),
             "mixed_minus_bops_mean": round(float(np.mean(margins)), 4) if margins else None,
@@ -343,6 +354,11 @@ def _acc(value):
     return "-" if value is None else f"{value:.4f}"
 
 
+def _choice(m):
+    p = m.get("mixed_p_over_uniform")
+    return m["mixed_choice"] if p is None else f"{m['mixed_choice']} (p {p:.2g})"
+
+
 def markdown(res, _args):
     s = res["summary"]
     lines = ["# Hardware-aware bit allocation", "",
@@ -352,20 +368,21 @@ def markdown(res, _args):
              (f"Summary: {s['points']} budget points; the estimator-priced allocation is at least as accurate as the "
               f"best uniform design fitting by synthesis at {s['mixed_at_least_uniform_points']} of them (all: "
               f"{s['mixed_at_least_uniform']}; worst margin {s['mixed_minus_uniform_min']}, mean "
-              f"{s['mixed_minus_uniform_mean']}; a uniform design was its finalist of choice at "
-              f"{s['mixed_is_uniform_points']}); averaged over the seeds at each of the {s['budget_points']} budget points "
+              f"{s['mixed_minus_uniform_mean']}; more accurate at {s.get('mixed_above_uniform_points', '-')}; "
+              f"uniform bits were its choice at {s['mixed_is_uniform_points']}); averaged over the seeds at each of the {s['budget_points']} budget points "
               f"(model, board, i-th budget), at least as accurate at all: {s['mixed_at_least_uniform_mean_over_seeds']} "
               f"(worst {s['mixed_minus_uniform_mean_over_seeds_min']}); margin over the BOPs allocation: mean {s['mixed_minus_bops_mean']}, "
               f"std {s['mixed_minus_bops_std']}; every ice40-up5k allocation fits by yosys: {s['fits_by_synthesis']}. "
               f"Against the uniform design with the best *test* accuracy (chosen on the test set, for reference): "
               f"at least as accurate at {s['mixed_at_least_uniform_test_max_points']}."), "",
-             "Accuracies are on the test set, the validation accuracy (which chose) in brackets.", "",
+             ("Accuracies are on the test set, the validation accuracy (which chose) in brackets; a mixed choice "
+              "that beat the best uniform finalist on validation shows the sign test's p."), "",
              ("| data | board | seed | interval | LUT budget | mixed acc | mixed bits (W / A) | finalist | yosys LUT | "
               "est LUT | BOPs acc | best uniform acc (bits) |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in res["matched"]:
         bits = f"{m['mixed_bits']['w']} / {m['mixed_bits']['a']}" if m["mixed_bits"] else "-"
         lines.append(f"| {m['data']} | {m['board']} | {m['seed']} | {m['interval_limit']} | {m['lut_budget']} | "
-                     f"{_acc(m['mixed_acc'])} ({_acc(m['mixed_val_acc'])}) | {bits} | {m['mixed_choice']} | "
+                     f"{_acc(m['mixed_acc'])} ({_acc(m['mixed_val_acc'])}) | {bits} | {_choice(m)} | "
                      f"{m['synth_lut']} | {m['est_lut']} | {_acc(m['bops_acc'])} ({_acc(m['bops_val_acc'])}) | "
                      f"{_acc(m['uniform_best_acc'])} ({_acc(m['uniform_best_val_acc'])}, W{m['uniform_best_bits']}) |")
     if res.get("cnn_check"):
@@ -438,6 +455,7 @@ def main(argv=None):
 
 def write_results(args, rows, check, t0, *, partial=False):
     res = {"candidates": list(CANDIDATES), "targets": {f"{m}@{b}": t for (m, b), t in TARGETS.items()},
+           "significance": SIGNIFICANCE,
            "partial": partial, "runs": args.runs, "rows": rows, "cnn_check": check,
            "seconds": round(time.perf_counter() - t0, 1)}
     _write(args, res)

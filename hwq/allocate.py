@@ -16,9 +16,12 @@
    budget, the budget the program sees is tightened by the overshoot and the program solved again.
 
 With ``finalists`` (default 3) each round first fine-tunes the program's best few bit settings and every
-uniform design that fits, without a held-out validation split of the training set, and builds the one most
-accurate on it (:func:`finalist_designs`, :func:`rank_by_validation`). Every round (bits, finalists,
-estimate, synthesis, accuracy) goes into ``RUN/allocate.json``.
+uniform design that fits, each trained without a held-out validation split of the training set, and builds
+the one most accurate on it (:func:`finalist_designs`, :func:`rank_by_validation`). Uniform bits are the
+default: a mixed setting is built only if it beats the best uniform finalist on the validation split by a
+one-sided sign test at ``significance`` (0.05). A later round also keeps the earlier rounds' finalists that
+no build has shown to miss (:func:`round_finalists`). Every round (bits, finalists, estimate, synthesis,
+accuracy) goes into ``RUN/allocate.json``.
 """
 
 import math
@@ -32,8 +35,9 @@ import numpy as np
 from .errors import UserError
 from .fileio import write_json, write_yaml
 
-__all__ = ["ALLOCATE_FORMAT", "COSTS", "DEFAULT_CANDIDATES", "DEFAULT_FINALISTS", "allocate", "finalist_designs", "plan_allocation",
-           "rank_by_validation", "speed_limits"]
+__all__ = ["ALLOCATE_FORMAT", "COSTS", "DEFAULT_CANDIDATES", "DEFAULT_FINALISTS", "DEFAULT_SIGNIFICANCE", "allocate",
+           "finalist_designs", "golden_correct", "is_uniform", "plan_allocation", "rank_by_validation",
+           "round_finalists", "sign_test", "speed_limits"]
 
 ALLOCATE_FORMAT = "hwq-allocate/1"
 DEFAULT_CANDIDATES = (1, 2, 3, 4, 6, 8)
@@ -42,6 +46,7 @@ FRONTIER_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 FRONTIER_INTERVALS = 6
 MAX_ROUNDS = 3
 DEFAULT_FINALISTS = 3  # what bench/allocate.py measures
+DEFAULT_SIGNIFICANCE = 0.05  # a mixed finalist must beat the best uniform one on validation at this level
 VALIDATION_FRACTION = 0.2  # of the training set, held out when finalists are chosen by validation accuracy
 
 
@@ -266,17 +271,67 @@ def finalist_designs(search, cost, k, limits, cell_model, cell_limit, interval_l
     return out
 
 
-def rank_by_validation(entries):
+def is_uniform(w_bits, a_bits):
+    """Whether a bit setting is uniform: every layer's weights and activations at one width (the first layer's
+    input is the dataset's codes, not chosen)."""
+    return len({*w_bits, *a_bits[1:]}) == 1
+
+
+def sign_test(better, other):
+    """One-sided exact sign (McNemar) test on paired per-sample correctness: the probability of at least as many
+    samples that ``better`` gets right and ``other`` wrong, among the samples where they disagree, if either were
+    equally likely. 1.0 when they never disagree."""
+    from scipy.stats import binomtest
+
+    better, other = np.asarray(better, bool), np.asarray(other, bool)
+    wins, losses = int((better & ~other).sum()), int((~better & other).sum())
+    return float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue) if wins + losses else 1.0
+
+
+def rank_by_validation(entries, significance=DEFAULT_SIGNIFICANCE):
     """``entries`` (dicts with "val_acc" and "est_lut") best first: the higher validation accuracy, then the
-    fewer estimated LUTs, then the earlier (the program's order)."""
+    fewer estimated LUTs, then the earlier (the program's order).
+
+    The uniform default: when entries carry "uniform" and "val_correct" (per-sample correctness on the
+    validation split) and the first is a mixed setting, it stays first only if it beats the best uniform entry
+    significantly (:func:`sign_test` below ``significance``); otherwise that uniform entry goes first. A
+    difference of a few validation samples is noise, and a mixed design the data cannot tell from uniform
+    bits earns nothing. The mixed entry gets "p_over_uniform". ``significance`` >= 1: the plain order."""
     order = sorted(range(len(entries)), key=lambda i: (-entries[i]["val_acc"], entries[i]["est_lut"], i))
-    return [entries[i] for i in order]
+    ranked = [entries[i] for i in order]
+    uniform = [e for e in ranked if e.get("uniform")]
+    if significance >= 1 or not uniform or ranked[0].get("uniform") or "val_correct" not in ranked[0]:
+        return ranked
+    top, best_uniform = ranked[0], uniform[0]
+    top["p_over_uniform"] = sign_test(top["val_correct"], best_uniform["val_correct"])
+    if top["p_over_uniform"] < significance:
+        return ranked
+    return [best_uniform] + [e for e in ranked if e is not best_uniform]
+
+
+def round_finalists(designs, earlier, missed):
+    """A round's finalists: the program's (``designs``: (label, Allocation) pairs) and then the earlier rounds'
+    (``earlier``) whose bits no build has yet shown to miss the budget (``missed``: a set of (w_bits, a_bits)
+    tuples), without repeated bits. A tightened program can drop a design that fits (the estimator's error is
+    not the same for every design); one already trained stays a candidate until it is built and misses."""
+    out, seen = [], set(missed)
+    for label, a in [*designs, *earlier]:
+        bits = (tuple(a.w_bits), tuple(a.a_bits))
+        if bits not in seen:
+            seen.add(bits)
+            out.append((label, a))
+    return out
 
 
 def _golden_accuracy(ir, x, y):
+    return float(golden_correct(ir, x, y).mean())
+
+
+def golden_correct(ir, x, y):
+    """Per-sample correctness (bool array) of the golden model's predictions."""
     from . import golden
 
-    return float((golden.run(ir, x).argmax(1) == y).mean())
+    return golden.run(ir, x).argmax(1) == y
 
 
 def _learned_start(run_dir, cfg, plan, board, input_bits, interval_limit, latency_limit, log):
@@ -341,16 +396,19 @@ def _real_design(ir, board, alloc, lut_budget):
 
 def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, max_latency_cycles=None,
              min_throughput=None, candidates=DEFAULT_CANDIDATES, sensitivity="loss", cost="estimator",
-             epochs=None, synth=False, dry_run=False, rounds=MAX_ROUNDS, finalists=DEFAULT_FINALISTS, log=print, show_progress=True):
+             epochs=None, synth=False, dry_run=False, rounds=MAX_ROUNDS, finalists=DEFAULT_FINALISTS,
+             significance=DEFAULT_SIGNIFICANCE, log=print, show_progress=True):
     """Allocate, fine-tune, export and check (see the module's doc); return the allocate.json dict (None for
     ``dry_run``, which prints the plan and writes nothing).
 
     ``finalists`` > 1: a validation split (``VALIDATION_FRACTION`` of the training set, stratified by the
     run's seed) is held out of every training, the float warm-up included; the ``finalists`` best
     allocations of ``cost`` and every uniform design that fits are fine-tuned, and the one with the best
-    golden accuracy on the validation split (then the fewest estimated LUTs) goes on; if it misses the
-    budget, the tightened program's finalists are chosen among the same way (those already trained are
-    not trained again)."""
+    golden accuracy on the validation split (then the fewest estimated LUTs) goes on, except that a mixed
+    setting must beat the best uniform finalist there by a sign test at ``significance`` (else that uniform
+    design goes on: :func:`rank_by_validation`); if it misses the budget, the tightened program's finalists
+    and the earlier ones not yet built are chosen among the same way (:func:`round_finalists`; those already
+    trained are not trained again)."""
     from rtl_gen.folding import DEFAULT_LUT_FRACTION
 
     from . import golden
@@ -412,7 +470,8 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
         log(f"fine-tuning at {_bits_text(a)} ({tune.epochs_qat} epochs) -> {d / 'run'}")
         return tune, train(tune, d / "run", float_state=start, data=data, show_progress=show_progress)
 
-    trained = {}  # finalists' bits -> (run directory, config, metrics, validation accuracy)
+    trained = {}  # finalists' bits -> (run directory, config, metrics, validation accuracy, correctness)
+    earlier, missed = [], set()  # the finalists so far, (label, Allocation); the bits built that missed
 
     def choose(p):
         """The design a round builds from the program ``p`` (a :func:`plan_allocation` result): its allocation,
@@ -422,21 +481,27 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
         uniform = p["uniform"] or _uniform(p["search"], candidates, ir.input_bits, p["limits"], p["cell_model"],
                                            p["cell_limit"], *speed)
         entries = []
-        for label, a in finalist_designs(p["search"], cost, finalists, p["limits"], p["cell_model"],
-                                         p["cell_limit"], *speed, uniform, log):
+        designs = round_finalists(finalist_designs(p["search"], cost, finalists, p["limits"], p["cell_model"],
+                                                   p["cell_limit"], *speed, uniform, log), earlier, missed)
+        for label, a in designs:
             bits = (tuple(a.w_bits), tuple(a.a_bits))
             if bits not in trained:
                 d = out / "finalists" / str(len(trained) + 1)
                 tune, metrics = fine_tune(a, d)
-                val = _golden_accuracy(export_run(d / "run", d / "ir"), *validation)
-                trained[bits] = (d / "run", tune, metrics, val)
-                log(f"finalist {len(trained)} ({label}): validation accuracy {val:.4f}, estimated "
+                correct = golden_correct(export_run(d / "run", d / "ir"), *validation)
+                trained[bits] = (d / "run", tune, metrics, float(correct.mean()), correct)
+                log(f"finalist {len(trained)} ({label}): validation accuracy {correct.mean():.4f}, estimated "
                     f"{a.totals['lut']} LUT")
             entries.append({"label": label, "dir": str(trained[bits][0].parent), "bits": a.to_json()["layers"],
                             "est_lut": a.totals["lut"], "interval": a.interval, "val_acc": trained[bits][3],
-                            "alloc": a})
-        ranked = rank_by_validation(entries)
-        return ranked[0]["alloc"], [{k: v for k, v in e.items() if k != "alloc"} for e in ranked]
+                            "uniform": is_uniform(a.w_bits, a.a_bits), "val_correct": trained[bits][4], "alloc": a})
+        earlier[:] = designs
+        ranked = rank_by_validation(entries, significance)
+        for top in (e for e in entries if "p_over_uniform" in e):
+            log(f"{top['label']} against the best uniform finalist on validation: sign test p = "
+                f"{top['p_over_uniform']:.3g} ({'<' if ranked[0] is top else '>='} {significance:g}); "
+                f"{ranked[0]['label']} goes on")
+        return ranked[0]["alloc"], [{k: v for k, v in e.items() if k not in ("alloc", "val_correct")} for e in ranked]
 
     alloc, chosen = choose(plan)
     history, program_budget, tried = [], budget, set()
@@ -444,7 +509,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
     for r in range(1, rounds + 1):
         bits = (tuple(alloc.w_bits), tuple(alloc.a_bits))
         if bits in trained:  # a finalist: its training is the round's
-            src, tune, metrics, _ = trained[bits]
+            src, tune, metrics = trained[bits][:3]
             log(f"round {r}: {_bits_text(alloc)}, the finalist trained in {src}")
             write_yaml(out / "bits.yaml", _bits_yaml(alloc))
             shutil.copytree(src, out / "run", dirs_exist_ok=True)
@@ -490,6 +555,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
         if ok or r == rounds:
             break
         tried.add(_key(alloc))
+        missed.add(bits)
         # tighten by the overshoot: the program's own estimate of this design, scaled by budget / measured
         program_budget = min(program_budget, alloc.totals["lut"]) * min(0.98, budget / max(measured["lut"], 1))
         tightened = plan_allocation(model, data, ir, board, lut_budget=program_budget, ff_budget=ff_budget,
@@ -510,6 +576,7 @@ def allocate(run_dir, board, *, out_dir=None, lut_budget=None, ff_budget=None, m
         "uniform": {str(b): v for b, v in uniform.items()},
         "sinareq_start": learned,
         "validation_samples": len(validation[1]) if validation else None,
+        "significance": significance if validation else None,
         "frontier": plan["frontier"],
         "rounds": history,
         "final": {"bits": final["bits"], "accuracy": final["accuracy"], "estimate": final["estimate"],

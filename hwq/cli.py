@@ -498,8 +498,18 @@ def _positive_float(text):
     return value
 
 
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], not {text!r}")
+    return value
+
+
 def _add_allocate_args(p):
-    from .allocate import COSTS, DEFAULT_CANDIDATES, DEFAULT_FINALISTS
+    from .allocate import COSTS, DEFAULT_CANDIDATES, DEFAULT_FINALISTS, DEFAULT_SIGNIFICANCE
     from .config import SENSITIVITY_METHODS
 
     p.add_argument("--max-latency-cycles", type=_positive, metavar="C",
@@ -517,15 +527,21 @@ def _add_allocate_args(p):
                    help="estimator: the calibrated resource model with the folding chosen jointly; bops: the "
                         "baseline, a bit-operations budget (sum of MACs x w_bits x a_bits) (default: estimator)")
     p.add_argument("--finalists", type=_positive, default=DEFAULT_FINALISTS, metavar="K",
-                   help="fine-tune the K best allocations and every uniform design that fits, each without a "
-                        "validation split of the training set (20%%), and keep the one most accurate on it "
-                        f"(default: {DEFAULT_FINALISTS}; 1: the program's choice alone, trained on all the training set)")
+                   help="fine-tune the K best allocations and every uniform design that fits, each trained without "
+                        "a held-out validation split of the training set (20%%), and keep the one most accurate on "
+                        f"it (default: {DEFAULT_FINALISTS}; 1: the program's choice alone, trained on all the "
+                        "training set)")
+    p.add_argument("--significance", type=_fraction, default=DEFAULT_SIGNIFICANCE, metavar="P",
+                   help="with finalists: a mixed setting is kept only if it beats the best uniform finalist on the "
+                        "validation split by a one-sided sign test at this level, else that uniform design is "
+                        f"built (default: {DEFAULT_SIGNIFICANCE:g}; 1: the most accurate on validation, whatever "
+                        "the margin)")
 
 
 def _allocate_options(args):
     return {"max_latency_cycles": args.max_latency_cycles, "min_throughput": args.min_throughput,
             "candidates": args.candidates, "sensitivity": args.sensitivity, "cost": args.cost,
-            "finalists": args.finalists}
+            "finalists": args.finalists, "significance": args.significance}
 
 
 def cmd_allocate(args):

@@ -152,6 +152,42 @@ def test_rank_by_validation_orders_accuracy_then_luts():
     assert [e["n"] for e in rank_by_validation(entries)] == [2, 1, 0, 3]
 
 
+def test_rank_by_validation_keeps_uniform_unless_mixed_is_significant():
+    """Uniform bits are the default: a mixed finalist a few validation samples ahead is noise (sign test), one far
+    ahead is built; without per-sample correctness or with significance 1 the plain order holds."""
+    from hwq.allocate import is_uniform, rank_by_validation, round_finalists, sign_test
+
+    assert is_uniform([2, 2, 2], [8, 2, 2]) and not is_uniform([2, 2, 2], [8, 2, 3]) and not is_uniform([4, 2], [8, 2])
+    n = 300
+    uniform = np.zeros(n, bool)
+    uniform[:270] = True
+    close, far = uniform.copy(), uniform.copy()
+    close[270:272] = True  # 2 more right: p = 0.25
+    far[270:285] = True    # 15 more right: p = 2^-15
+    assert sign_test(close, uniform) == pytest.approx(0.25) and sign_test(far, uniform) == pytest.approx(2.0 ** -15)
+    assert sign_test(uniform, uniform) == 1.0
+
+    def entries(mixed):
+        return [{"n": "mixed", "val_acc": mixed.mean(), "est_lut": 900, "uniform": False, "val_correct": mixed},
+                {"n": "W1", "val_acc": 0.5, "est_lut": 300, "uniform": True, "val_correct": np.arange(n) < 150},
+                {"n": "W2", "val_acc": uniform.mean(), "est_lut": 500, "uniform": True, "val_correct": uniform}]
+    ranked = rank_by_validation(entries(close))
+    assert [e["n"] for e in ranked] == ["W2", "mixed", "W1"] and ranked[1]["p_over_uniform"] == pytest.approx(0.25)
+    assert [e["n"] for e in rank_by_validation(entries(far))] == ["mixed", "W2", "W1"]
+    assert [e["n"] for e in rank_by_validation(entries(close), significance=1)] == ["mixed", "W2", "W1"]
+    assert [e["n"] for e in rank_by_validation(entries(close), significance=0.3)] == ["mixed", "W2", "W1"]
+
+    class A:  # an allocation's bits
+        def __init__(self, w, a):
+            self.w_bits, self.a_bits = w, a
+    x, y, z = A([2, 2], [8, 2]), A([4, 2], [8, 2]), A([4, 4], [8, 4])
+    # a later round: the program's finalists, then the earlier ones not built and missed, no repeats
+    got = round_finalists([("p1", y), ("p2", x)], [("e1", z), ("e2", x), ("e3", y)], {((4, 4), (8, 4))})
+    assert [label for label, _ in got] == ["p1", "p2"]
+    got = round_finalists([("p1", y)], [("e1", z), ("e2", x)], {((4, 2), (8, 2))})
+    assert [label for label, _ in got] == ["e1", "e2"]
+
+
 def test_allocation_infeasible_names_what_is_feasible():
     from hwq.allocate import _infeasible
 
