@@ -31,6 +31,10 @@ def _or_dash(value):
     return "-" if value is None else str(value)
 
 
+def _p_text(p):
+    return "-" if p is None else f"{p:.2g}"
+
+
 def _bits_text(layer):
     """W/A/out bits of a report layer; "-" where a layer has none (no weights: maxpool, add, flatten)."""
     return "/".join(_or_dash(layer[k]) for k in ("w_bits", "a_bits", "out_bits"))
@@ -130,11 +134,13 @@ def _allocation_html(alloc):
     finalists = "".join(
         f"<tr><td>{e(f['label'])}</td><td>{e(' '.join(str(b['w_bits']) for b in f['bits'].values()))}</td>"
         f"<td>{e(' '.join(str(b['a_bits']) for b in f['bits'].values()))}</td><td>{f['val_acc']:.4f}</td>"
-        f"<td>{f['est_lut']}</td></tr>" for f in alloc.get("finalists") or [])
+        f"<td>{f['est_lut']}</td><td>{_p_text(f.get('p_over_uniform'))}</td></tr>"
+        for f in alloc.get("finalists") or [])
     if finalists:
-        finalists = ("<h3>Finalists (fine-tuned; the first, most accurate on the validation split, was built)</h3>"
+        finalists = ("<h3>Finalists (fine-tuned; the first was built: the most accurate on the validation split, "
+                     "unless it is a mixed setting that did not beat the best uniform one by the sign test)</h3>"
                      "<table><tr><th>finalist</th><th>W per layer</th><th>A per layer</th><th>validation accuracy</th>"
-                     f"<th>LUT (program)</th></tr>{finalists}</table>")
+                     f"<th>LUT (program)</th><th>p against uniform</th></tr>{finalists}</table>")
     speed = ", ".join(f"{k.replace('_', ' ')} at most {v}" for k, v in
                       (("interval_cycles", lim.get("interval_cycles")), ("latency_cycles", lim.get("latency_cycles")))
                       if v is not None) or "no speed target"
