@@ -38,7 +38,7 @@ import torch
 from .errors import UserError
 from .export import _set_requant
 from .golden import accumulator_range
-from .intrange import MAX_W_BITS, code_range, signed_width, weight_dtype
+from .intrange import MAX_A_BITS, MAX_BITS, MAX_W_BITS, code_range, signed_width, weight_dtype
 from .ir import IR, Layer, conv_out_side, range_bits
 
 __all__ = ["SUPPORTED_OPS", "check_and_save", "check_import", "check_inputs", "import_qonnx", "load_qonnx",
@@ -193,10 +193,8 @@ class _Importer:
             self.values[node.output[0]] = self.weights(node, np.asarray(init if init is not None else value,
                                                                            dtype=np.float64), q)
             return
-        if q["bits"] > 8:
-            self.fail(node, f"activations of 1 to 8 bits are imported, not {q['bits']} (hwq's IR takes codes of up to 16 "
-                            "bits with a multiply-shift requantization, but the import derives it from thresholds, "
-                            "2^bits - 1 per channel)")
+        if q["bits"] > MAX_A_BITS:
+            self.fail(node, f"activations of 1 to {MAX_A_BITS} bits are imported, not {q['bits']}")
         if q["scale"].size != 1:
             self.fail(node, "activations need one scale for the whole tensor (per-channel activation scales have "
                             "no place in hwq's buffers)")
@@ -245,6 +243,8 @@ class _Importer:
         out_scale, out_bias = float(self.attr(node, "out_scale", 1.0)), float(self.attr(node, "out_bias", 0.0))
         steps = t.shape[1]
         bits = max(1, math.ceil(math.log2(steps + 1)))
+        if bits > MAX_A_BITS:
+            self.fail(node, f"{steps} thresholds per channel make codes of {bits} bits; at most {MAX_A_BITS} are imported")
         if out_scale <= 0:
             self.fail(node, "out_scale must be positive")
         lo = out_bias / out_scale
@@ -258,8 +258,10 @@ class _Importer:
         if thresholds.shape[0] != acc.layer.channels:
             self.fail(node, f"{thresholds.shape[0]} threshold rows for {acc.layer.channels} channels")
 
-        def fn(v):  # v: (channels, K)
-            return offset + step * (v[:, :, None] >= thresholds[:, None, :]).sum(-1)
+        ordered = np.sort(thresholds, axis=1)  # a threshold table is sorted; the count does not depend on it
+
+        def fn(v):  # v: (channels, K); per channel, the thresholds <= v (one sorted search, not K x steps)
+            return offset + step * np.stack([np.searchsorted(row, x, side="right") for row, x in zip(ordered, v, strict=True)])
 
         self.close(node, acc, bits, signed, scale, fn)
 
@@ -277,8 +279,13 @@ class _Importer:
             return torch.from_numpy(np.asarray(fn(v), dtype=np.int64))
 
         shim = _Node(layer.name, _OutQ(bits, signed, scale))
+        policy = self.requant if bits <= MAX_BITS else "multiply-shift"  # 2^bits - 1 thresholds are not built
         _set_requant(layer, acc.tensors, shim, requant, torch.from_numpy(acc.acc_lo), torch.from_numpy(acc.acc_hi),
-                     signs, self.requant)
+                     signs, policy)
+        if layer.requant_kind == "thresholds" and bits > MAX_BITS:
+            self.fail(node, f"{bits}-bit codes need a multiply-shift requantization (above {MAX_BITS} bits "
+                            "thresholds are not built), and no multiply-shift within 32-bit multipliers and 64-bit "
+                            "products reproduces this one")
         self.layers.append(layer)
         self.tensors.update(acc.tensors)
         self.values[node.output[0]] = Codes(layer.name, list(layer.out_shape), bits, signed, scale)

@@ -37,6 +37,7 @@ MAX_MULT_BITS = 32  # signed multiplier width, sign included
 MULTIPLY_SHIFT_MIN_BITS = 5  # policy "auto": thresholds up to 4-bit outputs (15 comparators), then multiply-shift
 REQUANT_POLICIES = ("auto", "thresholds", "multiply-shift")
 PRODUCT_LIMIT = 2**62
+PAIRWISE_LEVELS = 255  # thresholds per channel up to which the multiplier's range is solved pairwise
 APPROX_EXTRA_SHIFT = 8  # precision bits added to an inexact fit's smallest shift  # |acc * M + B| must stay below this (int64 arithmetic in the golden model)
 
 
@@ -59,14 +60,16 @@ def implied_thresholds(mult, offset, shift, n_levels, t_lo, t_hi):
     return np.clip(t, np.asarray(t_lo)[:, None], np.asarray(t_hi)[:, None] + 1)
 
 
-def _mult_range(a, b, t_lo, t_hi, shift):
+def _mult_range_pairwise(a, b, t_lo, t_hi, shift, k=None):
     """Integers M > 0 for which some B puts every level k's first reach inside ``[a_k, b_k]``.
 
     Level k reached by ``b_k`` (if ``b_k <= t_hi``): ``M*b_k + B >= k*2**S``; not before ``a_k`` (if
     ``a_k > t_lo``): ``M*(a_k - 1) + B < k*2**S``. Eliminating B from each pair leaves
-    ``M * (a_j - b_i - 1) <= (j - i) * 2**S - 1``. Returns (m_lo, m_hi) or None.
+    ``M * (a_j - b_i - 1) <= (j - i) * 2**S - 1``. Returns (m_lo, m_hi) or None. O(levels^2): for up to
+    :data:`PAIRWISE_LEVELS` levels (8-bit codes), where one array operation beats the search; ``k``: the
+    levels ``a`` and ``b`` are of (default 1, 2, ...).
     """
-    k = np.arange(1, len(a) + 1, dtype=np.int64)
+    k = np.arange(1, len(a) + 1, dtype=np.int64) if k is None else k
     low, up = b <= t_hi, a > t_lo
     d = a[up][None, :] - b[low][:, None] - 1
     n = ((k[up][None, :] - k[low][:, None]) << shift) - 1
@@ -79,6 +82,67 @@ def _mult_range(a, b, t_lo, t_hi, shift):
     return (m_lo, m_hi) if m_lo <= m_hi else None
 
 
+def _offset_bounds(m, a, b, t_lo, t_hi, shift):
+    """For multiplier ``m`` (int64 array), the least and the greatest offset B that put every level k's first
+    reach inside ``[a_k, b_k]``: level k reached by ``b_k`` (if ``b_k <= t_hi``) needs ``M*b_k + B >= k*2**S``;
+    not before ``a_k`` (if ``a_k > t_lo``) needs ``M*(a_k - 1) + B < k*2**S``. (lowest, highest) arrays."""
+    k = np.arange(1, len(a) + 1, dtype=np.int64)
+    low, up = b <= t_hi, a > t_lo
+    m = np.asarray(m, dtype=np.int64)[:, None]
+    big = np.iinfo(np.int64).max
+    lowest = ((k[low] << shift)[None, :] - m * b[low][None, :]).max(axis=1) if low.any() else np.full(len(m), -big)
+    highest = (((k[up] << shift) - 1)[None, :] - m * (a[up] - 1)[None, :]).min(axis=1) if up.any() \
+        else np.full(len(m), big)
+    return lowest, highest
+
+
+def _mult_range(a, b, t_lo, t_hi, shift):
+    """Integers M > 0 for which some B puts every level k's first reach inside ``[a_k, b_k]``.
+
+    The greatest lower bound on B is a maximum of lines in M (convex), the least upper bound a minimum of
+    lines (concave), so their gap is concave in M and the feasible M (gap >= 0) form one interval: found by a
+    search for the gap's maximum, then bisection for each end, each step O(levels) (the same interval as
+    :func:`_mult_range_pairwise`, which it leaves the narrow codes to). Returns (m_lo, m_hi) or None."""
+    if len(a) <= PAIRWISE_LEVELS:
+        return _mult_range_pairwise(a, b, t_lo, t_hi, shift)
+    m_max = 2 ** (MAX_MULT_BITS - 1) - 1
+    if not ((b <= t_hi).any() and (a > t_lo).any()):  # B bounded on one side at most: any M
+        return 1, m_max
+    # first the levels of an even sample, pairwise: fewer constraints, so an interval that holds the answer
+    sample = np.unique(np.linspace(0, len(a) - 1, PAIRWISE_LEVELS).round().astype(np.int64))
+    coarse = _mult_range_pairwise(a[sample], b[sample], t_lo, t_hi, shift, k=sample + 1)
+    if coarse is None:
+        return None
+
+    def gap(m):
+        lowest, highest = _offset_bounds(np.atleast_1d(m), a, b, t_lo, t_hi, shift)
+        return highest - lowest
+
+    lo, hi = coarse  # the gap's maximum (a plateau only at the top: concave)
+    while hi - lo > 2:
+        m1, m2 = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+        g1, g2 = gap(np.array([m1, m2]))
+        if g1 < g2:
+            lo = m1 + 1
+        elif g1 > g2:
+            hi = m2 - 1
+        else:
+            lo, hi = m1, m2
+    cand = np.arange(lo, hi + 1)
+    g = gap(cand)
+    if g.max() < 0:
+        return None
+    top = int(cand[int(g.argmax())])
+
+    def edge(inside, outside):  # bisect between a feasible and an infeasible (or out of range) M
+        while abs(outside - inside) > 1:
+            mid = (inside + outside) // 2
+            inside, outside = (mid, outside) if gap(mid)[0] >= 0 else (inside, mid)
+        return inside
+
+    return edge(top, coarse[0] - 1), edge(top, coarse[1] + 1)
+
+
 def _offset_intervals(m, t, t_lo, t_hi, shift):
     """Per level, the offsets B that make its first reach exactly ``t_k`` (inclusive; None = unbounded)."""
     k = np.arange(1, len(t) + 1, dtype=np.int64)
@@ -88,35 +152,42 @@ def _offset_intervals(m, t, t_lo, t_hi, shift):
 
 
 def _best_offset(m, t, t_lo, t_hi, shift):
-    """The offset that makes the most thresholds exact (all of them, when ``m`` came from an exact fit)."""
+    """The offset that makes the most thresholds exact (all of them, when ``m`` came from an exact fit): the
+    point covered by the most intervals of :func:`_offset_intervals`, one of their ends (sorted counts)."""
     lo, hi = _offset_intervals(m, t, t_lo, t_hi, shift)
     cands = np.concatenate([lo[t <= t_hi], hi[t > t_lo]])
-    hits = ((cands[:, None] >= lo[None, :]) & (cands[:, None] <= hi[None, :])).sum(axis=1)
+    held = lo <= hi  # an empty interval holds no offset; for the others, lo <= c <= hi is lo <= c and not hi < c
+    hits = (np.searchsorted(np.sort(lo[held]), cands, side="right")
+            - np.searchsorted(np.sort(hi[held]), cands, side="left"))
     return int(cands[int(hits.argmax())])
 
 
-def _fit(t, t_lo, t_hi, shift, slack):
-    """Per channel (M, B) at this shift with every threshold within ``slack`` of ``t``, or None."""
+def _fit(t, t_lo, t_hi, shift, slack, offsets=True):
+    """Per channel (M, B) at this shift with every threshold within ``slack`` of ``t``, or None (``offsets``
+    False: B is None, for a feasibility test)."""
     fits = []
     for o in range(len(t)):
         r = _mult_range(t[o] - slack, t[o] + slack, int(t_lo[o]), int(t_hi[o]), shift)
         if r is None:
             return None
         m = (r[0] + r[1]) // 2 if slack else r[0]
-        fits.append((m, _best_offset(m, t[o], int(t_lo[o]), int(t_hi[o]), shift)))
+        fits.append((m, _best_offset(m, t[o], int(t_lo[o]), int(t_hi[o]), shift) if offsets else None))
     return fits
 
 
 def _smallest_shift(t, t_lo, t_hi, slack):
     """Feasibility is monotone in the shift (``2M, 2B, S+1`` is the same function) until ``M`` outgrows
     :data:`MAX_MULT_BITS`: find a feasible shift from the top, then bisect below it."""
-    top = next((s for s in range(MAX_SHIFT, -1, -1) if _fit(t, t_lo, t_hi, s, slack) is not None), None)
+    def feasible(s):
+        return _fit(t, t_lo, t_hi, s, slack, offsets=False) is not None
+
+    top = next((s for s in range(MAX_SHIFT, -1, -1) if feasible(s)), None)
     if top is None:
         return None
     lo, hi = -1, top
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _fit(t, t_lo, t_hi, mid, slack) is None else (lo, mid)
+        lo, hi = (lo, mid) if feasible(mid) else (mid, hi)
     return hi
 
 
@@ -124,7 +195,10 @@ def deviations(t_ref, t_got):
     """Accumulator values (summed over channels) at which two threshold tables give different codes."""
     total = 0
     for a_row, b_row in zip(t_ref, t_got, strict=True):
-        spans = sorted((min(a, b), max(a, b)) for a, b in zip(a_row.tolist(), b_row.tolist(), strict=True) if a != b)
+        a_row, b_row = np.asarray(a_row), np.asarray(b_row)
+        differ = np.flatnonzero(a_row != b_row)
+        spans = sorted(zip(np.minimum(a_row, b_row)[differ].tolist(), np.maximum(a_row, b_row)[differ].tolist(),
+                           strict=True))
         end = None
         for lo, hi in spans:  # union of the half-open intervals [lo, hi)
             lo = lo if end is None else max(lo, end)
@@ -154,7 +228,7 @@ def fit_multiply_shift(thresholds, signs, t_lo, t_hi):
         if shift is None:
             return None
         for extra in range(APPROX_EXTRA_SHIFT, -1, -1):  # extra precision while M still fits
-            if _fit(t, t_lo, t_hi, min(MAX_SHIFT, shift + extra), slack) is not None:
+            if _fit(t, t_lo, t_hi, min(MAX_SHIFT, shift + extra), slack, offsets=False) is not None:
                 shift = min(MAX_SHIFT, shift + extra)
                 break
     fits = _fit(t, t_lo, t_hi, shift, slack)

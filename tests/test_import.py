@@ -113,12 +113,15 @@ def test_brevitas_model_imports_exactly_and_simulates_bit_exact(kind, bits, tmp_
 
 def test_hwq_qonnx_round_trips(trained_ir, tmp_path):
     """hwq's own QONNX (MultiThreshold, odd-grid or int weights, Add of the bias) imports to the same integer
-    function, also a random IR with 8-bit outputs (255 thresholds per channel) and one with 12- and 16-bit
-    weights (hls4ml's widths)."""
+    function, also a random IR with 8-bit outputs (255 thresholds per channel), one with 12- and 16-bit
+    weights (hls4ml's widths) and one with 16-bit activations (65,535 thresholds per channel in QONNX, a
+    multiply-shift again in the IR)."""
     rng = np.random.default_rng(3)
+    act16 = random_ir(rng, [12, 10, 6], [4, 2], [4, 16])
+    assert act16.layers[0].out_bits == 16 and act16.layers[0].requant_kind == "multiply_shift"
     wide = random_ir(rng, [12, 10, 6], [3, 4], [4, 8])
     weights16 = random_ir(rng, [12, 10, 6], [12, 16], [4, 6])
-    for k, ir in enumerate([trained_ir[1], weights16, wide]):
+    for k, ir in enumerate([trained_ir[1], weights16, act16, wide]):
         write_qonnx(ir, tmp_path / f"m{k}.onnx")
         assert main(["import", str(tmp_path / f"m{k}.onnx"), "--out", str(tmp_path / f"ir{k}")]) == 0
         back = load_ir(tmp_path / f"ir{k}")
@@ -126,6 +129,8 @@ def test_hwq_qonnx_round_trips(trained_ir, tmp_path):
         x = rng.integers(lo, hi + 1, size=(300, ir.layers[0].in_features))
         assert (golden.run(back, x) == golden.run(ir, x)).all()
         assert [la.w_bits for la in back.layers if la.w_bits] == [la.w_bits for la in ir.layers if la.w_bits]
+        if ir is act16:
+            assert (back.layers[0].out_bits, back.layers[0].requant_kind) == (16, "multiply_shift")
     assert back.layers[0].out_bits == 8 and back.layers[0].requant_kind == "thresholds"
 
 
@@ -172,8 +177,8 @@ def _bad_models():
                          "node 'mp' (MaxPool): square 2-D windows with stride = kernel and no padding are supported"),
         "20-bit weights": (_graph([QIN, _quant("w", "wq", 20, signed=1), GEMM], {**COMMON, "b20": 20.0}),
                            "weights of 1 to 16 bits are supported (hwq's range), not 20"),
-        "12-bit activations": (_graph([_quant("x", "xq", 12), QW, GEMM], {**COMMON, "b12": 12.0}),
-                               "activations of 1 to 8 bits are imported, not 12 (hwq's IR takes codes of up to 16"),
+        "20-bit activations": (_graph([_quant("x", "xq", 20), QW, GEMM], {**COMMON, "b20": 20.0}),
+                               "activations of 1 to 16 bits are imported, not 20"),
         "1-bit signed Quant": (_graph([QIN, _quant("w", "wq", 1, signed=1), GEMM], {**COMMON, "b1": 1.0}),
                                "a 1-bit signed Quant gives the codes -1 and 0"),
         "ends in activations": (_graph([QIN, QW, gemm_h, helper.make_node("Relu", ["h"], ["r"], name="relu"),

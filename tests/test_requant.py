@@ -49,3 +49,48 @@ def test_implied_thresholds_and_deviations():
     assert deviations(np.array([[1, 5, 9]]), np.array([[1, 6, 9]])) == 1
     assert deviations(np.array([[1, 5, 9]]), np.array([[2, 7, 9]])) == 3
     assert deviations(np.array([[3, 3]]), np.array([[1, 5]])) == 4  # overlapping spans counted once
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 40), t_lo=st.integers(-500, 0), t_hi=st.integers(1, 500), line=st.booleans(),
+       mult=st.integers(1, 200), offset=st.integers(-5000, 5000), shift=st.sampled_from([0, 3, 8]),
+       slack=st.integers(0, 1), seed=st.integers(0, 1000))
+def test_wide_code_search_equals_the_pairwise_solution(n, t_lo, t_hi, line, mult, offset, shift, slack, seed):
+    """Above 255 thresholds per channel the multiplier's range comes from a search of a concave gap, first
+    narrowed by an even sample of levels: on small rows, with the sample forced small, it is the pairwise
+    range exactly (also when empty), and the best offset covers as many thresholds as a count of every one."""
+    import hwq.requant as rq
+
+    rng = np.random.default_rng(seed)
+    if line:  # a multiply-shift's thresholds, one maybe moved by one
+        t = implied_thresholds([mult], [offset], shift, n + 1, [t_lo], [t_hi])[0].copy()
+        t[rng.integers(0, n)] += rng.integers(-1, 2)
+        t = np.sort(np.clip(t, t_lo, t_hi + 1))
+    else:
+        t = np.sort(rng.integers(t_lo, t_hi + 2, size=n))
+    a, b = t - slack, t + slack
+    want = rq._mult_range_pairwise(a, b, t_lo, t_hi, shift)
+    saved = rq.PAIRWISE_LEVELS
+    try:
+        for levels in (0, 2, 5):
+            rq.PAIRWISE_LEVELS = levels
+            assert rq._mult_range(a, b, t_lo, t_hi, shift) == want, levels
+    finally:
+        rq.PAIRWISE_LEVELS = saved
+    if want is not None:
+        m = (want[0] + want[1]) // 2
+        lo, hi = rq._offset_intervals(m, t, t_lo, t_hi, shift)
+        covered = [int(((lo <= c) & (c <= hi)).sum()) for c in np.concatenate([lo[t <= t_hi], hi[t > t_lo]])]
+        best = rq._best_offset(m, t, t_lo, t_hi, shift)
+        assert int(((lo <= best) & (best <= hi)).sum()) == max(covered)
+
+
+def test_sixteen_bit_thresholds_fit_exactly():
+    """65,535 thresholds per channel (a 16-bit code) of a multiply-shift over a 25-bit accumulator: the fit
+    finds a multiply-shift with every threshold equal."""
+    t_lo, t_hi = np.array([-(2**24)] * 3), np.array([2**24] * 3)
+    mult, offset = np.array([12345, 7, 99991]), np.array([777, -3, 123456])
+    t = implied_thresholds(mult, offset, 20, 1 << 16, t_lo, t_hi)
+    m, b, s, dev = fit_multiply_shift(t, np.ones(3), t_lo, t_hi)
+    assert dev == 0 and s <= 20
+    assert np.array_equal(implied_thresholds(m, b, s, 1 << 16, t_lo, t_hi), t)

@@ -188,9 +188,10 @@ def _inputs(rng, ir, n):
 def test_wide_activations_match_golden(widths, bits, tmp_path):
     """Activations above 8 bits (12-bit inputs, codes of up to 16 bits after multiply-shift requantizations, a
     maxpool of wide codes, 12-bit weights): equal integers and analytic cycles in Amaranth. The QONNX export,
-    run by qonnx's executor, gives the same integers; where an accumulator outgrows float32's exact integers
+    run by qonnx's executor, gives the same integers, and imports back to the same integer function; where an accumulator outgrows float32's exact integers
     (32 bits here) it is refused, naming the layer."""
     from hwq.qonnx_export import run_qonnx, write_qonnx
+    from hwq.qonnx_import import import_qonnx
 
     rng = np.random.default_rng(sum(widths))
     ir = cnn_ir(rng, c0=1, side=6, channels=(4, 4), bits=bits, n_out=3)
@@ -206,6 +207,13 @@ def test_wide_activations_match_golden(widths, bits, tmp_path):
         return
     write_qonnx(ir, tmp_path / "m.onnx")
     np.testing.assert_array_equal(run_qonnx(tmp_path / "m.onnx", x, ir.input_shape), golden.run(ir, x))
+    # and imported back: the 2^bits - 1 thresholds per channel become a multiply-shift again
+    more = np.concatenate([x, rng.integers(0, 1 << 12, size=(60, ir.in_features))])
+    back, check = import_qonnx(tmp_path / "m.onnx", tmp_path / "back", inputs=more)
+    assert check["equal"] and check["samples"] == len(more)
+    assert [(la.op, la.out_bits, la.requant_kind) for la in back.layers] == \
+        [(la.op, la.out_bits, la.requant_kind) for la in ir.layers]
+    np.testing.assert_array_equal(golden.run(back, more), golden.run(ir, more))
 
 
 @pytest.mark.parametrize("widths", [[1, 1, 1, 1], [1, 4, 2, 5], [1, 2, 4, 3]])
