@@ -20,8 +20,12 @@ logits.
 The peers' LUTs: FINN's CNV-w1a1, CNV-w2a2 and LFC-w1a1 as BNN-PYNQ publishes them (Vivado's utilization of
 the whole overlay on the xc7z020, its AXI and DMA logic included, beside the rate measured on the board):
 vendor synthesis and placement against yosys's LUT count, a host-driven batch against our clock-cycle
-figure, trained weights against random ones. hls4ml's resource tables for AD08 and ResNet-8 are in its
-MLPerf Tiny paper, which we could not read offline. FINN's W1A1 MLPs binarize the image and compute every
+figure, trained weights against random ones. hls4ml's AD08 and RN08 as their MLPerf Tiny submissions publish
+them: the rate the harness measured on the board, one inference at a time (data moved by the Zynq's processor
+included; their logic at 100 MHz, ours at the xc7z020's 125 MHz), and the LUTs in the submitted hardware
+export (Vivado's post-synthesis utilization of the whole design, its AXI logic included). Per LUT leaves the
+DSPs out: AD08 uses 205 of them and ours 220, RN08 41 and ours 214. hls4ml's RN08 has no shortcut and no pooling (its training configuration turns
+them off), so it is built to its own shape (``rn08``) beside the MLPerf Tiny ResNet-8 (``resnet8``). FINN's W1A1 MLPs binarize the image and compute every
 layer by XNOR (BNN-PYNQ's lfcW1A1/hw/top.cpp), so their inputs here are bipolar. yosys does not run on
 every network (ResNet-8's largest modules, and the 1024-wide MLP's first layer, did not finish within its
 1,800 s limit; a run that meets the limit now records it in the row's ``synth_note``); where it ran, the
@@ -48,6 +52,11 @@ from hwq.fileio import write_json, write_text  # noqa: E402
 # and the rate its notebook measured on the board over 10,000 test images), the one design whose LUTs and
 # throughput are both published. ``others``: the peers' further figures (throughput or latency only).
 _BNN_PYNQ = "Xilinx/BNN-PYNQ"
+_TINY_07 = "mlcommons/tiny_results_v0.7 (commit 64623f4)"
+_TINY_10 = "mlcommons/tiny_results_v1.0 (commit c7761cf)"
+# an SDK hardware export (.hdf, a zip) holds sysdef.xml, whose USEDRESOURCES element is Vivado's utilization
+_SYSDEF = ("sysdef.xml's USEDRESOURCES: Vivado 2019.1 post-synthesis utilization of the whole block design, the Zynq "
+           "PS wrapper and AXI SmartConnect included; PL clock 100 MHz in design_1.hwh")
 PEERS = {
     "cnv-w1a1": {"lut": 26072, "bram": 124, "dsp": 24, "fps": 9150, "board": "Pynq-Z1/Z2", "tool": "FINN (BNN-PYNQ)",
                  "source": f"{_BNN_PYNQ} bnn/src/network/cnvW1A1/README.md (utilization, commit d84f6e8) and "
@@ -61,18 +70,32 @@ PEERS = {
                  "source": f"{_BNN_PYNQ} bnn/src/network/lfcW1A1/README.md (utilization, commit d84f6e8) and "
                            "notebooks/LFC-QNN_MNIST.ipynb (356,633 images/s, commit 10b2ab5; its W1A2 overlay "
                            "measures the same rate, so the figure may be bound by the host's data movement)"},
-    "ad08": {"latency_us": 18.7, "clock_mhz": 100, "board": "Pynq-Z2", "tool": "hls4ml",
-             "source": "MLPerf Tiny v0.7 results, hls4ml AD08 on Pynq-Z2 at 100 MHz (anomaly detection); its shape "
-                       "and widths from the submission's training/ad08.yml (hls4ml-finn-mlperftiny/tiny_results_v0.7)"},
-    "resnet8": {"latency_us": 7640, "board": "Pynq-Z2", "tool": "hls4ml",
-                "source": "MLPerf Tiny results as quoted in issue 23, hls4ml RN08 on Pynq-Z2 (image classification)"},
+    "ad08": {"lut": 42895, "bram": 14, "dsp": 205, "fps": 53365, "latency_us": 18.7, "clock_mhz": 100,
+             "board": "Pynq-Z2", "tool": "hls4ml",
+             "source": f"{_TINY_07} open/hls4ml-finn/results/pynq-z2/ad/AD08/performance/results.txt (median "
+                       "53,365.4 inferences/s, one at a time through the harness) and the hardware export "
+                       f"code/ad/AD08/inference/pynq-z2/vivado_project/hdf/design_1_wrapper.hdf ({_SYSDEF}); its "
+                       "shape and widths from the submission's training/ad08.yml"},
+    "resnet8": {"latency_us": 7643, "fps": 130.834, "clock_mhz": 100, "board": "Pynq-Z2", "tool": "hls4ml",
+                "source": f"{_TINY_10} open/hls4ml/results/pynq-z2/ic/RN08/performance/results.txt (130.834 "
+                          "inferences/s, one at a time through the harness)",
+                "others": [("hls4ml's RN08 is not this network: its training/RN08.yml sets skip 0 and avg_pooling 0 "
+                           "(no shortcut, no pooling) with 4x4 kernels, so its LUTs are compared in the rn08 row, "
+                           "built to its shape")]},
+    "rn08": {"lut": 29512, "bram": 36, "dsp": 41, "fps": 130.834, "latency_us": 7643, "clock_mhz": 100,
+             "board": "Pynq-Z2", "tool": "hls4ml",
+             "source": f"{_TINY_10} open/hls4ml/results/pynq-z2/ic/RN08/performance/results.txt (130.834 "
+                       "inferences/s, one at a time through the harness) and the hardware export "
+                       f"code/ic/RN08/inference/pynq-z2/vivado_project/hdf/design_1_wrapper.hdf ({_SYSDEF}); its "
+                       "shape from training/RN08.yml and resnet_v1_eembc.py; reuse factor 16,384 (512 and 4,096 "
+                       "on some layers): hls4ml built it small and slow on purpose"},
     "tfc-w1a1": {"fps": 1.09e6, "board": "AUP-ZU3", "tool": "FINN",
                  "source": "FINN pull request 1499 (finn-examples on AUP-ZU3), tfc-w1a1"},
 }
 
 
-# every peer row has these fields; null where the peer publishes no figure (hls4ml's resource tables for
-# AD08 and RN08 are in its MLPerf Tiny paper, which we could not read offline)
+# every peer row has these fields; null where the peer publishes no figure (FINN's TFC-w1a1 on AUP-ZU3: its
+# rate only)
 PEER_FIELDS = {"lut": None, "bram": None, "dsp": None, "clock_mhz": None, "latency_us": None, "fps": None,
                "others": []}
 
@@ -135,6 +158,30 @@ def _cnv(rng, w_bits, a_bits):
     return network_ir(layers, tensors, input_bits=8, dataset="random", input_shape=[3, 32, 32])
 
 
+def _rn08(rng):
+    """hls4ml's RN08 as submitted to MLPerf Tiny v1.0 (training/RN08.yml with resnet_v1_eembc.py): no skip
+    connections and no pooling, so a plain CNN on 3x32x32 8-bit inputs: conv 1x1 32, conv 4x4 4, conv 4x4 32,
+    conv 4x4 32 with stride 4, conv 4x4 32, then 10 fully connected, at 8-bit weights and activations. Keras's
+    'same' padding of a 4x4 kernel is one row and column before and two after; the IR pads both sides alike, so
+    these pad 1, 2, 0 and 2 (sides 31, 32, 8, 9 against hls4ml's 32, 32, 8, 8): about 5% more multiplies."""
+    from boards.calibrate import _flatten, network_ir, random_layer
+
+    layers, tensors = [], {}
+    side, c_in, bits = 32, 3, 8
+    for name, c, kernel, stride, pad in (("conv0", 32, 1, 1, 0), ("conv1", 4, 4, 1, 1), ("conv2", 32, 4, 1, 2),
+                                         ("conv3", 32, 4, 4, 0), ("conv4", 32, 4, 1, 2)):
+        layer, t = random_layer(rng, name, c_in, c, 8, bits, 8, op="conv2d", in_shape=[c_in, side, side],
+                                kernel=kernel, padding=pad, stride=stride, requant="multiply_shift")
+        layers.append(layer)
+        tensors.update(t)
+        side, c_in, bits = (side + 2 * pad - kernel) // stride + 1, c, 8
+    layers.append(_flatten(c_in, side, bits, False))
+    layer, t = random_layer(rng, "fc", c_in * side * side, 10, 8, bits, None)
+    layers.append(layer)
+    tensors.update(t)
+    return network_ir(layers, tensors, input_bits=8, dataset="random", input_shape=[3, 32, 32])
+
+
 NETWORKS = {
     # name: (builder, board)
     "tfc-w1a1": (lambda r: _mlp(r, [784, 64, 64, 64, 10], 1, 1, 1, True), "xc7z020"),
@@ -153,6 +200,7 @@ NETWORKS = {
     # the MLPerf Tiny ResNet-8 (boards.calibrate.resnet8_ir: 1x1 stride-2 shortcut convolutions, global average
     # pooling) at W8/A8 (hls4ml's widths for RN08 were not in the sources at hand)
     "resnet8": (_resnet8, "xc7z020"),
+    "rn08": (_rn08, "xc7z020"),
 }
 
 

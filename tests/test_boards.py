@@ -267,8 +267,9 @@ def test_stat_json_with_text_hierarchy_and_flattened_totals():
 def test_peers_benchmark_meets_its_limits():
     """The real-size networks (bench/results/peers.json, remade by `python bench/peers.py --sim N --synth`):
     every network bit-exact through Verilator with the cycles of the estimate, folded in under 10 s, FINN's
-    CNV-w1a1 at 10x the 277 inferences/s of the old folding within the default budget, ResNet-8 and hls4ml's
-    AD08 at its 12-bit weights among them, every design yosys measured within the board's LUTs (the
+    CNV-w1a1 at 10x the 277 inferences/s of the old folding within the default budget, ResNet-8, hls4ml's
+    RN08 and hls4ml's AD08 at its 12-bit weights among them, a per-LUT ratio wherever the peer publishes
+    LUTs, every design yosys measured within the board's LUTs (the
     estimate chose it within 80% of them), and `hwq synth` 1.6x faster with 2 processes on the table's
     CNV-w1a1 design (`--synth-speedup cnv-w1a1`). A remade result that misses one fails here."""
     import json
@@ -278,7 +279,9 @@ def test_peers_benchmark_meets_its_limits():
 
     res = json.loads((Path(__file__).resolve().parent.parent / "bench" / "results" / "peers.json").read_text())
     rows = {r["name"]: r for r in res["networks"]}
-    assert {"cnv-w1a1", "resnet8", "ad08", "tfc-w1a1"} <= set(rows)
+    assert {"cnv-w1a1", "resnet8", "ad08", "tfc-w1a1", "rn08"} <= set(rows)
+    # throughput per LUT against every peer that publishes both (BNN-PYNQ's overlays, hls4ml's AD08 and RN08)
+    assert {"cnv-w1a1", "cnv-w2a2", "lfc-w1a1", "ad08", "rn08"} <= set(res["per_lut_vs_peer"])
     for name, r in rows.items():
         board = load_board(r["board"])
         assert r["bit_exact"] is True and r["cycles_equal"] is True, name
