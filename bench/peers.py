@@ -210,7 +210,7 @@ def network(name):
     return build(np.random.default_rng(0)), load_board(board_name)
 
 
-def run_network(name, *, sim, synth, jobs, work, log):
+def run_network(name, *, sim, synth, jobs, work, log, yosys_timeout=None):
     from hwq.estimate import estimate
     from rtl_gen.emit import generate_rtl
     from rtl_gen.folding import choose_folding
@@ -252,7 +252,7 @@ def run_network(name, *, sim, synth, jobs, work, log):
             from hwq.synth import synth_rtl
 
             try:
-                syn = synth_rtl(rtl, board, jobs=jobs, show_progress=False)
+                syn = synth_rtl(rtl, board, jobs=jobs, show_progress=False, timeout=yosys_timeout)
             except YosysTimeout as exc:  # a module over yosys's time limit: the row says which, the run goes on
                 row["synth_note"] = f"yosys did not finish {exc.module} within {exc.timeout:,} s"
                 log(f"  {row['synth_note']}")
@@ -355,6 +355,7 @@ def main(argv=None):
     ap.add_argument("--sim", type=int, default=0, metavar="N", help="simulate N random inputs (0: no simulation)")
     ap.add_argument("--synth", action="store_true", help="synthesize with yosys (minutes per network)")
     ap.add_argument("--jobs", type=int, default=2, help="yosys runs at a time (default: 2)")
+    ap.add_argument("--yosys-timeout", type=int, metavar="S", help="seconds one yosys run may take (default: 1,800)")
     ap.add_argument("--synth-speedup", metavar="NETWORK", choices=list(NETWORKS),
                     help="also time hwq synth on NETWORK's design with 1 and with 2 yosys runs at a time")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "peers.json"))
@@ -385,7 +386,8 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory(prefix="hwq-peers-") as work:
         for name in args.networks or ([] if args.synth_speedup else list(NETWORKS)):
-            rows[name] = {**run_network(name, sim=args.sim, synth=args.synth, jobs=args.jobs, work=work, log=log),
+            rows[name] = {**run_network(name, sim=args.sim, synth=args.synth, jobs=args.jobs, work=work, log=log,
+                                        yosys_timeout=args.yosys_timeout),
                           "command": command}
             save()
         if args.synth_speedup:

@@ -9,11 +9,12 @@ __all__ = ["SYNTH_FORMAT", "synth_rtl"]
 SYNTH_FORMAT = "hwq-synth/1"
 
 
-def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True, jobs=None):
+def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True, jobs=None, timeout=None):
     """Synthesize the Verilog of ``rtl_dir`` for ``board``; write and return ``rtl_dir/synth.json``.
 
     Each layer's module is synthesized by its own yosys run, and the top with them as black boxes, ``jobs``
-    runs at a time (default: the machine's cores); the counts do not depend on ``jobs``.
+    runs at a time (default: the machine's cores); the counts do not depend on ``jobs``. ``timeout``: seconds
+    one yosys run may take (default: :func:`boards.synth.synthesize`'s 1,800).
     With ``pnr``, also place and route with nextpnr (when the board's family has an open tool) and
     record Fmax and the placer's utilization under ``"pnr"``; otherwise ``"pnr"`` is null.
     """
@@ -34,7 +35,7 @@ def synth_rtl(rtl_dir, board, *, pnr=False, show_progress=True, jobs=None):
     with progress_bar(f"yosys {board.yosys_synth} on {rtl_dir}, {jobs} at a time: module", total=len(names) + 1,
                       enabled=show_progress, lines=True) as tick:
         syn = synthesize(verilog_sources(rtl_dir, info), top, board, keep=[f"{top}.{n}" for n in names],
-                         split=True, jobs=jobs, progress=lambda *_: tick())
+                         split=True, jobs=jobs, progress=lambda *_: tick(), **({"timeout": timeout} if timeout else {}))
     # one entry per IR layer; a layer without hardware (flatten) costs nothing
     layers = [{"name": la["name"], **{k: (syn["modules"][f"{top}.{la['name']}"][k] if la["name"] in names else 0)
                                       for k in RESOURCES}} for la in info["layers"]]
