@@ -259,8 +259,8 @@ def matched(rows):
 
 
 def check_cnn(bench, rows):
-    """The allocated digits CNN for ice40-up5k (the middle budget of seed 0): nextpnr placement and
-    simulation of all 360 test images, bit-exact, cycles equal to the estimate."""
+    """The allocated digits CNN for ice40-up5k (the middle of its rows: with 3 seeds, seed 1's middle budget):
+    nextpnr placement and simulation of all 360 test images, bit-exact, cycles equal to the estimate."""
     from hwq.ir import load_ir
     from hwq.synth import synth_rtl
     from sim.runner import simulate
