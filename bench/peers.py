@@ -27,9 +27,9 @@ export (Vivado's post-synthesis utilization of the whole design, its AXI logic i
 DSPs out: AD08 uses 205 of them and ours 220, RN08 41 and ours 214. hls4ml's RN08 has no shortcut and no pooling (its training configuration turns
 them off), so it is built to its own shape (``rn08``) beside the MLPerf Tiny ResNet-8 (``resnet8``). FINN's W1A1 MLPs binarize the image and compute every
 layer by XNOR (BNN-PYNQ's lfcW1A1/hw/top.cpp), so their inputs here are bipolar. yosys does not run on
-every network (ResNet-8's largest modules, and the 1024-wide MLP's first layer, did not finish within its
-1,800 s limit; a run that meets the limit now records it in the row's ``synth_note``); where it ran, the
-estimate is beside it.
+every network (the 1024-wide MLP's first layer did not finish within its 1,800 s limit; a run that meets
+the limit records it in the row's ``synth_note``; ResNet-8 ran with ``--yosys-timeout 6000``); where it
+ran, the estimate is beside it.
 """
 
 import argparse
